@@ -1,0 +1,516 @@
+//! Loading one plugin file.
+//!
+//! Each file is loaded from its own content-addressed copy in a private shadow
+//! directory, never from the path the user gave:
+//! - overwriting a mapped `.so` in place (`cp`) crashes the process that mapped it;
+//! - glibc's `dlopen` returns the handle it already has for the same path or a hard
+//!   link to the same inode, so a changed file at the same path would not load.
+//!
+//! The copy is written to a temporary name and renamed into place, so a copy is never
+//! seen half-written, even by another process sharing the shadow directory.
+//!
+//! The root module is read with `lib_header_from_path` + `init_root_module`, not the
+//! cached `RootModule::load_from_file` (which returns the first module it ever loaded,
+//! whatever file it is given later).
+
+use std::{
+    fmt, fs,
+    io::Write,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use abi_stable::library::{lib_header_from_path, LibraryError};
+use fastworker_plugin_sdk::abi::{
+    PluginModuleRef, Priority, ScheduleKind, TaskFn, ABI_VERSION, SDK_VERSION,
+};
+
+/// Why a plugin file was refused. Each renders as one line naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The path does not exist.
+    #[error("{path}: no such plugin file")]
+    NotFound {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// A bare module name matched no file in the plugin directory.
+    #[error("plugin `{name}` not found (looked for {})", display_paths(.tried))]
+    NameNotFound {
+        /// The name given.
+        name: String,
+        /// The files looked for.
+        tried: Vec<PathBuf>,
+    },
+    /// Reading or copying the file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The file is not a shared library at all.
+    #[error("{path}: not a shared library ({reason})")]
+    NotSharedLibrary {
+        /// The file.
+        path: PathBuf,
+        /// Why not.
+        reason: String,
+    },
+    /// A shared library that does not export a fastworker root module.
+    #[error("{path}: not a fastworker plugin (it exports no fastworker root module)")]
+    NotAPlugin {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Built against an SDK whose version this host cannot load.
+    #[error("{path}: built against fastworker-plugin-sdk {found}, incompatible with this host's SDK {expected}")]
+    IncompatibleSdk {
+        /// The file.
+        path: PathBuf,
+        /// The plugin's SDK version.
+        found: String,
+        /// The host's SDK version.
+        expected: String,
+    },
+    /// Built for another version of the plugin ABI.
+    #[error("{path}: built for fastworker plugin ABI version {found}, this host loads ABI version {expected}")]
+    IncompatibleAbi {
+        /// The file.
+        path: PathBuf,
+        /// The plugin's ABI version.
+        found: u32,
+        /// The host's.
+        expected: u32,
+    },
+    /// abi_stable's layout check failed: the types differ.
+    #[error("{path}: plugin ABI layout differs from this host's ({summary}); --log-level DEBUG shows the full report")]
+    LayoutMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The `Error:` lines of abi_stable's report.
+        summary: String,
+        /// abi_stable's full report (long).
+        report: String,
+    },
+    /// Any other failure reported by abi_stable.
+    #[error("{path}: cannot load plugin: {reason}")]
+    Other {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+fn display_paths(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What kind of periodic schedule a task declares.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PeriodicSchedule {
+    /// Every so many seconds, first at start-up.
+    Interval(f64),
+    /// A 5-field cron expression.
+    Cron(String),
+}
+
+/// A task's periodic declaration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Periodic {
+    /// When it fires.
+    pub schedule: PeriodicSchedule,
+    /// How many runs in all, if limited.
+    pub repeat_count: Option<u64>,
+    /// No run after this Unix time, if limited.
+    pub repeat_until_unix: Option<i64>,
+}
+
+impl fmt::Display for Periodic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.schedule {
+            PeriodicSchedule::Interval(secs) => write!(f, "every {secs}s")?,
+            PeriodicSchedule::Cron(expr) => write!(f, "cron \"{expr}\"")?,
+        }
+        if let Some(n) = self.repeat_count {
+            write!(f, ", {n} times")?;
+        }
+        if let Some(t) = self.repeat_until_unix {
+            write!(f, ", until unix {t}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One task of a loaded plugin, copied out of its descriptor into owned data.
+#[derive(Clone)]
+pub struct TaskInfo {
+    /// The name clients submit.
+    pub name: String,
+    /// One line of documentation.
+    pub doc: String,
+    /// `(x: i64, y: i64) -> i64`.
+    pub signature: String,
+    /// Periodic schedule, if any.
+    pub periodic: Option<Periodic>,
+    /// Default retries after a failure.
+    pub max_retries: u32,
+    /// Default first retry delay, seconds.
+    pub retry_delay_secs: f64,
+    /// Default backoff multiplier.
+    pub retry_backoff: f64,
+    /// Default cap on the retry delay, seconds.
+    pub retry_backoff_max_secs: f64,
+    /// Default timeout, seconds; None = none.
+    pub timeout_secs: Option<f64>,
+    /// Default priority.
+    pub priority: Priority,
+    /// The entry point in the plugin.
+    pub(crate) entry: TaskFn,
+}
+
+impl fmt::Debug for TaskInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskInfo")
+            .field("name", &self.name)
+            .field("signature", &self.signature)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One loaded version of one plugin file.
+#[derive(Debug)]
+pub struct LoadedPlugin {
+    /// The plugin's own name.
+    pub name: String,
+    /// The plugin's own version.
+    pub version: String,
+    /// The SDK version it was built with.
+    pub sdk_version: String,
+    /// The file the user named (or that was found in a watched directory).
+    pub source: PathBuf,
+    /// The private copy actually mapped.
+    pub shadow: PathBuf,
+    /// blake3 of the file's content, hex.
+    pub content_hash: String,
+    /// Its tasks.
+    pub tasks: Vec<TaskInfo>,
+}
+
+/// Loads plugin files through a private shadow directory.
+pub struct PluginLoader {
+    shadow_dir: PathBuf,
+    remove_on_drop: bool,
+}
+
+impl PluginLoader {
+    /// A loader whose shadow copies live in a fresh per-process directory under
+    /// `FASTWORKER_SHADOW_DIR` or the system temp directory. Directories left by
+    /// processes that no longer exist are removed.
+    pub fn new() -> Result<Self, LoadError> {
+        let base = std::env::var_os("FASTWORKER_SHADOW_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| std::env::temp_dir().join("fastworker-shadow"));
+        fs::create_dir_all(&base).map_err(|source| LoadError::Io {
+            path: base.clone(),
+            source,
+        })?;
+        sweep_dead_shadow_dirs(&base);
+        let dir = base.join(std::process::id().to_string());
+        fs::create_dir_all(&dir).map_err(|source| LoadError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(PluginLoader {
+            shadow_dir: dir,
+            remove_on_drop: true,
+        })
+    }
+
+    /// A loader using `dir` for its copies, left in place when dropped.
+    pub fn with_shadow_dir(dir: PathBuf) -> Result<Self, LoadError> {
+        fs::create_dir_all(&dir).map_err(|source| LoadError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(PluginLoader {
+            shadow_dir: dir,
+            remove_on_drop: false,
+        })
+    }
+
+    /// Where the copies go.
+    pub fn shadow_dir(&self) -> &Path {
+        &self.shadow_dir
+    }
+
+    /// Loads `path` as a plugin.
+    pub fn load(&self, path: &Path) -> Result<LoadedPlugin, LoadError> {
+        let bytes = fs::read(path).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => LoadError::NotFound {
+                path: path.to_path_buf(),
+            },
+            _ => LoadError::Io {
+                path: path.to_path_buf(),
+                source,
+            },
+        })?;
+        check_shared_library_magic(path, &bytes)?;
+        let content_hash = blake3::hash(&bytes).to_hex().to_string();
+        let shadow = self.shadow_copy(path, &bytes, &content_hash)?;
+        let module = open_root_module(path, &shadow)?;
+
+        let abi_version = module.abi_version();
+        if abi_version != ABI_VERSION {
+            return Err(LoadError::IncompatibleAbi {
+                path: path.to_path_buf(),
+                found: abi_version,
+                expected: ABI_VERSION,
+            });
+        }
+        let sdk_version = module.sdk_version().as_str().to_string();
+        if !sdk_compatible(&sdk_version, SDK_VERSION) {
+            return Err(LoadError::IncompatibleSdk {
+                path: path.to_path_buf(),
+                found: sdk_version,
+                expected: SDK_VERSION.to_string(),
+            });
+        }
+        let tasks = module.tasks().iter().map(task_info).collect();
+        Ok(LoadedPlugin {
+            name: module.plugin_name().as_str().to_string(),
+            version: module.plugin_version().as_str().to_string(),
+            sdk_version,
+            source: path.to_path_buf(),
+            shadow,
+            content_hash,
+            tasks,
+        })
+    }
+
+    fn shadow_copy(&self, path: &Path, bytes: &[u8], hash: &str) -> Result<PathBuf, LoadError> {
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "plugin".to_string());
+        let shadow = self
+            .shadow_dir
+            .join(format!("{}-{}", &hash[..16], file_name));
+        if shadow.is_file() {
+            return Ok(shadow);
+        }
+        let io_err = |source| LoadError::Io {
+            path: shadow.clone(),
+            source,
+        };
+        let tmp = self.shadow_dir.join(format!(
+            ".tmp-{}-{}-{}",
+            std::process::id(),
+            &hash[..16],
+            file_name
+        ));
+        let mut file = fs::File::create(&tmp).map_err(io_err)?;
+        file.write_all(bytes).map_err(io_err)?;
+        file.sync_all().map_err(io_err)?;
+        drop(file);
+        fs::rename(&tmp, &shadow).map_err(io_err)?;
+        Ok(shadow)
+    }
+}
+
+impl Drop for PluginLoader {
+    fn drop(&mut self) {
+        // Unlinking a mapped file is safe: the mapping keeps the inode alive.
+        if self.remove_on_drop {
+            let _ = fs::remove_dir_all(&self.shadow_dir);
+        }
+    }
+}
+
+/// Removes `base/<pid>` directories whose process is gone (Linux only; elsewhere
+/// nothing is removed).
+fn sweep_dead_shadow_dirs(base: &Path) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Refuses anything that is not an ELF, PE or Mach-O file before handing it to dlopen.
+fn check_shared_library_magic(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
+    const MAGICS: [&[u8]; 6] = [
+        b"\x7fELF",
+        b"MZ",
+        &[0xfe, 0xed, 0xfa, 0xce],
+        &[0xfe, 0xed, 0xfa, 0xcf],
+        &[0xce, 0xfa, 0xed, 0xfe],
+        &[0xcf, 0xfa, 0xed, 0xfe],
+    ];
+    if MAGICS.iter().any(|m| bytes.starts_with(m)) {
+        Ok(())
+    } else {
+        let reason = if bytes.is_empty() {
+            "the file is empty".to_string()
+        } else {
+            "no ELF, PE or Mach-O header".to_string()
+        };
+        Err(LoadError::NotSharedLibrary {
+            path: path.to_path_buf(),
+            reason,
+        })
+    }
+}
+
+fn open_root_module(path: &Path, shadow: &Path) -> Result<PluginModuleRef, LoadError> {
+    let header = lib_header_from_path(shadow).map_err(|e| classify(path, e))?;
+    header
+        .init_root_module::<PluginModuleRef>()
+        .map_err(|e| classify(path, e))
+}
+
+fn classify(path: &Path, err: LibraryError) -> LoadError {
+    let path = path.to_path_buf();
+    match err {
+        LibraryError::OpenError { err, .. } => LoadError::NotSharedLibrary {
+            path,
+            reason: first_line(&err.to_string()),
+        },
+        LibraryError::GetSymbolError { .. } => LoadError::NotAPlugin { path },
+        LibraryError::IncompatibleVersionNumber {
+            expected_version,
+            actual_version,
+            ..
+        } => LoadError::IncompatibleSdk {
+            path,
+            found: actual_version.to_string(),
+            expected: expected_version.to_string(),
+        },
+        LibraryError::AbiInstability(report) => {
+            let report = report.to_string();
+            let summary = summarize_layout_report(&report);
+            LoadError::LayoutMismatch {
+                path,
+                summary,
+                report,
+            }
+        }
+        other => LoadError::Other {
+            path,
+            reason: first_line(&other.to_string()),
+        },
+    }
+}
+
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or("").trim().to_string()
+}
+
+/// abi_stable's layout report runs to hundreds of lines; the useful ones start with
+/// `Error:`. Keep up to three, de-duplicated.
+fn summarize_layout_report(report: &str) -> String {
+    let mut lines: Vec<String> = Vec::new();
+    for line in report.lines() {
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix("Error:") {
+            let rest = rest.split_whitespace().collect::<Vec<_>>().join(" ");
+            if !lines.contains(&rest) {
+                lines.push(rest);
+            }
+        }
+    }
+    if lines.is_empty() {
+        return first_line(report);
+    }
+    lines.truncate(3);
+    lines.join("; ")
+}
+
+/// Two SDK versions are compatible when semver says a caret requirement on one
+/// accepts the other: same major (>= 1), same minor for 0.x, same patch for 0.0.x.
+pub fn sdk_compatible(plugin: &str, host: &str) -> bool {
+    let (Ok(p), Ok(h)) = (semver::Version::parse(plugin), semver::Version::parse(host)) else {
+        return false;
+    };
+    let bucket = |v: &semver::Version| match (v.major, v.minor) {
+        (0, 0) => (0, 0, v.patch),
+        (0, minor) => (0, minor, 0),
+        (major, _) => (major, 0, 0),
+    };
+    bucket(&p) == bucket(&h)
+}
+
+fn task_info(d: &fastworker_plugin_sdk::abi::TaskDescriptor) -> TaskInfo {
+    let s = &d.schedule;
+    let schedule = match s.kind {
+        ScheduleKind::None => None,
+        ScheduleKind::Interval => Some(PeriodicSchedule::Interval(s.interval_secs)),
+        ScheduleKind::Cron => Some(PeriodicSchedule::Cron(s.cron.as_str().to_string())),
+    };
+    let periodic = schedule.map(|schedule| Periodic {
+        schedule,
+        repeat_count: (s.repeat_count > 0).then_some(s.repeat_count),
+        repeat_until_unix: (s.repeat_until_unix > 0).then_some(s.repeat_until_unix),
+    });
+    TaskInfo {
+        name: d.name.as_str().to_string(),
+        doc: d.doc.as_str().to_string(),
+        signature: d.signature.as_str().to_string(),
+        periodic,
+        max_retries: d.max_retries,
+        retry_delay_secs: d.retry_delay_secs,
+        retry_backoff: d.retry_backoff,
+        retry_backoff_max_secs: d.retry_backoff_max_secs,
+        timeout_secs: (d.timeout_secs > 0.0).then_some(d.timeout_secs),
+        priority: d.priority,
+        entry: d.call,
+    }
+}
+
+/// Shared, immutable description of a loaded plugin version.
+pub type PluginRef = Arc<LoadedPlugin>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sdk_compatibility_follows_semver() {
+        assert!(sdk_compatible("0.1.0", "0.1.7"));
+        assert!(!sdk_compatible("0.2.0", "0.1.0"));
+        assert!(sdk_compatible("1.2.0", "1.9.3"));
+        assert!(!sdk_compatible("2.0.0", "1.0.0"));
+        assert!(!sdk_compatible("garbage", "0.1.0"));
+    }
+
+    #[test]
+    fn layout_report_is_summarized_to_error_lines() {
+        let report = "noise\n  Error:incompatible type size\n Expected: 64 Found: 72\nError:too many fields\nError:too many fields\n";
+        assert_eq!(
+            summarize_layout_report(report),
+            "incompatible type size; too many fields"
+        );
+    }
+
+    #[test]
+    fn text_file_is_not_a_shared_library() {
+        let err = check_shared_library_magic(Path::new("x.so"), b"hello").unwrap_err();
+        assert!(err.to_string().contains("not a shared library"), "{err}");
+    }
+}

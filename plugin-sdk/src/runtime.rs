@@ -1,0 +1,115 @@
+//! Support code for what `#[plugin]` generates. Not a public API: names may change.
+
+use std::{
+    any::Any,
+    cell::{Cell, RefCell},
+    panic::{self, AssertUnwindSafe},
+    sync::Once,
+};
+
+use abi_stable::std_types::{RResult, RSlice, RVec};
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::{
+    abi::{Codec, ErrorKind, TaskContext, TaskError},
+    codec,
+    context::Context,
+};
+
+thread_local! {
+    static IN_TASK: Cell<bool> = const { Cell::new(false) };
+    static PANIC_LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+static HOOK: Once = Once::new();
+
+/// A plugin carries its own copy of std, so the host's panic hook never sees its panics.
+/// This hook keeps panics inside task calls quiet (they come back as errors, which the
+/// host logs) and remembers where they happened; other panics print as usual.
+fn install_panic_hook() {
+    HOOK.call_once(|| {
+        let previous = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            if IN_TASK.with(Cell::get) {
+                let location = info
+                    .location()
+                    .map(|l| format!("{}:{}", l.file(), l.line()));
+                PANIC_LOCATION.with(|p| *p.borrow_mut() = location);
+            } else {
+                previous(info);
+            }
+        }));
+    });
+}
+
+fn panic_message(payload: Box<dyn Any + Send>) -> String {
+    let text = if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-string panic payload".to_string()
+    };
+    match PANIC_LOCATION.with(|p| p.borrow_mut().take()) {
+        Some(location) => format!("task panicked at {location}: {text}"),
+        None => format!("task panicked: {text}"),
+    }
+}
+
+/// Runs one task body, turning a panic into a [`TaskError`] so nothing unwinds over
+/// the ABI.
+pub fn invoke<F>(
+    raw: &TaskContext<'_>,
+    codec: Codec,
+    payload: RSlice<'_, u8>,
+    body: F,
+) -> RResult<RVec<u8>, TaskError>
+where
+    F: FnOnce(&Context<'_>, Codec, &[u8]) -> Result<Vec<u8>, TaskError>,
+{
+    install_panic_hook();
+    let ctx = Context::new(raw);
+    IN_TASK.with(|f| f.set(true));
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| body(&ctx, codec, payload.as_slice())));
+    IN_TASK.with(|f| f.set(false));
+    match outcome {
+        Ok(Ok(bytes)) => RResult::ROk(RVec::from(bytes)),
+        Ok(Err(err)) => RResult::RErr(err),
+        Err(payload) => RResult::RErr(TaskError::new(ErrorKind::Panicked, panic_message(payload))),
+    }
+}
+
+/// Decodes the argument tuple of a task.
+pub fn decode_args<T: DeserializeOwned>(codec: Codec, payload: &[u8]) -> Result<T, TaskError> {
+    codec::decode(codec, payload).map_err(|e| {
+        TaskError::new(
+            ErrorKind::BadArguments,
+            format!("arguments do not decode: {e}"),
+        )
+    })
+}
+
+/// Decodes the (empty) arguments of a task with no parameters.
+pub fn decode_no_args(codec: Codec, payload: &[u8]) -> Result<(), TaskError> {
+    codec::decode_no_args(codec, payload).map_err(|e| {
+        TaskError::new(
+            ErrorKind::BadArguments,
+            format!("arguments do not decode: {e}"),
+        )
+    })
+}
+
+/// Encodes a task's result in the caller's codec.
+pub fn encode_output<T: Serialize + ?Sized>(codec: Codec, value: &T) -> Result<Vec<u8>, TaskError> {
+    codec::encode(codec, value).map_err(|e| {
+        TaskError::new(
+            ErrorKind::EncodeFailed,
+            format!("result does not encode: {e}"),
+        )
+    })
+}
+
+/// Turns the `Err` of a task returning `Result<T, E: Display>` into a task failure.
+pub fn task_failed<E: std::fmt::Display>(err: E) -> TaskError {
+    TaskError::new(ErrorKind::Failed, err.to_string())
+}

@@ -1,0 +1,48 @@
+//! The example fastworker plugin. Later tests rely on these task names.
+
+#[fastworker_plugin_sdk::plugin]
+pub mod tasks {
+    use fastworker_plugin_sdk::{Context, Value};
+    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+    /// Adds two integers.
+    pub fn add(x: i64, y: i64) -> i64 {
+        x.wrapping_add(y)
+    }
+
+    /// Returns its argument unchanged (any JSON value).
+    pub fn echo(value: Value) -> Value {
+        value
+    }
+
+    /// Sleeps `ms` milliseconds (stopping early if cancelled) and returns `ms`.
+    pub fn sleep_ms(ctx: &Context, ms: u64) -> Result<u64, String> {
+        let until = Instant::now() + Duration::from_millis(ms);
+        while Instant::now() < until {
+            if ctx.is_cancelled() {
+                return Err("cancelled while sleeping".to_string());
+            }
+            std::thread::sleep((until - Instant::now()).min(Duration::from_millis(5)));
+        }
+        Ok(ms)
+    }
+
+    /// Always fails with `message`.
+    pub fn fail(message: String) -> Result<(), String> {
+        Err(message)
+    }
+
+    /// Always panics with `message`.
+    pub fn panic(message: String) -> i64 {
+        panic!("{message}")
+    }
+
+    /// Runs every 30 seconds; returns the Unix time it ran at.
+    #[task(every = 30)]
+    pub fn heartbeat() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    }
+}
