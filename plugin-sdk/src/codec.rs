@@ -4,7 +4,8 @@
 //!   (a task with no parameters also accepts an empty payload or `null`); the result
 //!   is a JSON value.
 //! - [`Codec::Bincode`]: arguments are a tuple of the parameters encoded with bincode 1
-//!   `DefaultOptions` (variable-length integers, little-endian); so is the result.
+//!   in its standard form (`bincode::serialize`: fixed-width little-endian integers,
+//!   lengths as u64); so is the result.
 //!   Decoding is limited to [`MAX_PAYLOAD_BYTES`] so a hostile length prefix cannot
 //!   allocate without bound.
 
@@ -28,7 +29,9 @@ pub enum CodecError {
 }
 
 fn bincode_options() -> impl Options {
-    bincode::DefaultOptions::new().with_limit(MAX_PAYLOAD_BYTES)
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .with_limit(MAX_PAYLOAD_BYTES)
 }
 
 /// Encodes `value` with `codec`.
@@ -82,6 +85,7 @@ mod tests {
     #[test]
     fn bincode_round_trips_a_tuple() {
         let bytes = encode(Codec::Bincode, &(5i64, 3i64)).unwrap();
+        assert_eq!(bytes, bincode::serialize(&(5i64, 3i64)).unwrap());
         let back: (i64, i64) = decode(Codec::Bincode, &bytes).unwrap();
         assert_eq!(back, (5, 3));
     }
@@ -89,8 +93,7 @@ mod tests {
     #[test]
     fn bincode_refuses_a_huge_length_prefix() {
         // A Vec<u8> claiming u64::MAX - 1 elements.
-        let mut bytes = vec![0xfd];
-        bytes.extend_from_slice(&(u64::MAX - 1).to_le_bytes());
+        let bytes = (u64::MAX - 1).to_le_bytes();
         assert!(decode::<Vec<u8>>(Codec::Bincode, &bytes).is_err());
     }
 
