@@ -11,5 +11,8 @@
 
 pub mod cli;
 pub mod commands;
+pub mod control_plane;
 pub mod plugin;
+pub mod protocol;
 pub mod task_error;
+pub mod transport;

@@ -1,0 +1,907 @@
+//! [`Dispatcher`]: the control plane's state machine. It owns the tasks, the priority
+//! queues, the schedule of delayed tasks, the subworker table, the local executor's
+//! slots and the result cache. It does no I/O: every input is a method call, every
+//! output an [`Action`] for the caller to carry out, so it is tested without sockets
+//! or real time.
+//!
+//! A task's life: submitted → `Scheduled` (countdown/eta) or `Queued` → handed to the
+//! least-loaded subworker with a free slot that serves it, or else to the control
+//! plane's own executor (`Running`) → `Success`, or `Failure` (after its retries:
+//! `Retrying` → `Queued`), or `Cancelled`. A task whose worker is lost goes back to its
+//! place in the queue with its delivery count raised; past `max_deliveries` it fails
+//! as `worker_lost`. Final records go to the result cache and to whoever waits.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use tracing::{debug, info, warn};
+
+use super::{
+    queue::ReadyQueues, result_cache::ResultCache, retry::RetryPolicy, workers::WorkerTable,
+};
+use crate::{
+    protocol::{
+        AttemptResult, Callback, CancelOutcome, FromControlPlane, PeerKind, TaskEnvelope, TaskId,
+        TaskOutcome, TaskRecord, TaskSpec, TaskStatus, ToControlPlane, Welcome, WorkerId,
+        PROTOCOL_VERSION,
+    },
+    task_error::{ErrorKind, TaskError},
+    transport::PeerId,
+};
+
+/// The moment an event happens, in both clocks.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    /// For durations.
+    pub at: Instant,
+    /// For records and schedules (Unix ms).
+    pub unix_ms: u64,
+}
+
+impl Now {
+    /// The current time.
+    pub fn now() -> Self {
+        Now {
+            at: Instant::now(),
+            unix_ms: crate::protocol::now_ms(),
+        }
+    }
+
+    /// This moment plus `d`.
+    pub fn plus(self, d: Duration) -> Self {
+        Now {
+            at: self.at + d,
+            unix_ms: self.unix_ms + d.as_millis() as u64,
+        }
+    }
+}
+
+/// Settings.
+#[derive(Debug, Clone)]
+pub struct DispatcherConfig {
+    /// The control plane's id (its own executor's worker id).
+    pub id: String,
+    /// Silence after which a subworker is inactive.
+    pub inactive_after: Duration,
+    /// Deliveries after which a task whose worker keeps getting lost fails.
+    pub max_deliveries: u32,
+    /// Result cache capacity.
+    pub cache_size: usize,
+    /// Result cache TTL.
+    pub cache_ttl: Duration,
+    /// How many tasks the control plane runs itself at once.
+    pub local_concurrency: u32,
+    /// The endpoints announced by discovery.
+    pub announcement: crate::protocol::Announcement,
+}
+
+/// Something the caller must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Send `msg` to `peer`.
+    Send {
+        /// To whom.
+        peer: PeerId,
+        /// What.
+        msg: FromControlPlane,
+    },
+    /// Run a task on the control plane's own executor.
+    RunLocal(TaskEnvelope),
+    /// Cancel a task running on the control plane's own executor.
+    CancelLocal(TaskId),
+    /// Deliver a final record to a callback address.
+    Callback {
+        /// Where.
+        callback: Callback,
+        /// What.
+        record: TaskRecord,
+    },
+}
+
+/// Who holds a running task.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Holder {
+    Local,
+    Worker(WorkerId),
+}
+
+#[derive(Debug)]
+struct TaskEntry {
+    envelope: TaskEnvelope,
+    record: TaskRecord,
+    seq: u64,
+    holder: Option<Holder>,
+    due_ms: Option<u64>,
+    cancel_requested: bool,
+}
+
+#[derive(Debug, Clone)]
+enum Waiter {
+    Result(PeerId),
+    Status { peer: PeerId, request_id: u64 },
+}
+
+/// A peer that said hello.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    /// What it is.
+    pub kind: PeerKind,
+    /// Its id.
+    pub id: String,
+}
+
+/// The control plane's state.
+pub struct Dispatcher {
+    config: DispatcherConfig,
+    tasks: HashMap<TaskId, TaskEntry>,
+    queues: ReadyQueues,
+    scheduled: BTreeMap<(u64, u64), TaskId>,
+    workers: WorkerTable,
+    local_specs: HashMap<String, TaskSpec>,
+    local_in_flight: HashSet<TaskId>,
+    cache: ResultCache,
+    waiters: HashMap<TaskId, Vec<Waiter>>,
+    peers: HashMap<PeerId, PeerInfo>,
+    next_seq: u64,
+    shutting_down: bool,
+    actions: Vec<Action>,
+    now: Now,
+    rng_state: u64,
+}
+
+fn reply(peer: &PeerId, msg: FromControlPlane) -> Action {
+    Action::Send {
+        peer: peer.clone(),
+        msg,
+    }
+}
+
+impl Dispatcher {
+    /// A dispatcher whose own executor serves `local_specs`.
+    pub fn new(config: DispatcherConfig, local_specs: Vec<TaskSpec>, now: Now) -> Self {
+        let cache = ResultCache::new(config.cache_size, config.cache_ttl);
+        Dispatcher {
+            config,
+            tasks: HashMap::new(),
+            queues: ReadyQueues::new(),
+            scheduled: BTreeMap::new(),
+            workers: WorkerTable::new(),
+            local_specs: local_specs
+                .into_iter()
+                .map(|s| (s.name.clone(), s))
+                .collect(),
+            local_in_flight: HashSet::new(),
+            cache,
+            waiters: HashMap::new(),
+            peers: HashMap::new(),
+            next_seq: 0,
+            shutting_down: false,
+            actions: Vec::new(),
+            now,
+            rng_state: now.unix_ms | 1,
+        }
+    }
+
+    /// Replaces the tasks the control plane's own executor serves (after a reload).
+    pub fn set_local_specs(&mut self, specs: Vec<TaskSpec>) {
+        self.local_specs = specs.into_iter().map(|s| (s.name.clone(), s)).collect();
+        self.dispatch();
+    }
+
+    /// The actions produced since the last call.
+    pub fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.actions)
+    }
+
+    /// Handles one message from `peer`.
+    pub fn handle(&mut self, peer: &PeerId, msg: ToControlPlane, now: Now) {
+        self.now = now;
+        if let Some(worker) = self.workers.touch(peer, now.at) {
+            debug!(%worker, "message from subworker");
+        }
+        match msg {
+            ToControlPlane::Hello(hello) => {
+                if hello.protocol_version != PROTOCOL_VERSION {
+                    self.actions.push(reply(
+                        peer,
+                        FromControlPlane::Refused {
+                            reason: format!(
+                                "protocol version {} is not supported (this control plane speaks {PROTOCOL_VERSION})",
+                                hello.protocol_version
+                            ),
+                        },
+                    ));
+                    return;
+                }
+                self.peers.insert(
+                    peer.clone(),
+                    PeerInfo {
+                        kind: hello.peer_kind,
+                        id: hello.peer_id,
+                    },
+                );
+                self.actions.push(reply(
+                    peer,
+                    FromControlPlane::Welcome(Welcome {
+                        protocol_version: PROTOCOL_VERSION,
+                        control_plane_id: self.config.id.clone(),
+                        features: vec!["batch".into(), "wait".into(), "cancel".into()],
+                    }),
+                ));
+            }
+            ToControlPlane::Ping { nonce } => {
+                self.actions
+                    .push(reply(peer, FromControlPlane::Pong { nonce }));
+            }
+            ToControlPlane::Discover => {
+                self.actions.push(reply(
+                    peer,
+                    FromControlPlane::Announce(self.config.announcement.clone()),
+                ));
+            }
+            other if !self.peers.contains_key(peer) => {
+                let request_id = request_id_of(&other);
+                self.actions.push(reply(
+                    peer,
+                    FromControlPlane::Rejected {
+                        request_id,
+                        error: TaskError::new(ErrorKind::Rejected, "send Hello first"),
+                    },
+                ));
+            }
+            ToControlPlane::Submit {
+                request_id,
+                task,
+                wait,
+            } => self.submit(peer, request_id, vec![task], wait),
+            ToControlPlane::SubmitBatch {
+                request_id,
+                tasks,
+                wait,
+            } => self.submit(peer, request_id, tasks, wait),
+            ToControlPlane::Status {
+                request_id,
+                task_id,
+                wait,
+            } => self.status(peer, request_id, task_id, wait),
+            ToControlPlane::Cancel {
+                request_id,
+                task_id,
+            } => {
+                let outcome = self.cancel(task_id);
+                self.actions.push(reply(
+                    peer,
+                    FromControlPlane::CancelReply {
+                        request_id,
+                        outcome,
+                    },
+                ));
+            }
+            ToControlPlane::Register(reg) => {
+                info!(
+                    worker = %reg.worker_id,
+                    tasks = reg.tasks.len(),
+                    concurrency = reg.concurrency,
+                    "subworker registered"
+                );
+                let registered = self.workers.register(
+                    peer.clone(),
+                    reg.worker_id.clone(),
+                    reg.tasks,
+                    reg.concurrency,
+                    reg.address,
+                    reg.pid,
+                    &reg.running,
+                    now.at,
+                );
+                for task in registered.orphaned {
+                    self.worker_lost_task(task, &reg.worker_id);
+                }
+                self.actions
+                    .push(reply(peer, FromControlPlane::HeartbeatAck));
+            }
+            ToControlPlane::Heartbeat { .. } => {
+                if self.workers.by_peer(peer).is_some() {
+                    self.actions
+                        .push(reply(peer, FromControlPlane::HeartbeatAck));
+                }
+            }
+            ToControlPlane::Outcome(outcome) => {
+                if let Some(worker) = self.workers.by_peer(peer).cloned() {
+                    self.outcome(Holder::Worker(worker), outcome);
+                } else {
+                    debug!(task = %outcome.task_id, "outcome from an unregistered peer ignored");
+                }
+            }
+            ToControlPlane::TasksChanged { tasks } => {
+                if let Some(id) = self.workers.by_peer(peer).cloned() {
+                    if let Some(worker) = self.workers.get_mut(&id) {
+                        info!(worker = %id, tasks = tasks.len(), "subworker task list changed");
+                        worker.tasks = tasks.into_iter().map(|t| (t.name.clone(), t)).collect();
+                    }
+                }
+            }
+            ToControlPlane::Draining => {
+                if let Some(id) = self.workers.by_peer(peer).cloned() {
+                    info!(worker = %id, "subworker draining");
+                    if let Some(worker) = self.workers.get_mut(&id) {
+                        worker.draining = true;
+                    }
+                }
+            }
+            ToControlPlane::Unregister => {
+                if let Some(id) = self.workers.by_peer(peer).cloned() {
+                    info!(worker = %id, "subworker unregistered");
+                    self.remove_worker(&id);
+                }
+                self.peers.remove(peer);
+            }
+        }
+        self.dispatch();
+    }
+
+    /// A message from `peer` could not be read.
+    pub fn malformed(&mut self, peer: &PeerId, error: &crate::protocol::ProtocolError) {
+        warn!("dropping an unreadable message: {error}");
+        let msg = match error {
+            crate::protocol::ProtocolError::UnsupportedVersion { .. } => {
+                FromControlPlane::Refused {
+                    reason: error.to_string(),
+                }
+            }
+            _ => FromControlPlane::Rejected {
+                request_id: 0,
+                error: TaskError::new(ErrorKind::Rejected, error.to_string()),
+            },
+        };
+        self.actions.push(reply(peer, msg));
+    }
+
+    /// `peer`'s connection dropped.
+    pub fn peer_disconnected(&mut self, peer: &PeerId, now: Now) {
+        self.now = now;
+        if let Some(id) = self.workers.by_peer(peer).cloned() {
+            warn!(worker = %id, "subworker connection lost");
+            self.remove_worker(&id);
+        }
+        self.peers.remove(peer);
+        self.dispatch();
+    }
+
+    /// The control plane's own executor finished an attempt.
+    pub fn local_outcome(&mut self, outcome: TaskOutcome, now: Now) {
+        self.now = now;
+        self.outcome(Holder::Local, outcome);
+        self.dispatch();
+    }
+
+    /// Moves due tasks to the queues, marks silent subworkers inactive, sweeps the cache.
+    pub fn tick(&mut self, now: Now) {
+        self.now = now;
+        while let Some((&(due, seq), &id)) = self.scheduled.first_key_value() {
+            if due > now.unix_ms {
+                break;
+            }
+            self.scheduled.remove(&(due, seq));
+            if let Some(entry) = self.tasks.get_mut(&id) {
+                entry.due_ms = None;
+                entry.record.status = TaskStatus::Queued;
+                self.queues
+                    .push(entry.envelope.priority, &entry.envelope.name, entry.seq, id);
+            }
+        }
+        for id in self.workers.expire(now.at, self.config.inactive_after) {
+            warn!(worker = %id, "subworker inactive: no message for {:?}", self.config.inactive_after);
+            let held: Vec<TaskId> = self
+                .workers
+                .get_mut(&id)
+                .map(|w| w.in_flight.drain().collect())
+                .unwrap_or_default();
+            for task in held {
+                self.worker_lost_task(task, &id);
+            }
+        }
+        self.dispatch();
+    }
+
+    /// Drops expired results from the cache.
+    pub fn sweep_cache(&mut self, now: Now) -> usize {
+        self.cache.sweep(now.at)
+    }
+
+    /// When the next scheduled task is due (Unix ms).
+    pub fn next_due_ms(&self) -> Option<u64> {
+        self.scheduled.keys().next().map(|(due, _)| *due)
+    }
+
+    /// Stops accepting new tasks; work already accepted carries on.
+    pub fn begin_shutdown(&mut self) {
+        self.shutting_down = true;
+    }
+
+    /// Tasks handed to an executor and not finished.
+    pub fn in_flight(&self) -> usize {
+        self.tasks.values().filter(|e| e.holder.is_some()).count()
+    }
+
+    /// Tasks waiting in the queues.
+    pub fn queued(&self) -> usize {
+        self.queues.total()
+    }
+
+    /// Tasks waiting at each priority, most urgent first.
+    pub fn queued_by_priority(&self) -> [usize; 4] {
+        crate::protocol::Priority::ALL.map(|p| self.queues.len(p))
+    }
+
+    /// Tasks waiting for their countdown, eta or retry delay.
+    pub fn scheduled(&self) -> usize {
+        self.scheduled.len()
+    }
+
+    /// The subworkers.
+    pub fn workers(&self) -> &WorkerTable {
+        &self.workers
+    }
+
+    /// The result cache.
+    pub fn cache(&self) -> &ResultCache {
+        &self.cache
+    }
+
+    /// The task names anyone here can run.
+    pub fn known_task(&self, name: &str) -> bool {
+        self.local_specs.contains_key(name) || self.workers.anyone_serves(name)
+    }
+
+    fn spec(&self, name: &str) -> Option<&TaskSpec> {
+        self.workers
+            .spec(name)
+            .or_else(|| self.local_specs.get(name))
+    }
+
+    fn submit(&mut self, peer: &PeerId, request_id: u64, tasks: Vec<TaskEnvelope>, wait: bool) {
+        if let Err(error) = self.validate(&tasks) {
+            self.actions.push(reply(
+                peer,
+                FromControlPlane::Rejected { request_id, error },
+            ));
+            return;
+        }
+        let mut ids = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            ids.push(task.id);
+            if wait {
+                self.waiters
+                    .entry(task.id)
+                    .or_default()
+                    .push(Waiter::Result(peer.clone()));
+            }
+            self.accept(task);
+        }
+        self.actions.push(reply(
+            peer,
+            FromControlPlane::Accepted {
+                request_id,
+                task_ids: ids,
+            },
+        ));
+    }
+
+    /// All or nothing: the first problem refuses the whole request.
+    fn validate(&self, tasks: &[TaskEnvelope]) -> Result<(), TaskError> {
+        if self.shutting_down {
+            return Err(TaskError::new(
+                ErrorKind::Rejected,
+                "the control plane is shutting down",
+            ));
+        }
+        if tasks.is_empty() {
+            return Err(TaskError::new(
+                ErrorKind::Rejected,
+                "no tasks in the request",
+            ));
+        }
+        let mut seen = HashSet::with_capacity(tasks.len());
+        for task in tasks {
+            if !self.known_task(&task.name) {
+                let mut known: Vec<&str> = self.local_specs.keys().map(String::as_str).collect();
+                for w in self.workers.iter() {
+                    known.extend(w.tasks.keys().map(String::as_str));
+                }
+                known.sort_unstable();
+                known.dedup();
+                return Err(TaskError::new(
+                    ErrorKind::UnknownTask,
+                    format!(
+                        "no loaded plugin serves task `{}` (known: {})",
+                        task.name,
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                ));
+            }
+            if !seen.insert(task.id)
+                || self.tasks.contains_key(&task.id)
+                || self.cache.contains(&task.id, self.now.at)
+            {
+                return Err(TaskError::new(
+                    ErrorKind::Rejected,
+                    format!("task id {} is already in use", task.id),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn accept(&mut self, mut envelope: TaskEnvelope) {
+        envelope.attempt = 1;
+        envelope.delivery_count = 0;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let scheduled = envelope.not_before_ms > self.now.unix_ms;
+        let record = TaskRecord {
+            task_id: envelope.id,
+            name: envelope.name.clone(),
+            status: if scheduled {
+                TaskStatus::Scheduled
+            } else {
+                TaskStatus::Queued
+            },
+            codec: envelope.codec,
+            error: None,
+            worker_id: None,
+            attempts: 0,
+            delivery_count: 0,
+            submitted_ms: self.now.unix_ms,
+            started_ms: None,
+            completed_ms: None,
+            value: Bytes::new(),
+        };
+        let id = envelope.id;
+        let due = scheduled.then_some(envelope.not_before_ms);
+        if let Some(due) = due {
+            self.scheduled.insert((due, seq), id);
+        } else {
+            self.queues.push(envelope.priority, &envelope.name, seq, id);
+        }
+        self.tasks.insert(
+            id,
+            TaskEntry {
+                envelope,
+                record,
+                seq,
+                holder: None,
+                due_ms: due,
+                cancel_requested: false,
+            },
+        );
+    }
+
+    fn status(&mut self, peer: &PeerId, request_id: u64, task_id: TaskId, wait: bool) {
+        let record = if let Some(entry) = self.tasks.get(&task_id) {
+            if wait {
+                self.waiters
+                    .entry(task_id)
+                    .or_default()
+                    .push(Waiter::Status {
+                        peer: peer.clone(),
+                        request_id,
+                    });
+                return;
+            }
+            Some(entry.record.clone())
+        } else {
+            self.cache.get(&task_id, self.now.at).cloned()
+        };
+        self.actions.push(reply(
+            peer,
+            FromControlPlane::StatusReply { request_id, record },
+        ));
+    }
+
+    fn cancel(&mut self, id: TaskId) -> CancelOutcome {
+        let Some(entry) = self.tasks.get_mut(&id) else {
+            return match self.cache.get(&id, self.now.at) {
+                Some(record) => CancelOutcome::AlreadyFinished(record.status),
+                None => CancelOutcome::NotFound,
+            };
+        };
+        match (&entry.holder, entry.due_ms) {
+            (Some(holder), _) => {
+                entry.cancel_requested = true;
+                let holder = holder.clone();
+                match holder {
+                    Holder::Local => self.actions.push(Action::CancelLocal(id)),
+                    Holder::Worker(worker) => {
+                        if let Some(w) = self.workers.get(&worker) {
+                            self.actions.push(reply(
+                                &w.peer.clone(),
+                                FromControlPlane::CancelTask { task_id: id },
+                            ));
+                        }
+                    }
+                }
+                CancelOutcome::Signalled
+            }
+            (None, Some(due)) => {
+                self.scheduled.remove(&(due, entry.seq));
+                self.finalize(
+                    id,
+                    TaskStatus::Cancelled,
+                    Some(cancelled_error()),
+                    Bytes::new(),
+                );
+                CancelOutcome::Cancelled
+            }
+            (None, None) => {
+                let (p, seq) = (entry.envelope.priority, entry.seq);
+                let name = entry.envelope.name.clone();
+                self.queues.remove(p, &name, seq);
+                self.finalize(
+                    id,
+                    TaskStatus::Cancelled,
+                    Some(cancelled_error()),
+                    Bytes::new(),
+                );
+                CancelOutcome::Cancelled
+            }
+        }
+    }
+
+    fn dispatch(&mut self) {
+        for priority in crate::protocol::Priority::ALL {
+            loop {
+                let workers = &self.workers;
+                let local_free =
+                    (self.local_in_flight.len() as u32) < self.config.local_concurrency;
+                let local_specs = &self.local_specs;
+                let picked = self.queues.pop_placeable(priority, |name| {
+                    workers.pick(name).is_some() || (local_free && local_specs.contains_key(name))
+                });
+                let Some((name, _seq, id)) = picked else {
+                    break;
+                };
+                let holder = match self.workers.pick(&name) {
+                    Some(worker) => Holder::Worker(worker.clone()),
+                    None => Holder::Local,
+                };
+                self.assign(id, holder);
+            }
+        }
+    }
+
+    fn assign(&mut self, id: TaskId, holder: Holder) {
+        let timeout = {
+            let Some(entry) = self.tasks.get(&id) else {
+                return;
+            };
+            entry
+                .envelope
+                .timeout_secs
+                .or_else(|| self.spec(&entry.envelope.name).and_then(|s| s.timeout_secs))
+        };
+        let now = self.now;
+        let Some(entry) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        entry.envelope.delivery_count += 1;
+        entry.envelope.deadline_ms = match timeout {
+            Some(secs) if secs > 0.0 => now.unix_ms + (secs * 1000.0) as u64,
+            _ => 0,
+        };
+        entry.holder = Some(holder.clone());
+        entry.record.status = TaskStatus::Running;
+        entry.record.attempts = entry.envelope.attempt;
+        entry.record.delivery_count = entry.envelope.delivery_count;
+        entry.record.started_ms = Some(now.unix_ms);
+        let envelope = entry.envelope.clone();
+        match holder {
+            Holder::Local => {
+                entry.record.worker_id = Some(WorkerId(self.config.id.clone()));
+                self.local_in_flight.insert(id);
+                self.actions.push(Action::RunLocal(envelope));
+            }
+            Holder::Worker(worker) => {
+                entry.record.worker_id = Some(worker.clone());
+                self.workers.assign(&worker, id);
+                if let Some(w) = self.workers.get(&worker) {
+                    self.actions
+                        .push(reply(&w.peer.clone(), FromControlPlane::Assign(envelope)));
+                }
+            }
+        }
+    }
+
+    fn outcome(&mut self, from: Holder, outcome: TaskOutcome) {
+        let id = outcome.task_id;
+        let Some(entry) = self.tasks.get_mut(&id) else {
+            debug!(task = %id, "outcome for a task no longer running: ignored");
+            return;
+        };
+        if entry.envelope.delivery_count != outcome.delivery_count {
+            debug!(task = %id, "stale outcome (delivery {}) ignored", outcome.delivery_count);
+            return;
+        }
+        match &entry.holder {
+            Some(h) if *h == from => {}
+            None if entry.record.status == TaskStatus::Queued => {
+                // Re-queued after its worker went quiet, and the worker came back
+                // with the answer before anyone else took it.
+                let (p, seq, name) = (
+                    entry.envelope.priority,
+                    entry.seq,
+                    entry.envelope.name.clone(),
+                );
+                self.queues.remove(p, &name, seq);
+            }
+            _ => {
+                debug!(task = %id, "outcome from a worker not holding the task: ignored");
+                return;
+            }
+        }
+        let entry = self.tasks.get_mut(&id).expect("checked above");
+        entry.holder = None;
+        entry.record.started_ms = Some(outcome.started_ms);
+        if let Holder::Worker(w) = &from {
+            entry.record.worker_id = Some(w.clone());
+        }
+        match &from {
+            Holder::Local => {
+                self.local_in_flight.remove(&id);
+            }
+            Holder::Worker(worker) => self.workers.release(worker, &id, true),
+        }
+        let cancel_requested = entry.cancel_requested;
+        let attempt = entry.envelope.attempt;
+        match outcome.result {
+            AttemptResult::Success => {
+                self.finalize(id, TaskStatus::Success, None, outcome.value);
+            }
+            AttemptResult::Failure(error) if cancel_requested => {
+                let error = if error.kind == ErrorKind::Cancelled {
+                    error
+                } else {
+                    TaskError::new(
+                        ErrorKind::Cancelled,
+                        format!("cancelled ({})", error.message),
+                    )
+                };
+                self.finalize(id, TaskStatus::Cancelled, Some(error), Bytes::new());
+            }
+            AttemptResult::Failure(error) => {
+                let policy = {
+                    let entry = &self.tasks[&id];
+                    RetryPolicy::resolve(self.spec(&entry.envelope.name), &entry.envelope.retry)
+                };
+                if policy.should_retry(error.kind, attempt) {
+                    let unit = self.next_unit();
+                    let delay = policy.delay(attempt, unit);
+                    let due = self.now.unix_ms + delay.as_millis() as u64;
+                    let entry = self.tasks.get_mut(&id).expect("checked above");
+                    info!(task = %id, attempt, "task failed ({error}); retrying in {delay:?}");
+                    entry.envelope.attempt += 1;
+                    entry.envelope.not_before_ms = due;
+                    entry.record.status = TaskStatus::Retrying;
+                    entry.record.error = Some(error);
+                    entry.due_ms = Some(due);
+                    self.scheduled.insert((due, entry.seq), id);
+                } else {
+                    self.finalize(id, TaskStatus::Failure, Some(error), Bytes::new());
+                }
+            }
+        }
+    }
+
+    /// A worker no longer holds `task`: queue it again at its old place, or fail it
+    /// once it has been delivered `max_deliveries` times.
+    fn worker_lost_task(&mut self, task: TaskId, worker: &WorkerId) {
+        let Some(entry) = self.tasks.get_mut(&task) else {
+            return;
+        };
+        if entry.holder != Some(Holder::Worker(worker.clone())) {
+            return;
+        }
+        entry.holder = None;
+        if entry.cancel_requested {
+            self.finalize(
+                task,
+                TaskStatus::Cancelled,
+                Some(cancelled_error()),
+                Bytes::new(),
+            );
+            return;
+        }
+        if entry.envelope.delivery_count >= self.config.max_deliveries {
+            let error = TaskError::new(
+                ErrorKind::WorkerLost,
+                format!(
+                    "the worker running it was lost {} times (last: {worker})",
+                    entry.envelope.delivery_count
+                ),
+            );
+            self.finalize(task, TaskStatus::Failure, Some(error), Bytes::new());
+            return;
+        }
+        warn!(%task, %worker, "re-queueing a task its worker lost");
+        entry.record.status = TaskStatus::Queued;
+        self.queues.push(
+            entry.envelope.priority,
+            &entry.envelope.name,
+            entry.seq,
+            task,
+        );
+    }
+
+    fn remove_worker(&mut self, id: &WorkerId) {
+        if let Some(worker) = self.workers.remove(id) {
+            for task in worker.in_flight {
+                self.worker_lost_task(task, id);
+            }
+        }
+    }
+
+    fn finalize(&mut self, id: TaskId, status: TaskStatus, error: Option<TaskError>, value: Bytes) {
+        let Some(mut entry) = self.tasks.remove(&id) else {
+            return;
+        };
+        entry.record.status = status;
+        entry.record.error = error;
+        entry.record.value = value;
+        entry.record.completed_ms = Some(self.now.unix_ms);
+        let record = entry.record;
+        for waiter in self.waiters.remove(&id).unwrap_or_default() {
+            let action = match waiter {
+                Waiter::Result(peer) => reply(&peer, FromControlPlane::Result(record.clone())),
+                Waiter::Status { peer, request_id } => reply(
+                    &peer,
+                    FromControlPlane::StatusReply {
+                        request_id,
+                        record: Some(record.clone()),
+                    },
+                ),
+            };
+            self.actions.push(action);
+        }
+        if let Some(callback) = entry.envelope.callback {
+            self.actions.push(Action::Callback {
+                callback,
+                record: record.clone(),
+            });
+        }
+        self.cache.insert(record, self.now.at);
+    }
+
+    /// A number in [0, 1) for retry jitter (xorshift; quality is irrelevant here).
+    fn next_unit(&mut self) -> f64 {
+        let mut x = self.rng_state;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng_state = x;
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn cancelled_error() -> TaskError {
+    TaskError::new(ErrorKind::Cancelled, "cancelled before it ran")
+}
+
+fn request_id_of(msg: &ToControlPlane) -> u64 {
+    match msg {
+        ToControlPlane::Submit { request_id, .. }
+        | ToControlPlane::SubmitBatch { request_id, .. }
+        | ToControlPlane::Status { request_id, .. }
+        | ToControlPlane::Cancel { request_id, .. } => *request_id,
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,376 @@
+use bytes::Bytes;
+
+use super::*;
+use crate::protocol::{Announcement, Codec, Hello, Priority, Registration};
+
+fn spec(name: &str) -> TaskSpec {
+    TaskSpec {
+        name: name.into(),
+        max_retries: 0,
+        retry_delay_secs: 1.0,
+        retry_backoff: 2.0,
+        retry_backoff_max_secs: 10.0,
+        timeout_secs: None,
+    }
+}
+
+fn config(local_concurrency: u32) -> DispatcherConfig {
+    DispatcherConfig {
+        id: "cp".into(),
+        inactive_after: Duration::from_secs(30),
+        max_deliveries: 3,
+        cache_size: 100,
+        cache_ttl: Duration::from_secs(60),
+        local_concurrency,
+        announcement: Announcement {
+            control_plane_id: "cp".into(),
+            base_address: "tcp://127.0.0.1:1".into(),
+            subworker_address: None,
+            protocol_version: PROTOCOL_VERSION,
+        },
+    }
+}
+
+fn hello(d: &mut Dispatcher, peer: &PeerId, kind: PeerKind, now: Now) {
+    d.handle(
+        peer,
+        ToControlPlane::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            peer_kind: kind,
+            peer_id: "x".into(),
+            features: vec![],
+        }),
+        now,
+    );
+}
+
+fn register(d: &mut Dispatcher, peer: &PeerId, id: &str, concurrency: u32, now: Now) {
+    hello(d, peer, PeerKind::Subworker, now);
+    d.handle(
+        peer,
+        ToControlPlane::Register(Registration {
+            worker_id: WorkerId(id.into()),
+            tasks: vec![spec("add"), spec("slow")],
+            concurrency,
+            address: None,
+            pid: 1,
+            running: vec![],
+        }),
+        now,
+    );
+}
+
+fn task(name: &str, priority: Priority) -> TaskEnvelope {
+    let mut t = TaskEnvelope::new(name, Codec::Json, Bytes::from_static(b"[1,2]"));
+    t.priority = priority;
+    t
+}
+
+fn submit(d: &mut Dispatcher, client: &PeerId, t: TaskEnvelope, now: Now) {
+    d.handle(
+        client,
+        ToControlPlane::Submit {
+            request_id: 1,
+            task: t,
+            wait: true,
+        },
+        now,
+    );
+}
+
+fn local_runs(actions: &[Action]) -> Vec<TaskEnvelope> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::RunLocal(t) => Some(t.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn assigns(actions: &[Action]) -> Vec<(PeerId, TaskEnvelope)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send {
+                peer,
+                msg: FromControlPlane::Assign(t),
+            } => Some((peer.clone(), t.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn results(actions: &[Action]) -> Vec<TaskRecord> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send {
+                msg: FromControlPlane::Result(r),
+                ..
+            } => Some(r.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn success(t: &TaskEnvelope, value: &'static [u8]) -> TaskOutcome {
+    TaskOutcome {
+        task_id: t.id,
+        delivery_count: t.delivery_count,
+        result: AttemptResult::Success,
+        started_ms: 1,
+        completed_ms: 2,
+        value: Bytes::from_static(value),
+    }
+}
+
+fn failure(t: &TaskEnvelope) -> TaskOutcome {
+    TaskOutcome {
+        result: AttemptResult::Failure(TaskError::new(ErrorKind::Failed, "nope")),
+        ..success(t, b"")
+    }
+}
+
+#[test]
+fn runs_locally_when_no_subworker_and_pushes_the_result() {
+    let now = Now::now();
+    let mut d = Dispatcher::new(config(1), vec![spec("add")], now);
+    let client = Bytes::from_static(b"client");
+    hello(&mut d, &client, PeerKind::Client, now);
+    let t = task("add", Priority::Normal);
+    submit(&mut d, &client, t.clone(), now);
+    let run = local_runs(&d.take_actions());
+    assert_eq!(run.len(), 1);
+    assert_eq!(run[0].delivery_count, 1);
+    d.local_outcome(success(&run[0], b"3"), now);
+    let res = results(&d.take_actions());
+    assert_eq!(res.len(), 1);
+    assert_eq!(res[0].task_id, t.id);
+    assert_eq!(res[0].status, TaskStatus::Success);
+    assert_eq!(&res[0].value[..], b"3");
+    assert_eq!(res[0].worker_id, Some(WorkerId("cp".into())));
+}
+
+#[test]
+fn unknown_task_and_message_before_hello_are_rejected() {
+    let now = Now::now();
+    let mut d = Dispatcher::new(config(1), vec![spec("add")], now);
+    let client = Bytes::from_static(b"client");
+    submit(&mut d, &client, task("add", Priority::Normal), now);
+    assert!(matches!(
+        &d.take_actions()[..],
+        [Action::Send {
+            msg: FromControlPlane::Rejected { .. },
+            ..
+        }]
+    ));
+    hello(&mut d, &client, PeerKind::Client, now);
+    d.take_actions();
+    submit(&mut d, &client, task("nope", Priority::Normal), now);
+    match &d.take_actions()[..] {
+        [Action::Send {
+            msg: FromControlPlane::Rejected { error, .. },
+            ..
+        }] => {
+            assert_eq!(error.kind, ErrorKind::UnknownTask);
+            assert!(error.message.contains("nope") && error.message.contains("add"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn strict_priority_when_the_only_executor_is_saturated() {
+    let now = Now::now();
+    let mut d = Dispatcher::new(config(1), vec![spec("add")], now);
+    let client = Bytes::from_static(b"client");
+    hello(&mut d, &client, PeerKind::Client, now);
+    let first = task("add", Priority::Low);
+    submit(&mut d, &client, first, now);
+    let mut running = local_runs(&d.take_actions()).remove(0);
+    let order = [
+        Priority::Low,
+        Priority::Normal,
+        Priority::Critical,
+        Priority::High,
+        Priority::Critical,
+    ];
+    let mut ids = HashMap::new();
+    for p in order {
+        let t = task("add", p);
+        ids.insert(t.id, p);
+        submit(&mut d, &client, t, now);
+    }
+    assert!(
+        local_runs(&d.take_actions()).is_empty(),
+        "the one slot is busy"
+    );
+    let mut seen = Vec::new();
+    for _ in 0..order.len() {
+        d.local_outcome(success(&running, b"0"), now);
+        let next = local_runs(&d.take_actions());
+        assert_eq!(next.len(), 1);
+        running = next[0].clone();
+        seen.push(ids[&running.id]);
+    }
+    assert_eq!(
+        seen,
+        [
+            Priority::Critical,
+            Priority::Critical,
+            Priority::High,
+            Priority::Normal,
+            Priority::Low
+        ]
+    );
+}
+
+#[test]
+fn subworkers_are_preferred_and_least_loaded_first() {
+    let now = Now::now();
+    let mut d = Dispatcher::new(config(1), vec![spec("add")], now);
+    for (peer, id) in [(&b"p1"[..], "sw1"), (b"p2", "sw2"), (b"p3", "sw3")] {
+        register(&mut d, &Bytes::copy_from_slice(peer), id, 2, now);
+    }
+    let client = Bytes::from_static(b"client");
+    hello(&mut d, &client, PeerKind::Client, now);
+    d.take_actions();
+    for _ in 0..6 {
+        submit(&mut d, &client, task("add", Priority::Normal), now);
+    }
+    let actions = d.take_actions();
+    assert!(local_runs(&actions).is_empty());
+    let mut per_peer: HashMap<PeerId, usize> = HashMap::new();
+    for (peer, _) in assigns(&actions) {
+        *per_peer.entry(peer).or_default() += 1;
+    }
+    assert_eq!(per_peer.len(), 3);
+    assert!(per_peer.values().all(|&n| n == 2), "{per_peer:?}");
+    // Every subworker slot is full: the next task runs on the control plane itself.
+    submit(&mut d, &client, task("add", Priority::Normal), now);
+    assert_eq!(local_runs(&d.take_actions()).len(), 1);
+}
+
+#[test]
+fn a_lost_subworkers_tasks_are_redelivered_then_fail_after_max_deliveries() {
+    let now = Now::now();
+    let mut d = Dispatcher::new(config(0), vec![], now);
+    let client = Bytes::from_static(b"client");
+    hello(&mut d, &client, PeerKind::Client, now);
+    let t = task("add", Priority::Normal);
+    let mut worker_no = 0u8;
+    let mut new_worker = |d: &mut Dispatcher| {
+        worker_no += 1;
+        let peer = Bytes::from(vec![worker_no]);
+        register(d, &peer, &format!("sw{worker_no}"), 1, now);
+        peer
+    };
+    let p1 = new_worker(&mut d);
+    submit(&mut d, &client, t.clone(), now);
+    let a = assigns(&d.take_actions());
+    assert_eq!(a[0].1.delivery_count, 1);
+    d.peer_disconnected(&p1, now);
+    let p2 = new_worker(&mut d);
+    let a = assigns(&d.take_actions());
+    assert_eq!((a[0].0.clone(), a[0].1.delivery_count), (p2.clone(), 2));
+    // A stale outcome from the first delivery is ignored.
+    d.handle(
+        &p2,
+        ToControlPlane::Outcome(success(
+            &TaskEnvelope {
+                delivery_count: 1,
+                ..t.clone()
+            },
+            b"x",
+        )),
+        now,
+    );
+    assert!(results(&d.take_actions()).is_empty());
+    d.peer_disconnected(&p2, now);
+    let p3 = new_worker(&mut d);
+    let a = assigns(&d.take_actions());
+    assert_eq!(a[0].1.delivery_count, 3);
+    d.peer_disconnected(&p3, now);
+    let res = results(&d.take_actions());
+    assert_eq!(res.len(), 1);
+    assert_eq!(res[0].status, TaskStatus::Failure);
+    assert_eq!(res[0].error.as_ref().unwrap().kind, ErrorKind::WorkerLost);
+}
+
+#[test]
+fn failures_retry_with_delay_then_end_after_max_retries_plus_one_attempts() {
+    let now = Now::now();
+    let mut d = Dispatcher::new(config(1), vec![spec("add")], now);
+    let client = Bytes::from_static(b"client");
+    hello(&mut d, &client, PeerKind::Client, now);
+    let mut t = task("add", Priority::Normal);
+    t.retry.max_retries = Some(2);
+    submit(&mut d, &client, t, now);
+    let mut clock = now;
+    let mut attempts = 0;
+    loop {
+        let run = local_runs(&d.take_actions());
+        if run.is_empty() {
+            break;
+        }
+        attempts += 1;
+        assert_eq!(run[0].attempt, attempts);
+        d.local_outcome(failure(&run[0]), clock);
+        let after = d.take_actions();
+        if !results(&after).is_empty() {
+            assert_eq!(results(&after)[0].attempts, 3);
+            break;
+        }
+        // Not before its delay.
+        d.tick(clock.plus(Duration::from_millis(500)));
+        assert!(local_runs(&d.take_actions()).is_empty());
+        clock = clock.plus(Duration::from_secs(5));
+        d.tick(clock);
+        let due = local_runs(&d.actions.clone());
+        assert_eq!(due.len(), 1, "retry dispatched once due");
+    }
+    assert_eq!(attempts, 3);
+}
+
+#[test]
+fn countdown_waits_and_cancel_prevents_the_run() {
+    let now = Now::now();
+    let mut d = Dispatcher::new(config(1), vec![spec("add")], now);
+    let client = Bytes::from_static(b"client");
+    hello(&mut d, &client, PeerKind::Client, now);
+    let mut later = task("add", Priority::Normal);
+    later.not_before_ms = now.unix_ms + 2_000;
+    let mut cancelled = task("add", Priority::Normal);
+    cancelled.not_before_ms = now.unix_ms + 2_000;
+    submit(&mut d, &client, later.clone(), now);
+    submit(&mut d, &client, cancelled.clone(), now);
+    assert!(local_runs(&d.take_actions()).is_empty());
+    d.handle(
+        &client,
+        ToControlPlane::Cancel {
+            request_id: 9,
+            task_id: cancelled.id,
+        },
+        now,
+    );
+    let acts = d.take_actions();
+    assert!(acts.iter().any(|a| matches!(
+        a,
+        Action::Send {
+            msg: FromControlPlane::CancelReply {
+                outcome: CancelOutcome::Cancelled,
+                ..
+            },
+            ..
+        }
+    )));
+    d.tick(now.plus(Duration::from_millis(1_999)));
+    assert!(local_runs(&d.take_actions()).is_empty());
+    d.tick(now.plus(Duration::from_millis(2_000)));
+    let run = local_runs(&d.take_actions());
+    assert_eq!(run.len(), 1);
+    assert_eq!(run[0].id, later.id);
+    d.tick(now.plus(Duration::from_secs(10)));
+    assert!(local_runs(&d.take_actions()).is_empty(), "never twice");
+}

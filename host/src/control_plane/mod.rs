@@ -1,0 +1,13 @@
+//! The control plane: accepts tasks, queues them by priority, hands them to
+//! subworkers (or runs them itself), caches results, tracks subworker health.
+//!
+//! - [`dispatcher`]: the state machine (no I/O).
+//! - [`queue`], [`workers`], [`result_cache`], [`retry`]: its parts.
+//! - [`server`]: the event loop that connects the state machine to sockets, the local
+//!   executor, timers and signals.
+
+pub mod dispatcher;
+pub mod queue;
+pub mod result_cache;
+pub mod retry;
+pub mod workers;

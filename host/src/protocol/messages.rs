@@ -1,0 +1,492 @@
+//! The messages. [`ToControlPlane`] is everything a client or subworker sends;
+//! [`FromControlPlane`] is everything the control plane sends back. A subworker's own
+//! status endpoint and the discovery endpoint speak the same two enums.
+//!
+//! Fields marked "frame" are not encoded in the header: they travel as frames of their
+//! own (see [`super::frames`]).
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::ids::{TaskId, WorkerId};
+use crate::task_error::TaskError;
+
+/// Who is speaking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerKind {
+    /// Submits tasks and reads results.
+    Client,
+    /// Runs tasks handed to it.
+    Subworker,
+    /// Coordinates everything.
+    ControlPlane,
+}
+
+/// The first message on every connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The protocol version the peer speaks.
+    pub protocol_version: u8,
+    /// What the peer is.
+    pub peer_kind: PeerKind,
+    /// Its id (a subworker's `--worker-id`; any name for a client).
+    pub peer_id: String,
+    /// Optional features it supports; unknown ones are ignored.
+    pub features: Vec<String>,
+}
+
+/// The control plane's answer to [`Hello`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The protocol version the control plane speaks.
+    pub protocol_version: u8,
+    /// The control plane's id.
+    pub control_plane_id: String,
+    /// Features it supports.
+    pub features: Vec<String>,
+}
+
+/// How a payload is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Codec {
+    /// JSON: arguments are an array, the result a value.
+    Json,
+    /// bincode 1, standard form: arguments are a tuple.
+    Bincode,
+}
+
+impl From<Codec> for fastworker_plugin_sdk::Codec {
+    fn from(c: Codec) -> Self {
+        match c {
+            Codec::Json => fastworker_plugin_sdk::Codec::Json,
+            Codec::Bincode => fastworker_plugin_sdk::Codec::Bincode,
+        }
+    }
+}
+
+/// Task priority, most urgent first (the derived order is the dispatch order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Priority {
+    /// First.
+    Critical,
+    /// Second.
+    High,
+    /// Third; the default.
+    Normal,
+    /// Last.
+    Low,
+}
+
+impl Priority {
+    /// All four, most urgent first.
+    pub const ALL: [Priority; 4] = [
+        Priority::Critical,
+        Priority::High,
+        Priority::Normal,
+        Priority::Low,
+    ];
+
+    /// 0 for critical .. 3 for low.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Critical => "critical",
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+        }
+    }
+}
+
+impl From<fastworker_plugin_sdk::Priority> for Priority {
+    fn from(p: fastworker_plugin_sdk::Priority) -> Self {
+        match p {
+            fastworker_plugin_sdk::Priority::Critical => Priority::Critical,
+            fastworker_plugin_sdk::Priority::High => Priority::High,
+            fastworker_plugin_sdk::Priority::Normal => Priority::Normal,
+            fastworker_plugin_sdk::Priority::Low => Priority::Low,
+        }
+    }
+}
+
+/// Per-submission overrides of a task's retry policy; `None` keeps the plugin's default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RetryOverride {
+    /// Retries after the first failure.
+    pub max_retries: Option<u32>,
+    /// Seconds before the first retry.
+    pub delay_secs: Option<f64>,
+    /// Multiplier for each later delay.
+    pub backoff: Option<f64>,
+    /// Cap on the delay, seconds.
+    pub backoff_max_secs: Option<f64>,
+    /// Randomize each delay by up to ±25%.
+    pub jitter: Option<bool>,
+}
+
+/// Where to send a task's result when it completes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Callback {
+    /// A ZeroMQ endpoint, e.g. `tcp://127.0.0.1:6000`.
+    pub address: String,
+    /// Opaque data sent back with the result.
+    pub data: String,
+}
+
+/// W3C trace context, carried so a later tracing layer can join spans across hosts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TraceContext {
+    /// The `traceparent` header value.
+    pub traceparent: String,
+    /// The `tracestate` header value.
+    pub tracestate: String,
+}
+
+/// One task, as submitted and as handed to a worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskEnvelope {
+    /// Its id.
+    pub id: TaskId,
+    /// The task name, resolved to a plugin entry point by whoever runs it.
+    pub name: String,
+    /// How `payload` is encoded; the result comes back the same way.
+    pub codec: Codec,
+    /// Its priority.
+    pub priority: Priority,
+    /// 1 for the first attempt, 2 for the first retry, ...
+    pub attempt: u32,
+    /// How many times it has been handed to a worker (re-deliveries after a lost
+    /// worker raise it).
+    pub delivery_count: u32,
+    /// Unix milliseconds before which it must not run; 0 = now.
+    pub not_before_ms: u64,
+    /// Unix milliseconds after which the current attempt has timed out; 0 = none.
+    pub deadline_ms: u64,
+    /// Seconds a single attempt may run; `None` keeps the plugin's default.
+    pub timeout_secs: Option<f64>,
+    /// Retry overrides.
+    pub retry: RetryOverride,
+    /// Where to send the result, if anywhere.
+    pub callback: Option<Callback>,
+    /// Trace context, if any.
+    pub trace: Option<TraceContext>,
+    /// The arguments (frame).
+    #[serde(skip)]
+    pub payload: Bytes,
+}
+
+impl TaskEnvelope {
+    /// A new envelope for `name` with `payload`, normal priority, first attempt.
+    pub fn new(name: impl Into<String>, codec: Codec, payload: impl Into<Bytes>) -> Self {
+        TaskEnvelope {
+            id: TaskId::new(),
+            name: name.into(),
+            codec,
+            priority: Priority::Normal,
+            attempt: 1,
+            delivery_count: 0,
+            not_before_ms: 0,
+            deadline_ms: 0,
+            timeout_secs: None,
+            retry: RetryOverride::default(),
+            callback: None,
+            trace: None,
+            payload: payload.into(),
+        }
+    }
+}
+
+/// Where a task is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TaskStatus {
+    /// Received, not yet queued.
+    Pending,
+    /// Waiting for its countdown / eta.
+    Scheduled,
+    /// In a priority queue.
+    Queued,
+    /// Handed to a worker.
+    Assigned,
+    /// The worker started it.
+    Running,
+    /// Finished with a value. Final.
+    Success,
+    /// Finished with an error and no retries left. Final.
+    Failure,
+    /// Failed; will be queued again after its retry delay.
+    Retrying,
+    /// Cancelled. Final.
+    Cancelled,
+}
+
+impl TaskStatus {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Pending => "pending",
+            TaskStatus::Scheduled => "scheduled",
+            TaskStatus::Queued => "queued",
+            TaskStatus::Assigned => "assigned",
+            TaskStatus::Running => "running",
+            TaskStatus::Success => "success",
+            TaskStatus::Failure => "failure",
+            TaskStatus::Retrying => "retrying",
+            TaskStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Success, failure and cancelled are final.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            TaskStatus::Success | TaskStatus::Failure | TaskStatus::Cancelled
+        )
+    }
+}
+
+/// What is known about a task: its status and, once final, its outcome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// Its id.
+    pub task_id: TaskId,
+    /// Its name.
+    pub name: String,
+    /// Where it is.
+    pub status: TaskStatus,
+    /// The codec of `value`.
+    pub codec: Codec,
+    /// The error, for failure and cancelled.
+    pub error: Option<TaskError>,
+    /// The worker that ran (or is running) it.
+    pub worker_id: Option<WorkerId>,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Deliveries to workers so far.
+    pub delivery_count: u32,
+    /// Unix ms when it was submitted.
+    pub submitted_ms: u64,
+    /// Unix ms when its last attempt started.
+    pub started_ms: Option<u64>,
+    /// Unix ms when it reached a final status.
+    pub completed_ms: Option<u64>,
+    /// The encoded result, for success (frame).
+    #[serde(skip)]
+    pub value: Bytes,
+}
+
+/// How a finished attempt ended, as a worker reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AttemptResult {
+    /// The task returned a value (in the outcome's `value` frame).
+    Success,
+    /// The task failed.
+    Failure(TaskError),
+}
+
+/// A worker's report on one attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskOutcome {
+    /// The task.
+    pub task_id: TaskId,
+    /// The delivery it answers (so a stale report after a re-delivery is ignored).
+    pub delivery_count: u32,
+    /// How it ended.
+    pub result: AttemptResult,
+    /// Unix ms it started.
+    pub started_ms: u64,
+    /// Unix ms it ended.
+    pub completed_ms: u64,
+    /// The encoded value, for success (frame).
+    #[serde(skip)]
+    pub value: Bytes,
+}
+
+/// A task a worker serves, with the defaults its plugin declares.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// The task name.
+    pub name: String,
+    /// Default retries after a failure.
+    pub max_retries: u32,
+    /// Default first retry delay, seconds.
+    pub retry_delay_secs: f64,
+    /// Default backoff multiplier.
+    pub retry_backoff: f64,
+    /// Default cap on the retry delay, seconds.
+    pub retry_backoff_max_secs: f64,
+    /// Default timeout of one attempt, seconds.
+    pub timeout_secs: Option<f64>,
+}
+
+/// What a subworker tells the control plane about itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Registration {
+    /// Its id.
+    pub worker_id: WorkerId,
+    /// The tasks it serves.
+    pub tasks: Vec<TaskSpec>,
+    /// How many tasks it runs at once (its credits).
+    pub concurrency: u32,
+    /// Its own status endpoint, if it bound one.
+    pub address: Option<String>,
+    /// Its process id, for people reading the dashboard.
+    pub pid: u32,
+    /// Tasks it is still running from before a reconnect.
+    pub running: Vec<TaskId>,
+}
+
+/// How a cancel request ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CancelOutcome {
+    /// It had not started; it never will.
+    Cancelled,
+    /// It is running; its worker was told to stop.
+    Signalled,
+    /// It had already finished with this status.
+    AlreadyFinished(TaskStatus),
+    /// No such task is known.
+    NotFound,
+}
+
+/// Where a control plane can be reached (the discovery answer).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Announcement {
+    /// The control plane's id.
+    pub control_plane_id: String,
+    /// Where clients and subworkers connect.
+    pub base_address: String,
+    /// The extra endpoint for subworkers, if any.
+    pub subworker_address: Option<String>,
+    /// Its protocol version.
+    pub protocol_version: u8,
+}
+
+/// Everything sent to a control plane (and to a subworker's status endpoint).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ToControlPlane {
+    /// Must come first on a connection.
+    Hello(Hello),
+    /// Submit one task. With `wait`, the result is pushed back when final.
+    Submit {
+        /// Echoed in the answer.
+        request_id: u64,
+        /// The task.
+        task: TaskEnvelope,
+        /// Push the result when final.
+        wait: bool,
+    },
+    /// Submit many tasks, accepted all or none.
+    SubmitBatch {
+        /// Echoed in the answer.
+        request_id: u64,
+        /// The tasks.
+        tasks: Vec<TaskEnvelope>,
+        /// Push each result when final.
+        wait: bool,
+    },
+    /// Ask for a task's record; with `wait`, answer only once it is final.
+    Status {
+        /// Echoed in the answer.
+        request_id: u64,
+        /// The task.
+        task_id: TaskId,
+        /// Answer when final rather than now.
+        wait: bool,
+    },
+    /// Cancel a task.
+    Cancel {
+        /// Echoed in the answer.
+        request_id: u64,
+        /// The task.
+        task_id: TaskId,
+    },
+    /// A subworker offers its tasks and slots.
+    Register(Registration),
+    /// A subworker is alive; what it is doing.
+    Heartbeat {
+        /// Tasks it is running.
+        running: u32,
+        /// Slots free.
+        free_slots: u32,
+    },
+    /// A subworker's report on one attempt.
+    Outcome(TaskOutcome),
+    /// A subworker's task list changed (plugin reload).
+    TasksChanged {
+        /// The tasks it serves now.
+        tasks: Vec<TaskSpec>,
+    },
+    /// A subworker takes no more tasks (it is shutting down or restarting).
+    Draining,
+    /// A subworker leaves.
+    Unregister,
+    /// Liveness check; answered with `Pong`.
+    Ping {
+        /// Echoed.
+        nonce: u64,
+    },
+    /// Where is the control plane? Answered with `Announce`.
+    Discover,
+}
+
+/// Everything a control plane sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum FromControlPlane {
+    /// The handshake succeeded.
+    Welcome(Welcome),
+    /// The handshake (or a message before it) was refused.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+    /// Tasks accepted (in submission order).
+    Accepted {
+        /// The request answered.
+        request_id: u64,
+        /// Their ids.
+        task_ids: Vec<TaskId>,
+    },
+    /// A request was refused; nothing was accepted.
+    Rejected {
+        /// The request answered (0 when it could not be read).
+        request_id: u64,
+        /// Why.
+        error: TaskError,
+    },
+    /// A task's final record, pushed to whoever waits for it.
+    Result(TaskRecord),
+    /// The answer to `Status`.
+    StatusReply {
+        /// The request answered.
+        request_id: u64,
+        /// The record, if the task is known.
+        record: Option<TaskRecord>,
+    },
+    /// The answer to `Cancel`.
+    CancelReply {
+        /// The request answered.
+        request_id: u64,
+        /// What happened.
+        outcome: CancelOutcome,
+    },
+    /// Run this task (to a subworker).
+    Assign(TaskEnvelope),
+    /// Stop this running task (to a subworker).
+    CancelTask {
+        /// The task.
+        task_id: TaskId,
+    },
+    /// Answer to a heartbeat: the control plane is alive.
+    HeartbeatAck,
+    /// Answer to `Ping`.
+    Pong {
+        /// Echoed.
+        nonce: u64,
+    },
+    /// Where the control plane is (answer to `Discover`, and every 2 s).
+    Announce(Announcement),
+}

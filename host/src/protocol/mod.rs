@@ -1,0 +1,37 @@
+//! The wire protocol between clients, subworkers and the control plane: data only, no
+//! I/O. `docs/PROTOCOL.md` describes the same thing for people writing a client in
+//! another language.
+//!
+//! A message is a ZeroMQ multipart message. Frame 0 is the header: the bytes `F` `W`,
+//! one byte of [`PROTOCOL_VERSION`], then the message encoded with bincode 1 in its
+//! standard form (fixed-width little-endian integers, u64 lengths, u32 enum tags).
+//! Task payloads and result values are *not* in the header: each travels untouched in
+//! a frame of its own after it, in the order the header lists them, so the control
+//! plane never decodes or re-encodes task data.
+//!
+//! - [`ids`]: `TaskId`, `WorkerId`.
+//! - [`messages`]: the two message enums, one per direction, and what they carry.
+//! - [`frames`]: turning messages into frames and back.
+
+pub mod frames;
+pub mod ids;
+pub mod messages;
+
+pub use frames::{decode, encode, ProtocolError};
+pub use ids::{TaskId, WorkerId};
+pub use messages::*;
+
+/// The protocol version this build speaks. A peer speaking another version is refused
+/// with a message (encoded in this version) that says both numbers.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// The first two bytes of every header frame.
+pub const MAGIC: [u8; 2] = *b"FW";
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
