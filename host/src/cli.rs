@@ -192,7 +192,7 @@ pub struct SubmitArgs {
     #[arg(long)]
     pub task_name: String,
     /// Arguments: each is a bool, an int, a float, a JSON value, else a string.
-    #[arg(long, num_args = 0.., allow_hyphen_values = true)]
+    #[arg(long, num_args = 0.., allow_negative_numbers = true)]
     pub args: Vec<String>,
     /// Priority.
     #[arg(long, value_enum, ignore_case = true, default_value = "normal")]

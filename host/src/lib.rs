@@ -10,9 +10,13 @@
 //! - [`commands`]: one module per subcommand.
 
 pub mod cli;
+pub mod client;
 pub mod commands;
 pub mod control_plane;
+pub mod executor;
 pub mod plugin;
 pub mod protocol;
+pub mod shutdown;
+pub mod subworker;
 pub mod task_error;
 pub mod transport;

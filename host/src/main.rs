@@ -1,12 +1,13 @@
 //! The `fastworker` binary: parse the command line, set up logging, run the command,
 //! and decide the exit code.
 
-use std::process::ExitCode;
+use std::{future::Future, process::ExitCode};
 
 use clap::Parser;
 use fastworker::{
     cli::{Cli, Command, LogLevel},
     commands,
+    plugin::{LoadError, RegistryError},
 };
 use tracing_subscriber::EnvFilter;
 
@@ -26,36 +27,48 @@ fn init_logging(level: LogLevel) {
         .init();
 }
 
+/// Runs a long-lived service on the multi-threaded runtime.
+fn serve(fut: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(fut)
+}
+
+/// Runs a one-shot client command on a small runtime and prints its output.
+fn one_shot<E: Into<anyhow::Error>>(
+    fut: impl Future<Output = Result<String, E>>,
+) -> anyhow::Result<()> {
+    let text = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(fut)
+        .map_err(Into::into)?;
+    print!("{text}");
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_level);
-    let result = match &cli.command {
-        Command::List(args) => {
-            commands::list::run(args, &cli.plugin_dir).map(|text| print!("{text}"))
-        }
-        other => {
-            let name = match other {
-                Command::ControlPlane(_) => "control-plane",
-                Command::Subworker(_) => "subworker",
-                Command::Submit(_) => "submit",
-                Command::Status(_) => "status",
-                Command::Cancel(_) => "cancel",
-                Command::List(_) => "list",
-            };
-            eprintln!("fastworker {name}: not built yet");
-            return ExitCode::from(2);
-        }
+    let dir = cli.plugin_dir.clone();
+    let result = match cli.command {
+        Command::List(args) => commands::list::run(&args, &dir).map(|text| print!("{text}")),
+        Command::ControlPlane(args) => serve(fastworker::control_plane::server::run(args, &dir)),
+        Command::Subworker(args) => serve(fastworker::subworker::run(args, &dir)),
+        Command::Submit(args) => one_shot(async move { commands::submit::run(&args).await }),
+        Command::Status(args) => one_shot(async move { commands::task::status(&args).await }),
+        Command::Cancel(args) => one_shot(async move { commands::task::cancel(&args).await }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            if let Some(fastworker::plugin::RegistryError::Load(
-                fastworker::plugin::LoadError::LayoutMismatch { report, .. },
-            )) = err.downcast_ref()
+            if let Some(RegistryError::Load(LoadError::LayoutMismatch { report, .. })) =
+                err.downcast_ref()
             {
                 tracing::debug!("abi_stable layout report:\n{report}");
             }
-            eprintln!("error: {err}");
+            eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }
     }

@@ -1,3 +1,7 @@
 //! One module per subcommand: each turns parsed arguments into work and output.
 
+pub mod connect;
 pub mod list;
+pub mod render;
+pub mod submit;
+pub mod task;

@@ -43,7 +43,7 @@ pub struct Now {
 
 impl Now {
     /// The current time.
-    pub fn now() -> Self {
+    pub fn current() -> Self {
         Now {
             at: Instant::now(),
             unix_ms: crate::protocol::now_ms(),

@@ -10,4 +10,5 @@ pub mod dispatcher;
 pub mod queue;
 pub mod result_cache;
 pub mod retry;
+pub mod server;
 pub mod workers;

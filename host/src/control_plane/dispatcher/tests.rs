@@ -134,7 +134,7 @@ fn failure(t: &TaskEnvelope) -> TaskOutcome {
 
 #[test]
 fn runs_locally_when_no_subworker_and_pushes_the_result() {
-    let now = Now::now();
+    let now = Now::current();
     let mut d = Dispatcher::new(config(1), vec![spec("add")], now);
     let client = Bytes::from_static(b"client");
     hello(&mut d, &client, PeerKind::Client, now);
@@ -154,7 +154,7 @@ fn runs_locally_when_no_subworker_and_pushes_the_result() {
 
 #[test]
 fn unknown_task_and_message_before_hello_are_rejected() {
-    let now = Now::now();
+    let now = Now::current();
     let mut d = Dispatcher::new(config(1), vec![spec("add")], now);
     let client = Bytes::from_static(b"client");
     submit(&mut d, &client, task("add", Priority::Normal), now);
@@ -182,7 +182,7 @@ fn unknown_task_and_message_before_hello_are_rejected() {
 
 #[test]
 fn strict_priority_when_the_only_executor_is_saturated() {
-    let now = Now::now();
+    let now = Now::current();
     let mut d = Dispatcher::new(config(1), vec![spec("add")], now);
     let client = Bytes::from_static(b"client");
     hello(&mut d, &client, PeerKind::Client, now);
@@ -228,7 +228,7 @@ fn strict_priority_when_the_only_executor_is_saturated() {
 
 #[test]
 fn subworkers_are_preferred_and_least_loaded_first() {
-    let now = Now::now();
+    let now = Now::current();
     let mut d = Dispatcher::new(config(1), vec![spec("add")], now);
     for (peer, id) in [(&b"p1"[..], "sw1"), (b"p2", "sw2"), (b"p3", "sw3")] {
         register(&mut d, &Bytes::copy_from_slice(peer), id, 2, now);
@@ -254,7 +254,7 @@ fn subworkers_are_preferred_and_least_loaded_first() {
 
 #[test]
 fn a_lost_subworkers_tasks_are_redelivered_then_fail_after_max_deliveries() {
-    let now = Now::now();
+    let now = Now::current();
     let mut d = Dispatcher::new(config(0), vec![], now);
     let client = Bytes::from_static(b"client");
     hello(&mut d, &client, PeerKind::Client, now);
@@ -300,7 +300,7 @@ fn a_lost_subworkers_tasks_are_redelivered_then_fail_after_max_deliveries() {
 
 #[test]
 fn failures_retry_with_delay_then_end_after_max_retries_plus_one_attempts() {
-    let now = Now::now();
+    let now = Now::current();
     let mut d = Dispatcher::new(config(1), vec![spec("add")], now);
     let client = Bytes::from_static(b"client");
     hello(&mut d, &client, PeerKind::Client, now);
@@ -335,7 +335,7 @@ fn failures_retry_with_delay_then_end_after_max_retries_plus_one_attempts() {
 
 #[test]
 fn countdown_waits_and_cancel_prevents_the_run() {
-    let now = Now::now();
+    let now = Now::current();
     let mut d = Dispatcher::new(config(1), vec![spec("add")], now);
     let client = Bytes::from_static(b"client");
     hello(&mut d, &client, PeerKind::Client, now);

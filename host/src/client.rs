@@ -1,0 +1,428 @@
+//! [`Client`]: the async Rust client, and discovery.
+//!
+//! One connection (a DEALER) carries every request; replies are matched to requests by
+//! request id and results to tasks by task id, so any number of concurrent calls on
+//! one client each get their own answer.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use serde::{de::DeserializeOwned, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tracing::debug;
+
+use crate::{
+    protocol::{
+        self, Announcement, CancelOutcome, Codec, FromControlPlane, Hello, PeerKind, TaskEnvelope,
+        TaskId, TaskRecord, TaskStatus, ToControlPlane, PROTOCOL_VERSION,
+    },
+    task_error::TaskError,
+    transport::{self, TransportError},
+};
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The control plane could not be reached.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The control plane refused the connection.
+    #[error("the control plane refused the connection: {0}")]
+    Refused(String),
+    /// The control plane refused the request.
+    #[error("{0}")]
+    Rejected(TaskError),
+    /// The task ended without success.
+    #[error("task {id} ended {status}: {error}", status = .status.as_str())]
+    TaskFailed {
+        /// The task.
+        id: TaskId,
+        /// Its final status.
+        status: TaskStatus,
+        /// Its error.
+        error: TaskError,
+    },
+    /// No answer in time.
+    #[error("no answer from the control plane within {0:?}")]
+    Timeout(Duration),
+    /// The connection closed before the answer came.
+    #[error("the connection to the control plane closed")]
+    Disconnected,
+    /// A payload did not encode or decode.
+    #[error("payload: {0}")]
+    Codec(#[from] fastworker_plugin_sdk::codec::CodecError),
+    /// The control plane answered something unexpected.
+    #[error("unexpected answer: {0}")]
+    Unexpected(String),
+}
+
+type Pending = Mutex<HashMap<u64, oneshot::Sender<FromControlPlane>>>;
+type Waiting = Mutex<HashMap<TaskId, oneshot::Sender<TaskRecord>>>;
+
+struct Shared {
+    next_request: AtomicU64,
+    pending: Pending,
+    waiting: Waiting,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A connection to a control plane.
+#[derive(Clone)]
+pub struct Client {
+    outgoing: mpsc::UnboundedSender<Vec<Bytes>>,
+    shared: Arc<Shared>,
+    control_plane_id: String,
+    timeout: Duration,
+}
+
+/// Asks the discovery endpoint where the control plane is.
+pub async fn discover(
+    discovery_address: &str,
+    timeout: Duration,
+) -> Result<Announcement, ClientError> {
+    let mut conn = transport::connect(discovery_address, timeout).await?;
+    let frames = protocol::encode(&ToControlPlane::Discover)
+        .map_err(|e| ClientError::Unexpected(e.to_string()))?;
+    conn.sender.send(frames).await?;
+    let answer = tokio::time::timeout(timeout, async {
+        loop {
+            let frames = conn.receiver.recv().await?;
+            match protocol::decode::<FromControlPlane>(&frames) {
+                Ok(FromControlPlane::Announce(a)) => return Ok(a),
+                Ok(other) => debug!("discovery: ignoring {other:?}"),
+                Err(e) => return Err(ClientError::Unexpected(e.to_string())),
+            }
+        }
+    })
+    .await;
+    answer.map_err(|_| ClientError::Timeout(timeout))?
+}
+
+impl Client {
+    /// Connects to the control plane at `address` and says hello; waits at most `timeout`.
+    pub async fn connect(address: &str, timeout: Duration) -> Result<Client, ClientError> {
+        let conn = transport::connect(address, timeout).await?;
+        let shared = Arc::new(Shared {
+            next_request: AtomicU64::new(1),
+            pending: Mutex::new(HashMap::new()),
+            waiting: Mutex::new(HashMap::new()),
+        });
+        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Bytes>>();
+        let mut sender = conn.sender;
+        tokio::spawn(async move {
+            while let Some(frames) = rx.recv().await {
+                if let Err(err) = sender.send(frames).await {
+                    debug!("client send failed: {err}");
+                    break;
+                }
+            }
+        });
+        let (welcome_tx, welcome_rx) = oneshot::channel();
+        lock(&shared.pending).insert(0, welcome_tx);
+        let reader_shared = shared.clone();
+        let mut receiver = conn.receiver;
+        tokio::spawn(async move {
+            while let Ok(frames) = receiver.recv().await {
+                match protocol::decode::<FromControlPlane>(&frames) {
+                    Ok(msg) => route(&reader_shared, msg),
+                    Err(err) => debug!("client: unreadable message: {err}"),
+                }
+            }
+            // Closing: every caller still waiting gets Disconnected.
+            lock(&reader_shared.pending).clear();
+            lock(&reader_shared.waiting).clear();
+        });
+        let hello = ToControlPlane::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            peer_kind: PeerKind::Client,
+            peer_id: format!("client-{}", std::process::id()),
+            features: vec![],
+        });
+        let _ =
+            tx.send(protocol::encode(&hello).map_err(|e| ClientError::Unexpected(e.to_string()))?);
+        let welcome = tokio::time::timeout(timeout, welcome_rx)
+            .await
+            .map_err(|_| ClientError::Timeout(timeout))?
+            .map_err(|_| ClientError::Disconnected)?;
+        let control_plane_id = match welcome {
+            FromControlPlane::Welcome(w) => w.control_plane_id,
+            FromControlPlane::Refused { reason } => return Err(ClientError::Refused(reason)),
+            other => return Err(ClientError::Unexpected(format!("{other:?}"))),
+        };
+        Ok(Client {
+            outgoing: tx,
+            shared,
+            control_plane_id,
+            timeout,
+        })
+    }
+
+    /// Finds the control plane through `discovery_address`, then connects.
+    pub async fn discover(
+        discovery_address: &str,
+        timeout: Duration,
+    ) -> Result<Client, ClientError> {
+        let announcement = discover(discovery_address, timeout).await?;
+        Client::connect(&announcement.base_address, timeout).await
+    }
+
+    /// The id of the control plane this client talks to.
+    pub fn control_plane_id(&self) -> &str {
+        &self.control_plane_id
+    }
+
+    async fn request(
+        &self,
+        make: impl FnOnce(u64) -> ToControlPlane,
+    ) -> Result<FromControlPlane, ClientError> {
+        let id = self.shared.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.shared.pending).insert(id, tx);
+        let frames =
+            protocol::encode(&make(id)).map_err(|e| ClientError::Unexpected(e.to_string()))?;
+        if self.outgoing.send(frames).is_err() {
+            lock(&self.shared.pending).remove(&id);
+            return Err(ClientError::Disconnected);
+        }
+        match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(FromControlPlane::Rejected { error, .. })) => Err(ClientError::Rejected(error)),
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(_)) => Err(ClientError::Disconnected),
+            Err(_) => {
+                lock(&self.shared.pending).remove(&id);
+                Err(ClientError::Timeout(self.timeout))
+            }
+        }
+    }
+
+    async fn submit_many(
+        &self,
+        tasks: Vec<TaskEnvelope>,
+        wait: bool,
+    ) -> Result<Vec<TaskId>, ClientError> {
+        let answer = if tasks.len() == 1 {
+            let task = tasks.into_iter().next().expect("one task");
+            self.request(|request_id| ToControlPlane::Submit {
+                request_id,
+                task,
+                wait,
+            })
+            .await?
+        } else {
+            self.request(|request_id| ToControlPlane::SubmitBatch {
+                request_id,
+                tasks,
+                wait,
+            })
+            .await?
+        };
+        match answer {
+            FromControlPlane::Accepted { task_ids, .. } => Ok(task_ids),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Submits a task and returns its id at once.
+    pub async fn delay(&self, task: TaskEnvelope) -> Result<TaskId, ClientError> {
+        Ok(self.submit_many(vec![task], false).await?[0])
+    }
+
+    /// Submits a task and waits (at most `wait`) for its final record. A task that did
+    /// not succeed is an error.
+    pub async fn submit(
+        &self,
+        task: TaskEnvelope,
+        wait: Duration,
+    ) -> Result<TaskRecord, ClientError> {
+        let id = task.id;
+        let (tx, rx) = oneshot::channel();
+        lock(&self.shared.waiting).insert(id, tx);
+        if let Err(err) = self.submit_many(vec![task], true).await {
+            lock(&self.shared.waiting).remove(&id);
+            return Err(err);
+        }
+        let record = self.await_record(id, rx, wait).await?;
+        into_success(record)
+    }
+
+    /// Submits tasks in one message, accepted all or none; returns their ids.
+    pub async fn submit_batch(&self, tasks: Vec<TaskEnvelope>) -> Result<Vec<TaskId>, ClientError> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.submit_many(tasks, false).await
+    }
+
+    /// Submits tasks in one message (all or none) and waits for every final record,
+    /// in submission order. Failed tasks come back as records, not errors.
+    pub async fn submit_batch_wait(
+        &self,
+        tasks: Vec<TaskEnvelope>,
+        wait: Duration,
+    ) -> Result<Vec<TaskRecord>, ClientError> {
+        let mut receivers = Vec::with_capacity(tasks.len());
+        {
+            let mut waiting = lock(&self.shared.waiting);
+            for task in &tasks {
+                let (tx, rx) = oneshot::channel();
+                waiting.insert(task.id, tx);
+                receivers.push((task.id, rx));
+            }
+        }
+        let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
+        if let Err(err) = self.submit_many(tasks, true).await {
+            let mut waiting = lock(&self.shared.waiting);
+            for id in ids {
+                waiting.remove(&id);
+            }
+            return Err(err);
+        }
+        let mut records = Vec::with_capacity(receivers.len());
+        for (id, rx) in receivers {
+            records.push(self.await_record(id, rx, wait).await?);
+        }
+        Ok(records)
+    }
+
+    async fn await_record(
+        &self,
+        id: TaskId,
+        rx: oneshot::Receiver<TaskRecord>,
+        wait: Duration,
+    ) -> Result<TaskRecord, ClientError> {
+        match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(record)) => Ok(record),
+            Ok(Err(_)) => Err(ClientError::Disconnected),
+            Err(_) => {
+                lock(&self.shared.waiting).remove(&id);
+                Err(ClientError::Timeout(wait))
+            }
+        }
+    }
+
+    /// The task's record now (`None` if unknown or expired).
+    pub async fn status(&self, task_id: TaskId) -> Result<Option<TaskRecord>, ClientError> {
+        match self
+            .request(|request_id| ToControlPlane::Status {
+                request_id,
+                task_id,
+                wait: false,
+            })
+            .await?
+        {
+            FromControlPlane::StatusReply { record, .. } => Ok(record),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Waits (at most the client's timeout) until the task is final, then returns its record.
+    pub async fn result(&self, task_id: TaskId) -> Result<Option<TaskRecord>, ClientError> {
+        match self
+            .request(|request_id| ToControlPlane::Status {
+                request_id,
+                task_id,
+                wait: true,
+            })
+            .await?
+        {
+            FromControlPlane::StatusReply { record, .. } => Ok(record),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Cancels a task.
+    pub async fn cancel(&self, task_id: TaskId) -> Result<CancelOutcome, ClientError> {
+        match self
+            .request(|request_id| ToControlPlane::Cancel {
+                request_id,
+                task_id,
+            })
+            .await?
+        {
+            FromControlPlane::CancelReply { outcome, .. } => Ok(outcome),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Runs `name` with `args` (a tuple, encoded with bincode) and decodes its result.
+    pub async fn call<A: Serialize, R: DeserializeOwned>(
+        &self,
+        name: &str,
+        args: &A,
+    ) -> Result<R, ClientError> {
+        let payload =
+            fastworker_plugin_sdk::codec::encode(fastworker_plugin_sdk::Codec::Bincode, args)?;
+        let task = TaskEnvelope::new(name, Codec::Bincode, payload);
+        let record = self
+            .submit(task, self.timeout.max(Duration::from_secs(300)))
+            .await?;
+        decode_value(&record)
+    }
+
+    /// Submits `name` with `args` (bincode) without waiting; returns its id.
+    pub async fn delay_call<A: Serialize>(
+        &self,
+        name: &str,
+        args: &A,
+    ) -> Result<TaskId, ClientError> {
+        let payload =
+            fastworker_plugin_sdk::codec::encode(fastworker_plugin_sdk::Codec::Bincode, args)?;
+        self.delay(TaskEnvelope::new(name, Codec::Bincode, payload))
+            .await
+    }
+}
+
+/// Decodes a record's value with its codec.
+pub fn decode_value<R: DeserializeOwned>(record: &TaskRecord) -> Result<R, ClientError> {
+    Ok(fastworker_plugin_sdk::codec::decode(
+        record.codec.into(),
+        &record.value,
+    )?)
+}
+
+fn into_success(record: TaskRecord) -> Result<TaskRecord, ClientError> {
+    if record.status == TaskStatus::Success {
+        return Ok(record);
+    }
+    let error = record.error.clone().unwrap_or_else(|| {
+        TaskError::new(crate::task_error::ErrorKind::Internal, "no error recorded")
+    });
+    Err(ClientError::TaskFailed {
+        id: record.task_id,
+        status: record.status,
+        error,
+    })
+}
+
+fn route(shared: &Shared, msg: FromControlPlane) {
+    let request_id = match &msg {
+        FromControlPlane::Welcome(_) | FromControlPlane::Refused { .. } => 0,
+        FromControlPlane::Accepted { request_id, .. }
+        | FromControlPlane::Rejected { request_id, .. }
+        | FromControlPlane::StatusReply { request_id, .. }
+        | FromControlPlane::CancelReply { request_id, .. } => *request_id,
+        FromControlPlane::Result(record) => {
+            if let Some(tx) = lock(&shared.waiting).remove(&record.task_id) {
+                let _ = tx.send(record.clone());
+            }
+            return;
+        }
+        other => {
+            debug!("client: ignoring {other:?}");
+            return;
+        }
+    };
+    if let Some(tx) = lock(&shared.pending).remove(&request_id) {
+        let _ = tx.send(msg);
+    }
+}

@@ -1,0 +1,64 @@
+//! `fastworker status` and `fastworker cancel`.
+
+use super::{connect::connect, render};
+use crate::{
+    cli::TaskIdArgs,
+    client::ClientError,
+    protocol::{CancelOutcome, TaskId},
+    task_error::{ErrorKind, TaskError},
+};
+
+fn parse_id(text: &str) -> Result<TaskId, ClientError> {
+    TaskId::parse(text).map_err(|e| {
+        ClientError::Rejected(TaskError::new(
+            ErrorKind::Rejected,
+            format!("`{text}` is not a task id: {e}"),
+        ))
+    })
+}
+
+fn not_found(id: TaskId) -> ClientError {
+    ClientError::Rejected(TaskError::new(
+        ErrorKind::Rejected,
+        format!("task {id} is not known (never submitted, or its result expired)"),
+    ))
+}
+
+/// `status`: the task's record.
+pub async fn status(args: &TaskIdArgs) -> Result<String, ClientError> {
+    let id = parse_id(&args.task_id)?;
+    let client = connect(&args.connect).await?;
+    let record = client.status(id).await?.ok_or_else(|| not_found(id))?;
+    Ok(if args.connect.json {
+        format!("{}\n", render::record_json(&record))
+    } else {
+        render::record_text(&record)
+    })
+}
+
+/// `cancel`: cancels the task and says what happened.
+pub async fn cancel(args: &TaskIdArgs) -> Result<String, ClientError> {
+    let id = parse_id(&args.task_id)?;
+    let client = connect(&args.connect).await?;
+    let outcome = client.cancel(id).await?;
+    let (word, text) = match outcome {
+        CancelOutcome::Cancelled => ("cancelled", format!("task {id} cancelled before it ran")),
+        CancelOutcome::Signalled => (
+            "signalled",
+            format!("task {id} is running; it was told to stop"),
+        ),
+        CancelOutcome::AlreadyFinished(status) => (
+            "already_finished",
+            format!("task {id} had already finished: {}", status.as_str()),
+        ),
+        CancelOutcome::NotFound => return Err(not_found(id)),
+    };
+    Ok(if args.connect.json {
+        format!(
+            "{}\n",
+            serde_json::json!({"task_id": id.to_string(), "outcome": word})
+        )
+    } else {
+        format!("{text}\n")
+    })
+}

@@ -1,0 +1,252 @@
+//! The control plane's event loop: sockets, the local executor, timers and signals in;
+//! the [`Dispatcher`]'s actions out.
+//!
+//! Shutdown sequence (Ctrl+C or SIGTERM): stop accepting new tasks (they are refused
+//! with a clear error), keep dispatching and collecting what was accepted, and exit 0
+//! once nothing is queued or running, or when `--shutdown-grace` runs out (then say how
+//! many tasks were left).
+
+use std::{path::Path, time::Duration};
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use std::sync::Arc;
+use tokio::{sync::mpsc, time::MissedTickBehavior};
+use tracing::{info, warn};
+
+use super::dispatcher::{Action, Dispatcher, DispatcherConfig, Now};
+use crate::{
+    cli::ControlPlaneArgs,
+    executor::{task_specs, Executor},
+    plugin::{registry::load_modules, PluginLoader, PluginRegistry},
+    protocol::{self, Announcement, FromControlPlane, ToControlPlane, PROTOCOL_VERSION},
+    transport::{self, Outbox, PeerId, ServerEvent},
+};
+
+/// The subworker endpoint: the base address's host with `port`.
+fn subworker_endpoint(base: &str, port: u16) -> Option<String> {
+    if port == 0 {
+        return None;
+    }
+    let (host, _) = base.rsplit_once(':')?;
+    Some(format!("{host}:{port}"))
+}
+
+fn send(outbox: &Outbox, peer: &PeerId, msg: &FromControlPlane) {
+    match protocol::encode(msg) {
+        Ok(frames) => outbox.send(peer, frames),
+        Err(err) => warn!("cannot encode a reply: {err}"),
+    }
+}
+
+/// Runs the control plane until it is asked to stop.
+pub async fn run(args: ControlPlaneArgs, plugin_dir: &Path) -> anyhow::Result<()> {
+    let loader = PluginLoader::new()?;
+    let registry = if args.task_modules.is_empty() {
+        PluginRegistry::new()
+    } else {
+        load_modules(&loader, &args.task_modules, plugin_dir)?.registry
+    };
+    let local_specs = task_specs(&registry);
+    let registry = Arc::new(ArcSwap::from_pointee(registry));
+
+    let mut endpoints = vec![args.base_address.clone()];
+    let sub_endpoint = subworker_endpoint(&args.base_address, args.subworker_port);
+    if let Some(e) = &sub_endpoint {
+        if e != &args.base_address {
+            endpoints.push(e.clone());
+        }
+    }
+    let mut server = transport::bind(&endpoints)
+        .await
+        .context("control plane cannot start")?;
+    let mut discovery = transport::bind(std::slice::from_ref(&args.discovery_address))
+        .await
+        .context("control plane cannot start its discovery endpoint")?;
+
+    let announcement = Announcement {
+        control_plane_id: args.worker_id.clone(),
+        base_address: server.endpoints[0].clone(),
+        subworker_address: server.endpoints.get(1).cloned(),
+        protocol_version: PROTOCOL_VERSION,
+    };
+    let config = DispatcherConfig {
+        id: args.worker_id.clone(),
+        inactive_after: Duration::from_secs_f64(args.inactive_after.max(0.1)),
+        max_deliveries: 5,
+        cache_size: args.result_cache_size as usize,
+        cache_ttl: Duration::from_secs(args.result_cache_ttl),
+        local_concurrency: args.concurrency,
+        announcement: announcement.clone(),
+    };
+    let task_names: Vec<String> = local_specs.iter().map(|s| s.name.clone()).collect();
+    let mut dispatcher = Dispatcher::new(config, local_specs, Now::current());
+    let (outcome_tx, mut outcomes) = mpsc::unbounded_channel();
+    let executor = Executor::new(registry.clone(), outcome_tx);
+
+    info!(
+        id = %args.worker_id,
+        "control plane listening on {} (discovery on {})",
+        server.endpoints.join(", "),
+        discovery.endpoints[0]
+    );
+    if task_names.is_empty() {
+        info!("no --task-modules: every task runs on subworkers");
+    } else {
+        info!(
+            "runs these tasks itself when no subworker can: {}",
+            task_names.join(", ")
+        );
+    }
+    if !args.no_gui {
+        info!(
+            "the dashboard is not built yet; nothing listens on http://{}:{}",
+            args.gui_host, args.gui_port
+        );
+    }
+    println!(
+        "fastworker control plane `{}` ready on {}; submit with: fastworker submit --control-plane-address {} --task-name add --args 5 3",
+        args.worker_id, server.endpoints[0], server.endpoints[0]
+    );
+
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut announce = tokio::time::interval(Duration::from_secs(2));
+    let mut sweep = tokio::time::interval(Duration::from_secs(60));
+    let mut discovery_peers: Vec<PeerId> = Vec::new();
+    let shutdown = crate::shutdown::shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut stopping_until: Option<tokio::time::Instant> = None;
+    let grace = Duration::from_secs_f64(args.shutdown_grace.max(0.0));
+
+    loop {
+        tokio::select! {
+            event = server.events.recv() => match event {
+                Some(ServerEvent::Message { peer, frames }) => {
+                    match protocol::decode::<ToControlPlane>(&frames) {
+                        Ok(msg) => dispatcher.handle(&peer, msg, Now::current()),
+                        Err(err) => dispatcher.malformed(&peer, &err),
+                    }
+                }
+                Some(ServerEvent::Disconnected(peer)) => dispatcher.peer_disconnected(&peer, Now::current()),
+                None => anyhow::bail!("the control plane's socket closed"),
+            },
+            event = discovery.events.recv() => match event {
+                Some(ServerEvent::Message { peer, frames }) => {
+                    let answer = match protocol::decode::<ToControlPlane>(&frames) {
+                        Ok(ToControlPlane::Discover) => {
+                            if !discovery_peers.contains(&peer) {
+                                discovery_peers.push(peer.clone());
+                            }
+                            FromControlPlane::Announce(announcement.clone())
+                        }
+                        Ok(ToControlPlane::Ping { nonce }) => FromControlPlane::Pong { nonce },
+                        Ok(_) => FromControlPlane::Rejected {
+                            request_id: 0,
+                            error: crate::task_error::TaskError::new(
+                                crate::task_error::ErrorKind::Rejected,
+                                "this is the discovery endpoint: send Discover",
+                            ),
+                        },
+                        Err(err) => FromControlPlane::Refused { reason: err.to_string() },
+                    };
+                    send(&discovery.outbox, &peer, &answer);
+                }
+                Some(ServerEvent::Disconnected(peer)) => discovery_peers.retain(|p| p != &peer),
+                None => anyhow::bail!("the discovery socket closed"),
+            },
+            Some(outcome) = outcomes.recv() => dispatcher.local_outcome(outcome, Now::current()),
+            _ = tick.tick() => dispatcher.tick(Now::current()),
+            _ = announce.tick() => {
+                let msg = FromControlPlane::Announce(announcement.clone());
+                for peer in &discovery_peers {
+                    send(&discovery.outbox, peer, &msg);
+                }
+            }
+            _ = sweep.tick() => {
+                let swept = dispatcher.sweep_cache(Now::current());
+                if swept > 0 {
+                    info!("swept {swept} expired results");
+                }
+            }
+            _ = &mut shutdown, if stopping_until.is_none() => {
+                info!(
+                    "shutting down: refusing new tasks, finishing {} running and {} queued (at most {:?})",
+                    dispatcher.in_flight(), dispatcher.queued(), grace
+                );
+                dispatcher.begin_shutdown();
+                stopping_until = Some(tokio::time::Instant::now() + grace);
+            }
+        }
+        for action in dispatcher.take_actions() {
+            perform(action, &server.outbox, &executor);
+        }
+        if let Some(until) = stopping_until {
+            let idle = dispatcher.in_flight() == 0 && dispatcher.queued() == 0;
+            if idle || tokio::time::Instant::now() >= until {
+                if !idle {
+                    warn!(
+                        "shutdown grace ran out with {} running and {} queued tasks",
+                        dispatcher.in_flight(),
+                        dispatcher.queued()
+                    );
+                }
+                if dispatcher.scheduled() > 0 {
+                    warn!(
+                        "{} scheduled tasks were not due yet and are dropped",
+                        dispatcher.scheduled()
+                    );
+                }
+                info!("control plane stopped");
+                // Give the writer a moment to flush the last replies.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn perform(action: Action, outbox: &Outbox, executor: &Executor) {
+    match action {
+        Action::Send { peer, msg } => send(outbox, &peer, &msg),
+        Action::RunLocal(task) => executor.start(task),
+        Action::CancelLocal(id) => {
+            executor.cancel(&id);
+        }
+        Action::Callback { callback, record } => {
+            tokio::spawn(deliver_callback(callback, record));
+        }
+    }
+}
+
+/// Sends a final record to a callback address: a few tries, never blocking dispatch.
+async fn deliver_callback(
+    callback: crate::protocol::Callback,
+    record: crate::protocol::TaskRecord,
+) {
+    let body = serde_json::json!({
+        "task_id": record.task_id.to_string(),
+        "status": record.status.as_str(),
+        "result": crate::commands::render::value_json(&record),
+        "error": record.error.as_ref().map(|e| e.to_string()),
+        "started_at": record.started_ms,
+        "completed_at": record.completed_ms,
+        "callback_data": callback.data,
+    });
+    let payload = Bytes::from(body.to_string());
+    let mut delay = Duration::from_millis(200);
+    for attempt in 1..=3 {
+        match transport::connect(&callback.address, Duration::from_secs(2)).await {
+            Ok(mut conn) => {
+                if conn.sender.send(vec![payload.clone()]).await.is_ok() {
+                    return;
+                }
+            }
+            Err(err) => warn!(attempt, "callback to {} failed: {err}", callback.address),
+        }
+        tokio::time::sleep(delay).await;
+        delay *= 2;
+    }
+    warn!(task = %record.task_id, "callback to {} given up after 3 tries", callback.address);
+}

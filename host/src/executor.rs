@@ -1,0 +1,206 @@
+//! [`Executor`]: runs tasks on this host, against the current plugin registry.
+//!
+//! Each task runs on tokio's blocking pool (plugin code is synchronous and may take
+//! long). A task with a deadline is reported `timed_out` when it passes, and its
+//! context is cancelled so a cooperative task stops; one that ignores that keeps its
+//! thread until it returns (counted by [`Executor::overdue`]) but no longer holds a
+//! slot the control plane knows about.
+//!
+//! Used by the subworker and by the control plane for the tasks it runs itself.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use crate::{
+    plugin::{call::call_task, CallContext, PluginRegistry},
+    protocol::{now_ms, AttemptResult, TaskEnvelope, TaskId, TaskOutcome},
+    task_error::{ErrorKind, TaskError},
+};
+
+/// The registry every executor reads; a reload swaps in a new one.
+pub type SharedRegistry = Arc<ArcSwap<PluginRegistry>>;
+
+/// Runs tasks and reports their outcomes on a channel.
+#[derive(Clone)]
+pub struct Executor {
+    registry: SharedRegistry,
+    running: Arc<Mutex<HashMap<TaskId, Arc<AtomicBool>>>>,
+    overdue: Arc<AtomicUsize>,
+    outcomes: mpsc::UnboundedSender<TaskOutcome>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding this lock cannot leave the map inconsistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Executor {
+    /// An executor over `registry`, reporting to `outcomes`.
+    pub fn new(registry: SharedRegistry, outcomes: mpsc::UnboundedSender<TaskOutcome>) -> Self {
+        Executor {
+            registry,
+            running: Arc::new(Mutex::new(HashMap::new())),
+            overdue: Arc::new(AtomicUsize::new(0)),
+            outcomes,
+        }
+    }
+
+    /// The registry it reads.
+    pub fn registry(&self) -> &SharedRegistry {
+        &self.registry
+    }
+
+    /// Starts `task`; its outcome arrives on the channel. Must be called inside a
+    /// tokio runtime.
+    pub fn start(&self, task: TaskEnvelope) {
+        let started_ms = now_ms();
+        let handle = self.registry.load().task(&task.name).cloned();
+        let Some(handle) = handle else {
+            let error = TaskError::new(
+                ErrorKind::UnknownTask,
+                format!("no loaded plugin serves task `{}` here", task.name),
+            );
+            let _ = self.outcomes.send(failure(&task, error, started_ms));
+            return;
+        };
+        let cancelled = Arc::new(AtomicBool::new(false));
+        lock(&self.running).insert(task.id, cancelled.clone());
+        let ctx = CallContext {
+            task_id: task.id.to_string(),
+            attempt: task.attempt,
+            deadline_unix_ms: task.deadline_ms,
+            cancelled: cancelled.clone(),
+        };
+        let this = self.clone();
+        tokio::spawn(async move {
+            let payload = task.payload.clone();
+            let codec = task.codec.into();
+            let finished = Arc::new(AtomicBool::new(false));
+            let finished_in_call = finished.clone();
+            let overdue = this.overdue.clone();
+            let call = tokio::task::spawn_blocking(move || {
+                let result = call_task(handle.info(), &ctx, codec, &payload);
+                if finished_in_call.swap(true, Ordering::SeqCst) {
+                    // Reported as timed out earlier; the thread is free again now.
+                    overdue.fetch_sub(1, Ordering::SeqCst);
+                }
+                result
+            });
+            let result = if task.deadline_ms > 0 {
+                let wait = Duration::from_millis(task.deadline_ms.saturating_sub(now_ms()));
+                match tokio::time::timeout(wait, call).await {
+                    Ok(joined) => joined,
+                    Err(_) => {
+                        cancelled.store(true, Ordering::SeqCst);
+                        if !finished.swap(true, Ordering::SeqCst) {
+                            this.overdue.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Ok(Err(TaskError::new(
+                            ErrorKind::TimedOut,
+                            format!("task `{}` ran past its timeout", task.name),
+                        )))
+                    }
+                }
+            } else {
+                call.await
+            };
+            lock(&this.running).remove(&task.id);
+            let outcome = match result {
+                Ok(Ok(value)) => TaskOutcome {
+                    task_id: task.id,
+                    delivery_count: task.delivery_count,
+                    result: AttemptResult::Success,
+                    started_ms,
+                    completed_ms: now_ms(),
+                    value: value.into(),
+                },
+                Ok(Err(error)) => {
+                    let error =
+                        if cancelled.load(Ordering::SeqCst) && error.kind == ErrorKind::Failed {
+                            TaskError::new(ErrorKind::Cancelled, error.message)
+                        } else {
+                            error
+                        };
+                    failure(&task, error, started_ms)
+                }
+                Err(join_error) => failure(
+                    &task,
+                    TaskError::new(
+                        ErrorKind::Internal,
+                        format!("task thread failed: {join_error}"),
+                    ),
+                    started_ms,
+                ),
+            };
+            if this.outcomes.send(outcome).is_err() {
+                debug!(task = %task.id, "outcome dropped: the executor's owner is gone");
+            }
+        });
+    }
+
+    /// Cancels a running task. True if it was running here.
+    pub fn cancel(&self, id: &TaskId) -> bool {
+        match lock(&self.running).get(id) {
+            Some(flag) => {
+                flag.store(true, Ordering::SeqCst);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Tasks running now.
+    pub fn running(&self) -> usize {
+        lock(&self.running).len()
+    }
+
+    /// Ids of the tasks running now.
+    pub fn running_ids(&self) -> Vec<TaskId> {
+        lock(&self.running).keys().copied().collect()
+    }
+
+    /// Tasks reported timed out whose threads have not returned yet.
+    pub fn overdue(&self) -> usize {
+        self.overdue.load(Ordering::SeqCst)
+    }
+}
+
+fn failure(task: &TaskEnvelope, error: TaskError, started_ms: u64) -> TaskOutcome {
+    TaskOutcome {
+        task_id: task.id,
+        delivery_count: task.delivery_count,
+        result: AttemptResult::Failure(error),
+        started_ms,
+        completed_ms: now_ms(),
+        value: bytes::Bytes::new(),
+    }
+}
+
+/// What a registry serves, as announced to the control plane.
+pub fn task_specs(registry: &PluginRegistry) -> Vec<crate::protocol::TaskSpec> {
+    registry
+        .tasks()
+        .into_iter()
+        .map(|t| {
+            let info = t.info();
+            crate::protocol::TaskSpec {
+                name: info.name.clone(),
+                max_retries: info.max_retries,
+                retry_delay_secs: info.retry_delay_secs,
+                retry_backoff: info.retry_backoff,
+                retry_backoff_max_secs: info.retry_backoff_max_secs,
+                timeout_secs: info.timeout_secs,
+            }
+        })
+        .collect()
+}

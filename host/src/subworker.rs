@@ -1,0 +1,301 @@
+//! The subworker: registers with the control plane, runs what it is handed, reports
+//! outcomes, heartbeats, and reconnects when the control plane goes quiet.
+//!
+//! Liveness runs both ways: the subworker heartbeats every `--heartbeat-interval` and
+//! the control plane acknowledges each one. `zeromq` 0.7's DEALER does not reconnect by
+//! itself, so after three missed acknowledgements the subworker opens a new connection
+//! (with backoff), registers again naming the tasks it is still running, and resends
+//! outcomes it could not deliver.
+//!
+//! Shutdown sequence (Ctrl+C or SIGTERM): tell the control plane it is draining (no new
+//! tasks), finish and report every task it holds, unregister, exit 0.
+
+use std::{collections::VecDeque, path::Path, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use tokio::{sync::mpsc, time::Instant};
+use tracing::{debug, error, info, warn};
+
+use crate::{
+    cli::SubworkerArgs,
+    client::discover,
+    executor::{task_specs, Executor},
+    plugin::{registry::load_modules, PluginLoader, PluginRegistry},
+    protocol::{
+        self, FromControlPlane, Hello, PeerKind, Registration, TaskOutcome, ToControlPlane,
+        WorkerId, PROTOCOL_VERSION,
+    },
+    transport::{self, Connection, ServerEvent},
+};
+
+/// How long to wait for the control plane when (re)connecting.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs a subworker until it is asked to stop.
+pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
+    let loader = PluginLoader::new()?;
+    let registry = if args.task_modules.is_empty() {
+        PluginRegistry::new()
+    } else {
+        load_modules(&loader, &args.task_modules, plugin_dir)?.registry
+    };
+    if registry.task_names().is_empty() {
+        warn!("no tasks loaded (--task-modules): this subworker will get no work");
+    }
+    let registry = Arc::new(ArcSwap::from_pointee(registry));
+    let worker_id = WorkerId(args.worker_id.clone());
+
+    let status_address = match &args.base_address {
+        Some(address) => Some(serve_status(address, &worker_id).await?),
+        None => None,
+    };
+
+    let (outcome_tx, mut outcomes) = mpsc::unbounded_channel::<TaskOutcome>();
+    let executor = Executor::new(registry.clone(), outcome_tx);
+    let mut undelivered: VecDeque<TaskOutcome> = VecDeque::new();
+    let shutdown = crate::shutdown::shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut draining = false;
+    let heartbeat_every = Duration::from_secs_f64(args.heartbeat_interval.max(0.05));
+    let mut backoff = Duration::from_millis(100);
+
+    'connection: loop {
+        let address = match resolve_address(&args).await {
+            Ok(a) => a,
+            Err(err) => {
+                warn!("cannot find the control plane: {err}; retrying in {backoff:?}");
+                if wait_or_stop(backoff, &mut shutdown, &mut draining, &executor).await {
+                    return finish_without_control_plane(&executor, &undelivered);
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let mut conn = match transport::connect(&address, CONNECT_TIMEOUT).await {
+            Ok(c) => c,
+            Err(err) => {
+                warn!("{err}; retrying in {backoff:?}");
+                if wait_or_stop(backoff, &mut shutdown, &mut draining, &executor).await {
+                    return finish_without_control_plane(&executor, &undelivered);
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let registration = Registration {
+            worker_id: worker_id.clone(),
+            tasks: task_specs(&registry.load()),
+            concurrency: args.concurrency.max(1),
+            address: status_address.clone(),
+            pid: std::process::id(),
+            running: executor.running_ids(),
+        };
+        let mut greeting = vec![
+            ToControlPlane::Hello(Hello {
+                protocol_version: PROTOCOL_VERSION,
+                peer_kind: PeerKind::Subworker,
+                peer_id: worker_id.0.clone(),
+                features: vec![],
+            }),
+            ToControlPlane::Register(registration),
+        ];
+        if draining {
+            greeting.push(ToControlPlane::Draining);
+        }
+        let mut sent_ok = true;
+        for msg in greeting {
+            sent_ok &= send(&mut conn, &msg).await;
+        }
+        while sent_ok {
+            let Some(outcome) = undelivered.front() else {
+                break;
+            };
+            sent_ok = send(&mut conn, &ToControlPlane::Outcome(outcome.clone())).await;
+            if sent_ok {
+                undelivered.pop_front();
+            }
+        }
+        if !sent_ok {
+            if wait_or_stop(backoff, &mut shutdown, &mut draining, &executor).await {
+                return finish_without_control_plane(&executor, &undelivered);
+            }
+            continue 'connection;
+        }
+        info!(worker = %worker_id, "registered with the control plane at {address}");
+        backoff = Duration::from_millis(100);
+        let mut last_heard = Instant::now();
+        let mut heartbeat = tokio::time::interval(heartbeat_every);
+
+        loop {
+            if draining && executor.running() == 0 && undelivered.is_empty() {
+                let _ = send(&mut conn, &ToControlPlane::Unregister).await;
+                info!(worker = %worker_id, "all tasks finished and reported; unregistered");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return Ok(());
+            }
+            tokio::select! {
+                frames = conn.receiver.recv() => {
+                    let frames = match frames {
+                        Ok(f) => f,
+                        Err(err) => {
+                            warn!("connection to the control plane lost: {err}");
+                            continue 'connection;
+                        }
+                    };
+                    last_heard = Instant::now();
+                    match protocol::decode::<FromControlPlane>(&frames) {
+                        Ok(FromControlPlane::Assign(task)) => {
+                            debug!(task = %task.id, name = %task.name, "assigned");
+                            executor.start(task);
+                        }
+                        Ok(FromControlPlane::CancelTask { task_id }) => {
+                            if executor.cancel(&task_id) {
+                                info!(task = %task_id, "cancel requested");
+                            }
+                        }
+                        Ok(FromControlPlane::Refused { reason }) => {
+                            error!("the control plane refused this subworker: {reason}");
+                            anyhow::bail!("refused by the control plane: {reason}");
+                        }
+                        Ok(FromControlPlane::Rejected { error, .. }) => warn!("control plane: {error}"),
+                        Ok(_) => {}
+                        Err(err) => warn!("unreadable message from the control plane: {err}"),
+                    }
+                }
+                Some(outcome) = outcomes.recv() => {
+                    if !send(&mut conn, &ToControlPlane::Outcome(outcome.clone())).await {
+                        undelivered.push_back(outcome);
+                        continue 'connection;
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if last_heard.elapsed() > heartbeat_every * 3 + Duration::from_secs(1) {
+                        warn!("the control plane has been silent for {:?}; reconnecting", last_heard.elapsed());
+                        continue 'connection;
+                    }
+                    let running = executor.running() as u32;
+                    let msg = ToControlPlane::Heartbeat {
+                        running,
+                        free_slots: args.concurrency.max(1).saturating_sub(running),
+                    };
+                    if !send(&mut conn, &msg).await {
+                        continue 'connection;
+                    }
+                }
+                _ = &mut shutdown, if !draining => {
+                    info!(
+                        worker = %worker_id,
+                        "shutting down: finishing {} running tasks, taking no more",
+                        executor.running()
+                    );
+                    draining = true;
+                    let _ = send(&mut conn, &ToControlPlane::Draining).await;
+                }
+            }
+        }
+    }
+}
+
+async fn send(conn: &mut Connection, msg: &ToControlPlane) -> bool {
+    match protocol::encode(msg) {
+        Ok(frames) => match conn.sender.send(frames).await {
+            Ok(()) => true,
+            Err(err) => {
+                warn!("send to the control plane failed: {err}");
+                false
+            }
+        },
+        Err(err) => {
+            warn!("cannot encode a message: {err}");
+            true
+        }
+    }
+}
+
+async fn resolve_address(args: &SubworkerArgs) -> anyhow::Result<String> {
+    if let Some(address) = &args.control_plane_address {
+        return Ok(address.clone());
+    }
+    let discovery = args
+        .discovery_address
+        .as_deref()
+        .context("either --control-plane-address or --discovery-address is needed")?;
+    let announcement = discover(discovery, CONNECT_TIMEOUT).await?;
+    Ok(announcement
+        .subworker_address
+        .unwrap_or(announcement.base_address))
+}
+
+/// Sleeps `delay`, noticing a shutdown request. True when the subworker should exit
+/// now: asked to stop while it holds no tasks.
+async fn wait_or_stop(
+    delay: Duration,
+    shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    draining: &mut bool,
+    executor: &Executor,
+) -> bool {
+    if !*draining {
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.as_mut() => *draining = true,
+        }
+    } else {
+        tokio::time::sleep(delay).await;
+    }
+    *draining && executor.running() == 0
+}
+
+fn finish_without_control_plane(
+    executor: &Executor,
+    undelivered: &VecDeque<TaskOutcome>,
+) -> anyhow::Result<()> {
+    if !undelivered.is_empty() || executor.running() > 0 {
+        warn!(
+            "stopping without a control plane: {} outcomes could not be reported",
+            undelivered.len()
+        );
+    }
+    info!("subworker stopped");
+    Ok(())
+}
+
+/// Binds the subworker's own status endpoint at `address`: it answers `Hello` and
+/// `Ping`, so an operator (or the dashboard) can check it directly.
+async fn serve_status(address: &str, worker_id: &WorkerId) -> anyhow::Result<String> {
+    let mut server = transport::bind(&[address.to_string()])
+        .await
+        .with_context(|| format!("subworker {worker_id} cannot use --base-address {address}"))?;
+    let endpoint = server.endpoints[0].clone();
+    let id = worker_id.0.clone();
+    tokio::spawn(async move {
+        while let Some(event) = server.events.recv().await {
+            let ServerEvent::Message { peer, frames } = event else {
+                continue;
+            };
+            let answer = match protocol::decode::<ToControlPlane>(&frames) {
+                Ok(ToControlPlane::Hello(_)) => FromControlPlane::Welcome(protocol::Welcome {
+                    protocol_version: PROTOCOL_VERSION,
+                    control_plane_id: id.clone(),
+                    features: vec!["status".into()],
+                }),
+                Ok(ToControlPlane::Ping { nonce }) => FromControlPlane::Pong { nonce },
+                Ok(_) => FromControlPlane::Rejected {
+                    request_id: 0,
+                    error: crate::task_error::TaskError::new(
+                        crate::task_error::ErrorKind::Rejected,
+                        "a subworker's status endpoint answers Hello and Ping only; submit tasks to the control plane",
+                    ),
+                },
+                Err(err) => FromControlPlane::Refused {
+                    reason: err.to_string(),
+                },
+            };
+            if let Ok(frames) = protocol::encode(&answer) {
+                server.outbox.send(&peer, frames);
+            }
+        }
+    });
+    info!(worker = %worker_id, "status endpoint on {endpoint}");
+    Ok(endpoint)
+}
