@@ -1,7 +1,7 @@
 //! The `fastworker` binary: parse the command line, set up logging, run the command,
 //! and decide the exit code.
 
-use std::{future::Future, process::ExitCode};
+use std::{future::Future, io::IsTerminal, process::ExitCode};
 
 use clap::Parser;
 use fastworker::{
@@ -23,6 +23,7 @@ fn init_logging(level: LogLevel) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
 }

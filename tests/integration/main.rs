@@ -1,1 +1,5 @@
+//! The one integration-test binary: it drives the real `fastworker` executable and
+//! loads the real plugins cargo built (`cargo build --workspace` builds them).
 
+mod plugins;
+mod support;
