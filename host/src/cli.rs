@@ -140,6 +140,9 @@ pub struct ControlPlaneArgs {
     /// Seconds to wait for in-flight tasks at shutdown.
     #[arg(long, default_value_t = 30.0)]
     pub shutdown_grace: f64,
+    /// Do not watch --task-modules for changes (no hot reload).
+    #[arg(long, env = "FASTWORKER_NO_WATCH")]
+    pub no_watch: bool,
 }
 
 /// `fastworker subworker`.
@@ -170,6 +173,13 @@ pub struct SubworkerArgs {
     /// Seconds between heartbeats.
     #[arg(long, default_value_t = 1.0)]
     pub heartbeat_interval: f64,
+    /// Do not watch --task-modules for changes (no hot reload).
+    #[arg(long, env = "FASTWORKER_NO_WATCH")]
+    pub no_watch: bool,
+    /// After this many plugin reloads, drain and restart in place (old versions stay
+    /// mapped until the process restarts).
+    #[arg(long, env = "FASTWORKER_MAX_RELOADS", default_value_t = 64)]
+    pub max_reloads: u64,
 }
 
 /// Task priority.

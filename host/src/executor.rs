@@ -17,7 +17,6 @@ use std::{
     time::Duration,
 };
 
-use arc_swap::ArcSwap;
 use tokio::sync::mpsc;
 use tracing::debug;
 
@@ -27,8 +26,7 @@ use crate::{
     task_error::{ErrorKind, TaskError},
 };
 
-/// The registry every executor reads; a reload swaps in a new one.
-pub type SharedRegistry = Arc<ArcSwap<PluginRegistry>>;
+pub use crate::plugin::SharedRegistry;
 
 /// Runs tasks and reports their outcomes on a channel.
 #[derive(Clone)]

@@ -10,10 +10,14 @@
 //! Shutdown sequence (Ctrl+C or SIGTERM): tell the control plane it is draining (no new
 //! tasks), finish and report every task it holds, unregister, exit 0.
 
-use std::{collections::VecDeque, path::Path, sync::Arc, time::Duration};
+use std::{
+    collections::VecDeque,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::Context as _;
-use arc_swap::ArcSwap;
 use tokio::{sync::mpsc, time::Instant};
 use tracing::{debug, error, info, warn};
 
@@ -21,10 +25,10 @@ use crate::{
     cli::SubworkerArgs,
     client::discover,
     executor::{task_specs, Executor},
-    plugin::{registry::load_modules, PluginLoader, PluginRegistry},
+    plugin::{watch::watch, LivePlugins, PluginLoader, ReloadReport},
     protocol::{
-        self, FromControlPlane, Hello, PeerKind, Registration, TaskOutcome, ToControlPlane,
-        WorkerId, PROTOCOL_VERSION,
+        self, FromControlPlane, Hello, PeerKind, PluginEvent, Registration, TaskOutcome,
+        ToControlPlane, WorkerId, PROTOCOL_VERSION,
     },
     transport::{self, Connection, ServerEvent},
 };
@@ -34,16 +38,19 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs a subworker until it is asked to stop.
 pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
-    let loader = PluginLoader::new()?;
-    let registry = if args.task_modules.is_empty() {
-        PluginRegistry::new()
-    } else {
-        load_modules(&loader, &args.task_modules, plugin_dir)?.registry
-    };
-    if registry.task_names().is_empty() {
+    let live = LivePlugins::load(PluginLoader::new()?, &args.task_modules, plugin_dir)?;
+    let registry = live.shared();
+    if registry.load().task_names().is_empty() {
         warn!("no tasks loaded (--task-modules): this subworker will get no work");
     }
-    let registry = Arc::new(ArcSwap::from_pointee(registry));
+    let live = Arc::new(Mutex::new(live));
+    let (report_tx, mut reports) = mpsc::unbounded_channel::<ReloadReport>();
+    let _watcher = if args.no_watch || args.task_modules.is_empty() {
+        None
+    } else {
+        Some(watch(live.clone(), report_tx)?)
+    };
+    let mut restart_after_drain = false;
     let worker_id = WorkerId(args.worker_id.clone());
 
     let status_address = match &args.base_address {
@@ -132,6 +139,10 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
                 let _ = send(&mut conn, &ToControlPlane::Unregister).await;
                 info!(worker = %worker_id, "all tasks finished and reported; unregistered");
                 tokio::time::sleep(Duration::from_millis(50)).await;
+                if restart_after_drain {
+                    drop(conn);
+                    return Err(restart_in_place());
+                }
                 return Ok(());
             }
             tokio::select! {
@@ -183,6 +194,32 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
                         continue 'connection;
                     }
                 }
+                Some(report) = reports.recv() => {
+                    if matches!(report, ReloadReport::Rejected { .. }) {
+                        warn!(worker = %worker_id, "{report}");
+                    } else {
+                        info!(worker = %worker_id, "{report}");
+                    }
+                    let mut ok = send(&mut conn, &ToControlPlane::PluginEvent(PluginEvent::from(&report))).await;
+                    if report.changed_tasks() {
+                        let tasks = task_specs(&registry.load());
+                        ok &= send(&mut conn, &ToControlPlane::TasksChanged { tasks }).await;
+                    }
+                    let reloads = live.lock().unwrap_or_else(|e| e.into_inner()).reloads();
+                    if reloads >= args.max_reloads && !draining {
+                        info!(
+                            worker = %worker_id,
+                            "{reloads} plugin reloads (--max-reloads {}): draining, then restarting in place",
+                            args.max_reloads
+                        );
+                        restart_after_drain = true;
+                        draining = true;
+                        ok &= send(&mut conn, &ToControlPlane::Draining).await;
+                    }
+                    if !ok {
+                        continue 'connection;
+                    }
+                }
                 _ = &mut shutdown, if !draining => {
                     info!(
                         worker = %worker_id,
@@ -194,6 +231,29 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
                 }
             }
         }
+    }
+}
+
+/// Replaces this process with a fresh copy of itself, same arguments (so the same
+/// worker id). Old plugin versions stay mapped until the process is replaced; this is
+/// how `--max-reloads` bounds that memory. Returns only if the exec failed.
+fn restart_in_place() -> anyhow::Error {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        let exe = match std::env::current_exe() {
+            Ok(exe) => exe,
+            Err(err) => return anyhow::anyhow!("cannot restart in place: {err}"),
+        };
+        info!("restarting in place: {}", exe.display());
+        let err = std::process::Command::new(exe)
+            .args(std::env::args_os().skip(1))
+            .exec();
+        anyhow::anyhow!("cannot restart in place: {err}")
+    }
+    #[cfg(not(unix))]
+    {
+        anyhow::anyhow!("restarting in place is only supported on Unix; restart this subworker")
     }
 }
 

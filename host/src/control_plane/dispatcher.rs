@@ -20,7 +20,11 @@ use bytes::Bytes;
 use tracing::{debug, info, warn};
 
 use super::{
-    queue::ReadyQueues, result_cache::ResultCache, retry::RetryPolicy, workers::WorkerTable,
+    events::{Event, EventLog},
+    queue::ReadyQueues,
+    result_cache::ResultCache,
+    retry::RetryPolicy,
+    workers::WorkerTable,
 };
 use crate::{
     protocol::{
@@ -150,6 +154,7 @@ pub struct Dispatcher {
     actions: Vec<Action>,
     now: Now,
     rng_state: u64,
+    events: EventLog,
 }
 
 fn reply(peer: &PeerId, msg: FromControlPlane) -> Action {
@@ -182,7 +187,23 @@ impl Dispatcher {
             actions: Vec::new(),
             now,
             rng_state: now.unix_ms | 1,
+            events: EventLog::new(1000),
         }
+    }
+
+    /// Records an event for the log and the dashboard.
+    pub fn record_event(&mut self, kind: &str, subject: &str, message: String) {
+        self.events.push(Event {
+            at_ms: self.now.unix_ms,
+            kind: kind.to_string(),
+            subject: subject.to_string(),
+            message,
+        });
+    }
+
+    /// Recent events.
+    pub fn events(&self) -> &EventLog {
+        &self.events
     }
 
     /// Replaces the tasks the control plane's own executor serves (after a reload).
@@ -235,6 +256,19 @@ impl Dispatcher {
             ToControlPlane::Ping { nonce } => {
                 self.actions
                     .push(reply(peer, FromControlPlane::Pong { nonce }));
+            }
+            ToControlPlane::PluginEvent(event) => {
+                let worker = self
+                    .workers
+                    .by_peer(peer)
+                    .map(|w| w.0.clone())
+                    .unwrap_or_else(|| "unregistered peer".to_string());
+                if event.kind == "rejected" {
+                    warn!(%worker, "{}", event.message);
+                } else {
+                    info!(%worker, "{}", event.message);
+                }
+                self.record_event(&format!("plugin.{}", event.kind), &worker, event.message);
             }
             ToControlPlane::Discover => {
                 self.actions.push(reply(
@@ -300,6 +334,11 @@ impl Dispatcher {
                 for task in registered.orphaned {
                     self.worker_lost_task(task, &reg.worker_id);
                 }
+                self.record_event(
+                    "worker.registered",
+                    &reg.worker_id.0,
+                    format!("subworker {} registered", reg.worker_id),
+                );
                 self.actions
                     .push(reply(peer, FromControlPlane::HeartbeatAck));
             }
@@ -365,6 +404,11 @@ impl Dispatcher {
         self.now = now;
         if let Some(id) = self.workers.by_peer(peer).cloned() {
             warn!(worker = %id, "subworker connection lost");
+            self.record_event(
+                "worker.lost",
+                &id.0,
+                format!("subworker {id} connection lost"),
+            );
             self.remove_worker(&id);
         }
         self.peers.remove(peer);
@@ -760,6 +804,23 @@ impl Dispatcher {
         }
         let cancel_requested = entry.cancel_requested;
         let attempt = entry.envelope.attempt;
+        if let (Holder::Worker(worker), AttemptResult::Failure(error)) = (&from, &outcome.result) {
+            if error.kind == ErrorKind::UnknownTask && !cancel_requested {
+                // The worker dropped the task (a plugin was removed) after it was
+                // handed out: it no longer serves that name; run it elsewhere.
+                let name = self.tasks[&id].envelope.name.clone();
+                if let Some(w) = self.workers.get_mut(worker) {
+                    w.tasks.remove(&name);
+                }
+                if self.known_task(&name) {
+                    let entry = self.tasks.get_mut(&id).expect("checked above");
+                    entry.record.status = TaskStatus::Queued;
+                    self.queues
+                        .push(entry.envelope.priority, &name, entry.seq, id);
+                    return;
+                }
+            }
+        }
         match outcome.result {
             AttemptResult::Success => {
                 self.finalize(id, TaskStatus::Success, None, outcome.value);

@@ -7,6 +7,7 @@
 //!   executor, timers and signals.
 
 pub mod dispatcher;
+pub mod events;
 pub mod queue;
 pub mod result_cache;
 pub mod retry;

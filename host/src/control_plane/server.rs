@@ -9,9 +9,8 @@
 use std::{path::Path, time::Duration};
 
 use anyhow::Context as _;
-use arc_swap::ArcSwap;
 use bytes::Bytes;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::{sync::mpsc, time::MissedTickBehavior};
 use tracing::{info, warn};
 
@@ -19,7 +18,7 @@ use super::dispatcher::{Action, Dispatcher, DispatcherConfig, Now};
 use crate::{
     cli::ControlPlaneArgs,
     executor::{task_specs, Executor},
-    plugin::{registry::load_modules, PluginLoader, PluginRegistry},
+    plugin::{watch::watch, LivePlugins, PluginLoader, ReloadReport},
     protocol::{self, Announcement, FromControlPlane, ToControlPlane, PROTOCOL_VERSION},
     transport::{self, Outbox, PeerId, ServerEvent},
 };
@@ -42,14 +41,16 @@ fn send(outbox: &Outbox, peer: &PeerId, msg: &FromControlPlane) {
 
 /// Runs the control plane until it is asked to stop.
 pub async fn run(args: ControlPlaneArgs, plugin_dir: &Path) -> anyhow::Result<()> {
-    let loader = PluginLoader::new()?;
-    let registry = if args.task_modules.is_empty() {
-        PluginRegistry::new()
+    let live = LivePlugins::load(PluginLoader::new()?, &args.task_modules, plugin_dir)?;
+    let registry = live.shared();
+    let local_specs = task_specs(&registry.load());
+    let live = Arc::new(Mutex::new(live));
+    let (report_tx, mut reports) = mpsc::unbounded_channel::<ReloadReport>();
+    let _watcher = if args.no_watch || args.task_modules.is_empty() {
+        None
     } else {
-        load_modules(&loader, &args.task_modules, plugin_dir)?.registry
+        Some(watch(live.clone(), report_tx)?)
     };
-    let local_specs = task_specs(&registry);
-    let registry = Arc::new(ArcSwap::from_pointee(registry));
 
     let mut endpoints = vec![args.base_address.clone()];
     let sub_endpoint = subworker_endpoint(&args.base_address, args.subworker_port);
@@ -157,6 +158,18 @@ pub async fn run(args: ControlPlaneArgs, plugin_dir: &Path) -> anyhow::Result<()
                 None => anyhow::bail!("the discovery socket closed"),
             },
             Some(outcome) = outcomes.recv() => dispatcher.local_outcome(outcome, Now::current()),
+            Some(report) = reports.recv() => {
+                if matches!(report, ReloadReport::Rejected { .. }) {
+                    warn!("{report}");
+                } else {
+                    info!("{report}");
+                }
+                let event = crate::protocol::PluginEvent::from(&report);
+                dispatcher.record_event(&format!("plugin.{}", event.kind), &args.worker_id, event.message);
+                if report.changed_tasks() {
+                    dispatcher.set_local_specs(task_specs(&registry.load()));
+                }
+            }
             _ = tick.tick() => dispatcher.tick(Now::current()),
             _ = announce.tick() => {
                 let msg = FromControlPlane::Announce(announcement.clone());

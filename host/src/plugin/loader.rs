@@ -223,6 +223,9 @@ impl PluginLoader {
         })?;
         sweep_dead_shadow_dirs(&base);
         let dir = base.join(std::process::id().to_string());
+        // Our pid's directory can only be left from before an in-place restart (exec
+        // keeps the pid and unmaps everything), so nothing maps those copies now.
+        let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).map_err(|source| LoadError::Io {
             path: dir.clone(),
             source,
@@ -261,9 +264,14 @@ impl PluginLoader {
                 source,
             },
         })?;
-        check_shared_library_magic(path, &bytes)?;
-        let content_hash = blake3::hash(&bytes).to_hex().to_string();
-        let shadow = self.shadow_copy(path, &bytes, &content_hash)?;
+        self.load_bytes(path, &bytes)
+    }
+
+    /// Loads a plugin whose file at `path` holds `bytes` (already read).
+    pub fn load_bytes(&self, path: &Path, bytes: &[u8]) -> Result<LoadedPlugin, LoadError> {
+        check_shared_library_magic(path, bytes)?;
+        let content_hash = content_hash(bytes);
+        let shadow = self.shadow_copy(path, bytes, &content_hash)?;
         let module = open_root_module(path, &shadow)?;
 
         let abi_version = module.abi_version();
@@ -331,6 +339,11 @@ impl Drop for PluginLoader {
             let _ = fs::remove_dir_all(&self.shadow_dir);
         }
     }
+}
+
+/// The content hash that names a shadow copy (blake3, hex).
+pub fn content_hash(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
 }
 
 /// Removes `base/<pid>` directories whose process is gone (Linux only; elsewhere

@@ -431,6 +431,70 @@ pub enum ToControlPlane {
     },
     /// Where is the control plane? Answered with `Announce`.
     Discover,
+    /// A subworker's plugin changed (reloaded, retired, or a new file rejected), for
+    /// the control plane's log and event stream.
+    PluginEvent(PluginEvent),
+}
+
+/// What happened to a plugin file on a subworker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PluginEvent {
+    /// `reloaded`, `retired` or `rejected`.
+    pub kind: String,
+    /// The plugin's name ("" when the file did not load).
+    pub plugin: String,
+    /// The file.
+    pub path: String,
+    /// The version it replaced or retired.
+    pub old_version: Option<String>,
+    /// The version now serving.
+    pub new_version: Option<String>,
+    /// One line for people.
+    pub message: String,
+}
+
+impl From<&crate::plugin::ReloadReport> for PluginEvent {
+    fn from(report: &crate::plugin::ReloadReport) -> Self {
+        use crate::plugin::ReloadReport;
+        let message = report.to_string();
+        match report {
+            ReloadReport::Loaded {
+                path,
+                plugin,
+                old_version,
+                new_version,
+                ..
+            } => PluginEvent {
+                kind: "reloaded".into(),
+                plugin: plugin.clone(),
+                path: path.display().to_string(),
+                old_version: old_version.clone(),
+                new_version: Some(new_version.clone()),
+                message,
+            },
+            ReloadReport::Retired {
+                path,
+                plugin,
+                version,
+                ..
+            } => PluginEvent {
+                kind: "retired".into(),
+                plugin: plugin.clone(),
+                path: path.display().to_string(),
+                old_version: Some(version.clone()),
+                new_version: None,
+                message,
+            },
+            ReloadReport::Rejected { path, .. } => PluginEvent {
+                kind: "rejected".into(),
+                plugin: String::new(),
+                path: path.display().to_string(),
+                old_version: None,
+                new_version: None,
+                message,
+            },
+        }
+    }
 }
 
 /// Everything a control plane sends.
