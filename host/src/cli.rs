@@ -67,6 +67,19 @@ pub enum Command {
     Status(TaskIdArgs),
     /// Cancel a task.
     Cancel(TaskIdArgs),
+    /// List dead-lettered tasks (their workers kept dying), or replay one.
+    DeadLetters(DeadLetterArgs),
+}
+
+/// `fastworker dead-letters`.
+#[derive(Debug, Clone, Args)]
+pub struct DeadLetterArgs {
+    /// Queue this dead-lettered task again instead of listing.
+    #[arg(long, value_name = "TASK_ID")]
+    pub replay: Option<String>,
+    /// Where the control plane is.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
 }
 
 /// Where a client finds the control plane.
@@ -143,6 +156,9 @@ pub struct ControlPlaneArgs {
     /// Do not watch --task-modules for changes (no hot reload).
     #[arg(long, env = "FASTWORKER_NO_WATCH")]
     pub no_watch: bool,
+    /// Deliveries after which a task whose worker keeps getting lost is dead-lettered.
+    #[arg(long, env = "FASTWORKER_MAX_DELIVERIES", default_value_t = 5)]
+    pub max_deliveries: u32,
 }
 
 /// `fastworker subworker`.
@@ -180,6 +196,10 @@ pub struct SubworkerArgs {
     /// mapped until the process restarts).
     #[arg(long, env = "FASTWORKER_MAX_RELOADS", default_value_t = 64)]
     pub max_reloads: u64,
+    /// Seconds a task may run past its timeout, ignoring its cancelled context, before
+    /// this subworker drains and restarts in place to free the stuck thread.
+    #[arg(long, default_value_t = 10.0)]
+    pub hung_task_grace: f64,
 }
 
 /// Task priority.
@@ -199,8 +219,8 @@ pub enum PriorityArg {
 #[derive(Debug, Clone, Args)]
 pub struct SubmitArgs {
     /// The task to run.
-    #[arg(long)]
-    pub task_name: String,
+    #[arg(long, required_unless_present = "batch")]
+    pub task_name: Option<String>,
     /// Arguments: each is a bool, an int, a float, a JSON value, else a string.
     #[arg(long, num_args = 0.., allow_negative_numbers = true)]
     pub args: Vec<String>,
@@ -211,8 +231,37 @@ pub struct SubmitArgs {
     #[arg(long)]
     pub non_blocking: bool,
     /// Run no sooner than this many seconds from now.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "eta")]
     pub countdown: Option<f64>,
+    /// Run no sooner than this time: RFC 3339 (`2026-11-27T18:00:00Z`) or Unix seconds.
+    #[arg(long)]
+    pub eta: Option<String>,
+    /// Retries after a failure (default: the task's own, else 0).
+    #[arg(long)]
+    pub max_retries: Option<u32>,
+    /// Seconds before the first retry (default: the task's own, else 60).
+    #[arg(long)]
+    pub retry_delay: Option<f64>,
+    /// Multiplier for each later retry delay (default: the task's own, else 2).
+    #[arg(long)]
+    pub retry_backoff: Option<f64>,
+    /// Randomize each retry delay by up to ±25%.
+    #[arg(long)]
+    pub retry_jitter: bool,
+    /// Seconds one attempt may run (default: the task's own, else none).
+    #[arg(long)]
+    pub timeout: Option<f64>,
+    /// When the task ends, send its result to this ZeroMQ address (a DEALER connects
+    /// and sends one JSON frame).
+    #[arg(long)]
+    pub callback_address: Option<String>,
+    /// Text sent back with the callback.
+    #[arg(long, requires = "callback_address")]
+    pub callback_data: Option<String>,
+    /// Submit every task in this file of JSON lines (`{"task_name": "add", "args": [1, 2],
+    /// "priority": "high", "countdown": 5}`), all in one message: all accepted or none.
+    #[arg(long, value_name = "FILE", conflicts_with = "task_name")]
+    pub batch: Option<std::path::PathBuf>,
     /// Seconds to wait for the result before giving up (the task keeps its place).
     #[arg(long, default_value_t = 300.0)]
     pub wait: f64,

@@ -244,6 +244,16 @@ impl Client {
         task: TaskEnvelope,
         wait: Duration,
     ) -> Result<TaskRecord, ClientError> {
+        into_success(self.submit_record(task, wait).await?)
+    }
+
+    /// Submits a task and waits (at most `wait`) for its final record, whatever its
+    /// status.
+    pub async fn submit_record(
+        &self,
+        task: TaskEnvelope,
+        wait: Duration,
+    ) -> Result<TaskRecord, ClientError> {
         let id = task.id;
         let (tx, rx) = oneshot::channel();
         lock(&self.shared.waiting).insert(id, tx);
@@ -251,8 +261,7 @@ impl Client {
             lock(&self.shared.waiting).remove(&id);
             return Err(err);
         }
-        let record = self.await_record(id, rx, wait).await?;
-        into_success(record)
+        self.await_record(id, rx, wait).await
     }
 
     /// Submits tasks in one message, accepted all or none; returns their ids.
@@ -354,6 +363,31 @@ impl Client {
         }
     }
 
+    /// The dead-lettered tasks, oldest first.
+    pub async fn dead_letters(&self) -> Result<Vec<TaskRecord>, ClientError> {
+        match self
+            .request(|request_id| ToControlPlane::DeadLetters { request_id })
+            .await?
+        {
+            FromControlPlane::DeadLetterList { records, .. } => Ok(records),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Queues a dead-lettered task again (same id, fresh attempts and deliveries).
+    pub async fn replay(&self, task_id: TaskId) -> Result<(), ClientError> {
+        match self
+            .request(|request_id| ToControlPlane::Replay {
+                request_id,
+                task_id,
+            })
+            .await?
+        {
+            FromControlPlane::Accepted { .. } => Ok(()),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     /// Runs `name` with `args` (a tuple, encoded with bincode) and decodes its result.
     pub async fn call<A: Serialize, R: DeserializeOwned>(
         &self,
@@ -390,7 +424,8 @@ pub fn decode_value<R: DeserializeOwned>(record: &TaskRecord) -> Result<R, Clien
     )?)
 }
 
-fn into_success(record: TaskRecord) -> Result<TaskRecord, ClientError> {
+/// The record itself when the task succeeded, else its failure as an error.
+pub fn into_success(record: TaskRecord) -> Result<TaskRecord, ClientError> {
     if record.status == TaskStatus::Success {
         return Ok(record);
     }
@@ -410,7 +445,8 @@ fn route(shared: &Shared, msg: FromControlPlane) {
         FromControlPlane::Accepted { request_id, .. }
         | FromControlPlane::Rejected { request_id, .. }
         | FromControlPlane::StatusReply { request_id, .. }
-        | FromControlPlane::CancelReply { request_id, .. } => *request_id,
+        | FromControlPlane::CancelReply { request_id, .. }
+        | FromControlPlane::DeadLetterList { request_id, .. } => *request_id,
         FromControlPlane::Result(record) => {
             if let Some(tx) = lock(&shared.waiting).remove(&record.task_id) {
                 let _ = tx.send(record.clone());

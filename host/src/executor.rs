@@ -11,10 +11,10 @@
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, Ordering},
         Arc, Mutex,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tokio::sync::mpsc;
@@ -33,7 +33,7 @@ pub use crate::plugin::SharedRegistry;
 pub struct Executor {
     registry: SharedRegistry,
     running: Arc<Mutex<HashMap<TaskId, Arc<AtomicBool>>>>,
-    overdue: Arc<AtomicUsize>,
+    overdue: Arc<Mutex<HashMap<TaskId, Instant>>>,
     outcomes: mpsc::UnboundedSender<TaskOutcome>,
 }
 
@@ -48,7 +48,7 @@ impl Executor {
         Executor {
             registry,
             running: Arc::new(Mutex::new(HashMap::new())),
-            overdue: Arc::new(AtomicUsize::new(0)),
+            overdue: Arc::new(Mutex::new(HashMap::new())),
             outcomes,
         }
     }
@@ -86,11 +86,12 @@ impl Executor {
             let finished = Arc::new(AtomicBool::new(false));
             let finished_in_call = finished.clone();
             let overdue = this.overdue.clone();
+            let task_id = task.id;
             let call = tokio::task::spawn_blocking(move || {
                 let result = call_task(handle.info(), &ctx, codec, &payload);
                 if finished_in_call.swap(true, Ordering::SeqCst) {
                     // Reported as timed out earlier; the thread is free again now.
-                    overdue.fetch_sub(1, Ordering::SeqCst);
+                    lock(&overdue).remove(&task_id);
                 }
                 result
             });
@@ -101,7 +102,7 @@ impl Executor {
                     Err(_) => {
                         cancelled.store(true, Ordering::SeqCst);
                         if !finished.swap(true, Ordering::SeqCst) {
-                            this.overdue.fetch_add(1, Ordering::SeqCst);
+                            lock(&this.overdue).insert(task.id, Instant::now());
                         }
                         Ok(Err(TaskError::new(
                             ErrorKind::TimedOut,
@@ -169,7 +170,12 @@ impl Executor {
 
     /// Tasks reported timed out whose threads have not returned yet.
     pub fn overdue(&self) -> usize {
-        self.overdue.load(Ordering::SeqCst)
+        lock(&self.overdue).len()
+    }
+
+    /// How long the longest-overdue task has ignored its timeout, if any has.
+    pub fn longest_overdue(&self) -> Option<Duration> {
+        lock(&self.overdue).values().map(Instant::elapsed).max()
     }
 }
 
@@ -198,6 +204,23 @@ pub fn task_specs(registry: &PluginRegistry) -> Vec<crate::protocol::TaskSpec> {
                 retry_backoff: info.retry_backoff,
                 retry_backoff_max_secs: info.retry_backoff_max_secs,
                 timeout_secs: info.timeout_secs,
+                periodic: info
+                    .periodic
+                    .as_ref()
+                    .map(|p| crate::protocol::PeriodicSpec {
+                        interval_secs: match &p.schedule {
+                            crate::plugin::loader::PeriodicSchedule::Interval(secs) => Some(*secs),
+                            crate::plugin::loader::PeriodicSchedule::Cron(_) => None,
+                        },
+                        cron: match &p.schedule {
+                            crate::plugin::loader::PeriodicSchedule::Cron(expr) => {
+                                Some(expr.clone())
+                            }
+                            crate::plugin::loader::PeriodicSchedule::Interval(_) => None,
+                        },
+                        repeat_count: p.repeat_count,
+                        repeat_until_unix: p.repeat_until_unix,
+                    }),
             }
         })
         .collect()

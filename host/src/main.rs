@@ -60,6 +60,9 @@ fn main() -> ExitCode {
         Command::Submit(args) => one_shot(async move { commands::submit::run(&args).await }),
         Command::Status(args) => one_shot(async move { commands::task::status(&args).await }),
         Command::Cancel(args) => one_shot(async move { commands::task::cancel(&args).await }),
+        Command::DeadLetters(args) => {
+            one_shot(async move { commands::task::dead_letters(&args).await })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

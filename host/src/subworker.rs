@@ -181,6 +181,20 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
                     }
                 }
                 _ = heartbeat.tick() => {
+                    if let Some(stuck) = executor.longest_overdue() {
+                        if stuck.as_secs_f64() > args.hung_task_grace && !restart_after_drain {
+                            warn!(
+                                worker = %worker_id,
+                                "{} task(s) ignored their timeout for {stuck:?}: draining, then restarting in place to free their threads",
+                                executor.overdue()
+                            );
+                            restart_after_drain = true;
+                            draining = true;
+                            if !send(&mut conn, &ToControlPlane::Draining).await {
+                                continue 'connection;
+                            }
+                        }
+                    }
                     if last_heard.elapsed() > heartbeat_every * 3 + Duration::from_secs(1) {
                         warn!("the control plane has been silent for {:?}; reconnecting", last_heard.elapsed());
                         continue 'connection;

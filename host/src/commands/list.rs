@@ -2,10 +2,29 @@
 
 use std::{fmt::Write as _, path::Path};
 
+use chrono::TimeZone;
+
 use crate::{
     cli::ListArgs,
+    control_plane::periodic::{next_cron, parse_cron},
+    plugin::loader::{Periodic, PeriodicSchedule},
     plugin::{registry::load_modules, PluginLoader, PluginRegistry, TaskHandle},
+    protocol::now_ms,
 };
+
+/// When a periodic task fires next, as people read it.
+fn next_fire(periodic: &Periodic) -> String {
+    match &periodic.schedule {
+        PeriodicSchedule::Interval(_) => "when the control plane starts, then on schedule".into(),
+        PeriodicSchedule::Cron(expr) => match parse_cron(expr) {
+            Ok(cron) => next_cron(&cron, now_ms())
+                .and_then(|ms| chrono::Local.timestamp_millis_opt(ms as i64).single())
+                .map(|t| t.format("%Y-%m-%d %H:%M %Z").to_string())
+                .unwrap_or_else(|| "never".into()),
+            Err(err) => format!("never ({err})"),
+        },
+    }
+}
 
 /// Loads the plugins and renders the listing.
 pub fn run(args: &ListArgs, plugin_dir: &Path) -> anyhow::Result<String> {
@@ -22,7 +41,7 @@ fn describe(task: &TaskHandle, with_plugin: bool) -> String {
     let info = task.info();
     let mut line = format!("{} {}", info.name, info.signature);
     if let Some(periodic) = &info.periodic {
-        let _ = write!(line, "  [{periodic}]");
+        let _ = write!(line, "  [{periodic}; next: {}]", next_fire(periodic));
     }
     if with_plugin {
         let plugin = task.plugin();

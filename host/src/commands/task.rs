@@ -2,7 +2,7 @@
 
 use super::{connect::connect, render};
 use crate::{
-    cli::TaskIdArgs,
+    cli::{DeadLetterArgs, TaskIdArgs},
     client::ClientError,
     protocol::{CancelOutcome, TaskId},
     task_error::{ErrorKind, TaskError},
@@ -61,4 +61,41 @@ pub async fn cancel(args: &TaskIdArgs) -> Result<String, ClientError> {
     } else {
         format!("{text}\n")
     })
+}
+
+/// `dead-letters`: lists them, or replays one.
+pub async fn dead_letters(args: &DeadLetterArgs) -> Result<String, ClientError> {
+    let client = connect(&args.connect).await?;
+    if let Some(text) = &args.replay {
+        let id = parse_id(text)?;
+        client.replay(id).await?;
+        return Ok(if args.connect.json {
+            format!(
+                "{}\n",
+                serde_json::json!({"task_id": id.to_string(), "outcome": "queued"})
+            )
+        } else {
+            format!("task {id} queued again\n")
+        });
+    }
+    let records = client.dead_letters().await?;
+    if args.connect.json {
+        let list: Vec<_> = records.iter().map(render::record_json).collect();
+        return Ok(format!("{}\n", serde_json::Value::Array(list)));
+    }
+    if records.is_empty() {
+        return Ok("no dead letters\n".to_string());
+    }
+    Ok(records
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {} deliveries={} {}\n",
+                r.task_id,
+                r.name,
+                r.delivery_count,
+                r.error.as_ref().map(|e| e.message.as_str()).unwrap_or("")
+            )
+        })
+        .collect())
 }

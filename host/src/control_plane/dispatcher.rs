@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     events::{Event, EventLog},
+    periodic::{PeriodicScheduler, PeriodicStatus},
     queue::ReadyQueues,
     result_cache::ResultCache,
     retry::RetryPolicy,
@@ -155,7 +156,12 @@ pub struct Dispatcher {
     now: Now,
     rng_state: u64,
     events: EventLog,
+    periodic: PeriodicScheduler,
+    dead_letters: BTreeMap<u64, (TaskRecord, TaskEnvelope)>,
 }
+
+/// How many dead letters are kept (the oldest are dropped past this).
+pub const MAX_DEAD_LETTERS: usize = 10_000;
 
 fn reply(peer: &PeerId, msg: FromControlPlane) -> Action {
     Action::Send {
@@ -188,7 +194,19 @@ impl Dispatcher {
             now,
             rng_state: now.unix_ms | 1,
             events: EventLog::new(1000),
+            periodic: PeriodicScheduler::new(),
+            dead_letters: BTreeMap::new(),
         }
+    }
+
+    /// The periodic tasks and when each fires next.
+    pub fn periodic(&self) -> Vec<PeriodicStatus> {
+        self.periodic.statuses()
+    }
+
+    /// The dead-lettered tasks, oldest first.
+    pub fn dead_letters(&self) -> Vec<TaskRecord> {
+        self.dead_letters.values().map(|(r, _)| r.clone()).collect()
     }
 
     /// Records an event for the log and the dashboard.
@@ -269,6 +287,29 @@ impl Dispatcher {
                     info!(%worker, "{}", event.message);
                 }
                 self.record_event(&format!("plugin.{}", event.kind), &worker, event.message);
+            }
+            ToControlPlane::DeadLetters { request_id } => {
+                let records = self.dead_letters();
+                self.actions.push(reply(
+                    peer,
+                    FromControlPlane::DeadLetterList {
+                        request_id,
+                        records,
+                    },
+                ));
+            }
+            ToControlPlane::Replay {
+                request_id,
+                task_id,
+            } => {
+                let msg = match self.replay(task_id) {
+                    Ok(()) => FromControlPlane::Accepted {
+                        request_id,
+                        task_ids: vec![task_id],
+                    },
+                    Err(error) => FromControlPlane::Rejected { request_id, error },
+                };
+                self.actions.push(reply(peer, msg));
             }
             ToControlPlane::Discover => {
                 self.actions.push(reply(
@@ -437,6 +478,7 @@ impl Dispatcher {
                     .push(entry.envelope.priority, &entry.envelope.name, entry.seq, id);
             }
         }
+        self.fire_periodic();
         for id in self.workers.expire(now.at, self.config.inactive_after) {
             warn!(worker = %id, "subworker inactive: no message for {:?}", self.config.inactive_after);
             let held: Vec<TaskId> = self
@@ -499,6 +541,70 @@ impl Dispatcher {
     /// The task names anyone here can run.
     pub fn known_task(&self, name: &str) -> bool {
         self.local_specs.contains_key(name) || self.workers.anyone_serves(name)
+    }
+
+    /// Submits every periodic task that is due (schedules come from the plugins of
+    /// this control plane and of every subworker).
+    fn fire_periodic(&mut self) {
+        let mut specs: BTreeMap<&str, &crate::protocol::PeriodicSpec> = BTreeMap::new();
+        for spec in self.local_specs.values() {
+            if let Some(p) = &spec.periodic {
+                specs.insert(&spec.name, p);
+            }
+        }
+        for worker in self.workers.iter() {
+            for spec in worker.tasks.values() {
+                if let Some(p) = &spec.periodic {
+                    specs.entry(&spec.name).or_insert(p);
+                }
+            }
+        }
+        let errors = self.periodic.sync(specs, self.now.unix_ms);
+        for (name, err) in errors {
+            warn!(task = %name, "periodic schedule ignored: {err}");
+        }
+        let tasks = &self.tasks;
+        let due = self
+            .periodic
+            .due(self.now.unix_ms, |id| tasks.contains_key(id));
+        if self.shutting_down {
+            return;
+        }
+        for name in due {
+            let task = TaskEnvelope::new(
+                name.clone(),
+                crate::protocol::Codec::Json,
+                Bytes::from_static(b"[]"),
+            );
+            debug!(task = %task.id, %name, "periodic task due");
+            self.periodic.submitted(&name, task.id);
+            self.accept(task);
+        }
+    }
+
+    fn replay(&mut self, id: TaskId) -> Result<(), TaskError> {
+        let key = self
+            .dead_letters
+            .iter()
+            .find(|(_, (r, _))| r.task_id == id)
+            .map(|(k, _)| *k)
+            .ok_or_else(|| {
+                TaskError::new(
+                    ErrorKind::Rejected,
+                    format!("task {id} is not a dead letter"),
+                )
+            })?;
+        if self.shutting_down {
+            return Err(TaskError::new(
+                ErrorKind::Rejected,
+                "the control plane is shutting down",
+            ));
+        }
+        let (_, envelope) = self.dead_letters.remove(&key).expect("found above");
+        self.cache.remove(&id);
+        info!(task = %id, "replaying a dead letter");
+        self.accept(envelope);
+        Ok(())
     }
 
     fn spec(&self, name: &str) -> Option<&TaskSpec> {
@@ -883,11 +989,20 @@ impl Dispatcher {
             let error = TaskError::new(
                 ErrorKind::WorkerLost,
                 format!(
-                    "the worker running it was lost {} times (last: {worker})",
+                    "dead-lettered: the worker running it was lost {} times (last: {worker})",
                     entry.envelope.delivery_count
                 ),
             );
+            warn!(%task, "{}", error.message);
+            let envelope = entry.envelope.clone();
+            let seq = entry.seq;
             self.finalize(task, TaskStatus::Failure, Some(error), Bytes::new());
+            if let Some(record) = self.cache.peek(&task).cloned() {
+                self.dead_letters.insert(seq, (record, envelope));
+                while self.dead_letters.len() > MAX_DEAD_LETTERS {
+                    self.dead_letters.pop_first();
+                }
+            }
             return;
         }
         warn!(%task, %worker, "re-queueing a task its worker lost");

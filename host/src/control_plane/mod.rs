@@ -8,6 +8,7 @@
 
 pub mod dispatcher;
 pub mod events;
+pub mod periodic;
 pub mod queue;
 pub mod result_cache;
 pub mod retry;

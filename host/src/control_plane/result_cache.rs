@@ -46,6 +46,16 @@ impl ResultCache {
         self.entries.get(id).map(|(_, r)| r)
     }
 
+    /// The record of `id` without touching recency (expired or not).
+    pub fn peek(&self, id: &TaskId) -> Option<&TaskRecord> {
+        self.entries.peek(id).map(|(_, r)| r)
+    }
+
+    /// Drops the record of `id`.
+    pub fn remove(&mut self, id: &TaskId) -> Option<TaskRecord> {
+        self.entries.pop(id).map(|(_, r)| r)
+    }
+
     /// True when `id` is stored and not expired, without touching recency.
     pub fn contains(&self, id: &TaskId, now: Instant) -> bool {
         self.entries

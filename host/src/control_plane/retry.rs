@@ -128,6 +128,7 @@ mod tests {
             retry_backoff: 3.0,
             retry_backoff_max_secs: 100.0,
             timeout_secs: None,
+            periodic: None,
         };
         let p = RetryPolicy::resolve(
             Some(&spec),

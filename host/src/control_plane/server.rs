@@ -75,7 +75,7 @@ pub async fn run(args: ControlPlaneArgs, plugin_dir: &Path) -> anyhow::Result<()
     let config = DispatcherConfig {
         id: args.worker_id.clone(),
         inactive_after: Duration::from_secs_f64(args.inactive_after.max(0.1)),
-        max_deliveries: 5,
+        max_deliveries: args.max_deliveries.max(1),
         cache_size: args.result_cache_size as usize,
         cache_ttl: Duration::from_secs(args.result_cache_ttl),
         local_concurrency: args.concurrency,

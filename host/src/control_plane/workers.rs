@@ -247,6 +247,7 @@ mod tests {
             retry_backoff: 2.0,
             retry_backoff_max_secs: 10.0,
             timeout_secs: None,
+            periodic: None,
         }
     }
 

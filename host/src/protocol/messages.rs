@@ -320,6 +320,21 @@ pub struct TaskSpec {
     pub retry_backoff_max_secs: f64,
     /// Default timeout of one attempt, seconds.
     pub timeout_secs: Option<f64>,
+    /// The periodic schedule the plugin declares, if any.
+    pub periodic: Option<PeriodicSpec>,
+}
+
+/// A periodic schedule, as declared by a plugin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeriodicSpec {
+    /// Seconds between starts (first run at start-up); `None` for cron.
+    pub interval_secs: Option<f64>,
+    /// A 5-field cron expression; `None` for an interval.
+    pub cron: Option<String>,
+    /// How many runs in all, if limited.
+    pub repeat_count: Option<u64>,
+    /// No run after this Unix time (seconds), if limited.
+    pub repeat_until_unix: Option<i64>,
 }
 
 /// What a subworker tells the control plane about itself.
@@ -434,6 +449,19 @@ pub enum ToControlPlane {
     /// A subworker's plugin changed (reloaded, retired, or a new file rejected), for
     /// the control plane's log and event stream.
     PluginEvent(PluginEvent),
+    /// List the dead-lettered tasks. Answered with `DeadLetterList`.
+    DeadLetters {
+        /// Echoed in the answer.
+        request_id: u64,
+    },
+    /// Queue a dead-lettered task again (fresh attempts and deliveries, same id).
+    /// Answered with `Accepted` or `Rejected`.
+    Replay {
+        /// Echoed in the answer.
+        request_id: u64,
+        /// The task.
+        task_id: TaskId,
+    },
 }
 
 /// What happened to a plugin file on a subworker.
@@ -553,4 +581,11 @@ pub enum FromControlPlane {
     },
     /// Where the control plane is (answer to `Discover`, and every 2 s).
     Announce(Announcement),
+    /// The answer to `DeadLetters`: their records (without values), oldest first.
+    DeadLetterList {
+        /// The request answered.
+        request_id: u64,
+        /// The dead-lettered tasks.
+        records: Vec<TaskRecord>,
+    },
 }

@@ -27,6 +27,13 @@ pub mod tasks {
         Ok(ms)
     }
 
+    /// Sleeps `ms` milliseconds ignoring cancellation and timeouts (a misbehaving task,
+    /// for testing how hosts cope with one).
+    pub fn hang_ms(ms: u64) -> u64 {
+        std::thread::sleep(Duration::from_millis(ms));
+        ms
+    }
+
     /// Always fails with `message`.
     pub fn fail(message: String) -> Result<(), String> {
         Err(message)

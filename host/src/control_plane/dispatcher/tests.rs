@@ -11,6 +11,7 @@ fn spec(name: &str) -> TaskSpec {
         retry_backoff: 2.0,
         retry_backoff_max_secs: 10.0,
         timeout_secs: None,
+        periodic: None,
     }
 }
 
