@@ -375,3 +375,231 @@ fn countdown_waits_and_cancel_prevents_the_run() {
     d.tick(now.plus(Duration::from_secs(10)));
     assert!(local_runs(&d.take_actions()).is_empty(), "never twice");
 }
+
+#[test]
+fn a_task_past_max_deliveries_is_dead_lettered_and_can_be_replayed() {
+    let now = Now::current();
+    let mut d = Dispatcher::new(config(0), vec![], now);
+    let client = Bytes::from_static(b"client");
+    hello(&mut d, &client, PeerKind::Client, now);
+    let t = task("add", Priority::Normal);
+    for n in 1..=3u8 {
+        let peer = Bytes::from(vec![n]);
+        register(&mut d, &peer, &format!("sw{n}"), 1, now);
+        if n == 1 {
+            submit(&mut d, &client, t.clone(), now);
+        }
+        d.take_actions();
+        d.peer_disconnected(&peer, now);
+    }
+    let dead = d.dead_letters();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].task_id, t.id);
+    assert_eq!(dead[0].delivery_count, 3);
+    d.take_actions();
+
+    d.handle(&client, ToControlPlane::DeadLetters { request_id: 4 }, now);
+    assert!(matches!(
+        &d.take_actions()[..],
+        [Action::Send { msg: FromControlPlane::DeadLetterList { records, .. }, .. }] if records.len() == 1
+    ));
+    let peer = Bytes::from_static(b"good");
+    register(&mut d, &peer, "good", 1, now);
+    d.take_actions();
+    d.handle(
+        &client,
+        ToControlPlane::Replay {
+            request_id: 5,
+            task_id: t.id,
+        },
+        now,
+    );
+    let actions = d.take_actions();
+    let a = assigns(&actions);
+    assert_eq!(a.len(), 1, "{actions:?}");
+    assert_eq!(
+        (a[0].1.id, a[0].1.delivery_count, a[0].1.attempt),
+        (t.id, 1, 1)
+    );
+    assert!(d.dead_letters().is_empty());
+    d.handle(&peer, ToControlPlane::Outcome(success(&a[0].1, b"3")), now);
+    d.handle(
+        &client,
+        ToControlPlane::Status {
+            request_id: 6,
+            task_id: t.id,
+            wait: false,
+        },
+        now,
+    );
+    assert!(d.take_actions().iter().any(|a| matches!(a,
+        Action::Send { msg: FromControlPlane::StatusReply { record: Some(r), .. }, .. } if r.status == TaskStatus::Success)));
+}
+
+#[test]
+fn periodic_tasks_fire_from_subworker_schedules_only_once_per_tick() {
+    let now = Now::current();
+    let mut d = Dispatcher::new(config(0), vec![], now);
+    let periodic = |name: &str| TaskSpec {
+        periodic: Some(crate::protocol::PeriodicSpec {
+            interval_secs: Some(10.0),
+            cron: None,
+            repeat_count: Some(2),
+            repeat_until_unix: None,
+        }),
+        ..spec(name)
+    };
+    for n in 1..=2u8 {
+        let peer = Bytes::from(vec![n]);
+        hello(&mut d, &peer, PeerKind::Subworker, now);
+        d.handle(
+            &peer,
+            ToControlPlane::Register(Registration {
+                worker_id: WorkerId(format!("sw{n}")),
+                tasks: vec![periodic("beat")],
+                concurrency: 1,
+                address: None,
+                pid: 1,
+                running: vec![],
+            }),
+            now,
+        );
+    }
+    d.take_actions();
+    d.tick(now);
+    let first = assigns(&d.take_actions());
+    assert_eq!(first.len(), 1, "one run at start-up, not one per subworker");
+    let (peer, run) = first[0].clone();
+    // Still running at the next tick: skipped.
+    d.tick(now.plus(Duration::from_secs(10)));
+    assert!(assigns(&d.take_actions()).is_empty());
+    d.handle(
+        &peer,
+        ToControlPlane::Outcome(success(&run, b"1")),
+        now.plus(Duration::from_secs(11)),
+    );
+    d.tick(now.plus(Duration::from_secs(20)));
+    assert_eq!(assigns(&d.take_actions()).len(), 1);
+    d.tick(now.plus(Duration::from_secs(60)));
+    assert!(
+        assigns(&d.take_actions()).is_empty(),
+        "repeat_count 2 reached"
+    );
+}
+
+#[test]
+fn cancelling_a_running_task_signals_its_worker_and_ends_cancelled() {
+    let now = Now::current();
+    let mut d = Dispatcher::new(config(0), vec![], now);
+    let client = Bytes::from_static(b"client");
+    hello(&mut d, &client, PeerKind::Client, now);
+    let peer = Bytes::from_static(b"w");
+    register(&mut d, &peer, "sw1", 1, now);
+    let t = task("slow", Priority::Normal);
+    submit(&mut d, &client, t.clone(), now);
+    let a = assigns(&d.take_actions());
+    d.handle(
+        &client,
+        ToControlPlane::Cancel {
+            request_id: 2,
+            task_id: t.id,
+        },
+        now,
+    );
+    let actions = d.take_actions();
+    assert!(actions.iter().any(|a| matches!(a, Action::Send { peer: p, msg: FromControlPlane::CancelTask { task_id } } if *p == peer && *task_id == t.id)));
+    assert!(actions.iter().any(|a| matches!(
+        a,
+        Action::Send {
+            msg: FromControlPlane::CancelReply {
+                outcome: CancelOutcome::Signalled,
+                ..
+            },
+            ..
+        }
+    )));
+    let cancelled = TaskOutcome {
+        result: AttemptResult::Failure(TaskError::new(ErrorKind::Cancelled, "stopped")),
+        ..success(&a[0].1, b"")
+    };
+    d.handle(&peer, ToControlPlane::Outcome(cancelled), now);
+    let res = results(&d.take_actions());
+    assert_eq!(res[0].status, TaskStatus::Cancelled);
+    // Cancelling again says it had finished.
+    d.handle(
+        &client,
+        ToControlPlane::Cancel {
+            request_id: 3,
+            task_id: t.id,
+        },
+        now,
+    );
+    assert!(d.take_actions().iter().any(|a| matches!(
+        a,
+        Action::Send {
+            msg: FromControlPlane::CancelReply {
+                outcome: CancelOutcome::AlreadyFinished(TaskStatus::Cancelled),
+                ..
+            },
+            ..
+        }
+    )));
+}
+
+#[test]
+fn a_task_its_worker_no_longer_serves_is_run_elsewhere() {
+    let now = Now::current();
+    let mut d = Dispatcher::new(config(1), vec![spec("add")], now);
+    let client = Bytes::from_static(b"client");
+    hello(&mut d, &client, PeerKind::Client, now);
+    let peer = Bytes::from_static(b"w");
+    register(&mut d, &peer, "sw1", 1, now);
+    let t = task("add", Priority::Normal);
+    submit(&mut d, &client, t.clone(), now);
+    let a = assigns(&d.take_actions());
+    let unknown = TaskOutcome {
+        result: AttemptResult::Failure(TaskError::new(ErrorKind::UnknownTask, "plugin removed")),
+        ..success(&a[0].1, b"")
+    };
+    d.handle(&peer, ToControlPlane::Outcome(unknown), now);
+    let actions = d.take_actions();
+    assert!(results(&actions).is_empty(), "not a failure");
+    let local = local_runs(&actions);
+    assert_eq!(local.len(), 1, "{actions:?}");
+    assert_eq!(local[0].id, t.id);
+}
+
+#[test]
+fn a_batch_is_accepted_all_or_none() {
+    let now = Now::current();
+    let mut d = Dispatcher::new(config(1), vec![spec("add")], now);
+    let client = Bytes::from_static(b"client");
+    hello(&mut d, &client, PeerKind::Client, now);
+    d.take_actions();
+    let batch = vec![
+        task("add", Priority::Normal),
+        task("nope", Priority::Normal),
+    ];
+    d.handle(
+        &client,
+        ToControlPlane::SubmitBatch {
+            request_id: 1,
+            tasks: batch,
+            wait: false,
+        },
+        now,
+    );
+    let actions = d.take_actions();
+    assert!(matches!(
+        &actions[..],
+        [Action::Send {
+            msg: FromControlPlane::Rejected { .. },
+            ..
+        }]
+    ));
+    assert_eq!(
+        d.queued() + d.in_flight(),
+        0,
+        "nothing of the batch was accepted"
+    );
+}
