@@ -447,7 +447,15 @@ fn duplicate_task_name_across_two_plugin_files_is_refused_naming_the_task() {
 
 // ---- fastworker list -----------------------------------------------------------------
 
-const MYTASKS_TASKS: [&str; 6] = ["add", "echo", "fail", "heartbeat", "panic", "sleep_ms"];
+const MYTASKS_TASKS: [&str; 7] = [
+    "add",
+    "echo",
+    "fail",
+    "hang_ms",
+    "heartbeat",
+    "panic",
+    "sleep_ms",
+];
 
 /// A fresh directory holding `plugins/mytasks.so`, as the README's set-up makes.
 fn seeded_dir() -> TestDir {
