@@ -169,7 +169,13 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
                             error!("the control plane refused this subworker: {reason}");
                             anyhow::bail!("refused by the control plane: {reason}");
                         }
-                        Ok(FromControlPlane::Rejected { error, .. }) => warn!("control plane: {error}"),
+                        Ok(FromControlPlane::Rejected { error, .. }) => {
+                            if error.message == protocol::HELLO_FIRST {
+                                warn!("the control plane does not know this connection; registering again");
+                                continue 'connection;
+                            }
+                            warn!("control plane: {error}");
+                        }
                         Ok(_) => {}
                         Err(err) => warn!("unreadable message from the control plane: {err}"),
                     }

@@ -275,6 +275,22 @@ impl Dispatcher {
                 self.actions
                     .push(reply(peer, FromControlPlane::Pong { nonce }));
             }
+            ToControlPlane::Discover => {
+                self.actions.push(reply(
+                    peer,
+                    FromControlPlane::Announce(self.config.announcement.clone()),
+                ));
+            }
+            other if !self.peers.contains_key(peer) => {
+                let request_id = request_id_of(&other);
+                self.actions.push(reply(
+                    peer,
+                    FromControlPlane::Rejected {
+                        request_id,
+                        error: TaskError::new(ErrorKind::Rejected, crate::protocol::HELLO_FIRST),
+                    },
+                ));
+            }
             ToControlPlane::PluginEvent(event) => {
                 let worker = self
                     .workers
@@ -310,22 +326,6 @@ impl Dispatcher {
                     Err(error) => FromControlPlane::Rejected { request_id, error },
                 };
                 self.actions.push(reply(peer, msg));
-            }
-            ToControlPlane::Discover => {
-                self.actions.push(reply(
-                    peer,
-                    FromControlPlane::Announce(self.config.announcement.clone()),
-                ));
-            }
-            other if !self.peers.contains_key(peer) => {
-                let request_id = request_id_of(&other);
-                self.actions.push(reply(
-                    peer,
-                    FromControlPlane::Rejected {
-                        request_id,
-                        error: TaskError::new(ErrorKind::Rejected, "send Hello first"),
-                    },
-                ));
             }
             ToControlPlane::Submit {
                 request_id,
@@ -374,6 +374,9 @@ impl Dispatcher {
                 );
                 for task in registered.orphaned {
                     self.worker_lost_task(task, &reg.worker_id);
+                }
+                for task in &reg.running {
+                    self.reclaim(*task, &reg.worker_id);
                 }
                 self.record_event(
                     "worker.registered",
@@ -1013,6 +1016,31 @@ impl Dispatcher {
             entry.seq,
             task,
         );
+    }
+
+    /// A worker that reconnected says it is still running `task`: if the task went back
+    /// to the queue when the old connection dropped and nobody took it since, it stays
+    /// with that worker instead of running twice.
+    fn reclaim(&mut self, task: TaskId, worker: &WorkerId) {
+        let Some(entry) = self.tasks.get_mut(&task) else {
+            return;
+        };
+        if entry.holder.is_some() || entry.record.status != TaskStatus::Queued {
+            return;
+        }
+        let (p, seq, name) = (
+            entry.envelope.priority,
+            entry.seq,
+            entry.envelope.name.clone(),
+        );
+        if !self.queues.remove(p, &name, seq) {
+            return;
+        }
+        debug!(%task, %worker, "reconnected worker keeps the task it is running");
+        entry.holder = Some(Holder::Worker(worker.clone()));
+        entry.record.status = TaskStatus::Running;
+        entry.record.worker_id = Some(worker.clone());
+        self.workers.assign(worker, task);
     }
 
     fn remove_worker(&mut self, id: &WorkerId) {

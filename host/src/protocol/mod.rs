@@ -25,6 +25,10 @@ pub use messages::*;
 /// with a message (encoded in this version) that says both numbers.
 pub const PROTOCOL_VERSION: u8 = 1;
 
+/// The message of the `Rejected` answer to anything but `Hello`, `Ping` or `Discover`
+/// on a connection that has not said `Hello` (a subworker that sees it registers again).
+pub const HELLO_FIRST: &str = "send Hello first";
+
 /// The first two bytes of every header frame.
 pub const MAGIC: [u8; 2] = *b"FW";
 

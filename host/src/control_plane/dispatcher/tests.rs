@@ -603,3 +603,69 @@ fn a_batch_is_accepted_all_or_none() {
         "nothing of the batch was accepted"
     );
 }
+
+#[test]
+fn a_reconnecting_worker_keeps_the_task_it_is_still_running() {
+    let now = Now::current();
+    let mut d = Dispatcher::new(config(0), vec![], now);
+    let client = Bytes::from_static(b"client");
+    hello(&mut d, &client, PeerKind::Client, now);
+    let old = Bytes::from_static(b"old");
+    register(&mut d, &old, "sw1", 1, now);
+    let t = task("slow", Priority::Normal);
+    submit(&mut d, &client, t.clone(), now);
+    let a = assigns(&d.take_actions());
+    d.peer_disconnected(&old, now);
+    let new = Bytes::from_static(b"new");
+    hello(&mut d, &new, PeerKind::Subworker, now);
+    d.handle(
+        &new,
+        ToControlPlane::Register(Registration {
+            worker_id: WorkerId("sw1".into()),
+            tasks: vec![spec("slow")],
+            concurrency: 1,
+            address: None,
+            pid: 1,
+            running: vec![t.id],
+        }),
+        now,
+    );
+    assert!(
+        assigns(&d.take_actions()).is_empty(),
+        "not handed out a second time"
+    );
+    d.handle(&new, ToControlPlane::Outcome(success(&a[0].1, b"7")), now);
+    let res = results(&d.take_actions());
+    assert_eq!(res.len(), 1);
+    assert_eq!(
+        (res[0].status, res[0].delivery_count),
+        (TaskStatus::Success, 1)
+    );
+}
+
+#[test]
+fn requests_other_than_hello_ping_and_discover_need_hello_first() {
+    let now = Now::current();
+    let mut d = Dispatcher::new(config(0), vec![], now);
+    let stranger = Bytes::from_static(b"x");
+    for msg in [
+        ToControlPlane::DeadLetters { request_id: 1 },
+        ToControlPlane::Replay {
+            request_id: 2,
+            task_id: TaskId::new(),
+        },
+        ToControlPlane::Heartbeat {
+            running: 0,
+            free_slots: 1,
+        },
+    ] {
+        d.handle(&stranger, msg, now);
+        assert!(matches!(
+            &d.take_actions()[..],
+            [Action::Send {
+                msg: FromControlPlane::Rejected { .. },
+                ..
+            }]
+        ));
+    }
+}

@@ -1,0 +1,743 @@
+#!/usr/bin/env python3
+"""A small fastworker client in Python, written from docs/PROTOCOL.md.
+
+Needs pyzmq (``pip install pyzmq``); everything else is the standard library.
+
+Library use::
+
+    import fastworker_client as fw
+    fw.submit("tcp://127.0.0.1:5555", "add", [5, 3])            # -> 8
+    task_id = fw.submit(addr, "sleep_ms", [2000], wait=False)   # -> "6f1c...-..."
+    fw.status(addr, task_id)                                     # -> dict or None
+    fw.cancel(addr, task_id)                                     # -> {"outcome": "signalled", ...}
+    fw.discover("tcp://127.0.0.1:5550")                          # -> dict
+
+Or keep one connection open with ``Client(address)``.
+
+Command line::
+
+    python3 fastworker_client.py --control-plane-address tcp://127.0.0.1:5555 add 5 3
+    python3 fastworker_client.py --discovery-address tcp://127.0.0.1:5550 echo '{"a":[1]}'
+    python3 fastworker_client.py --control-plane-address ... --non-blocking sleep_ms 2000
+    python3 fastworker_client.py --control-plane-address ... --status TASK_ID
+    python3 fastworker_client.py --control-plane-address ... --cancel TASK_ID
+"""
+
+import argparse
+import json
+import os
+import struct
+import sys
+import time
+import uuid
+
+import zmq
+
+PROTOCOL_VERSION = 1
+MAGIC = b"FW"
+
+# --- enums (index = position) -------------------------------------------------
+
+PEER_KINDS = ["client", "subworker", "control_plane"]
+CODECS = ["json", "bincode"]
+PRIORITIES = ["critical", "high", "normal", "low"]
+TASK_STATUSES = ["pending", "scheduled", "queued", "assigned", "running",
+                 "success", "failure", "retrying", "cancelled"]
+FINAL_STATUSES = ("success", "failure", "cancelled")
+ERROR_KINDS = ["failed", "panicked", "bad_arguments", "encode_failed", "cancelled",
+               "timed_out", "unknown_task", "worker_lost", "rejected", "internal"]
+CANCEL_OUTCOMES = ["cancelled", "signalled", "already_finished", "not_found"]
+
+# ToControlPlane variant indexes
+HELLO, SUBMIT, SUBMIT_BATCH, STATUS, CANCEL, REGISTER, HEARTBEAT, OUTCOME, \
+    TASKS_CHANGED, DRAINING, UNREGISTER, PING, DISCOVER, PLUGIN_EVENT, DEAD_LETTERS, \
+    REPLAY = range(16)
+
+# FromControlPlane variant indexes
+FROM_NAMES = ["welcome", "refused", "accepted", "rejected", "result", "status_reply",
+              "cancel_reply", "assign", "cancel_task", "heartbeat_ack", "pong", "announce",
+              "dead_letter_list"]
+
+
+# --- errors -------------------------------------------------------------------
+
+class FastworkerError(Exception):
+    """Base class of everything this module raises."""
+
+
+class ProtocolError(FastworkerError):
+    """A message could not be read, or an unexpected one arrived."""
+
+
+class Refused(FastworkerError):
+    """The control plane refused the connection (Refused{reason})."""
+
+
+class Timeout(FastworkerError):
+    """No answer in time."""
+
+
+class Rejected(FastworkerError):
+    """The control plane refused a request (Rejected{request_id, error})."""
+
+    def __init__(self, kind, message, request_id=0):
+        super().__init__("%s: %s" % (kind, message))
+        self.kind, self.message, self.request_id = kind, message, request_id
+
+
+class TaskFailed(FastworkerError):
+    """The task ended without success (status failure or cancelled)."""
+
+    def __init__(self, task_id, status, kind, message, record=None):
+        super().__init__("task %s ended %s: %s: %s" % (task_id, status, kind, message))
+        self.task_id, self.status, self.kind, self.message = task_id, status, kind, message
+        self.record = record
+
+
+# --- primitive encoding (PROTOCOL.md §3) ---------------------------------------
+
+class Writer:
+    def __init__(self):
+        self.parts = []
+
+    def u8(self, v):
+        self.parts.append(struct.pack("<B", v))
+
+    def u32(self, v):
+        self.parts.append(struct.pack("<I", v))
+
+    def u64(self, v):
+        self.parts.append(struct.pack("<Q", v))
+
+    def i64(self, v):
+        self.parts.append(struct.pack("<q", v))
+
+    def f64(self, v):
+        self.parts.append(struct.pack("<d", v))
+
+    def bool(self, v):
+        self.u8(1 if v else 0)
+
+    def string(self, s):
+        b = s.encode("utf-8")
+        self.u64(len(b))
+        self.parts.append(b)
+
+    def uuid(self, u):
+        if not isinstance(u, uuid.UUID):
+            u = uuid.UUID(str(u))
+        self.u64(16)
+        self.parts.append(u.bytes)
+
+    def option(self, v, write):
+        if v is None:
+            self.u8(0)
+        else:
+            self.u8(1)
+            write(v)
+
+    def vec(self, items, write):
+        self.u64(len(items))
+        for item in items:
+            write(item)
+
+    def getvalue(self):
+        return b"".join(self.parts)
+
+
+class Reader:
+    def __init__(self, data):
+        self.data, self.pos = data, 0
+
+    def take(self, n):
+        if self.pos + n > len(self.data):
+            raise ProtocolError("truncated message")
+        b = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return b
+
+    def u8(self):
+        return self.take(1)[0]
+
+    def u32(self):
+        return struct.unpack("<I", self.take(4))[0]
+
+    def u64(self):
+        return struct.unpack("<Q", self.take(8))[0]
+
+    def i64(self):
+        return struct.unpack("<q", self.take(8))[0]
+
+    def f64(self):
+        return struct.unpack("<d", self.take(8))[0]
+
+    def bool(self):
+        b = self.u8()
+        if b > 1:
+            raise ProtocolError("bad bool %d" % b)
+        return b == 1
+
+    def string(self):
+        return self.take(self.u64()).decode("utf-8")
+
+    def uuid(self):
+        n = self.u64()
+        if n != 16:
+            raise ProtocolError("a task id has %d bytes, not 16" % n)
+        return str(uuid.UUID(bytes=bytes(self.take(16))))
+
+    def option(self, read):
+        tag = self.u8()
+        if tag == 0:
+            return None
+        if tag == 1:
+            return read()
+        raise ProtocolError("bad option tag %d" % tag)
+
+    def vec(self, read):
+        return [read() for _ in range(self.u64())]
+
+    def enum(self, names):
+        i = self.u32()
+        if i >= len(names):
+            raise ProtocolError("unknown variant %d" % i)
+        return names[i]
+
+    def end(self):
+        if self.pos != len(self.data):
+            raise ProtocolError("%d trailing bytes" % (len(self.data) - self.pos))
+
+
+# --- shared types (PROTOCOL.md §4) ---------------------------------------------
+
+def new_task(name, payload, codec="json", priority="normal", task_id=None,
+             not_before_ms=0, timeout_secs=None, retry=None):
+    """A task envelope as a dict; payload is bytes (the encoded arguments)."""
+    return {
+        "id": str(task_id or uuid.uuid4()),
+        "name": name,
+        "codec": codec,
+        "priority": priority,
+        "attempt": 1,
+        "delivery_count": 0,
+        "not_before_ms": not_before_ms,
+        "deadline_ms": 0,
+        "timeout_secs": timeout_secs,
+        "retry": dict(retry or {}),
+        "callback": None,
+        "trace": None,
+        "payload": payload,
+    }
+
+
+def write_envelope(w, t):
+    w.uuid(t["id"])
+    w.string(t["name"])
+    w.u32(CODECS.index(t.get("codec", "json")))
+    w.u32(PRIORITIES.index(t.get("priority", "normal")))
+    w.u32(t.get("attempt", 1))
+    w.u32(t.get("delivery_count", 0))
+    w.u64(t.get("not_before_ms", 0))
+    w.u64(t.get("deadline_ms", 0))
+    w.option(t.get("timeout_secs"), w.f64)
+    retry = t.get("retry") or {}
+    w.option(retry.get("max_retries"), w.u32)
+    w.option(retry.get("delay_secs"), w.f64)
+    w.option(retry.get("backoff"), w.f64)
+    w.option(retry.get("backoff_max_secs"), w.f64)
+    w.option(retry.get("jitter"), w.bool)
+    w.option(t.get("callback"), lambda c: (w.string(c["address"]), w.string(c["data"])))
+    w.option(t.get("trace"), lambda c: (w.string(c["traceparent"]), w.string(c["tracestate"])))
+    # payload: a frame of its own
+
+
+def read_envelope(r):
+    t = {"id": r.uuid(), "name": r.string(), "codec": r.enum(CODECS),
+         "priority": r.enum(PRIORITIES), "attempt": r.u32(), "delivery_count": r.u32(),
+         "not_before_ms": r.u64(), "deadline_ms": r.u64(), "timeout_secs": r.option(r.f64)}
+    t["retry"] = {"max_retries": r.option(r.u32), "delay_secs": r.option(r.f64),
+                  "backoff": r.option(r.f64), "backoff_max_secs": r.option(r.f64),
+                  "jitter": r.option(r.bool)}
+    t["callback"] = r.option(lambda: {"address": r.string(), "data": r.string()})
+    t["trace"] = r.option(lambda: {"traceparent": r.string(), "tracestate": r.string()})
+    return t
+
+
+def read_error(r):
+    return {"kind": r.enum(ERROR_KINDS), "message": r.string()}
+
+
+def write_error(w, e):
+    w.u32(ERROR_KINDS.index(e["kind"]))
+    w.string(e["message"])
+
+
+def read_record(r):
+    return {"task_id": r.uuid(), "name": r.string(), "status": r.enum(TASK_STATUSES),
+            "codec": r.enum(CODECS), "error": r.option(lambda: read_error(r)),
+            "worker_id": r.option(r.string), "attempts": r.u32(),
+            "delivery_count": r.u32(), "submitted_ms": r.u64(),
+            "started_ms": r.option(r.u64), "completed_ms": r.option(r.u64)}
+
+
+def write_task_spec(w, s):
+    w.string(s["name"])
+    w.u32(s.get("max_retries", 0))
+    w.f64(s.get("retry_delay_secs", 60.0))
+    w.f64(s.get("retry_backoff", 2.0))
+    w.f64(s.get("retry_backoff_max_secs", 3600.0))
+    w.option(s.get("timeout_secs"), w.f64)
+    w.option(s.get("periodic"), lambda p: (
+        w.option(p.get("interval_secs"), w.f64),
+        w.option(p.get("cron"), w.string),
+        w.option(p.get("repeat_count"), w.u64),
+        w.option(p.get("repeat_until_unix"), w.i64)))
+
+
+# --- messages (PROTOCOL.md §5, §6) ----------------------------------------------
+
+def _header(variant):
+    w = Writer()
+    w.parts.append(MAGIC + bytes([PROTOCOL_VERSION]))
+    w.u32(variant)
+    return w
+
+
+def encode_hello(peer_id, peer_kind="client", features=()):
+    w = _header(HELLO)
+    w.u8(PROTOCOL_VERSION)
+    w.u32(PEER_KINDS.index(peer_kind))
+    w.string(peer_id)
+    w.vec(list(features), w.string)
+    return [w.getvalue()]
+
+
+def encode_submit(request_id, task, wait):
+    w = _header(SUBMIT)
+    w.u64(request_id)
+    write_envelope(w, task)
+    w.bool(wait)
+    return [w.getvalue(), task["payload"]]
+
+
+def encode_submit_batch(request_id, tasks, wait):
+    w = _header(SUBMIT_BATCH)
+    w.u64(request_id)
+    w.vec(tasks, lambda t: write_envelope(w, t))
+    w.bool(wait)
+    return [w.getvalue()] + [t["payload"] for t in tasks]
+
+
+def encode_status(request_id, task_id, wait=False):
+    w = _header(STATUS)
+    w.u64(request_id)
+    w.uuid(task_id)
+    w.bool(wait)
+    return [w.getvalue()]
+
+
+def encode_cancel(request_id, task_id):
+    w = _header(CANCEL)
+    w.u64(request_id)
+    w.uuid(task_id)
+    return [w.getvalue()]
+
+
+def encode_register(worker_id, tasks, concurrency=1, address=None, pid=None, running=()):
+    w = _header(REGISTER)
+    w.string(worker_id)
+    w.vec(list(tasks), lambda s: write_task_spec(w, s))
+    w.u32(concurrency)
+    w.option(address, w.string)
+    w.u32(os.getpid() if pid is None else pid)
+    w.vec(list(running), w.uuid)
+    return [w.getvalue()]
+
+
+def encode_heartbeat(running, free_slots):
+    w = _header(HEARTBEAT)
+    w.u32(running)
+    w.u32(free_slots)
+    return [w.getvalue()]
+
+
+def encode_outcome(task_id, delivery_count, error=None, value=b"",
+                   started_ms=0, completed_ms=0):
+    """error None = Success (value is the encoded result); else {kind, message}."""
+    w = _header(OUTCOME)
+    w.uuid(task_id)
+    w.u32(delivery_count)
+    if error is None:
+        w.u32(0)
+    else:
+        w.u32(1)
+        write_error(w, error)
+    w.u64(started_ms)
+    w.u64(completed_ms)
+    return [w.getvalue(), value if error is None else b""]
+
+
+def encode_dead_letters(request_id):
+    w = _header(DEAD_LETTERS)
+    w.u64(request_id)
+    return [w.getvalue()]
+
+
+def encode_replay(request_id, task_id):
+    w = _header(REPLAY)
+    w.u64(request_id)
+    w.uuid(task_id)
+    return [w.getvalue()]
+
+
+def encode_unit(variant):
+    """Draining, Unregister, Discover."""
+    return [_header(variant).getvalue()]
+
+
+def encode_ping(nonce):
+    w = _header(PING)
+    w.u64(nonce)
+    return [w.getvalue()]
+
+
+def decode(frames):
+    """A FromControlPlane message (list of frames) as a dict with a "type" key."""
+    if not frames or len(frames[0]) < 3 or frames[0][:2] != MAGIC:
+        raise ProtocolError("not a fastworker message (bad magic)")
+    if frames[0][2] != PROTOCOL_VERSION:
+        raise ProtocolError("protocol version %d is not supported" % frames[0][2])
+    r = Reader(frames[0][3:])
+    index = r.u32()
+    if index >= len(FROM_NAMES):
+        # A variant added after this client was written: skip the whole message.
+        return {"type": "unknown", "variant": index}
+    kind = FROM_NAMES[index]
+    msg = {"type": kind}
+    payload_slot = None  # (dict, key) receiving the single payload frame, if any
+    if kind == "welcome":
+        msg.update(protocol_version=r.u8(), control_plane_id=r.string(),
+                   features=r.vec(r.string))
+    elif kind == "refused":
+        msg["reason"] = r.string()
+    elif kind == "accepted":
+        msg.update(request_id=r.u64(), task_ids=r.vec(r.uuid))
+    elif kind == "rejected":
+        msg.update(request_id=r.u64(), error=read_error(r))
+    elif kind == "result":
+        msg["record"] = read_record(r)
+        payload_slot = (msg["record"], "value")
+    elif kind == "status_reply":
+        msg["request_id"] = r.u64()
+        msg["record"] = r.option(lambda: read_record(r))
+        if msg["record"] is not None:
+            payload_slot = (msg["record"], "value")
+    elif kind == "cancel_reply":
+        msg["request_id"] = r.u64()
+        outcome = r.enum(CANCEL_OUTCOMES)
+        msg["outcome"] = outcome
+        msg["status"] = r.enum(TASK_STATUSES) if outcome == "already_finished" else None
+    elif kind == "assign":
+        msg["task"] = read_envelope(r)
+        payload_slot = (msg["task"], "payload")
+    elif kind == "cancel_task":
+        msg["task_id"] = r.uuid()
+    elif kind == "pong":
+        msg["nonce"] = r.u64()
+    elif kind == "announce":
+        msg.update(control_plane_id=r.string(), base_address=r.string(),
+                   subworker_address=r.option(r.string), protocol_version=r.u8())
+    elif kind == "dead_letter_list":
+        msg["request_id"] = r.u64()
+        msg["records"] = r.vec(lambda: read_record(r))
+        for record in msg["records"]:  # values are not sent
+            record["value"], record["result"] = b"", None
+    r.end()
+    expected = 1 if payload_slot else 0
+    if len(frames) - 1 != expected:
+        raise ProtocolError("message has %d payload frames, its header lists %d"
+                            % (len(frames) - 1, expected))
+    if payload_slot:
+        payload_slot[0][payload_slot[1]] = bytes(frames[1])
+    if "record" in msg and msg["record"] is not None:
+        _add_result(msg["record"])
+    return msg
+
+
+def _add_result(record):
+    """Adds "result": the value decoded from JSON (None when empty or not JSON)."""
+    value = record.get("value", b"")
+    record["result"] = None
+    if value and record["codec"] == "json":
+        record["result"] = json.loads(value.decode("utf-8"))
+
+
+# --- the client -----------------------------------------------------------------
+
+class Client:
+    """One DEALER connection to a control plane, after Hello/Welcome."""
+
+    def __init__(self, address, timeout=10.0, peer_id=None, context=None):
+        self.address, self.timeout = address, timeout
+        self.context = context or zmq.Context.instance()
+        self.socket = self.context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.SNDTIMEO, int(timeout * 1000))
+        self.socket.connect(address)
+        self.next_request = 1
+        self.results = {}   # task id -> record, Results that arrived while waiting for else
+        try:
+            self.socket.send_multipart(
+                encode_hello(peer_id or "py-client-%d" % os.getpid()))
+            welcome = self._wait(lambda m: m["type"] in ("welcome", "refused"), timeout)
+        except BaseException:
+            self.close()
+            raise
+        if welcome["type"] == "refused":
+            self.close()
+            raise Refused(welcome["reason"])
+        self.control_plane_id = welcome["control_plane_id"]
+        self.features = welcome["features"]
+
+    def close(self):
+        self.socket.close(0)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # Receiving: every wait is bounded by a deadline.
+    def _recv(self, deadline):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not self.socket.poll(int(remaining * 1000) + 1):
+            raise Timeout("no answer from %s in time" % self.address)
+        return decode(self.socket.recv_multipart())
+
+    def _wait(self, accept, timeout):
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = self._recv(deadline)
+            if accept(msg):
+                return msg
+            self._stash(msg)
+
+    def _stash(self, msg):
+        if msg["type"] == "result":
+            self.results[msg["record"]["task_id"]] = msg["record"]
+        # Anything else (late replies, unknown variants) is ignored.
+
+    def _request(self, encode, timeout=None):
+        request_id = self.next_request
+        self.next_request += 1
+        self.socket.send_multipart(encode(request_id))
+        # Rejected{0, ...} answers a request that could not be read: this one.
+        msg = self._wait(lambda m: m.get("request_id") in (request_id, 0)
+                         and m["type"] != "result", timeout or self.timeout)
+        if msg["type"] == "rejected":
+            raise Rejected(msg["error"]["kind"], msg["error"]["message"], msg["request_id"])
+        return msg
+
+    def submit_task(self, task, wait=True):
+        """Submits an envelope (see new_task); returns its id. With wait, the Result
+        will be pushed: collect it with wait_result."""
+        msg = self._request(lambda rid: encode_submit(rid, task, wait))
+        if msg["type"] != "accepted":
+            raise ProtocolError("unexpected answer %r" % msg)
+        return msg["task_ids"][0]
+
+    def submit_batch(self, tasks, wait=True):
+        """All or none; returns the ids in submission order."""
+        msg = self._request(lambda rid: encode_submit_batch(rid, tasks, wait))
+        if msg["type"] != "accepted":
+            raise ProtocolError("unexpected answer %r" % msg)
+        return msg["task_ids"]
+
+    def wait_result(self, task_id, timeout=None):
+        """The final record pushed for a task submitted with wait=True."""
+        task_id = str(task_id)
+        if task_id in self.results:
+            return self.results.pop(task_id)
+        msg = self._wait(lambda m: m["type"] == "result"
+                         and m["record"]["task_id"] == task_id, timeout or self.timeout)
+        return msg["record"]
+
+    def submit(self, task_name, args, priority="normal", wait=True, timeout=None,
+               task_id=None):
+        """Runs task_name with args (JSON-encodable list). With wait, returns the
+        result value or raises TaskFailed; without, returns the task id."""
+        payload = json.dumps(list(args), separators=(",", ":")).encode("utf-8")
+        task = new_task(task_name, payload, priority=priority, task_id=task_id)
+        task_id = self.submit_task(task, wait)
+        if not wait:
+            return task_id
+        record = self.wait_result(task_id, timeout or self.timeout)
+        if record["status"] != "success":
+            err = record["error"] or {"kind": "internal", "message": "no error recorded"}
+            raise TaskFailed(task_id, record["status"], err["kind"], err["message"], record)
+        return record["result"]
+
+    def status(self, task_id, wait=False, timeout=None):
+        """The task's record as a dict (with "result" decoded), or None if unknown."""
+        msg = self._request(lambda rid: encode_status(rid, task_id, wait), timeout)
+        if msg["type"] != "status_reply":
+            raise ProtocolError("unexpected answer %r" % msg)
+        return msg["record"]
+
+    def cancel(self, task_id):
+        """{"outcome": cancelled|signalled|already_finished|not_found, "status": ...}"""
+        msg = self._request(lambda rid: encode_cancel(rid, task_id))
+        if msg["type"] != "cancel_reply":
+            raise ProtocolError("unexpected answer %r" % msg)
+        return {"outcome": msg["outcome"], "status": msg["status"]}
+
+    def dead_letters(self):
+        """The dead-lettered tasks' records (without values), oldest first."""
+        msg = self._request(encode_dead_letters)
+        if msg["type"] != "dead_letter_list":
+            raise ProtocolError("unexpected answer %r" % msg)
+        return msg["records"]
+
+    def replay(self, task_id):
+        """Queues a dead-lettered task again (same id); raises Rejected otherwise."""
+        msg = self._request(lambda rid: encode_replay(rid, task_id))
+        if msg["type"] != "accepted":
+            raise ProtocolError("unexpected answer %r" % msg)
+        return msg["task_ids"][0]
+
+    def ping(self, nonce=42):
+        self.socket.send_multipart(encode_ping(nonce))
+        return self._wait(lambda m: m["type"] == "pong" and m["nonce"] == nonce,
+                          self.timeout)["nonce"]
+
+
+# --- module-level helpers ---------------------------------------------------------
+
+def submit(address, task_name, args, priority="normal", wait=True, timeout=10):
+    """Connects, submits, returns the result value (wait) or the task id (no wait).
+    Raises Rejected (e.g. kind unknown_task) or TaskFailed (kind failed, ...)."""
+    with Client(address, timeout=timeout) as c:
+        return c.submit(task_name, args, priority=priority, wait=wait, timeout=timeout)
+
+
+def status(address, task_id, wait=False, timeout=10):
+    """The task's record as a dict, or None if the control plane does not know it."""
+    with Client(address, timeout=timeout) as c:
+        return c.status(task_id, wait=wait, timeout=timeout)
+
+
+def cancel(address, task_id, timeout=10):
+    """{"outcome": "cancelled" | "signalled" | "already_finished" | "not_found",
+    "status": the final status for already_finished, else None}"""
+    with Client(address, timeout=timeout) as c:
+        return c.cancel(task_id)
+
+
+def discover(discovery_address, timeout=5, context=None):
+    """Asks the discovery endpoint where the control plane is: a dict with
+    control_plane_id, base_address, subworker_address, protocol_version."""
+    context = context or zmq.Context.instance()
+    s = context.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.SNDTIMEO, int(timeout * 1000))
+    try:
+        s.connect(discovery_address)
+        s.send_multipart(encode_unit(DISCOVER))
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not s.poll(int(remaining * 1000) + 1):
+                raise Timeout("no announcement from %s" % discovery_address)
+            msg = decode(s.recv_multipart())
+            if msg["type"] == "announce":
+                del msg["type"]
+                return msg
+            if msg["type"] == "refused":
+                raise Refused(msg["reason"])
+            if msg["type"] == "rejected":
+                raise Rejected(msg["error"]["kind"], msg["error"]["message"])
+    finally:
+        s.close(0)
+
+
+# --- command line ------------------------------------------------------------------
+
+def parse_arg(word):
+    """Like `fastworker submit --args`: bool, int, float, JSON array/object/string/null,
+    else the word as a string."""
+    if word.lower() in ("true", "false"):
+        return word.lower() == "true"
+    try:
+        return int(word)
+    except ValueError:
+        pass
+    try:
+        f = float(word)
+        if f == f and f not in (float("inf"), float("-inf")):
+            return f
+    except ValueError:
+        pass
+    if word[:1] in ("[", "{", '"') or word == "null":
+        try:
+            return json.loads(word)
+        except ValueError:
+            pass
+    return word
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Submit a fastworker task (JSON codec).")
+    p.add_argument("--control-plane-address", help="e.g. tcp://127.0.0.1:5555")
+    p.add_argument("--discovery-address", default="tcp://127.0.0.1:5550",
+                   help="used when --control-plane-address is not given")
+    p.add_argument("--priority", default="normal", choices=PRIORITIES)
+    p.add_argument("--non-blocking", action="store_true",
+                   help="print the task id and return without waiting")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait")
+    p.add_argument("--status", metavar="TASK_ID", help="print a task's record")
+    p.add_argument("--cancel", metavar="TASK_ID", help="cancel a task")
+    p.add_argument("--json", action="store_true", help="print the whole record as JSON")
+    p.add_argument("task_name", nargs="?")
+    p.add_argument("args", nargs="*")
+    a = p.parse_args(argv)
+    address = a.control_plane_address
+    try:
+        if not address:
+            address = discover(a.discovery_address, timeout=a.timeout)["base_address"]
+        if a.status:
+            record = status(address, a.status, timeout=a.timeout)
+            if record is not None:
+                record = dict(record, value=record["value"].hex())
+            print(json.dumps(record))
+            return 0 if record is not None else 1
+        if a.cancel:
+            print(json.dumps(cancel(address, a.cancel, timeout=a.timeout)))
+            return 0
+        if not a.task_name:
+            p.error("a task name is needed")
+        args = [parse_arg(w) for w in a.args]
+        with Client(address, timeout=a.timeout) as c:
+            if a.non_blocking:
+                print(c.submit(a.task_name, args, priority=a.priority, wait=False))
+                return 0
+            payload = json.dumps(args, separators=(",", ":")).encode("utf-8")
+            task_id = c.submit_task(new_task(a.task_name, payload, priority=a.priority))
+            record = c.wait_result(task_id, a.timeout)
+        if a.json:
+            print(json.dumps(dict(record, value=record["value"].hex())))
+        elif record["status"] == "success":
+            print(json.dumps(record["result"]))
+        if record["status"] != "success":
+            err = record["error"] or {"kind": "internal", "message": "no error recorded"}
+            print("task %s ended %s: %s: %s" % (task_id, record["status"], err["kind"],
+                                               err["message"]), file=sys.stderr)
+            return 1
+        return 0
+    except FastworkerError as e:
+        print("error: %s" % e, file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
