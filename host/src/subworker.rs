@@ -10,12 +10,7 @@
 //! Shutdown sequence (Ctrl+C or SIGTERM): tell the control plane it is draining (no new
 //! tasks), finish and report every task it holds, unregister, exit 0.
 
-use std::{
-    collections::VecDeque,
-    path::Path,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{collections::VecDeque, path::Path, time::Duration};
 
 use anyhow::Context as _;
 use tokio::{sync::mpsc, time::Instant};
@@ -25,7 +20,7 @@ use crate::{
     cli::SubworkerArgs,
     client::discover,
     executor::{task_specs, Executor},
-    plugin::{watch::watch, LivePlugins, PluginLoader, ReloadReport},
+    plugin::{watch::load_and_watch, ReloadReport},
     protocol::{
         self, FromControlPlane, Hello, PeerKind, PluginEvent, Registration, TaskOutcome,
         ToControlPlane, WorkerId, PROTOCOL_VERSION,
@@ -38,18 +33,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs a subworker until it is asked to stop.
 pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
-    let live = LivePlugins::load(PluginLoader::new()?, &args.task_modules, plugin_dir)?;
-    let registry = live.shared();
+    let mut plugins = load_and_watch(&args.task_modules, plugin_dir, !args.no_watch)?;
+    let registry = plugins.registry.clone();
     if registry.load().task_names().is_empty() {
         warn!("no tasks loaded (--task-modules): this subworker will get no work");
     }
-    let live = Arc::new(Mutex::new(live));
-    let (report_tx, mut reports) = mpsc::unbounded_channel::<ReloadReport>();
-    let _watcher = if args.no_watch || args.task_modules.is_empty() {
-        None
-    } else {
-        Some(watch(live.clone(), report_tx)?)
-    };
     let mut restart_after_drain = false;
     let worker_id = WorkerId(args.worker_id.clone());
 
@@ -68,19 +56,8 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
     let mut backoff = Duration::from_millis(100);
 
     'connection: loop {
-        let address = match resolve_address(&args).await {
-            Ok(a) => a,
-            Err(err) => {
-                warn!("cannot find the control plane: {err}; retrying in {backoff:?}");
-                if wait_or_stop(backoff, &mut shutdown, &mut draining, &executor).await {
-                    return finish_without_control_plane(&executor, &undelivered);
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
-            }
-        };
-        let mut conn = match transport::connect(&address, CONNECT_TIMEOUT).await {
-            Ok(c) => c,
+        let (mut conn, address) = match connect_to_control_plane(&args).await {
+            Ok(connected) => connected,
             Err(err) => {
                 warn!("{err}; retrying in {backoff:?}");
                 if wait_or_stop(backoff, &mut shutdown, &mut draining, &executor).await {
@@ -214,7 +191,7 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
                         continue 'connection;
                     }
                 }
-                Some(report) = reports.recv() => {
+                Some(report) = plugins.reports.recv() => {
                     if matches!(report, ReloadReport::Rejected { .. }) {
                         warn!(worker = %worker_id, "{report}");
                     } else {
@@ -225,7 +202,7 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
                         let tasks = task_specs(&registry.load());
                         ok &= send(&mut conn, &ToControlPlane::TasksChanged { tasks }).await;
                     }
-                    let reloads = live.lock().unwrap_or_else(|e| e.into_inner()).reloads();
+                    let reloads = plugins.live.lock().unwrap_or_else(|e| e.into_inner()).reloads();
                     if reloads >= args.max_reloads && !draining {
                         info!(
                             worker = %worker_id,
@@ -291,6 +268,15 @@ async fn send(conn: &mut Connection, msg: &ToControlPlane) -> bool {
             true
         }
     }
+}
+
+/// Finds the control plane (directly or through discovery) and connects to it.
+async fn connect_to_control_plane(args: &SubworkerArgs) -> anyhow::Result<(Connection, String)> {
+    let address = resolve_address(args)
+        .await
+        .context("cannot find the control plane")?;
+    let conn = transport::connect(&address, CONNECT_TIMEOUT).await?;
+    Ok((conn, address))
 }
 
 async fn resolve_address(args: &SubworkerArgs) -> anyhow::Result<String> {

@@ -783,20 +783,18 @@ impl Dispatcher {
                 }
                 CancelOutcome::Signalled
             }
-            (None, Some(due)) => {
-                self.scheduled.remove(&(due, entry.seq));
-                self.finalize(
-                    id,
-                    TaskStatus::Cancelled,
-                    Some(cancelled_error()),
-                    Bytes::new(),
-                );
-                CancelOutcome::Cancelled
-            }
-            (None, None) => {
-                let (p, seq) = (entry.envelope.priority, entry.seq);
-                let name = entry.envelope.name.clone();
-                self.queues.remove(p, &name, seq);
+            (None, due) => {
+                // Not started: take it off the schedule or out of its queue.
+                match due {
+                    Some(due) => {
+                        self.scheduled.remove(&(due, entry.seq));
+                    }
+                    None => {
+                        let (p, seq) = (entry.envelope.priority, entry.seq);
+                        let name = entry.envelope.name.clone();
+                        self.queues.remove(p, &name, seq);
+                    }
+                }
                 self.finalize(
                     id,
                     TaskStatus::Cancelled,

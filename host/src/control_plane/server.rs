@@ -10,7 +10,6 @@ use std::{path::Path, time::Duration};
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use std::sync::{Arc, Mutex};
 use tokio::{sync::mpsc, time::MissedTickBehavior};
 use tracing::{info, warn};
 
@@ -18,7 +17,7 @@ use super::dispatcher::{Action, Dispatcher, DispatcherConfig, Now};
 use crate::{
     cli::ControlPlaneArgs,
     executor::{task_specs, Executor},
-    plugin::{watch::watch, LivePlugins, PluginLoader, ReloadReport},
+    plugin::{watch::load_and_watch, ReloadReport},
     protocol::{self, Announcement, FromControlPlane, ToControlPlane, PROTOCOL_VERSION},
     transport::{self, Outbox, PeerId, ServerEvent},
 };
@@ -41,16 +40,9 @@ fn send(outbox: &Outbox, peer: &PeerId, msg: &FromControlPlane) {
 
 /// Runs the control plane until it is asked to stop.
 pub async fn run(args: ControlPlaneArgs, plugin_dir: &Path) -> anyhow::Result<()> {
-    let live = LivePlugins::load(PluginLoader::new()?, &args.task_modules, plugin_dir)?;
-    let registry = live.shared();
+    let mut plugins = load_and_watch(&args.task_modules, plugin_dir, !args.no_watch)?;
+    let registry = plugins.registry.clone();
     let local_specs = task_specs(&registry.load());
-    let live = Arc::new(Mutex::new(live));
-    let (report_tx, mut reports) = mpsc::unbounded_channel::<ReloadReport>();
-    let _watcher = if args.no_watch || args.task_modules.is_empty() {
-        None
-    } else {
-        Some(watch(live.clone(), report_tx)?)
-    };
 
     let mut endpoints = vec![args.base_address.clone()];
     let sub_endpoint = subworker_endpoint(&args.base_address, args.subworker_port);
@@ -158,7 +150,7 @@ pub async fn run(args: ControlPlaneArgs, plugin_dir: &Path) -> anyhow::Result<()
                 None => anyhow::bail!("the discovery socket closed"),
             },
             Some(outcome) = outcomes.recv() => dispatcher.local_outcome(outcome, Now::current()),
-            Some(report) = reports.recv() => {
+            Some(report) = plugins.reports.recv() => {
                 if matches!(report, ReloadReport::Rejected { .. }) {
                     warn!("{report}");
                 } else {

@@ -217,19 +217,13 @@ impl PluginLoader {
         let base = std::env::var_os("FASTWORKER_SHADOW_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| std::env::temp_dir().join("fastworker-shadow"));
-        fs::create_dir_all(&base).map_err(|source| LoadError::Io {
-            path: base.clone(),
-            source,
-        })?;
+        create_dir(&base)?;
         sweep_dead_shadow_dirs(&base);
         let dir = base.join(std::process::id().to_string());
         // Our pid's directory can only be left from before an in-place restart (exec
         // keeps the pid and unmaps everything), so nothing maps those copies now.
         let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).map_err(|source| LoadError::Io {
-            path: dir.clone(),
-            source,
-        })?;
+        create_dir(&dir)?;
         Ok(PluginLoader {
             shadow_dir: dir,
             remove_on_drop: true,
@@ -238,10 +232,7 @@ impl PluginLoader {
 
     /// A loader using `dir` for its copies, left in place when dropped.
     pub fn with_shadow_dir(dir: PathBuf) -> Result<Self, LoadError> {
-        fs::create_dir_all(&dir).map_err(|source| LoadError::Io {
-            path: dir.clone(),
-            source,
-        })?;
+        create_dir(&dir)?;
         Ok(PluginLoader {
             shadow_dir: dir,
             remove_on_drop: false,
@@ -339,6 +330,13 @@ impl Drop for PluginLoader {
             let _ = fs::remove_dir_all(&self.shadow_dir);
         }
     }
+}
+
+fn create_dir(dir: &Path) -> Result<(), LoadError> {
+    fs::create_dir_all(dir).map_err(|source| LoadError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })
 }
 
 /// The content hash that names a shadow copy (blake3, hex).

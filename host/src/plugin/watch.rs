@@ -103,3 +103,52 @@ pub fn watch(
         _debouncer: debouncer,
     })
 }
+
+/// A host's plugins, loaded and (unless turned off) watched.
+pub struct WatchedPlugins {
+    /// The live set (the watcher applies changes to it).
+    pub live: Arc<Mutex<LivePlugins>>,
+    /// The registry executors read.
+    pub registry: super::SharedRegistry,
+    /// What each change did, as it happens.
+    pub reports: mpsc::UnboundedReceiver<ReloadReport>,
+    /// Keeps the watch alive (None with `--no-watch` or no modules).
+    _watcher: Option<PluginWatcher>,
+}
+
+/// Loading or watching the plugins failed at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// A plugin did not load.
+    #[error(transparent)]
+    Load(#[from] super::RegistryError),
+    /// The watch could not be set up.
+    #[error(transparent)]
+    Watch(#[from] WatchError),
+    /// The shadow directory could not be made.
+    #[error(transparent)]
+    Shadow(#[from] super::LoadError),
+}
+
+/// Loads `--task-modules` and, when `watch_files`, watches them for changes.
+pub fn load_and_watch(
+    words: &[String],
+    plugin_dir: &std::path::Path,
+    watch_files: bool,
+) -> Result<WatchedPlugins, SetupError> {
+    let live = LivePlugins::load(super::PluginLoader::new()?, words, plugin_dir)?;
+    let registry = live.shared();
+    let live = Arc::new(Mutex::new(live));
+    let (report_tx, reports) = mpsc::unbounded_channel();
+    let watcher = if watch_files && !words.is_empty() {
+        Some(watch(live.clone(), report_tx)?)
+    } else {
+        None
+    };
+    Ok(WatchedPlugins {
+        live,
+        registry,
+        reports,
+        _watcher: watcher,
+    })
+}
