@@ -117,39 +117,24 @@ impl Client {
             pending: Mutex::new(HashMap::new()),
             waiting: Mutex::new(HashMap::new()),
         });
-        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Bytes>>();
-        let mut sender = conn.sender;
-        tokio::spawn(async move {
-            while let Some(frames) = rx.recv().await {
-                if let Err(err) = sender.send(frames).await {
-                    debug!("client send failed: {err}");
-                    break;
-                }
-            }
-        });
-        let (welcome_tx, welcome_rx) = oneshot::channel();
-        lock(&shared.pending).insert(0, welcome_tx);
-        let reader_shared = shared.clone();
-        let mut receiver = conn.receiver;
-        tokio::spawn(async move {
-            while let Ok(frames) = receiver.recv().await {
-                match protocol::decode::<FromControlPlane>(&frames) {
-                    Ok(msg) => route(&reader_shared, msg),
-                    Err(err) => debug!("client: unreadable message: {err}"),
-                }
-            }
-            // Closing: every caller still waiting gets Disconnected.
-            lock(&reader_shared.pending).clear();
-            lock(&reader_shared.waiting).clear();
-        });
-        let hello = ToControlPlane::Hello(Hello {
+        let hello = protocol::encode(&ToControlPlane::Hello(Hello {
             protocol_version: PROTOCOL_VERSION,
             peer_kind: PeerKind::Client,
             peer_id: format!("client-{}", std::process::id()),
             features: vec![],
-        });
-        let _ =
-            tx.send(protocol::encode(&hello).map_err(|e| ClientError::Unexpected(e.to_string()))?);
+        }))
+        .map_err(|e| ClientError::Unexpected(e.to_string()))?;
+        let (tx, rx) = mpsc::unbounded_channel::<Vec<Bytes>>();
+        let (welcome_tx, welcome_rx) = oneshot::channel();
+        lock(&shared.pending).insert(0, welcome_tx);
+        tokio::spawn(run_connection(
+            address.to_string(),
+            timeout,
+            conn,
+            hello,
+            rx,
+            shared.clone(),
+        ));
         let welcome = tokio::time::timeout(timeout, welcome_rx)
             .await
             .map_err(|_| ClientError::Timeout(timeout))?
@@ -437,6 +422,84 @@ pub fn into_success(record: TaskRecord) -> Result<TaskRecord, ClientError> {
         status: record.status,
         error,
     })
+}
+
+/// How often an idle client checks that its connection still works.
+const KEEPALIVE: Duration = Duration::from_secs(2);
+
+/// Owns the connection: sends what callers queue, routes what comes back, and — since
+/// a `zeromq` 0.7 DEALER does not reconnect by itself — opens a new connection (with
+/// backoff) when a send fails (a keepalive ping every 2 s finds a dead one while idle)
+/// and says hello again. Calls waiting on the lost connection, including the one whose
+/// send failed, fail at once with `Disconnected`: nothing is resent behind the caller's
+/// back, so a caller that retries never runs a task twice. Ends when every `Client`
+/// handle is dropped.
+async fn run_connection(
+    address: String,
+    timeout: Duration,
+    first: transport::Connection,
+    hello: Vec<Bytes>,
+    mut outgoing: mpsc::UnboundedReceiver<Vec<Bytes>>,
+    shared: Arc<Shared>,
+) {
+    let mut conn = Some(first);
+    let mut backoff = Duration::from_millis(100);
+    let ping = protocol::encode(&ToControlPlane::Ping { nonce: 0 }).unwrap_or_default();
+    loop {
+        let mut current = match conn.take() {
+            Some(c) => c,
+            None => match transport::connect(&address, timeout).await {
+                Ok(c) => {
+                    debug!("client reconnected to {address}");
+                    backoff = Duration::from_millis(100);
+                    c
+                }
+                Err(err) => {
+                    debug!("client reconnect failed: {err}");
+                    if outgoing.is_closed() {
+                        return;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            },
+        };
+        let mut healthy = current.sender.send(hello.clone()).await.is_ok();
+        let mut keepalive = tokio::time::interval(KEEPALIVE);
+        keepalive.tick().await;
+        while healthy {
+            tokio::select! {
+                out = outgoing.recv() => match out {
+                    None => return,
+                    Some(frames) => {
+                        if let Err(err) = current.sender.send(frames).await {
+                            debug!("client send failed: {err}");
+                            healthy = false;
+                        }
+                    }
+                },
+                incoming = current.receiver.recv() => match incoming {
+                    Ok(frames) => match protocol::decode::<FromControlPlane>(&frames) {
+                        Ok(msg) => route(&shared, msg),
+                        Err(err) => debug!("client: unreadable message: {err}"),
+                    },
+                    Err(err) => {
+                        debug!("client connection closed: {err}");
+                        healthy = false;
+                    }
+                },
+                _ = keepalive.tick() => {
+                    if current.sender.send(ping.clone()).await.is_err() {
+                        healthy = false;
+                    }
+                }
+            }
+        }
+        // The calls waiting on the lost connection will get no answer on a new one.
+        lock(&shared.pending).clear();
+        lock(&shared.waiting).clear();
+    }
 }
 
 fn route(shared: &Shared, msg: FromControlPlane) {
