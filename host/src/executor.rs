@@ -113,7 +113,6 @@ impl Executor {
             } else {
                 call.await
             };
-            lock(&this.running).remove(&task.id);
             let outcome = match result {
                 Ok(Ok(value)) => TaskOutcome {
                     task_id: task.id,
@@ -141,9 +140,15 @@ impl Executor {
                     started_ms,
                 ),
             };
+            // Leave `running` and queue the outcome under one lock, so whoever sees
+            // `running() == 0` also sees every outcome already queued (a draining
+            // subworker must not unregister with an outcome still unsent).
+            let mut running = lock(&this.running);
+            running.remove(&task.id);
             if this.outcomes.send(outcome).is_err() {
                 debug!(task = %task.id, "outcome dropped: the executor's owner is gone");
             }
+            drop(running);
         });
     }
 

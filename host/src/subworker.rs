@@ -112,7 +112,11 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
         let mut heartbeat = tokio::time::interval(heartbeat_every);
 
         loop {
-            if draining && executor.running() == 0 && undelivered.is_empty() {
+            if draining
+                && executor.running() == 0
+                && undelivered.is_empty()
+                && outcomes.is_empty()
+            {
                 let _ = send(&mut conn, &ToControlPlane::Unregister).await;
                 info!(worker = %worker_id, "all tasks finished and reported; unregistered");
                 tokio::time::sleep(Duration::from_millis(50)).await;

@@ -1,5 +1,7 @@
 //! The one integration-test binary: it drives the real `fastworker` executable and
 //! loads the real plugins cargo built (`cargo build --workspace` builds them).
 
+mod cluster;
 mod plugins;
+mod procs;
 mod support;

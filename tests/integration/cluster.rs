@@ -1,0 +1,868 @@
+//! The distributed core, the way users run it: real `fastworker control-plane` and
+//! `fastworker subworker` processes on free ports of 127.0.0.1, driven by the real
+//! `fastworker submit` and by the library [`Client`].
+//!
+//! - the seed page's commands, as written, with and without subworkers;
+//! - many concurrent submissions on one client, each answered with its own result;
+//! - strict priority order on a saturated executor; least-loaded spreading;
+//! - a subworker killed (its task is re-delivered), one started mid-run (it takes
+//!   work), one interrupted with Ctrl+C (it finishes what it holds and exits 0), and
+//!   four interrupted while their tasks finish together (each must report them all);
+//! - discovery; SIGTERM on the control plane; bad frames and bad commands.
+//!
+//! Every process belongs to a [`Proc`] guard that kills it when the test ends, and
+//! every wait is bounded.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use fastworker::{
+    client::{decode_value, Client, ClientError},
+    protocol::{
+        self, now_ms, Codec, FromControlPlane, Hello, PeerKind, Priority, TaskEnvelope, TaskId,
+        TaskRecord, TaskStatus, ToControlPlane, PROTOCOL_VERSION,
+    },
+    task_error::ErrorKind,
+};
+use serde_json::{json, Value};
+use tokio::runtime::Runtime;
+use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
+
+use crate::{
+    procs::{free_address, mytasks_dir, poll_until, ControlPlane, Proc, STARTUP},
+    support::{run, Output, TestDir},
+};
+
+/// The library client's connect and request timeout.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long a test waits for a submitted task's result.
+const RESULT_WAIT: Duration = Duration::from_secs(30);
+
+/// A small runtime for the library client; test bodies stay synchronous so process
+/// guards and bounded polls never block a runtime thread.
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+fn connect(rt: &Runtime, address: &str) -> Client {
+    rt.block_on(Client::connect(address, CLIENT_TIMEOUT))
+        .unwrap_or_else(|e| panic!("cannot connect to {address}: {e}"))
+}
+
+/// A task with JSON arguments.
+fn json_task(name: &str, args: Value) -> TaskEnvelope {
+    TaskEnvelope::new(name, Codec::Json, Bytes::from(args.to_string()))
+}
+
+fn sleep_task(ms: u64) -> TaskEnvelope {
+    json_task("sleep_ms", json!([ms]))
+}
+
+fn value(record: &TaskRecord) -> i64 {
+    decode_value(record).unwrap_or_else(|e| panic!("{record:?}: value does not decode: {e}"))
+}
+
+fn worker(record: &TaskRecord) -> &str {
+    record
+        .worker_id
+        .as_ref()
+        .map(|w| w.0.as_str())
+        .unwrap_or("<none>")
+}
+
+/// The final record of `id`, waiting for it.
+fn final_record(rt: &Runtime, client: &Client, id: TaskId) -> TaskRecord {
+    let record = rt
+        .block_on(client.result(id))
+        .unwrap_or_else(|e| panic!("no result for {id}: {e}"))
+        .unwrap_or_else(|| panic!("task {id} is unknown to the control plane"));
+    assert!(record.status.is_final(), "{record:?}");
+    record
+}
+
+fn assert_success(record: &TaskRecord) {
+    assert_eq!(
+        record.status,
+        TaskStatus::Success,
+        "task {} ({}) did not succeed: {:?}",
+        record.task_id,
+        record.name,
+        record.error
+    );
+}
+
+/// Polls `check` on the runtime until it answers `Some`, bounded like [`poll_until`].
+fn poll_async<T, F, Fut>(rt: &Runtime, limit: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    poll_until(limit, || rt.block_on(check()))
+}
+
+/// `fastworker submit <args>` in `dir`.
+fn submit_cli(dir: &TestDir, args: &[&str]) -> Output {
+    let mut cmd = dir.fastworker();
+    cmd.arg("submit").args(args);
+    run(cmd)
+}
+
+/// The seed page's `add 5 3`, found through discovery.
+fn seed_add(dir: &TestDir, cp: &ControlPlane, json: bool) -> Output {
+    let mut args = vec![
+        "--discovery-address",
+        cp.discovery.as_str(),
+        "--task-name",
+        "add",
+        "--args",
+        "5",
+        "3",
+    ];
+    if json {
+        args.push("--json");
+    }
+    submit_cli(dir, &args)
+}
+
+fn assert_prints_8(out: &Output) {
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, "8\n", "{out:?}");
+    assert!(out.stderr_lines().is_empty(), "{out:?}");
+}
+
+fn json_record(out: &Output) -> Value {
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_str(out.stdout.trim())
+        .unwrap_or_else(|e| panic!("--json output is not JSON ({e}): {out:?}"))
+}
+
+// ---- the seed page -----------------------------------------------------------------
+
+#[test]
+fn seed_commands_work_as_written() {
+    let dir = mytasks_dir();
+    let mut cp = ControlPlane::start(&dir, &["--task-modules", "mytasks"]);
+
+    // The control plane alone runs it itself.
+    assert_prints_8(&seed_add(&dir, &cp, false));
+    let alone = json_record(&seed_add(&dir, &cp, true));
+    assert_eq!(alone["result"], json!(8), "{alone}");
+    assert_eq!(alone["worker_id"], json!("control-plane"), "{alone}");
+
+    // Three subworkers with the seed's flags: now a subworker runs it.
+    let _subworkers: Vec<Proc> = ["sw1", "sw2", "sw3"]
+        .iter()
+        .map(|id| cp.subworker(&dir, id, &[]))
+        .collect();
+    assert_prints_8(&seed_add(&dir, &cp, false));
+    let record = json_record(&seed_add(&dir, &cp, true));
+    assert_eq!(record["status"], json!("success"), "{record}");
+    assert_eq!(record["result"], json!(8), "{record}");
+    let who = record["worker_id"].as_str().unwrap_or_default();
+    assert!(
+        who.starts_with("sw"),
+        "with subworkers registered, a subworker should run it, not `{who}`: {record}"
+    );
+}
+
+// ---- many at once --------------------------------------------------------------------
+
+#[test]
+fn a_thousand_concurrent_submissions_each_get_their_own_result() {
+    let dir = mytasks_dir();
+    let mut cp = ControlPlane::start(&dir, &[]);
+    let _sw = cp.subworker(&dir, "sw1", &["--concurrency", "4"]);
+    let rt = runtime();
+    let client = connect(&rt, &cp.base);
+
+    // Even i: JSON through `submit`, checking the record; odd i: bincode through `call`.
+    let handles: Vec<_> = (0..1000i64)
+        .map(|i| {
+            let client = client.clone();
+            rt.spawn(async move {
+                let (x, y) = (i, 1000 * i);
+                if i % 2 == 0 {
+                    let task = json_task("add", json!([x, y]));
+                    let id = task.id;
+                    let record = client
+                        .submit(task, RESULT_WAIT)
+                        .await
+                        .unwrap_or_else(|e| panic!("add({x}, {y}): {e}"));
+                    assert_eq!(
+                        record.task_id, id,
+                        "add({x}, {y}) got another task's record"
+                    );
+                    assert_eq!(worker(&record), "sw1", "{record:?}");
+                    (i, value(&record))
+                } else {
+                    let sum = client
+                        .call::<(i64, i64), i64>("add", &(x, y))
+                        .await
+                        .unwrap_or_else(|e| panic!("add({x}, {y}): {e}"));
+                    (i, sum)
+                }
+            })
+        })
+        .collect();
+    let results = rt.block_on(futures::future::join_all(handles));
+    assert_eq!(results.len(), 1000);
+    for result in results {
+        let (i, sum) = result.expect("the submission task did not panic");
+        assert_eq!(sum, i + 1000 * i, "add({i}, {}) came back wrong", 1000 * i);
+    }
+}
+
+// ---- priorities and placement --------------------------------------------------------
+
+#[test]
+fn strict_priority_when_the_only_executor_is_saturated() {
+    use rand::{seq::SliceRandom, SeedableRng};
+
+    let dir = mytasks_dir();
+    let cp = ControlPlane::start(&dir, &["--task-modules", "mytasks", "--concurrency", "1"]);
+    let rt = runtime();
+    let client = connect(&rt, &cp.base);
+
+    let blocker = rt
+        .block_on(client.delay(sleep_task(300)))
+        .expect("the blocker is accepted");
+    let mut mix: Vec<Priority> = Priority::ALL
+        .iter()
+        .flat_map(|p| std::iter::repeat_n(*p, 4))
+        .collect();
+    mix.shuffle(&mut rand::rngs::StdRng::seed_from_u64(7));
+    assert!(
+        !mix.is_sorted(),
+        "a shuffled mix, or FIFO order would pass too"
+    );
+    let mut submitted: Vec<(TaskId, Priority)> = Vec::new();
+    for priority in &mix {
+        let mut task = sleep_task(20);
+        task.priority = *priority;
+        let id = rt
+            .block_on(client.delay(task))
+            .unwrap_or_else(|e| panic!("{priority:?} task refused: {e}"));
+        submitted.push((id, *priority));
+    }
+
+    let records: Vec<TaskRecord> = submitted
+        .iter()
+        .map(|(id, _)| final_record(&rt, &client, *id))
+        .collect();
+    records.iter().for_each(assert_success);
+    let blocker = final_record(&rt, &client, blocker);
+    let last_submitted = records.iter().map(|r| r.submitted_ms).max().unwrap();
+    assert!(
+        last_submitted <= blocker.completed_ms.unwrap(),
+        "premise broken: the 300 ms blocker finished before all 16 tasks were submitted"
+    );
+
+    let mut by_start: Vec<(u64, TaskId)> = records
+        .iter()
+        .map(|r| {
+            (
+                r.started_ms.expect("a finished task has started"),
+                r.task_id,
+            )
+        })
+        .collect();
+    by_start.sort();
+    let ran: Vec<TaskId> = by_start.iter().map(|(_, id)| *id).collect();
+    // Expected: by priority, and within one priority in submission order (stable sort).
+    let mut expected = submitted.clone();
+    expected.sort_by_key(|(_, p)| *p);
+    let expected_ids: Vec<TaskId> = expected.iter().map(|(id, _)| *id).collect();
+    let priority_of: HashMap<TaskId, Priority> = submitted.iter().copied().collect();
+    assert_eq!(
+        ran,
+        expected_ids,
+        "run order {:?}, submission order {:?}",
+        ran.iter().map(|id| priority_of[id]).collect::<Vec<_>>(),
+        mix
+    );
+}
+
+#[test]
+fn least_loaded_spreading_records_who_ran_it() {
+    let dir = mytasks_dir();
+    let mut cp = ControlPlane::start(&dir, &[]);
+    let _subworkers: Vec<Proc> = ["sw1", "sw2", "sw3"]
+        .iter()
+        .map(|id| cp.subworker(&dir, id, &["--concurrency", "1"]))
+        .collect();
+    let rt = runtime();
+    let client = connect(&rt, &cp.base);
+
+    let handles: Vec<_> = (0..30)
+        .map(|_| {
+            let client = client.clone();
+            rt.spawn(async move { client.submit(sleep_task(30), RESULT_WAIT).await })
+        })
+        .collect();
+    let mut per_worker: HashMap<String, usize> = HashMap::new();
+    for joined in rt.block_on(futures::future::join_all(handles)) {
+        let record = joined
+            .expect("no panic")
+            .unwrap_or_else(|e| panic!("sleep_ms failed: {e}"));
+        assert_eq!(value(&record), 30);
+        *per_worker.entry(worker(&record).to_string()).or_default() += 1;
+    }
+    assert_eq!(per_worker.values().sum::<usize>(), 30, "{per_worker:?}");
+    for id in ["sw1", "sw2", "sw3"] {
+        let ran = per_worker.get(id).copied().unwrap_or(0);
+        assert!(ran >= 5, "{id} ran {ran} of 30: {per_worker:?}");
+    }
+}
+
+// ---- subworkers coming and going -----------------------------------------------------
+
+#[test]
+fn a_killed_subworkers_tasks_are_redelivered() {
+    let dir = mytasks_dir();
+    let mut cp = ControlPlane::start(&dir, &[]);
+    let mut sw1 = cp.subworker(&dir, "sw1", &[]);
+    let _sw2 = cp.subworker(&dir, "sw2", &[]);
+    let rt = runtime();
+    let client = connect(&rt, &cp.base);
+
+    let ids: Vec<TaskId> = (0..2)
+        .map(|_| {
+            rt.block_on(client.delay(sleep_task(1500)))
+                .expect("accepted")
+        })
+        .collect();
+    // Both running, one on each subworker.
+    let placed = poll_async(&rt, Duration::from_secs(10), || async {
+        let mut on = HashMap::new();
+        for id in &ids {
+            let record = client.status(*id).await.ok()??;
+            if record.status != TaskStatus::Running {
+                return None;
+            }
+            on.insert(worker(&record).to_string(), *id);
+        }
+        (on.len() == 2).then_some(on)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the two tasks never ran one per subworker\n{}",
+            cp.proc.describe()
+        )
+    });
+    let lost = placed["sw1"];
+    let kept = placed["sw2"];
+
+    sw1.kill();
+    let started = Instant::now();
+    let lost = final_record(&rt, &client, lost);
+    let kept = final_record(&rt, &client, kept);
+    assert_success(&lost);
+    assert_success(&kept);
+    assert_eq!(value(&lost), 1500);
+    assert_eq!(
+        (worker(&lost), lost.delivery_count),
+        ("sw2", 2),
+        "the killed worker's task should be re-delivered to the survivor: {lost:?}"
+    );
+    assert_eq!(lost.attempts, 1, "a re-delivery is not a retry: {lost:?}");
+    assert_eq!((worker(&kept), kept.delivery_count), ("sw2", 1), "{kept:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "re-delivery took {:?}: the loss was not noticed promptly",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_frozen_subworker_goes_inactive_its_task_moves_and_it_comes_back() {
+    let dir = mytasks_dir();
+    let mut cp = ControlPlane::start(&dir, &["--inactive-after", "2.5"]);
+    let subworkers: HashMap<&str, Proc> = ["sw1", "sw2"]
+        .into_iter()
+        .map(|id| (id, cp.subworker(&dir, id, &[])))
+        .collect();
+    let rt = runtime();
+    let client = connect(&rt, &cp.base);
+
+    let id = rt
+        .block_on(client.delay(sleep_task(1000)))
+        .expect("accepted");
+    let frozen = poll_async(&rt, Duration::from_secs(10), || async {
+        let record = client.status(id).await.ok()??;
+        (record.status == TaskStatus::Running).then(|| worker(&record).to_string())
+    })
+    .expect("the task started");
+    let survivor = if frozen == "sw1" { "sw2" } else { "sw1" };
+    // SIGSTOP: the connection stays open, but nothing is heard from it.
+    subworkers[frozen.as_str()].signal("STOP");
+    let record = final_record(&rt, &client, id);
+    subworkers[frozen.as_str()].signal("CONT");
+    assert_success(&record);
+    assert_eq!(
+        (worker(&record), record.delivery_count),
+        (survivor, 2),
+        "the silent worker's task should move to {survivor}: {record:?}"
+    );
+    let who = format!("worker={frozen}");
+    cp.proc
+        .wait_for_line(true, &["subworker inactive", &who], STARTUP);
+
+    // Once it speaks again it gets work again, and its late answer changed nothing.
+    let ran_on_frozen = poll_async(&rt, Duration::from_secs(15), || async {
+        let tasks: Vec<TaskEnvelope> = (0..4).map(|_| sleep_task(100)).collect();
+        let records = client.submit_batch_wait(tasks, RESULT_WAIT).await.ok()?;
+        records.iter().any(|r| worker(r) == frozen).then_some(())
+    });
+    assert!(
+        ran_on_frozen.is_some(),
+        "{frozen} never got work again after it woke up\n{}",
+        cp.proc.describe()
+    );
+    let again = rt
+        .block_on(client.status(id))
+        .expect("status")
+        .expect("still cached");
+    assert_eq!(again, record);
+}
+
+#[test]
+fn a_subworker_started_mid_run_takes_work() {
+    let dir = mytasks_dir();
+    let mut cp = ControlPlane::start(&dir, &[]);
+    let _sw1 = cp.subworker(&dir, "sw1", &[]);
+    let rt = runtime();
+    let client = connect(&rt, &cp.base);
+
+    let done = Arc::new(AtomicUsize::new(0));
+    let handles: Vec<_> = (0..16)
+        .map(|_| {
+            let (client, done) = (client.clone(), done.clone());
+            rt.spawn(async move {
+                let result = client.submit(sleep_task(150), RESULT_WAIT).await;
+                done.fetch_add(1, Ordering::SeqCst);
+                result
+            })
+        })
+        .collect();
+    poll_until(Duration::from_secs(10), || {
+        (done.load(Ordering::SeqCst) >= 2).then_some(())
+    })
+    .expect("sw1 alone finished two tasks");
+    let sw2_started_ms = now_ms();
+    let _sw2 = cp.subworker(&dir, "sw2", &[]);
+
+    let mut per_worker: HashMap<String, usize> = HashMap::new();
+    for joined in rt.block_on(futures::future::join_all(handles)) {
+        let record = joined.expect("no panic").expect("sleep_ms succeeds");
+        if worker(&record) == "sw2" {
+            assert!(record.started_ms.unwrap() >= sw2_started_ms, "{record:?}");
+        }
+        *per_worker.entry(worker(&record).to_string()).or_default() += 1;
+    }
+    assert_eq!(per_worker.values().sum::<usize>(), 16, "{per_worker:?}");
+    let by_sw2 = per_worker.get("sw2").copied().unwrap_or(0);
+    assert!(
+        by_sw2 >= 3,
+        "the late subworker ran {by_sw2} of the remaining tasks: {per_worker:?}"
+    );
+}
+
+#[test]
+fn ctrl_c_on_a_busy_subworker_loses_nothing() {
+    let dir = mytasks_dir();
+    let mut cp = ControlPlane::start(&dir, &[]);
+    let mut sw1 = cp.subworker(&dir, "sw1", &["--concurrency", "2"]);
+    let _sw2 = cp.subworker(&dir, "sw2", &["--concurrency", "2"]);
+    let rt = runtime();
+    let client = connect(&rt, &cp.base);
+
+    let tasks: Vec<TaskEnvelope> = (0..20).map(|_| sleep_task(100)).collect();
+    let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
+    let done = Arc::new(AtomicUsize::new(0));
+    let handles: Vec<_> = tasks
+        .into_iter()
+        .map(|task| {
+            let (client, done) = (client.clone(), done.clone());
+            rt.spawn(async move {
+                let result = client.submit(task, RESULT_WAIT).await;
+                done.fetch_add(1, Ordering::SeqCst);
+                result
+            })
+        })
+        .collect();
+    // Mid-way: some finished, and sw1 is running one.
+    poll_async(&rt, Duration::from_secs(10), || async {
+        if done.load(Ordering::SeqCst) < 2 {
+            return None;
+        }
+        for id in &ids {
+            if let Ok(Some(r)) = client.status(*id).await {
+                if r.status == TaskStatus::Running && worker(&r) == "sw1" {
+                    return Some(());
+                }
+            }
+        }
+        None
+    })
+    .expect("sw1 was running a task mid-way");
+    let sigint_ms = now_ms();
+    sw1.signal("INT");
+
+    let records: Vec<TaskRecord> = rt
+        .block_on(futures::future::join_all(handles))
+        .into_iter()
+        .map(|joined| joined.expect("no panic").expect("every task succeeds"))
+        .collect();
+    assert_eq!(records.len(), 20);
+    // Every task succeeded. (Whether the interrupted subworker reported all it held,
+    // rather than having some re-delivered, is pinned by the next test.)
+    for record in &records {
+        assert_eq!(value(record), 100, "{record:?}");
+    }
+    assert!(
+        records.iter().any(|r| worker(r) == "sw1"
+            && r.started_ms.unwrap() <= sigint_ms
+            && r.completed_ms.unwrap() >= sigint_ms),
+        "no sw1 task was running when it got SIGINT; the test did not test anything"
+    );
+    let status = sw1.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{}", sw1.describe());
+    cp.proc
+        .wait_for_line(true, &["subworker unregistered", "worker=sw1"], STARTUP);
+}
+
+/// Regression: a draining subworker checked "nothing running" without looking at the
+/// outcomes its executor had queued but it had not sent yet (the executor forgets a
+/// task before it queues the outcome). When several tasks finished together, it
+/// unregistered with outcomes unsent, and the control plane re-ran those tasks
+/// elsewhere. The race is timing-dependent, so four subworkers are interrupted at once.
+#[test]
+fn a_draining_subworker_reports_tasks_that_finish_together() {
+    const WORKERS: usize = 4;
+    const EACH: usize = 16;
+    let dir = mytasks_dir();
+    // The control plane can run the tasks too, so a re-delivered one still finishes
+    // (and shows up as delivery 2 on `control-plane`).
+    let mut cp = ControlPlane::start(&dir, &["--task-modules", "mytasks", "--concurrency", "64"]);
+    let mut subworkers: Vec<Proc> = (1..=WORKERS)
+        .map(|n| cp.subworker(&dir, &format!("sw{n}"), &["--concurrency", "16"]))
+        .collect();
+    let rt = runtime();
+    let client = connect(&rt, &cp.base);
+
+    let tasks: Vec<TaskEnvelope> = (0..WORKERS * EACH).map(|_| sleep_task(400)).collect();
+    let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
+    let batch = {
+        let client = client.clone();
+        rt.spawn(async move { client.submit_batch_wait(tasks, RESULT_WAIT).await })
+    };
+    poll_async(&rt, Duration::from_secs(10), || async {
+        for id in &ids {
+            let record = client.status(*id).await.ok()??;
+            if record.status != TaskStatus::Running || !worker(&record).starts_with("sw") {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the tasks never all ran on subworkers\n{}",
+            cp.proc.describe()
+        )
+    });
+    for sw in &subworkers {
+        sw.signal("INT");
+    }
+
+    let records = rt
+        .block_on(batch)
+        .expect("no panic")
+        .expect("the batch finishes");
+    for sw in &mut subworkers {
+        let status = sw.wait_exit(Duration::from_secs(10));
+        assert_eq!(status.code(), Some(0), "{}", sw.describe());
+    }
+    records.iter().for_each(assert_success);
+    let rerun: Vec<String> = records
+        .iter()
+        .filter(|r| r.delivery_count != 1 || !worker(r).starts_with("sw"))
+        .map(|r| {
+            format!(
+                "{} (delivery {} on {})",
+                r.task_id,
+                r.delivery_count,
+                worker(r)
+            )
+        })
+        .collect();
+    assert!(
+        rerun.is_empty(),
+        "{WORKERS} subworkers were interrupted while running {EACH} tasks each; each said \
+         \"all tasks finished and reported\", but {} tasks were re-run: {rerun:?}\n{}",
+        rerun.len(),
+        cp.proc.describe()
+    );
+}
+
+// ---- finding the control plane, and stopping it --------------------------------------
+
+#[test]
+fn a_client_that_knows_only_the_discovery_address_works() {
+    let dir = mytasks_dir();
+    let mut cp = ControlPlane::start(&dir, &["--worker-id", "cp-disc"]);
+    // A subworker that also knows only the discovery address (it is told to use the
+    // control plane's subworker port).
+    let args: Vec<String> = [
+        "subworker",
+        "--worker-id",
+        "swd",
+        "--discovery-address",
+        cp.discovery.as_str(),
+        "--task-modules",
+        "mytasks",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut swd = Proc::spawn(&dir, "swd", &args);
+    swd.wait_for(true, "registered with the control plane", STARTUP);
+    cp.wait_registered("swd");
+
+    let rt = runtime();
+    let client = rt
+        .block_on(Client::discover(&cp.discovery, CLIENT_TIMEOUT))
+        .expect("discovery finds the control plane");
+    assert_eq!(client.control_plane_id(), "cp-disc");
+    let sum: i64 = rt
+        .block_on(client.call("add", &(40i64, 2i64)))
+        .expect("add through discovery");
+    assert_eq!(sum, 42);
+    let record = rt
+        .block_on(client.submit(json_task("add", json!([5, 3])), RESULT_WAIT))
+        .expect("add succeeds");
+    assert_eq!((value(&record), worker(&record)), (8, "swd"));
+}
+
+#[test]
+fn control_plane_sigterm_finishes_in_flight_and_exits_0() {
+    let dir = mytasks_dir();
+    let mut cp = ControlPlane::start(&dir, &["--task-modules", "mytasks", "--concurrency", "1"]);
+    let rt = runtime();
+    let waiter = connect(&rt, &cp.base);
+    let other = connect(&rt, &cp.base);
+
+    let task = sleep_task(500);
+    let id = task.id;
+    let blocking = {
+        let waiter = waiter.clone();
+        rt.spawn(async move { waiter.submit(task, RESULT_WAIT).await })
+    };
+    poll_async(&rt, Duration::from_secs(10), || async {
+        let record = other.status(id).await.ok()??;
+        (record.status == TaskStatus::Running).then_some(())
+    })
+    .expect("the task started");
+    cp.proc.signal("TERM");
+
+    // New work is refused (once the signal is seen), with a clear reason.
+    let refusal = poll_async(&rt, Duration::from_secs(2), || async {
+        match other.delay(json_task("add", json!([1, 2]))).await {
+            Err(ClientError::Rejected(error)) => Some(error),
+            _ => None,
+        }
+    })
+    .unwrap_or_else(|| panic!("new tasks were still accepted\n{}", cp.proc.describe()));
+    assert_eq!(refusal.kind, ErrorKind::Rejected, "{refusal}");
+    assert!(refusal.message.contains("shutting down"), "{refusal}");
+
+    let record = rt
+        .block_on(blocking)
+        .expect("no panic")
+        .unwrap_or_else(|e| panic!("the in-flight task lost its result: {e}"));
+    assert_eq!(value(&record), 500);
+    let status = cp.proc.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{}", cp.proc.describe());
+}
+
+// ---- bad input -----------------------------------------------------------------------
+
+/// Sends `frames` on a raw DEALER and decodes the one reply.
+async fn exchange(socket: &mut zeromq::DealerSocket, frames: Vec<Bytes>) -> FromControlPlane {
+    let message = ZmqMessage::try_from(frames).expect("at least one frame");
+    tokio::time::timeout(Duration::from_secs(5), socket.send(message))
+        .await
+        .expect("send in time")
+        .expect("send");
+    recv(socket).await
+}
+
+async fn recv(socket: &mut zeromq::DealerSocket) -> FromControlPlane {
+    let reply = tokio::time::timeout(Duration::from_secs(5), socket.recv())
+        .await
+        .expect("a reply within 5 s")
+        .expect("a reply");
+    protocol::decode::<FromControlPlane>(&reply.into_vec()).expect("the reply decodes")
+}
+
+fn expect_rejected(reply: FromControlPlane, what: &str, says: &str) {
+    match reply {
+        FromControlPlane::Rejected { request_id, error } => {
+            assert_eq!(request_id, 0, "{what}");
+            assert_eq!(error.kind, ErrorKind::Rejected, "{what}: {error}");
+            assert!(error.message.contains(says), "{what}: {error}");
+        }
+        other => panic!("{what}: expected Rejected, got {other:?}"),
+    }
+}
+
+#[test]
+fn bad_frames_get_a_clear_error_and_lose_nothing() {
+    let dir = mytasks_dir();
+    let mut cp = ControlPlane::start(&dir, &["--task-modules", "mytasks"]);
+    let rt = runtime();
+    rt.block_on(async {
+        let mut socket = zeromq::DealerSocket::new();
+        tokio::time::timeout(Duration::from_secs(5), socket.connect(&cp.base))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+
+        expect_rejected(
+            exchange(
+                &mut socket,
+                vec![Bytes::from_static(b"garbage, not a header")],
+            )
+            .await,
+            "garbage",
+            "magic",
+        );
+        match exchange(&mut socket, vec![Bytes::from_static(b"FW\x09whatever")]).await {
+            FromControlPlane::Refused { reason } => {
+                assert!(reason.contains('9') && reason.contains('1'), "{reason}")
+            }
+            other => panic!("version 9: expected Refused, got {other:?}"),
+        }
+        let hello = protocol::encode(&ToControlPlane::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            peer_kind: PeerKind::Client,
+            peer_id: "raw".into(),
+            features: vec![],
+        }))
+        .unwrap();
+        assert!(matches!(
+            exchange(&mut socket, hello).await,
+            FromControlPlane::Welcome(_)
+        ));
+        let submit = |request_id| {
+            protocol::encode(&ToControlPlane::Submit {
+                request_id,
+                task: json_task("add", json!([5, 3])),
+                wait: true,
+            })
+            .unwrap()
+        };
+        let whole = submit(1);
+        let truncated = vec![whole[0].slice(..whole[0].len() - 5), whole[1].clone()];
+        expect_rejected(
+            exchange(&mut socket, truncated).await,
+            "truncated header",
+            "malformed",
+        );
+        let mut no_payload = submit(2);
+        no_payload.pop();
+        expect_rejected(
+            exchange(&mut socket, no_payload).await,
+            "missing payload frame",
+            "payload frames",
+        );
+
+        // The same connection still works: accepted, then the result.
+        let mut replies = [
+            exchange(&mut socket, submit(3)).await,
+            recv(&mut socket).await,
+        ];
+        replies.sort_by_key(|r| matches!(r, FromControlPlane::Result(_)));
+        match &replies[..] {
+            [FromControlPlane::Accepted { request_id: 3, .. }, FromControlPlane::Result(r)] => {
+                assert_eq!(value(r), 8)
+            }
+            other => panic!("expected Accepted and Result, got {other:?}"),
+        }
+    });
+    // And so does everyone else.
+    assert_prints_8(&seed_add(&dir, &cp, false));
+    assert!(cp.proc.try_exit().is_none(), "{}", cp.proc.describe());
+}
+
+#[test]
+fn bad_commands_fail_in_one_line() {
+    let dir = mytasks_dir();
+    let cp = ControlPlane::start(&dir, &["--task-modules", "mytasks"]);
+    let one_error_line = |out: &Output, says: &str| {
+        assert!(!out.status.success(), "{out:?}");
+        assert!(out.stdout.trim().is_empty(), "{out:?}");
+        let lines = out.stderr_lines();
+        assert_eq!(lines.len(), 1, "{out:?}");
+        assert!(lines[0].contains(says), "{out:?}");
+    };
+
+    let unknown = submit_cli(
+        &dir,
+        &["--discovery-address", &cp.discovery, "--task-name", "nope"],
+    );
+    one_error_line(&unknown, "`nope`");
+
+    let bad_args = submit_cli(
+        &dir,
+        &[
+            "--control-plane-address",
+            &cp.base,
+            "--task-name",
+            "add",
+            "--args",
+            "x",
+            "y",
+        ],
+    );
+    one_error_line(&bad_args, "bad_arguments");
+    assert!(
+        bad_args.stderr_lines()[0].contains("failure"),
+        "{bad_args:?}"
+    );
+
+    for flag in ["--control-plane-address", "--discovery-address"] {
+        let nobody = free_address();
+        let started = Instant::now();
+        let out = submit_cli(
+            &dir,
+            &[
+                flag,
+                &nobody,
+                "--connect-timeout",
+                "1",
+                "--task-name",
+                "add",
+                "--args",
+                "5",
+                "3",
+            ],
+        );
+        let took = started.elapsed();
+        one_error_line(&out, &nobody);
+        assert!(took < Duration::from_secs(10), "{flag}: took {took:?}");
+    }
+}
