@@ -179,7 +179,7 @@ impl Drop for Proc {
 
 /// A control plane (and maybe a subworker) and where to reach it.
 struct Setup {
-    name: &'static str,
+    name: String,
     base: String,
     discovery: String,
     _procs: Vec<Proc>,
@@ -222,7 +222,7 @@ fn start(dir: &Path, with_subworker: bool) -> Setup {
                 "--task-modules",
                 "mytasks",
                 "--concurrency",
-                "4",
+                &subworker_concurrency(),
             ],
         );
         sw.wait_for(true, "registered with the control plane");
@@ -232,9 +232,12 @@ fn start(dir: &Path, with_subworker: bool) -> Setup {
     procs.insert(0, cp);
     Setup {
         name: if with_subworker {
-            "cp+sw (1 subworker, --concurrency 4)"
+            format!(
+                "cp+sw (1 subworker, --concurrency {})",
+                subworker_concurrency()
+            )
         } else {
-            "cp alone (--task-modules, --concurrency 2)"
+            "cp alone (--task-modules, --concurrency 2)".to_string()
         },
         base,
         discovery,
@@ -401,6 +404,11 @@ fn measure_cli(dir: &Path, setup: &Setup) {
             ms(times[CLI_RUNS - 1])
         );
     }
+}
+
+/// The subworker's `--concurrency`: 4 unless `BENCH_SUBWORKER_CONCURRENCY` says otherwise.
+fn subworker_concurrency() -> String {
+    std::env::var("BENCH_SUBWORKER_CONCURRENCY").unwrap_or_else(|_| "4".to_string())
 }
 
 fn main() {
