@@ -112,18 +112,20 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
         let mut heartbeat = tokio::time::interval(heartbeat_every);
 
         loop {
-            if draining
-                && executor.running() == 0
-                && undelivered.is_empty()
-                && outcomes.is_empty()
+            if draining && executor.running() == 0 && undelivered.is_empty() && outcomes.is_empty()
             {
-                let _ = send(&mut conn, &ToControlPlane::Unregister).await;
-                info!(worker = %worker_id, "all tasks finished and reported; unregistered");
-                tokio::time::sleep(Duration::from_millis(50)).await;
                 if restart_after_drain {
+                    // Not Unregister: the control plane keeps this worker's entry, so
+                    // its tasks stay known (and queue) while the new process starts.
+                    let _ = send(&mut conn, &ToControlPlane::Restarting).await;
+                    info!(worker = %worker_id, "all tasks finished and reported; restarting");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     drop(conn);
                     return Err(restart_in_place());
                 }
+                let _ = send(&mut conn, &ToControlPlane::Unregister).await;
+                info!(worker = %worker_id, "all tasks finished and reported; unregistered");
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 return Ok(());
             }
             tokio::select! {

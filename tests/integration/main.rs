@@ -4,4 +4,5 @@
 mod cluster;
 mod plugins;
 mod procs;
+mod reload;
 mod support;

@@ -415,6 +415,20 @@ impl Dispatcher {
                     }
                 }
             }
+            ToControlPlane::Restarting => {
+                if let Some(id) = self.workers.by_peer(peer).cloned() {
+                    info!(worker = %id, "subworker restarting in place");
+                    if let Some(worker) = self.workers.get_mut(&id) {
+                        worker.draining = true;
+                        worker.restarting = true;
+                    }
+                    self.record_event(
+                        "worker.restarting",
+                        &id.0,
+                        format!("subworker {id} restarting in place"),
+                    );
+                }
+            }
             ToControlPlane::Unregister => {
                 if let Some(id) = self.workers.by_peer(peer).cloned() {
                     info!(worker = %id, "subworker unregistered");
@@ -447,13 +461,17 @@ impl Dispatcher {
     pub fn peer_disconnected(&mut self, peer: &PeerId, now: Now) {
         self.now = now;
         if let Some(id) = self.workers.by_peer(peer).cloned() {
-            warn!(worker = %id, "subworker connection lost");
-            self.record_event(
-                "worker.lost",
-                &id.0,
-                format!("subworker {id} connection lost"),
-            );
-            self.remove_worker(&id);
+            if self.workers.park_restarting(&id, now.at) {
+                info!(worker = %id, "subworker away while it restarts");
+            } else {
+                warn!(worker = %id, "subworker connection lost");
+                self.record_event(
+                    "worker.lost",
+                    &id.0,
+                    format!("subworker {id} connection lost"),
+                );
+                self.remove_worker(&id);
+            }
         }
         self.peers.remove(peer);
         self.dispatch();
@@ -482,6 +500,18 @@ impl Dispatcher {
             }
         }
         self.fire_periodic();
+        for id in self
+            .workers
+            .overdue_restarts(now.at, self.config.inactive_after)
+        {
+            warn!(worker = %id, "subworker did not come back from its restart");
+            self.record_event(
+                "worker.lost",
+                &id.0,
+                format!("subworker {id} did not come back from its restart"),
+            );
+            self.remove_worker(&id);
+        }
         for id in self.workers.expire(now.at, self.config.inactive_after) {
             warn!(worker = %id, "subworker inactive: no message for {:?}", self.config.inactive_after);
             let held: Vec<TaskId> = self

@@ -43,6 +43,10 @@ pub struct WorkerEntry {
     pub assigned_total: u64,
     /// Tasks it finished in all.
     pub completed_total: u64,
+    /// It said it is restarting in place; set when its connection then drops.
+    pub restarting: bool,
+    /// When its connection dropped while restarting.
+    pub gone_since: Option<Instant>,
     /// Tick of the last assignment (for fair ties).
     last_assigned: u64,
 }
@@ -130,6 +134,8 @@ impl WorkerTable {
                 pid,
                 assigned_total: totals.0,
                 completed_total: totals.1,
+                restarting: false,
+                gone_since: None,
                 last_assigned: 0,
             },
         );
@@ -167,11 +173,38 @@ impl WorkerTable {
         Some(worker)
     }
 
+    /// A restarting worker's connection dropped: keep it (inactive) until it registers
+    /// again. False if the worker is not restarting (the caller removes it).
+    pub fn park_restarting(&mut self, id: &WorkerId, now: Instant) -> bool {
+        let Some(worker) = self.workers.get_mut(id) else {
+            return false;
+        };
+        if !worker.restarting {
+            return false;
+        }
+        self.by_peer.remove(&worker.peer);
+        worker.active = false;
+        worker.gone_since = Some(now);
+        true
+    }
+
+    /// Restarting workers that have been gone for `limit`: they are not coming back.
+    pub fn overdue_restarts(&self, now: Instant, limit: Duration) -> Vec<WorkerId> {
+        self.workers
+            .values()
+            .filter(|w| w.gone_since.is_some_and(|t| now.duration_since(t) >= limit))
+            .map(|w| w.id.clone())
+            .collect()
+    }
+
     /// Marks workers silent for `inactive_after` inactive; returns their ids.
     pub fn expire(&mut self, now: Instant, inactive_after: Duration) -> Vec<WorkerId> {
         let mut expired = Vec::new();
         for worker in self.workers.values_mut() {
-            if worker.active && now.duration_since(worker.last_seen) >= inactive_after {
+            if worker.active
+                && worker.gone_since.is_none()
+                && now.duration_since(worker.last_seen) >= inactive_after
+            {
                 worker.active = false;
                 expired.push(worker.id.clone());
             }

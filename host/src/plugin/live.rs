@@ -192,7 +192,7 @@ impl LivePlugins {
     fn is_relevant(&self, path: &Path) -> bool {
         let key = source_key(path);
         self.sources.iter().any(|source| match source {
-            ModuleSource::File(file) => source_key(file) == key || same_place(file, path),
+            ModuleSource::File(file) => source_key(file) == key,
             ModuleSource::Directory(dir) => {
                 has_plugin_suffix(path)
                     && path
@@ -305,14 +305,4 @@ impl LivePlugins {
             }
         }
     }
-}
-
-/// Do two paths name the same place (same parent directory and file name)? A file
-/// replaced by a new inode may not canonicalize to the old key while it is missing.
-fn same_place(a: &Path, b: &Path) -> bool {
-    a.file_name() == b.file_name()
-        && match (a.parent(), b.parent()) {
-            (Some(pa), Some(pb)) => source_key(pa) == source_key(pb),
-            _ => false,
-        }
 }

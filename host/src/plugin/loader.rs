@@ -261,6 +261,7 @@ impl PluginLoader {
     /// Loads a plugin whose file at `path` holds `bytes` (already read).
     pub fn load_bytes(&self, path: &Path, bytes: &[u8]) -> Result<LoadedPlugin, LoadError> {
         check_shared_library_magic(path, bytes)?;
+        check_complete(path, bytes)?;
         let content_hash = content_hash(bytes);
         let shadow = self.shadow_copy(path, bytes, &content_hash)?;
         let module = open_root_module(path, &shadow)?;
@@ -387,6 +388,37 @@ fn check_shared_library_magic(path: &Path, bytes: &[u8]) -> Result<(), LoadError
             reason,
         })
     }
+}
+
+/// Refuses a library whose headers point past its end (a half-written or truncated
+/// file): the dynamic loader would map those pages and the process would die of SIGBUS
+/// when it touched them. Every segment and section must lie inside the file.
+fn check_complete(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
+    use object::{Object, ObjectSection, ObjectSegment};
+    let refuse = |reason: String| LoadError::NotSharedLibrary {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let file = object::File::parse(bytes)
+        .map_err(|e| refuse(format!("unreadable headers, probably truncated: {e}")))?;
+    let len = bytes.len() as u64;
+    let past_end =
+        |(offset, size): (u64, u64)| offset.checked_add(size).is_none_or(|end| end > len);
+    for segment in file.segments() {
+        if past_end(segment.file_range()) {
+            return Err(refuse(format!(
+                "truncated: a segment ends past the file's {len} bytes"
+            )));
+        }
+    }
+    for section in file.sections() {
+        if section.file_range().is_some_and(past_end) {
+            return Err(refuse(format!(
+                "truncated: a section ends past the file's {len} bytes"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn open_root_module(path: &Path, shadow: &Path) -> Result<PluginModuleRef, LoadError> {
@@ -517,6 +549,16 @@ mod tests {
             summarize_layout_report(report),
             "incompatible type size; too many fields"
         );
+    }
+
+    #[test]
+    fn truncated_library_is_refused_before_dlopen() {
+        let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert!(check_complete(Path::new("whole"), &exe).is_ok());
+        for cut in [64, 4096, exe.len() / 2, exe.len() - 1] {
+            let err = check_complete(Path::new("cut.so"), &exe[..cut]).unwrap_err();
+            assert!(err.to_string().contains("not a shared library"), "{err}");
+        }
     }
 
     #[test]

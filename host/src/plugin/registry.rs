@@ -63,9 +63,26 @@ pub struct PluginRegistry {
     tasks: HashMap<String, TaskHandle>,
 }
 
-/// The key a source file is known by: its canonical path when it exists.
+/// The key a source file is known by: its canonical path when it exists, else its
+/// canonical directory joined with its name (a removed file reached through a
+/// symlinked directory must still match the key it was loaded under).
 pub fn source_key(path: &Path) -> PathBuf {
-    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+    if let Ok(canonical) = std::fs::canonicalize(path) {
+        return canonical;
+    }
+    match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => {
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
+            std::fs::canonicalize(parent)
+                .map(|dir| dir.join(name))
+                .unwrap_or_else(|_| path.to_path_buf())
+        }
+        _ => path.to_path_buf(),
+    }
 }
 
 impl PluginRegistry {

@@ -462,6 +462,10 @@ pub enum ToControlPlane {
         /// The task.
         task_id: TaskId,
     },
+    /// A drained subworker is about to restart in place (same worker id): keep its
+    /// entry, so the tasks it serves stay known and queue, until it registers again
+    /// (or stays away longer than the inactivity limit).
+    Restarting,
 }
 
 /// What happened to a plugin file on a subworker.

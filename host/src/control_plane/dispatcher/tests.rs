@@ -669,3 +669,42 @@ fn requests_other_than_hello_ping_and_discover_need_hello_first() {
         ));
     }
 }
+
+#[test]
+fn a_restarting_subworker_keeps_its_tasks_known_until_it_is_back() {
+    let now = Now::current();
+    let mut d = Dispatcher::new(config(0), vec![], now);
+    let client = Bytes::from_static(b"client");
+    hello(&mut d, &client, PeerKind::Client, now);
+    let old = Bytes::from_static(b"old");
+    register(&mut d, &old, "sw1", 1, now);
+    d.handle(&old, ToControlPlane::Restarting, now);
+    d.peer_disconnected(&old, now);
+    d.take_actions();
+    let t = task("add", Priority::Normal);
+    submit(&mut d, &client, t.clone(), now);
+    let actions = d.take_actions();
+    assert!(
+        actions.iter().any(|a| matches!(
+            a,
+            Action::Send {
+                msg: FromControlPlane::Accepted { .. },
+                ..
+            }
+        )),
+        "accepted while the worker restarts: {actions:?}"
+    );
+    assert!(assigns(&actions).is_empty());
+    let new = Bytes::from_static(b"new");
+    register(&mut d, &new, "sw1", 1, now);
+    let a = assigns(&d.take_actions());
+    assert_eq!((a.len(), a[0].0.clone(), a[0].1.id), (1, new, t.id));
+
+    // One that never comes back is dropped after the inactivity limit.
+    let newer = Bytes::from_static(b"newer");
+    register(&mut d, &newer, "sw2", 1, now);
+    d.handle(&newer, ToControlPlane::Restarting, now);
+    d.peer_disconnected(&newer, now);
+    d.tick(now.plus(Duration::from_secs(31)));
+    assert!(d.workers().get(&WorkerId("sw2".into())).is_none());
+}
