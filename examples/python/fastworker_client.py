@@ -226,6 +226,7 @@ def new_task(name, payload, codec="json", priority="normal", task_id=None,
         "retry": dict(retry or {}),
         "callback": None,
         "trace": None,
+        "countdown_ms": 0,
         "payload": payload,
     }
 
@@ -248,6 +249,7 @@ def write_envelope(w, t):
     w.option(retry.get("jitter"), w.bool)
     w.option(t.get("callback"), lambda c: (w.string(c["address"]), w.string(c["data"])))
     w.option(t.get("trace"), lambda c: (w.string(c["traceparent"]), w.string(c["tracestate"])))
+    w.u64(t.get("countdown_ms", 0))
     # payload: a frame of its own
 
 
@@ -260,6 +262,7 @@ def read_envelope(r):
                   "jitter": r.option(r.bool)}
     t["callback"] = r.option(lambda: {"address": r.string(), "data": r.string()})
     t["trace"] = r.option(lambda: {"traceparent": r.string(), "tracestate": r.string()})
+    t["countdown_ms"] = r.u64()
     return t
 
 

@@ -73,10 +73,15 @@ impl Executor {
         };
         let cancelled = Arc::new(AtomicBool::new(false));
         lock(&self.running).insert(task.id, cancelled.clone());
+        // The deadline runs from this host's own start of the attempt, on its own clock.
+        let deadline_ms = match task.timeout_secs {
+            Some(secs) if secs > 0.0 => started_ms + (secs * 1000.0) as u64,
+            _ => task.deadline_ms,
+        };
         let ctx = CallContext {
             task_id: task.id.to_string(),
             attempt: task.attempt,
-            deadline_unix_ms: task.deadline_ms,
+            deadline_unix_ms: deadline_ms,
             cancelled: cancelled.clone(),
         };
         let this = self.clone();
@@ -95,8 +100,8 @@ impl Executor {
                 }
                 result
             });
-            let result = if task.deadline_ms > 0 {
-                let wait = Duration::from_millis(task.deadline_ms.saturating_sub(now_ms()));
+            let result = if deadline_ms > 0 {
+                let wait = Duration::from_millis(deadline_ms.saturating_sub(now_ms()));
                 match tokio::time::timeout(wait, call).await {
                     Ok(joined) => joined,
                     Err(_) => {
@@ -123,12 +128,25 @@ impl Executor {
                     value: value.into(),
                 },
                 Ok(Err(error)) => {
-                    let error =
-                        if cancelled.load(Ordering::SeqCst) && error.kind == ErrorKind::Failed {
-                            TaskError::new(ErrorKind::Cancelled, error.message)
-                        } else {
-                            error
-                        };
+                    let gave_up = matches!(error.kind, ErrorKind::Failed | ErrorKind::Cancelled);
+                    let error = if !gave_up {
+                        error
+                    } else if cancelled.load(Ordering::SeqCst) {
+                        // The host cancelled it and the task stopped.
+                        TaskError::new(ErrorKind::Cancelled, error.message)
+                    } else if deadline_ms > 0 && now_ms() >= deadline_ms {
+                        // The task saw its own deadline pass and stopped before our
+                        // timer fired: that is a timeout, not a failure.
+                        TaskError::new(
+                            ErrorKind::TimedOut,
+                            format!(
+                                "task `{}` ran past its timeout ({})",
+                                task.name, error.message
+                            ),
+                        )
+                    } else {
+                        error
+                    };
                     failure(&task, error, started_ms)
                 }
                 Err(join_error) => failure(

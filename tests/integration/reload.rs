@@ -653,9 +653,9 @@ fn a_truncated_library_is_rejected_and_the_subworker_keeps_serving_v1() {
 /// A deployment that reaches its plugin directory through a symlink
 /// (`plugins -> releases/42/plugins`) must see a removal like any other.
 ///
-/// Pins a bug: the watcher reports the removed file under the symlinked path, which no
+/// Regression (fixed): the watcher reports the removed file under the symlinked path, which no
 /// longer canonicalizes, while the registry knows the plugin by its canonical path, so
-/// the removal is not matched and the task keeps being served.
+/// the removal was not matched and the task kept being served.
 #[test]
 fn a_plugin_removed_from_a_symlinked_directory_is_retired() {
     let _serial = serial();

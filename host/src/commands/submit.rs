@@ -79,7 +79,8 @@ fn build(name: &str, values: Vec<Value>, opts: &SubmitArgs) -> Result<TaskEnvelo
     let mut task = TaskEnvelope::new(name, Codec::Json, payload);
     task.priority = opts.priority.into();
     if let Some(secs) = opts.countdown {
-        task.not_before_ms = now_ms() + (secs.max(0.0) * 1000.0) as u64;
+        // Counted by the control plane from when it accepts the task.
+        task.countdown_ms = (secs.max(0.0) * 1000.0) as u64;
     }
     if let Some(eta) = &opts.eta {
         task.not_before_ms = parse_eta(eta)?;
@@ -185,7 +186,7 @@ pub async fn run(args: &SubmitArgs) -> Result<String, ClientError> {
     let client = connect(&args.connect).await?;
     let delay = tasks
         .iter()
-        .map(|t| t.not_before_ms.saturating_sub(now_ms()))
+        .map(|t| t.not_before_ms.saturating_sub(now_ms()).max(t.countdown_ms))
         .max()
         .unwrap_or(0);
     let wait = Duration::from_secs_f64(args.wait.max(0.0)) + Duration::from_millis(delay);

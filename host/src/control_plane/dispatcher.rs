@@ -121,6 +121,8 @@ struct TaskEntry {
     holder: Option<Holder>,
     due_ms: Option<u64>,
     cancel_requested: bool,
+    /// Times a worker was lost while holding it (retries do not count).
+    lost: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -726,6 +728,11 @@ impl Dispatcher {
     fn accept(&mut self, mut envelope: TaskEnvelope) {
         envelope.attempt = 1;
         envelope.delivery_count = 0;
+        if envelope.countdown_ms > 0 {
+            let due = self.now.unix_ms.saturating_add(envelope.countdown_ms);
+            envelope.not_before_ms = envelope.not_before_ms.max(due);
+            envelope.countdown_ms = 0;
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
         let scheduled = envelope.not_before_ms > self.now.unix_ms;
@@ -763,6 +770,7 @@ impl Dispatcher {
                 holder: None,
                 due_ms: due,
                 cancel_requested: false,
+                lost: 0,
             },
         );
     }
@@ -873,6 +881,9 @@ impl Dispatcher {
             return;
         };
         entry.envelope.delivery_count += 1;
+        // The worker times the attempt from its own start with this (clocks of other
+        // hosts may differ); deadline_ms is the control plane's view, for records.
+        entry.envelope.timeout_secs = timeout.filter(|secs| *secs > 0.0);
         entry.envelope.deadline_ms = match timeout {
             Some(secs) if secs > 0.0 => now.unix_ms + (secs * 1000.0) as u64,
             _ => 0,
@@ -1016,12 +1027,13 @@ impl Dispatcher {
             );
             return;
         }
-        if entry.envelope.delivery_count >= self.config.max_deliveries {
+        entry.lost += 1;
+        if entry.lost >= self.config.max_deliveries {
             let error = TaskError::new(
                 ErrorKind::WorkerLost,
                 format!(
                     "dead-lettered: the worker running it was lost {} times (last: {worker})",
-                    entry.envelope.delivery_count
+                    entry.lost
                 ),
             );
             warn!(%task, "{}", error.message);

@@ -99,6 +99,7 @@ struct Entry {
     runs: u64,
     last_task: Option<TaskId>,
     skipped: u64,
+    dormant: bool,
 }
 
 /// The periodic tasks and when each fires next.
@@ -126,9 +127,12 @@ impl PeriodicScheduler {
         Self::default()
     }
 
-    /// Makes the set of schedules equal `specs`: new ones start (an interval fires at
-    /// once), changed ones restart, missing ones stop. Returns schedules that did not
-    /// parse, with the task name.
+    /// Brings the schedules up to date with `specs` (what the hosts serving periodic
+    /// tasks declare now): new ones start (an interval fires at once), changed ones
+    /// restart. One missing from `specs` goes dormant rather than away: while nobody
+    /// serves it, it does not fire, and when a host serving it comes back it keeps its
+    /// place (a crash-looping subworker does not re-run an `every = 30` task each time).
+    /// Returns schedules that did not parse, with the task name.
     pub fn sync<'a>(
         &mut self,
         specs: impl IntoIterator<Item = (&'a str, &'a PeriodicSpec)>,
@@ -153,6 +157,7 @@ impl PeriodicScheduler {
                             runs: 0,
                             last_task: None,
                             skipped: 0,
+                            dormant: false,
                         },
                     );
                 }
@@ -162,7 +167,9 @@ impl PeriodicScheduler {
                 }
             }
         }
-        self.entries.retain(|name, _| present.contains(name));
+        for (name, entry) in &mut self.entries {
+            entry.dormant = !present.contains(name);
+        }
         errors
     }
 
@@ -171,6 +178,9 @@ impl PeriodicScheduler {
     pub fn due(&mut self, now_ms: u64, still_running: impl Fn(&TaskId) -> bool) -> Vec<String> {
         let mut due = Vec::new();
         for (name, entry) in &mut self.entries {
+            if entry.dormant {
+                continue;
+            }
             let Some(next) = entry.next_ms else { continue };
             if next > now_ms {
                 continue;
@@ -317,12 +327,21 @@ mod tests {
     }
 
     #[test]
-    fn removed_schedules_stop_and_bad_ones_are_reported() {
+    fn unserved_schedules_sleep_and_keep_their_place_and_bad_ones_are_reported() {
         let mut s = PeriodicScheduler::new();
-        let spec = interval(1.0);
+        let spec = interval(30.0);
         s.sync([("t", &spec)], 0);
-        s.sync(std::iter::empty(), 0);
-        assert!(s.due(0, |_| false).is_empty());
+        assert_eq!(s.due(0, |_| false), ["t"]);
+        s.submitted("t", TaskId::new());
+        // Nobody serves it for a while: it does not fire.
+        s.sync(std::iter::empty(), 1_000);
+        assert!(s.due(40_000, |_| false).is_empty());
+        // Served again at 41 s: not a fresh start-up run, but the tick it missed.
+        s.sync([("t", &spec)], 41_000);
+        assert_eq!(s.due(41_000, |_| false), ["t"]);
+        s.submitted("t", TaskId::new());
+        assert!(s.due(50_000, |_| false).is_empty(), "next at 60 s");
+        assert_eq!(s.due(60_000, |_| false), ["t"]);
         let bad = PeriodicSpec {
             cron: Some("* * *".into()),
             ..interval(1.0)

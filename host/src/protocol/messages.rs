@@ -174,6 +174,10 @@ pub struct TaskEnvelope {
     pub callback: Option<Callback>,
     /// Trace context, if any.
     pub trace: Option<TraceContext>,
+    /// Milliseconds to hold the task, counted from when the control plane accepts it
+    /// (on its clock, so neither the client's clock nor the time in transit shifts
+    /// it); 0 = none. Combines with `not_before_ms`: the later of the two wins.
+    pub countdown_ms: u64,
     /// The arguments (frame).
     #[serde(skip)]
     pub payload: Bytes,
@@ -195,6 +199,7 @@ impl TaskEnvelope {
             retry: RetryOverride::default(),
             callback: None,
             trace: None,
+            countdown_ms: 0,
             payload: payload.into(),
         }
     }
