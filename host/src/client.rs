@@ -70,7 +70,13 @@ struct Shared {
     next_request: AtomicU64,
     pending: Pending,
     waiting: Waiting,
+    /// Bumped (under the `pending` lock) each time a connection is lost; a queued
+    /// message from an older epoch belongs to a caller already told `Disconnected`.
+    epoch: AtomicU64,
 }
+
+/// A message queued for the connection task, with the epoch it was queued in.
+type Outgoing = (u64, Vec<Bytes>);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -79,7 +85,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// A connection to a control plane.
 #[derive(Clone)]
 pub struct Client {
-    outgoing: mpsc::UnboundedSender<Vec<Bytes>>,
+    outgoing: mpsc::UnboundedSender<Outgoing>,
     shared: Arc<Shared>,
     control_plane_id: String,
     timeout: Duration,
@@ -116,6 +122,7 @@ impl Client {
             next_request: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
             waiting: Mutex::new(HashMap::new()),
+            epoch: AtomicU64::new(0),
         });
         let hello = protocol::encode(&ToControlPlane::Hello(Hello {
             protocol_version: PROTOCOL_VERSION,
@@ -124,7 +131,7 @@ impl Client {
             features: vec![],
         }))
         .map_err(|e| ClientError::Unexpected(e.to_string()))?;
-        let (tx, rx) = mpsc::unbounded_channel::<Vec<Bytes>>();
+        let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
         let (welcome_tx, welcome_rx) = oneshot::channel();
         lock(&shared.pending).insert(0, welcome_tx);
         tokio::spawn(run_connection(
@@ -170,22 +177,34 @@ impl Client {
         &self,
         make: impl FnOnce(u64) -> ToControlPlane,
     ) -> Result<FromControlPlane, ClientError> {
+        self.request_within(self.timeout, make).await
+    }
+
+    async fn request_within(
+        &self,
+        limit: Duration,
+        make: impl FnOnce(u64) -> ToControlPlane,
+    ) -> Result<FromControlPlane, ClientError> {
         let id = self.shared.next_request.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        lock(&self.shared.pending).insert(id, tx);
         let frames =
             protocol::encode(&make(id)).map_err(|e| ClientError::Unexpected(e.to_string()))?;
-        if self.outgoing.send(frames).is_err() {
+        let (tx, rx) = oneshot::channel();
+        let epoch = {
+            let mut pending = lock(&self.shared.pending);
+            pending.insert(id, tx);
+            self.shared.epoch.load(Ordering::SeqCst)
+        };
+        if self.outgoing.send((epoch, frames)).is_err() {
             lock(&self.shared.pending).remove(&id);
             return Err(ClientError::Disconnected);
         }
-        match tokio::time::timeout(self.timeout, rx).await {
+        match tokio::time::timeout(limit, rx).await {
             Ok(Ok(FromControlPlane::Rejected { error, .. })) => Err(ClientError::Rejected(error)),
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(_)) => Err(ClientError::Disconnected),
             Err(_) => {
                 lock(&self.shared.pending).remove(&id);
-                Err(ClientError::Timeout(self.timeout))
+                Err(ClientError::Timeout(limit))
             }
         }
     }
@@ -219,7 +238,11 @@ impl Client {
 
     /// Submits a task and returns its id at once.
     pub async fn delay(&self, task: TaskEnvelope) -> Result<TaskId, ClientError> {
-        Ok(self.submit_many(vec![task], false).await?[0])
+        self.submit_many(vec![task], false)
+            .await?
+            .first()
+            .copied()
+            .ok_or_else(|| ClientError::Unexpected("Accepted without a task id".into()))
     }
 
     /// Submits a task and waits (at most `wait`) for its final record. A task that did
@@ -281,9 +304,12 @@ impl Client {
             }
             return Err(err);
         }
+        // One deadline for the whole batch, not `wait` per task.
+        let deadline = tokio::time::Instant::now() + wait;
         let mut records = Vec::with_capacity(receivers.len());
         for (id, rx) in receivers {
-            records.push(self.await_record(id, rx, wait).await?);
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            records.push(self.await_record(id, rx, left).await?);
         }
         Ok(records)
     }
@@ -319,10 +345,15 @@ impl Client {
         }
     }
 
-    /// Waits (at most the client's timeout) until the task is final, then returns its record.
-    pub async fn result(&self, task_id: TaskId) -> Result<Option<TaskRecord>, ClientError> {
+    /// Waits (at most `wait`) until the task is final, then returns its record
+    /// (`None` if the control plane does not know the task).
+    pub async fn result(
+        &self,
+        task_id: TaskId,
+        wait: Duration,
+    ) -> Result<Option<TaskRecord>, ClientError> {
         match self
-            .request(|request_id| ToControlPlane::Status {
+            .request_within(wait, |request_id| ToControlPlane::Status {
                 request_id,
                 task_id,
                 wait: true,
@@ -439,7 +470,7 @@ async fn run_connection(
     timeout: Duration,
     first: transport::Connection,
     hello: Vec<Bytes>,
-    mut outgoing: mpsc::UnboundedReceiver<Vec<Bytes>>,
+    mut outgoing: mpsc::UnboundedReceiver<Outgoing>,
     shared: Arc<Shared>,
 ) {
     let mut conn = Some(first);
@@ -472,7 +503,10 @@ async fn run_connection(
             tokio::select! {
                 out = outgoing.recv() => match out {
                     None => return,
-                    Some(frames) => {
+                    Some((epoch, _)) if epoch < shared.epoch.load(Ordering::SeqCst) => {
+                        // Its caller was already told Disconnected: never send it late.
+                    }
+                    Some((_, frames)) => {
                         if let Err(err) = current.sender.send(frames).await {
                             debug!("client send failed: {err}");
                             healthy = false;
@@ -496,8 +530,13 @@ async fn run_connection(
                 }
             }
         }
-        // The calls waiting on the lost connection will get no answer on a new one.
-        lock(&shared.pending).clear();
+        // The calls waiting on the lost connection will get no answer on a new one;
+        // what they queued and was not sent yet is dropped (see the epoch).
+        {
+            let mut pending = lock(&shared.pending);
+            shared.epoch.fetch_add(1, Ordering::SeqCst);
+            pending.clear();
+        }
         lock(&shared.waiting).clear();
     }
 }

@@ -11,7 +11,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU32, Ordering},
         Arc, Mutex,
     },
     time::{Duration, Instant},
@@ -28,11 +28,21 @@ use crate::{
 
 pub use crate::plugin::SharedRegistry;
 
+/// One task running here.
+struct Running {
+    /// Set to cancel it.
+    cancelled: Arc<AtomicBool>,
+    /// The delivery its outcome answers: a task handed out again while it still runs
+    /// here (its lease was given up while this host was silent) keeps running once and
+    /// answers the newest delivery.
+    delivery: Arc<AtomicU32>,
+}
+
 /// Runs tasks and reports their outcomes on a channel.
 #[derive(Clone)]
 pub struct Executor {
     registry: SharedRegistry,
-    running: Arc<Mutex<HashMap<TaskId, Arc<AtomicBool>>>>,
+    running: Arc<Mutex<HashMap<TaskId, Running>>>,
     overdue: Arc<Mutex<HashMap<TaskId, Instant>>>,
     outcomes: mpsc::UnboundedSender<TaskOutcome>,
 }
@@ -53,11 +63,6 @@ impl Executor {
         }
     }
 
-    /// The registry it reads.
-    pub fn registry(&self) -> &SharedRegistry {
-        &self.registry
-    }
-
     /// Starts `task`; its outcome arrives on the channel. Must be called inside a
     /// tokio runtime.
     pub fn start(&self, task: TaskEnvelope) {
@@ -72,10 +77,27 @@ impl Executor {
             return;
         };
         let cancelled = Arc::new(AtomicBool::new(false));
-        lock(&self.running).insert(task.id, cancelled.clone());
+        let delivery = Arc::new(AtomicU32::new(task.delivery_count));
+        {
+            let mut running = lock(&self.running);
+            if let Some(already) = running.get(&task.id) {
+                already
+                    .delivery
+                    .store(task.delivery_count, Ordering::SeqCst);
+                debug!(task = %task.id, "handed out again while it runs here: not started twice");
+                return;
+            }
+            running.insert(
+                task.id,
+                Running {
+                    cancelled: cancelled.clone(),
+                    delivery: delivery.clone(),
+                },
+            );
+        }
         // The deadline runs from this host's own start of the attempt, on its own clock.
-        let deadline_ms = match task.timeout_secs {
-            Some(secs) if secs > 0.0 => started_ms + (secs * 1000.0) as u64,
+        let deadline_ms = match task.timeout_secs.and_then(crate::protocol::secs_to_ms) {
+            Some(ms) if ms > 0 => started_ms.saturating_add(ms),
             _ => task.deadline_ms,
         };
         let ctx = CallContext {
@@ -118,7 +140,7 @@ impl Executor {
             } else {
                 call.await
             };
-            let outcome = match result {
+            let mut outcome = match result {
                 Ok(Ok(value)) => TaskOutcome {
                     task_id: task.id,
                     delivery_count: task.delivery_count,
@@ -163,6 +185,7 @@ impl Executor {
             // subworker must not unregister with an outcome still unsent).
             let mut running = lock(&this.running);
             running.remove(&task.id);
+            outcome.delivery_count = delivery.load(Ordering::SeqCst);
             if this.outcomes.send(outcome).is_err() {
                 debug!(task = %task.id, "outcome dropped: the executor's owner is gone");
             }
@@ -173,8 +196,8 @@ impl Executor {
     /// Cancels a running task. True if it was running here.
     pub fn cancel(&self, id: &TaskId) -> bool {
         match lock(&self.running).get(id) {
-            Some(flag) => {
-                flag.store(true, Ordering::SeqCst);
+            Some(task) => {
+                task.cancelled.store(true, Ordering::SeqCst);
                 true
             }
             None => false,

@@ -28,12 +28,16 @@ fn init_logging(level: LogLevel) {
         .init();
 }
 
-/// Runs a long-lived service on the multi-threaded runtime.
+/// Runs a long-lived service on the multi-threaded runtime. When the service returns,
+/// the process exits even if a plugin call still runs on a blocking thread (a task
+/// that ignored its timeout): dropping the runtime would wait for it forever.
 fn serve(fut: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?
-        .block_on(fut)
+        .build()?;
+    let result = runtime.block_on(fut);
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    result
 }
 
 /// Runs a one-shot client command on a small runtime and prints its output.

@@ -86,7 +86,7 @@ fn worker(record: &TaskRecord) -> &str {
 /// The final record of `id`, waiting for it.
 fn final_record(rt: &Runtime, client: &Client, id: TaskId) -> TaskRecord {
     let record = rt
-        .block_on(client.result(id))
+        .block_on(client.result(id, Duration::from_secs(30)))
         .unwrap_or_else(|e| panic!("no result for {id}: {e}"))
         .unwrap_or_else(|| panic!("task {id} is unknown to the control plane"));
     assert!(record.status.is_final(), "{record:?}");

@@ -149,6 +149,7 @@ pub struct Dispatcher {
     workers: WorkerTable,
     local_specs: HashMap<String, TaskSpec>,
     local_in_flight: HashSet<TaskId>,
+    local_overdue: usize,
     cache: ResultCache,
     waiters: HashMap<TaskId, Vec<Waiter>>,
     peers: HashMap<PeerId, PeerInfo>,
@@ -187,6 +188,7 @@ impl Dispatcher {
                 .map(|s| (s.name.clone(), s))
                 .collect(),
             local_in_flight: HashSet::new(),
+            local_overdue: 0,
             cache,
             waiters: HashMap::new(),
             peers: HashMap::new(),
@@ -224,6 +226,16 @@ impl Dispatcher {
     /// Recent events.
     pub fn events(&self) -> &EventLog {
         &self.events
+    }
+
+    /// Tells the dispatcher how many of its own executor's threads are still stuck in
+    /// tasks that ignored their timeout: they count against `--concurrency`, so a hung
+    /// plugin never makes the control plane run more tasks at once than it should.
+    pub fn set_local_overdue(&mut self, stuck: usize) {
+        if stuck != self.local_overdue {
+            self.local_overdue = stuck;
+            self.dispatch();
+        }
     }
 
     /// Replaces the tasks the control plane's own executor serves (after a reload).
@@ -358,6 +370,24 @@ impl Dispatcher {
                 ));
             }
             ToControlPlane::Register(reg) => {
+                if let Some(holder) = self.workers.get(&reg.worker_id) {
+                    // Another live process already has this id (same id, other pid):
+                    // letting both in would make them evict each other forever.
+                    let live = holder.gone_since.is_none() && self.peers.contains_key(&holder.peer);
+                    if live && holder.peer != *peer && holder.pid != reg.pid {
+                        warn!(worker = %reg.worker_id, "refusing a second subworker with the same id");
+                        self.actions.push(reply(
+                            peer,
+                            FromControlPlane::Refused {
+                                reason: format!(
+                                    "worker id `{}` is in use by another subworker (pid {}); choose a unique --worker-id",
+                                    reg.worker_id, holder.pid
+                                ),
+                            },
+                        ));
+                        return;
+                    }
+                }
                 info!(
                     worker = %reg.worker_id,
                     tasks = reg.tasks.len(),
@@ -538,6 +568,24 @@ impl Dispatcher {
         self.scheduled.keys().next().map(|(due, _)| *due)
     }
 
+    /// Ends every task still held (queued, scheduled, retrying or running) as a failure
+    /// saying why, so whoever waits for one, and its callback, hears of it rather than
+    /// nothing: the control plane is about to exit and keeps no queue on disk yet.
+    /// Returns how many there were.
+    pub fn abandon_all(&mut self, now: Now, reason: &str) -> usize {
+        self.now = now;
+        let ids: Vec<TaskId> = self.tasks.keys().copied().collect();
+        for id in &ids {
+            self.finalize(
+                *id,
+                TaskStatus::Failure,
+                Some(TaskError::new(ErrorKind::Internal, reason)),
+                Bytes::new(),
+            );
+        }
+        ids.len()
+    }
+
     /// Stops accepting new tasks; work already accepted carries on.
     pub fn begin_shutdown(&mut self) {
         self.shutting_down = true;
@@ -689,6 +737,9 @@ impl Dispatcher {
                 ErrorKind::Rejected,
                 "no tasks in the request",
             ));
+        }
+        for task in tasks {
+            check_spans(task)?;
         }
         let mut seen = HashSet::with_capacity(tasks.len());
         for task in tasks {
@@ -848,8 +899,8 @@ impl Dispatcher {
         for priority in crate::protocol::Priority::ALL {
             loop {
                 let workers = &self.workers;
-                let local_free =
-                    (self.local_in_flight.len() as u32) < self.config.local_concurrency;
+                let local_free = ((self.local_in_flight.len() + self.local_overdue) as u32)
+                    < self.config.local_concurrency;
                 let local_specs = &self.local_specs;
                 let picked = self.queues.pop_placeable(priority, |name| {
                     workers.pick(name).is_some() || (local_free && local_specs.contains_key(name))
@@ -883,11 +934,11 @@ impl Dispatcher {
         entry.envelope.delivery_count += 1;
         // The worker times the attempt from its own start with this (clocks of other
         // hosts may differ); deadline_ms is the control plane's view, for records.
-        entry.envelope.timeout_secs = timeout.filter(|secs| *secs > 0.0);
-        entry.envelope.deadline_ms = match timeout {
-            Some(secs) if secs > 0.0 => now.unix_ms + (secs * 1000.0) as u64,
-            _ => 0,
-        };
+        let timeout_ms = timeout
+            .and_then(crate::protocol::secs_to_ms)
+            .filter(|ms| *ms > 0);
+        entry.envelope.timeout_secs = timeout_ms.map(|ms| ms as f64 / 1000.0);
+        entry.envelope.deadline_ms = timeout_ms.map_or(0, |ms| now.unix_ms.saturating_add(ms));
         entry.holder = Some(holder.clone());
         entry.record.status = TaskStatus::Running;
         entry.record.attempts = entry.envelope.attempt;
@@ -992,7 +1043,7 @@ impl Dispatcher {
                 if policy.should_retry(error.kind, attempt) {
                     let unit = self.next_unit();
                     let delay = policy.delay(attempt, unit);
-                    let due = self.now.unix_ms + delay.as_millis() as u64;
+                    let due = self.now.unix_ms.saturating_add(delay.as_millis() as u64);
                     let entry = self.tasks.get_mut(&id).expect("checked above");
                     info!(task = %id, attempt, "task failed ({error}); retrying in {delay:?}");
                     entry.envelope.attempt += 1;
@@ -1131,6 +1182,48 @@ impl Dispatcher {
         self.rng_state = x;
         (x >> 11) as f64 / (1u64 << 53) as f64
     }
+}
+
+/// Every span a submission sets must be a finite, non-negative number of seconds of at
+/// most ten years: anything else would overflow the time arithmetic downstream.
+fn check_spans(task: &TaskEnvelope) -> Result<(), TaskError> {
+    let r = &task.retry;
+    let spans = [
+        ("timeout", task.timeout_secs),
+        ("retry delay", r.delay_secs),
+        ("retry backoff max", r.backoff_max_secs),
+    ];
+    for (what, secs) in spans {
+        if let Some(secs) = secs {
+            if crate::protocol::secs_to_ms(secs).is_none() {
+                return Err(TaskError::new(
+                    ErrorKind::Rejected,
+                    format!(
+                        "task {}: {what} of {secs} s is out of range (0 to 10 years)",
+                        task.id
+                    ),
+                ));
+            }
+        }
+    }
+    if let Some(b) = r.backoff {
+        if !(b.is_finite() && (1.0..=1000.0).contains(&b)) {
+            return Err(TaskError::new(
+                ErrorKind::Rejected,
+                format!(
+                    "task {}: retry backoff {b} is out of range (1 to 1000)",
+                    task.id
+                ),
+            ));
+        }
+    }
+    if task.countdown_ms > (crate::protocol::MAX_SPAN_SECS * 1000.0) as u64 {
+        return Err(TaskError::new(
+            ErrorKind::Rejected,
+            format!("task {}: countdown is longer than 10 years", task.id),
+        ));
+    }
+    Ok(())
 }
 
 fn cancelled_error() -> TaskError {

@@ -67,14 +67,17 @@ impl RetryPolicy {
         retryable && attempt <= self.max_retries
     }
 
-    /// The delay before attempt `attempt + 1`, given `unit` in [0, 1) for jitter.
+    /// The delay before attempt `attempt + 1`, given `unit` in [0, 1) for jitter. Never
+    /// more than [`MAX_SPAN_SECS`](crate::protocol::MAX_SPAN_SECS), whatever the
+    /// policy says (a plugin's declared numbers are not checked anywhere else).
     pub fn delay(&self, attempt: u32, unit: f64) -> Duration {
         let exp = attempt.saturating_sub(1).min(64) as i32;
         let mut secs = (self.delay_secs * self.backoff.powi(exp)).min(self.backoff_max_secs);
         if self.jitter {
             secs *= 0.75 + 0.5 * unit.clamp(0.0, 1.0);
         }
-        Duration::from_secs_f64(secs.max(0.0))
+        let secs = if secs.is_nan() { 0.0 } else { secs };
+        Duration::from_secs_f64(secs.clamp(0.0, crate::protocol::MAX_SPAN_SECS))
     }
 }
 
@@ -106,6 +109,23 @@ mod tests {
         assert!(!p.should_retry(ErrorKind::Failed, 3));
         assert!(!p.should_retry(ErrorKind::BadArguments, 1));
         assert!(!p.should_retry(ErrorKind::Cancelled, 1));
+    }
+
+    #[test]
+    fn absurd_numbers_are_capped_not_a_panic() {
+        let p = RetryPolicy {
+            max_retries: 1,
+            delay_secs: 1e30,
+            backoff: 1e30,
+            backoff_max_secs: f64::INFINITY,
+            jitter: true,
+        };
+        assert!(p.delay(50, 0.9).as_secs_f64() <= crate::protocol::MAX_SPAN_SECS);
+        let nan = RetryPolicy {
+            delay_secs: f64::NAN,
+            ..p
+        };
+        assert!(nan.delay(1, 0.5).as_secs_f64() <= crate::protocol::MAX_SPAN_SECS);
     }
 
     #[test]

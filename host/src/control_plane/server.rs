@@ -184,6 +184,7 @@ pub async fn run(args: ControlPlaneArgs, plugin_dir: &Path) -> anyhow::Result<()
                 stopping_until = Some(tokio::time::Instant::now() + grace);
             }
         }
+        dispatcher.set_local_overdue(executor.overdue());
         for action in dispatcher.take_actions() {
             perform(action, &server.outbox, &executor);
         }
@@ -197,11 +198,15 @@ pub async fn run(args: ControlPlaneArgs, plugin_dir: &Path) -> anyhow::Result<()
                         dispatcher.queued()
                     );
                 }
-                if dispatcher.scheduled() > 0 {
-                    warn!(
-                        "{} scheduled tasks were not due yet and are dropped",
-                        dispatcher.scheduled()
-                    );
+                let left = dispatcher.abandon_all(
+                    Now::current(),
+                    "the control plane shut down before this task finished",
+                );
+                if left > 0 {
+                    warn!("{left} tasks (running, queued, scheduled or retrying) end as failures: the control plane is stopping");
+                }
+                for action in dispatcher.take_actions() {
+                    perform(action, &server.outbox, &executor);
                 }
                 info!("control plane stopped");
                 // Give the writer a moment to flush the last replies.

@@ -708,3 +708,32 @@ fn a_restarting_subworker_keeps_its_tasks_known_until_it_is_back() {
     d.tick(now.plus(Duration::from_secs(31)));
     assert!(d.workers().get(&WorkerId("sw2".into())).is_none());
 }
+
+#[test]
+fn a_second_subworker_with_the_same_id_is_refused() {
+    let now = Now::current();
+    let mut d = Dispatcher::new(config(0), vec![], now);
+    let first = Bytes::from_static(b"first");
+    register(&mut d, &first, "sw1", 1, now);
+    d.take_actions();
+    let second = Bytes::from_static(b"second");
+    hello(&mut d, &second, PeerKind::Subworker, now);
+    d.take_actions();
+    d.handle(
+        &second,
+        ToControlPlane::Register(Registration {
+            worker_id: WorkerId("sw1".into()),
+            tasks: vec![spec("add")],
+            concurrency: 1,
+            address: None,
+            pid: 2,
+            running: vec![],
+        }),
+        now,
+    );
+    assert!(matches!(
+        &d.take_actions()[..],
+        [Action::Send { msg: FromControlPlane::Refused { reason }, .. }] if reason.contains("sw1")
+    ));
+    assert_eq!(d.workers().by_peer(&first), Some(&WorkerId("sw1".into())));
+}
