@@ -38,7 +38,7 @@ pub const MAX_SPAN_SECS: f64 = 10.0 * 365.0 * 24.0 * 3600.0;
 /// Seconds, as they arrive from a client or a plugin, to whole milliseconds: `None` for
 /// anything not finite, negative or longer than [`MAX_SPAN_SECS`].
 pub fn secs_to_ms(secs: f64) -> Option<u64> {
-    (secs.is_finite() && (0.0..=MAX_SPAN_SECS).contains(&secs)).then(|| (secs * 1000.0) as u64)
+    (secs.is_finite() && (0.0..=MAX_SPAN_SECS).contains(&secs)).then_some((secs * 1000.0) as u64)
 }
 
 /// Milliseconds since the Unix epoch, now.
