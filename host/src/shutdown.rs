@@ -1,4 +1,6 @@
-//! [`ShutdownSignal`]: Ctrl+C (SIGINT) or SIGTERM, as a future any loop can select on.
+//! [`shutdown_signal`]: Ctrl+C (SIGINT) or SIGTERM, as a future any loop can select on.
+//! What a stop then means is each program's own documented sequence (see
+//! `control_plane::server` and `subworker`).
 
 use tracing::warn;
 

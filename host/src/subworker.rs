@@ -20,7 +20,7 @@ use crate::{
     cli::SubworkerArgs,
     client::discover,
     executor::{task_specs, Executor},
-    plugin::{watch::load_and_watch, ReloadReport},
+    plugin::watch::load_and_watch,
     protocol::{
         self, FromControlPlane, Hello, PeerKind, PluginEvent, Registration, TaskOutcome,
         ToControlPlane, WorkerId, PROTOCOL_VERSION,
@@ -198,11 +198,7 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
                     }
                 }
                 Some(report) = plugins.reports.recv() => {
-                    if matches!(report, ReloadReport::Rejected { .. }) {
-                        warn!(worker = %worker_id, "{report}");
-                    } else {
-                        info!(worker = %worker_id, "{report}");
-                    }
+                    report.log(&worker_id.0);
                     let mut ok = send(&mut conn, &ToControlPlane::PluginEvent(PluginEvent::from(&report))).await;
                     if report.changed_tasks() {
                         let tasks = task_specs(&registry.load());
@@ -244,9 +240,16 @@ fn restart_in_place() -> anyhow::Error {
     #[cfg(unix)]
     {
         use std::os::unix::process::CommandExt;
-        let exe = match std::env::current_exe() {
-            Ok(exe) => exe,
-            Err(err) => return anyhow::anyhow!("cannot restart in place: {err}"),
+        // /proc/self/exe still opens the running binary after a rebuild replaced the
+        // file (current_exe() would then name ".../fastworker (deleted)").
+        let proc_exe = std::path::Path::new("/proc/self/exe");
+        let exe = if proc_exe.exists() {
+            proc_exe.to_path_buf()
+        } else {
+            match std::env::current_exe() {
+                Ok(exe) => exe,
+                Err(err) => return anyhow::anyhow!("cannot restart in place: {err}"),
+            }
         };
         info!("restarting in place: {}", exe.display());
         let err = std::process::Command::new(exe)
@@ -345,24 +348,19 @@ async fn serve_status(address: &str, worker_id: &WorkerId) -> anyhow::Result<Str
             let ServerEvent::Message { peer, frames } = event else {
                 continue;
             };
-            let answer = match protocol::decode::<ToControlPlane>(&frames) {
-                Ok(ToControlPlane::Hello(_)) => FromControlPlane::Welcome(protocol::Welcome {
-                    protocol_version: PROTOCOL_VERSION,
-                    control_plane_id: id.clone(),
-                    features: vec!["status".into()],
-                }),
-                Ok(ToControlPlane::Ping { nonce }) => FromControlPlane::Pong { nonce },
-                Ok(_) => FromControlPlane::Rejected {
-                    request_id: 0,
-                    error: crate::task_error::TaskError::new(
-                        crate::task_error::ErrorKind::Rejected,
-                        "a subworker's status endpoint answers Hello and Ping only; submit tasks to the control plane",
-                    ),
+            let answer = crate::probe::probe_reply(
+                &frames,
+                |request| {
+                    matches!(request, ToControlPlane::Hello(_)).then(|| {
+                        FromControlPlane::Welcome(protocol::Welcome {
+                            protocol_version: PROTOCOL_VERSION,
+                            control_plane_id: id.clone(),
+                            features: vec!["status".into()],
+                        })
+                    })
                 },
-                Err(err) => FromControlPlane::Refused {
-                    reason: err.to_string(),
-                },
-            };
+                "a subworker's status endpoint answers Hello and Ping only; submit tasks to the control plane",
+            );
             if let Ok(frames) = protocol::encode(&answer) {
                 server.outbox.send(&peer, frames);
             }

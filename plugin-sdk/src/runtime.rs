@@ -74,8 +74,28 @@ where
     IN_TASK.with(|f| f.set(false));
     match outcome {
         Ok(Ok(bytes)) => RResult::ROk(RVec::from(bytes)),
-        Ok(Err(err)) => RResult::RErr(err),
+        Ok(Err(err)) => RResult::RErr(classify_gave_up(&ctx, err)),
         Err(payload) => RResult::RErr(TaskError::new(ErrorKind::Panicked, panic_message(payload))),
+    }
+}
+
+/// A task that returns an error after its context said stop gave up because of that:
+/// report it as what it is (timed out, or cancelled), not as an ordinary failure.
+fn classify_gave_up(ctx: &Context<'_>, err: TaskError) -> TaskError {
+    if err.kind != ErrorKind::Failed || !ctx.is_cancelled() {
+        return err;
+    }
+    let past_deadline = ctx
+        .deadline()
+        .is_some_and(|d| std::time::SystemTime::now() >= d);
+    let kind = if past_deadline {
+        ErrorKind::TimedOut
+    } else {
+        ErrorKind::Cancelled
+    };
+    TaskError {
+        kind,
+        message: err.message,
     }
 }
 

@@ -506,7 +506,18 @@ impl Dispatcher {
             }
         }
         self.peers.remove(peer);
+        self.forget_waiters_of(peer);
         self.dispatch();
+    }
+
+    /// A peer that is gone waits for nothing any more.
+    fn forget_waiters_of(&mut self, peer: &PeerId) {
+        self.waiters.retain(|_, list| {
+            list.retain(|w| match w {
+                Waiter::Result(p) | Waiter::Status { peer: p, .. } => p != peer,
+            });
+            !list.is_empty()
+        });
     }
 
     /// The control plane's own executor finished an attempt.
@@ -563,11 +574,6 @@ impl Dispatcher {
         self.cache.sweep(now.at)
     }
 
-    /// When the next scheduled task is due (Unix ms).
-    pub fn next_due_ms(&self) -> Option<u64> {
-        self.scheduled.keys().next().map(|(due, _)| *due)
-    }
-
     /// Ends every task still held (queued, scheduled, retrying or running) as a failure
     /// saying why, so whoever waits for one, and its callback, hears of it rather than
     /// nothing: the control plane is about to exit and keeps no queue on disk yet.
@@ -599,11 +605,6 @@ impl Dispatcher {
     /// Tasks waiting in the queues.
     pub fn queued(&self) -> usize {
         self.queues.total()
-    }
-
-    /// Tasks waiting at each priority, most urgent first.
-    pub fn queued_by_priority(&self) -> [usize; 4] {
-        crate::protocol::Priority::ALL.map(|p| self.queues.len(p))
     }
 
     /// Tasks waiting for their countdown, eta or retry delay.
@@ -683,8 +684,15 @@ impl Dispatcher {
                 "the control plane is shutting down",
             ));
         }
-        let (_, envelope) = self.dead_letters.remove(&key).expect("found above");
-        self.cache.remove(&id);
+        let cached = self.cache.remove(&id);
+        let envelope = self.dead_letters[&key].1.clone();
+        if let Err(err) = self.validate(std::slice::from_ref(&envelope)) {
+            if let Some(record) = cached {
+                self.cache.insert(record, self.now.at);
+            }
+            return Err(err);
+        }
+        self.dead_letters.remove(&key);
         info!(task = %id, "replaying a dead letter");
         self.accept(envelope);
         Ok(())
@@ -1003,13 +1011,20 @@ impl Dispatcher {
         }
         let cancel_requested = entry.cancel_requested;
         let attempt = entry.envelope.attempt;
-        if let (Holder::Worker(worker), AttemptResult::Failure(error)) = (&from, &outcome.result) {
+        if let AttemptResult::Failure(error) = &outcome.result {
             if error.kind == ErrorKind::UnknownTask && !cancel_requested {
-                // The worker dropped the task (a plugin was removed) after it was
-                // handed out: it no longer serves that name; run it elsewhere.
+                // The host dropped the task's plugin after it was handed out: it no
+                // longer serves that name; run it elsewhere if anyone can.
                 let name = self.tasks[&id].envelope.name.clone();
-                if let Some(w) = self.workers.get_mut(worker) {
-                    w.tasks.remove(&name);
+                match &from {
+                    Holder::Worker(worker) => {
+                        if let Some(w) = self.workers.get_mut(worker) {
+                            w.tasks.remove(&name);
+                        }
+                    }
+                    Holder::Local => {
+                        self.local_specs.remove(&name);
+                    }
                 }
                 if self.known_task(&name) {
                     let entry = self.tasks.get_mut(&id).expect("checked above");

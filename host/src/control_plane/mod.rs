@@ -2,7 +2,8 @@
 //! subworkers (or runs them itself), caches results, tracks subworker health.
 //!
 //! - [`dispatcher`]: the state machine (no I/O).
-//! - [`queue`], [`workers`], [`result_cache`], [`retry`]: its parts.
+//! - [`queue`], [`workers`], [`result_cache`], [`retry`], [`periodic`], [`events`]:
+//!   its parts, each a plain state machine with its own tests.
 //! - [`server`]: the event loop that connects the state machine to sockets, the local
 //!   executor, timers and signals.
 

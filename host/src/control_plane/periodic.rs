@@ -106,6 +106,8 @@ struct Entry {
 #[derive(Debug, Default)]
 pub struct PeriodicScheduler {
     entries: HashMap<String, Entry>,
+    /// Schedules that did not parse, kept so each is reported once, not every tick.
+    invalid: HashMap<String, PeriodicSpec>,
 }
 
 /// A periodic task's state, for listings.
@@ -142,7 +144,9 @@ impl PeriodicScheduler {
         let mut present = Vec::new();
         for (name, spec) in specs {
             present.push(name.to_string());
-            if self.entries.get(name).is_some_and(|e| &e.spec == spec) {
+            if self.entries.get(name).is_some_and(|e| &e.spec == spec)
+                || self.invalid.get(name) == Some(spec)
+            {
                 continue;
             }
             match Schedule::from_spec(spec) {
@@ -163,6 +167,7 @@ impl PeriodicScheduler {
                 }
                 Err(err) => {
                     self.entries.remove(name);
+                    self.invalid.insert(name.to_string(), spec.clone());
                     errors.push((name.to_string(), err));
                 }
             }
@@ -349,6 +354,10 @@ mod tests {
         let errors = s.sync([("b", &bad)], 0);
         assert_eq!(errors.len(), 1);
         assert!(errors[0].1.to_string().contains("5 fields"));
+        assert!(
+            s.sync([("b", &bad)], 20).is_empty(),
+            "reported once, not every tick"
+        );
     }
 
     /// The spec's syntax: `*`, `*/N`, lists, ranges, ranges with steps, day-of-week

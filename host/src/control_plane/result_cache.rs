@@ -91,15 +91,6 @@ impl ResultCache {
     pub fn capacity(&self) -> usize {
         self.entries.cap().get()
     }
-
-    /// The most recently stored or read records, newest first.
-    pub fn recent(&self, limit: usize) -> Vec<&TaskRecord> {
-        self.entries
-            .iter()
-            .take(limit)
-            .map(|(_, (_, r))| r)
-            .collect()
-    }
 }
 
 #[cfg(test)]

@@ -13,11 +13,13 @@ use bytes::Bytes;
 use tokio::{sync::mpsc, time::MissedTickBehavior};
 use tracing::{info, warn};
 
+use crate::probe::probe_reply;
+
 use super::dispatcher::{Action, Dispatcher, DispatcherConfig, Now};
 use crate::{
     cli::ControlPlaneArgs,
     executor::{task_specs, Executor},
-    plugin::{watch::load_and_watch, ReloadReport},
+    plugin::watch::load_and_watch,
     protocol::{self, Announcement, FromControlPlane, ToControlPlane, PROTOCOL_VERSION},
     transport::{self, Outbox, PeerId, ServerEvent},
 };
@@ -127,23 +129,18 @@ pub async fn run(args: ControlPlaneArgs, plugin_dir: &Path) -> anyhow::Result<()
             },
             event = discovery.events.recv() => match event {
                 Some(ServerEvent::Message { peer, frames }) => {
-                    let answer = match protocol::decode::<ToControlPlane>(&frames) {
-                        Ok(ToControlPlane::Discover) => {
-                            if !discovery_peers.contains(&peer) {
-                                discovery_peers.push(peer.clone());
-                            }
-                            FromControlPlane::Announce(announcement.clone())
-                        }
-                        Ok(ToControlPlane::Ping { nonce }) => FromControlPlane::Pong { nonce },
-                        Ok(_) => FromControlPlane::Rejected {
-                            request_id: 0,
-                            error: crate::task_error::TaskError::new(
-                                crate::task_error::ErrorKind::Rejected,
-                                "this is the discovery endpoint: send Discover",
-                            ),
+                    let answer = probe_reply(
+                        &frames,
+                        |request| {
+                            matches!(request, ToControlPlane::Discover).then(|| {
+                                if !discovery_peers.contains(&peer) {
+                                    discovery_peers.push(peer.clone());
+                                }
+                                FromControlPlane::Announce(announcement.clone())
+                            })
                         },
-                        Err(err) => FromControlPlane::Refused { reason: err.to_string() },
-                    };
+                        "this is the discovery endpoint: send Discover",
+                    );
                     send(&discovery.outbox, &peer, &answer);
                 }
                 Some(ServerEvent::Disconnected(peer)) => discovery_peers.retain(|p| p != &peer),
@@ -151,11 +148,7 @@ pub async fn run(args: ControlPlaneArgs, plugin_dir: &Path) -> anyhow::Result<()
             },
             Some(outcome) = outcomes.recv() => dispatcher.local_outcome(outcome, Now::current()),
             Some(report) = plugins.reports.recv() => {
-                if matches!(report, ReloadReport::Rejected { .. }) {
-                    warn!("{report}");
-                } else {
-                    info!("{report}");
-                }
+                report.log(&args.worker_id);
                 let event = crate::protocol::PluginEvent::from(&report);
                 dispatcher.record_event(&format!("plugin.{}", event.kind), &args.worker_id, event.message);
                 if report.changed_tasks() {

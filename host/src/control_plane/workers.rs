@@ -259,11 +259,6 @@ impl WorkerTable {
     pub fn iter(&self) -> impl Iterator<Item = &WorkerEntry> {
         self.workers.values()
     }
-
-    /// How many workers are active.
-    pub fn active_count(&self) -> usize {
-        self.workers.values().filter(|w| w.active).count()
-    }
 }
 
 #[cfg(test)]

@@ -21,16 +21,13 @@ pub struct CallContext {
     pub cancelled: Arc<AtomicBool>,
 }
 
-/// A task's failure as the host sees it.
-pub type TaskFailure = TaskError;
-
 /// Runs the task on the calling thread. Blocking: call it off the async runtime.
 pub fn call_task(
     task: &TaskInfo,
     ctx: &CallContext,
     codec: Codec,
     payload: &[u8],
-) -> Result<Vec<u8>, TaskFailure> {
+) -> Result<Vec<u8>, TaskError> {
     let raw = TaskContext {
         task_id: RStr::from_str(&ctx.task_id),
         attempt: ctx.attempt,

@@ -67,6 +67,15 @@ pub enum ReloadReport {
 }
 
 impl ReloadReport {
+    /// Logs the report for host `host`: a warning when the file was rejected.
+    pub fn log(&self, host: &str) {
+        if matches!(self, ReloadReport::Rejected { .. }) {
+            tracing::warn!(worker = %host, "{self}");
+        } else {
+            tracing::info!(worker = %host, "{self}");
+        }
+    }
+
     /// Did the set of tasks or their code change?
     pub fn changed_tasks(&self) -> bool {
         !matches!(self, ReloadReport::Rejected { .. })
@@ -183,7 +192,8 @@ impl LivePlugins {
         &self.sources
     }
 
-    /// How many new versions were loaded since start.
+    /// How many libraries were mapped since start by reloads (new versions, and
+    /// refused files that got as far as being mapped).
     pub fn reloads(&self) -> u64 {
         self.reloads
     }
@@ -293,6 +303,15 @@ impl LivePlugins {
                 })
             }
             Err(err) => {
+                // A refused library that was mapped stays mapped: it counts towards
+                // --max-reloads like a successful reload.
+                let mapped = match &err {
+                    RegistryError::Load(load) => load.left_mapped(),
+                    RegistryError::DuplicateTask { .. } => true,
+                };
+                if mapped {
+                    self.reloads += 1;
+                }
                 // Remember the bad content so the same bytes are not retried on every
                 // event; new bytes are tried again.
                 if let Some(known) = self.known.get_mut(&key) {

@@ -104,6 +104,21 @@ pub enum LoadError {
     },
 }
 
+impl LoadError {
+    /// Did the library get mapped before it was refused? (Libraries are never
+    /// unloaded, so such a refusal costs memory like a reload does.)
+    pub fn left_mapped(&self) -> bool {
+        matches!(
+            self,
+            LoadError::NotAPlugin { .. }
+                | LoadError::IncompatibleSdk { .. }
+                | LoadError::IncompatibleAbi { .. }
+                | LoadError::LayoutMismatch { .. }
+                | LoadError::Other { .. }
+        )
+    }
+}
+
 fn display_paths(paths: &[PathBuf]) -> String {
     paths
         .iter()

@@ -21,7 +21,7 @@ pub mod registry;
 pub mod resolve;
 pub mod watch;
 
-pub use call::{CallContext, TaskFailure};
+pub use call::CallContext;
 pub use live::{LivePlugins, ReloadReport, SharedRegistry};
 pub use loader::{LoadError, LoadedPlugin, PluginLoader, TaskInfo};
 pub use registry::{PluginRegistry, RegistryError, TaskHandle};

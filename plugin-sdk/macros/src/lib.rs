@@ -108,6 +108,24 @@ fn parse_task_options(attr: &Attribute) -> syn::Result<TaskOptions> {
         }
         Ok(())
     })?;
+    if opts
+        .every
+        .is_some_and(|secs| !(secs > 0.0 && secs.is_finite()))
+    {
+        return Err(syn::Error::new(
+            attr.span(),
+            "`every` takes a positive number of seconds",
+        ));
+    }
+    if (opts.repeat_count.is_some() || opts.repeat_until.is_some())
+        && opts.every.is_none()
+        && opts.cron.is_none()
+    {
+        return Err(syn::Error::new(
+            attr.span(),
+            "`repeat_count` and `repeat_until` go with `every` or `cron`",
+        ));
+    }
     if opts.every.is_some() && opts.cron.is_some() {
         return Err(syn::Error::new(
             attr.span(),
