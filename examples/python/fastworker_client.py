@@ -295,6 +295,7 @@ def write_task_spec(w, s):
         w.option(p.get("cron"), w.string),
         w.option(p.get("repeat_count"), w.u64),
         w.option(p.get("repeat_until_unix"), w.i64)))
+    w.u32(PRIORITIES.index(s.get("priority", "normal")))
 
 
 # --- messages (PROTOCOL.md §5, §6) ----------------------------------------------

@@ -267,6 +267,7 @@ pub fn task_specs(registry: &PluginRegistry) -> Vec<crate::protocol::TaskSpec> {
                         repeat_count: p.repeat_count,
                         repeat_until_unix: p.repeat_until_unix,
                     }),
+                priority: info.priority.into(),
             }
         })
         .collect()

@@ -655,11 +655,15 @@ impl Dispatcher {
             return;
         }
         for name in due {
-            let task = TaskEnvelope::new(
+            let priority = self
+                .spec(&name)
+                .map_or(crate::protocol::Priority::Normal, |s| s.priority);
+            let mut task = TaskEnvelope::new(
                 name.clone(),
                 crate::protocol::Codec::Json,
                 Bytes::from_static(b"[]"),
             );
+            task.priority = priority;
             debug!(task = %task.id, %name, "periodic task due");
             self.periodic.submitted(&name, task.id);
             self.accept(task);

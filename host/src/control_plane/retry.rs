@@ -149,6 +149,7 @@ mod tests {
             retry_backoff_max_secs: 100.0,
             timeout_secs: None,
             periodic: None,
+            priority: crate::protocol::Priority::Normal,
         };
         let p = RetryPolicy::resolve(
             Some(&spec),

@@ -276,6 +276,7 @@ mod tests {
             retry_backoff_max_secs: 10.0,
             timeout_secs: None,
             periodic: None,
+            priority: crate::protocol::Priority::Normal,
         }
     }
 

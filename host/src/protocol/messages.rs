@@ -327,6 +327,8 @@ pub struct TaskSpec {
     pub timeout_secs: Option<f64>,
     /// The periodic schedule the plugin declares, if any.
     pub periodic: Option<PeriodicSpec>,
+    /// The plugin's priority for the task: what its periodic runs are queued at.
+    pub priority: Priority,
 }
 
 /// A periodic schedule, as declared by a plugin.

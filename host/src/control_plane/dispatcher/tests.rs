@@ -12,6 +12,7 @@ fn spec(name: &str) -> TaskSpec {
         retry_backoff_max_secs: 10.0,
         timeout_secs: None,
         periodic: None,
+        priority: Priority::Normal,
     }
 }
 
@@ -447,6 +448,7 @@ fn periodic_tasks_fire_from_subworker_schedules_only_once_per_tick() {
             repeat_count: Some(2),
             repeat_until_unix: None,
         }),
+        priority: Priority::High,
         ..spec(name)
     };
     for n in 1..=2u8 {
@@ -469,6 +471,11 @@ fn periodic_tasks_fire_from_subworker_schedules_only_once_per_tick() {
     d.tick(now);
     let first = assigns(&d.take_actions());
     assert_eq!(first.len(), 1, "one run at start-up, not one per subworker");
+    assert_eq!(
+        first[0].1.priority,
+        Priority::High,
+        "queued at the plugin's priority"
+    );
     let (peer, run) = first[0].clone();
     // Still running at the next tick: skipped.
     d.tick(now.plus(Duration::from_secs(10)));
