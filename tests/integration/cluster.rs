@@ -866,3 +866,136 @@ fn bad_commands_fail_in_one_line() {
         assert!(took < Duration::from_secs(10), "{flag}: took {took:?}");
     }
 }
+
+/// `zeromq` 0.7's DEALER does not reconnect by itself: the client must, so a
+/// long-lived client keeps working across a control plane restart at the same address.
+#[test]
+fn a_client_reconnects_after_the_control_plane_restarts() {
+    let dir = mytasks_dir();
+    let mut first = ControlPlane::start(&dir, &["--task-modules", "mytasks"]);
+    let rt = runtime();
+    let client = connect(&rt, &first.base);
+    let sum: i64 = rt.block_on(client.call("add", &(2i64, 3i64))).expect("add");
+    assert_eq!(sum, 5);
+    first.proc.signal("TERM");
+    assert_eq!(
+        first.proc.wait_exit(Duration::from_secs(10)).code(),
+        Some(0)
+    );
+
+    let args: Vec<String> = [
+        "control-plane",
+        "--no-gui",
+        "--task-modules",
+        "mytasks",
+        "--base-address",
+        first.base.as_str(),
+        "--discovery-address",
+        free_address().as_str(),
+        "--subworker-port",
+        "0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut second = Proc::spawn(&dir, "control-plane-2", &args);
+    second.wait_for(false, "ready on", STARTUP);
+
+    // Calls on the lost connection may fail (Disconnected); the client reconnects by
+    // itself within its keepalive and backoff, and a later call works.
+    let answer = poll_async(&rt, Duration::from_secs(20), || async {
+        client.call::<_, i64>("add", &(40i64, 2i64)).await.ok()
+    });
+    assert_eq!(answer, Some(42), "{}", second.describe());
+}
+
+/// Two live subworkers sharing an id would evict each other forever: the second is
+/// refused with one clear line and exits non-zero; the first keeps working.
+#[test]
+fn a_second_subworker_with_an_id_in_use_is_refused() {
+    let dir = mytasks_dir();
+    let mut cp = ControlPlane::start(&dir, &[]);
+    let _first = cp.subworker(&dir, "sw1", &[]);
+    let args: Vec<String> = [
+        "subworker",
+        "--worker-id",
+        "sw1",
+        "--control-plane-address",
+        cp.base.as_str(),
+        "--task-modules",
+        "mytasks",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut second = Proc::spawn(&dir, "sw1-again", &args);
+    let status = second.wait_exit(Duration::from_secs(15));
+    assert!(!status.success(), "{}", second.describe());
+    assert!(second.stderr().contains("in use"), "{}", second.describe());
+
+    let out = submit_cli(
+        &dir,
+        &[
+            "--control-plane-address",
+            &cp.base,
+            "--task-name",
+            "add",
+            "--args",
+            "5",
+            "3",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(json_record(&out)["worker_id"], json!("sw1"));
+}
+
+/// The queue is not on disk yet, so what a stopping control plane still holds when its
+/// grace runs out cannot survive it; but nobody waiting for such a task is left
+/// hanging: each gets a failure that says why.
+#[test]
+fn control_plane_shutdown_tells_waiters_of_tasks_it_could_not_finish() {
+    let dir = mytasks_dir();
+    let mut cp = ControlPlane::start(
+        &dir,
+        &[
+            "--task-modules",
+            "mytasks",
+            "--concurrency",
+            "1",
+            "--shutdown-grace",
+            "0.5",
+        ],
+    );
+    let rt = runtime();
+    let client = connect(&rt, &cp.base);
+    let running = sleep_task(5_000);
+    let running_id = running.id;
+    let queued = json_task("add", json!([1, 2]));
+    let waits: Vec<_> = [running, queued]
+        .into_iter()
+        .map(|task| {
+            let client = client.clone();
+            rt.spawn(async move { client.submit(task, RESULT_WAIT).await })
+        })
+        .collect();
+    poll_async(&rt, Duration::from_secs(10), || async {
+        let record = client.status(running_id).await.ok()??;
+        (record.status == TaskStatus::Running).then_some(())
+    })
+    .expect("the sleep started");
+    cp.proc.signal("TERM");
+    for wait in waits {
+        match rt.block_on(wait).expect("no panic") {
+            Err(ClientError::TaskFailed { status, error, .. }) => {
+                assert_eq!(status, TaskStatus::Failure);
+                assert_eq!(error.kind, ErrorKind::Internal, "{error}");
+                assert!(error.message.contains("shut down"), "{error}");
+            }
+            other => panic!("expected a failure saying the control plane stopped: {other:?}"),
+        }
+    }
+    // It exits although the 5 s plugin call is still running on one of its threads.
+    let status = cp.proc.wait_exit(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0), "{}", cp.proc.describe());
+}
