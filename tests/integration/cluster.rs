@@ -969,21 +969,24 @@ fn control_plane_shutdown_tells_waiters_of_tasks_it_could_not_finish() {
     );
     let rt = runtime();
     let client = connect(&rt, &cp.base);
-    let running = sleep_task(5_000);
-    let running_id = running.id;
-    let queued = json_task("add", json!([1, 2]));
-    let waits: Vec<_> = [running, queued]
-        .into_iter()
-        .map(|task| {
+    let wait_for = |task: TaskEnvelope, status: TaskStatus| {
+        let id = task.id;
+        let waiting = {
             let client = client.clone();
             rt.spawn(async move { client.submit(task, RESULT_WAIT).await })
+        };
+        poll_async(&rt, Duration::from_secs(10), || async {
+            let record = client.status(id).await.ok()??;
+            (record.status == status).then_some(())
         })
-        .collect();
-    poll_async(&rt, Duration::from_secs(10), || async {
-        let record = client.status(running_id).await.ok()??;
-        (record.status == TaskStatus::Running).then_some(())
-    })
-    .expect("the sleep started");
+        .unwrap_or_else(|| panic!("task {id} never reached {status:?}"));
+        waiting
+    };
+    // The one slot is taken by the sleep, so the add waits in the queue.
+    let waits = [
+        wait_for(sleep_task(5_000), TaskStatus::Running),
+        wait_for(json_task("add", json!([1, 2])), TaskStatus::Queued),
+    ];
     cp.proc.signal("TERM");
     for wait in waits {
         match rt.block_on(wait).expect("no panic") {
