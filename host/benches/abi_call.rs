@@ -22,36 +22,20 @@
 //! - `abi_call_only+json` / `abi_call_only+bincode`: `call_task` alone on a payload
 //!   encoded beforehand (the plugin still decodes, calls and encodes inside).
 
-use std::{hint::black_box, path::PathBuf};
+use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
+
+mod support;
 use fastworker::plugin::{call::call_task, CallContext, PluginLoader, PluginRegistry, TaskInfo};
 use fastworker_plugin_sdk::{codec, Codec};
-
-/// `lib<name>.so` in this binary's profile directory (`target/<profile>/deps/..`).
-fn plugin_path(lib_name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the benchmark knows its own path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("the benchmark lives in target/<profile>/deps");
-    let path = profile_dir.join(format!(
-        "{}{lib_name}{}",
-        std::env::consts::DLL_PREFIX,
-        std::env::consts::DLL_SUFFIX
-    ));
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo build --release -p mytasks` before `cargo bench` \
-         (see the top of host/benches/abi_call.rs)",
-        path.display()
-    );
-    path
-}
+use support::plugin_path;
 
 fn load_add() -> TaskInfo {
     let loader = PluginLoader::new().expect("shadow directory");
-    let plugin = loader.load(&plugin_path("mytasks")).expect("mytasks loads");
+    let plugin = loader
+        .load(&plugin_path("mytasks", "cargo build --release -p mytasks"))
+        .expect("mytasks loads");
     let mut registry = PluginRegistry::new();
     registry.insert(plugin).expect("no conflicts");
     // The library stays mapped after the loader is dropped (plugins are never

@@ -28,12 +28,8 @@
 //!   included) and through `--control-plane-address`.
 
 use std::{
-    collections::HashSet,
     fs,
-    net::TcpListener,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::Mutex,
+    path::Path,
     thread,
     time::{Duration, Instant},
 };
@@ -44,138 +40,15 @@ use fastworker::{
     protocol::{Codec, TaskEnvelope, TaskStatus},
 };
 
+mod support;
+use support::{fastworker, free_address, plugin_path, port_of, Proc};
+
 const TASKS: usize = 10_000;
 const BATCH: usize = 1_000;
 const RUNS: usize = 3;
 const ROUND_TRIPS: usize = 2_000;
 const CLI_RUNS: usize = 30;
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-/// `lib<name>.so` in this binary's profile directory (`target/<profile>/deps/..`).
-fn plugin_path(lib_name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the benchmark knows its own path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("the benchmark lives in target/<profile>/deps");
-    let path = profile_dir.join(format!(
-        "{}{lib_name}{}",
-        std::env::consts::DLL_PREFIX,
-        std::env::consts::DLL_SUFFIX
-    ));
-    if !path.is_file() {
-        eprintln!(
-            "error: {} is missing: run `cargo build --release -p mytasks` before `cargo \
-             bench -p fastworker --bench cluster` (see the top of host/benches/cluster.rs)",
-            path.display()
-        );
-        std::process::exit(2);
-    }
-    path
-}
-
-/// A port on 127.0.0.1 nobody listened on a moment ago, never handed out twice.
-fn free_address() -> String {
-    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-    for _ in 0..100 {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("can bind 127.0.0.1:0")
-            .port();
-        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-        if given.get_or_insert_with(HashSet::new).insert(port) {
-            return format!("tcp://127.0.0.1:{port}");
-        }
-    }
-    panic!("no fresh free port in 100 tries");
-}
-
-fn port_of(address: &str) -> &str {
-    address.rsplit(':').next().expect("an address with a port")
-}
-
-/// `fastworker` in `dir`, with a private shadow directory and no inherited settings.
-fn fastworker(dir: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fastworker"));
-    cmd.current_dir(dir);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("FASTWORKER_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env("FASTWORKER_SHADOW_DIR", dir.join("shadow"))
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null());
-    cmd
-}
-
-/// A running process, killed and reaped when dropped.
-struct Proc {
-    name: String,
-    child: Child,
-    stdout: PathBuf,
-    stderr: PathBuf,
-}
-
-impl Proc {
-    fn spawn(dir: &Path, name: &str, args: &[&str]) -> Proc {
-        let stdout = dir.join(format!("{name}.out"));
-        let stderr = dir.join(format!("{name}.err"));
-        let child = fastworker(dir)
-            .args(args)
-            .stdout(fs::File::create(&stdout).expect("stdout file"))
-            .stderr(fs::File::create(&stderr).expect("stderr file"))
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Proc {
-            name: name.to_string(),
-            child,
-            stdout,
-            stderr,
-        }
-    }
-
-    /// Waits (bounded) until stdout or stderr contains `needle`.
-    fn wait_for(&mut self, in_stderr: bool, needle: &str) {
-        let path = if in_stderr {
-            &self.stderr
-        } else {
-            &self.stdout
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        for _ in 0..3_000 {
-            if fs::read_to_string(path)
-                .unwrap_or_default()
-                .contains(needle)
-            {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "{} exited ({status}) before printing {needle:?}:\n{}",
-                    self.name,
-                    fs::read_to_string(&self.stderr).unwrap_or_default()
-                );
-            }
-            if Instant::now() >= deadline {
-                break;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        panic!(
-            "{} did not print {needle:?} within 30 s:\n{}",
-            self.name,
-            fs::read_to_string(&self.stderr).unwrap_or_default()
-        );
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A control plane (and maybe a subworker) and where to reach it.
 struct Setup {
@@ -412,7 +285,7 @@ fn subworker_concurrency() -> String {
 }
 
 fn main() {
-    let plugin = plugin_path("mytasks");
+    let plugin = plugin_path("mytasks", "cargo build --release -p mytasks");
     let dir = tempfile::Builder::new()
         .prefix("fastworker-bench-")
         .tempdir()

@@ -33,12 +33,8 @@
 //!     maps a new copy that is never unmapped (see README, "Loading plugins").
 
 use std::{
-    collections::HashSet,
     fs,
-    net::TcpListener,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::Mutex,
     thread,
     time::{Duration, Instant},
 };
@@ -50,144 +46,14 @@ use fastworker::{
 };
 use tokio::runtime::Runtime;
 
+mod support;
+use support::{free_address, plugin_path, port_of, Proc};
+
 const LATENCY_SWAPS: usize = 30;
 const RSS_RELOADS: usize = 50;
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// How long one swap may take to be served before the benchmark gives up.
 const SERVE_LIMIT: Duration = Duration::from_secs(10);
-
-/// `lib<name>.so` in this binary's profile directory (`target/release/deps/..`).
-fn plugin_path(lib_name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the benchmark knows its own path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("the benchmark lives in target/<profile>/deps");
-    let path = profile_dir.join(format!(
-        "{}{lib_name}{}",
-        std::env::consts::DLL_PREFIX,
-        std::env::consts::DLL_SUFFIX
-    ));
-    if !path.is_file() {
-        eprintln!(
-            "error: {} is missing: run `cargo build --release --workspace` before `cargo \
-             bench -p fastworker --bench reload` (see the top of host/benches/reload.rs)",
-            path.display()
-        );
-        std::process::exit(2);
-    }
-    path
-}
-
-// The next three pieces are small copies of host/benches/cluster.rs, whose helpers are
-// private to its own `main`.
-
-/// A port on 127.0.0.1 nobody listened on a moment ago, never handed out twice.
-fn free_address() -> String {
-    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-    for _ in 0..100 {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("can bind 127.0.0.1:0")
-            .port();
-        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-        if given.get_or_insert_with(HashSet::new).insert(port) {
-            return format!("tcp://127.0.0.1:{port}");
-        }
-    }
-    panic!("no fresh free port in 100 tries");
-}
-
-fn port_of(address: &str) -> &str {
-    address.rsplit(':').next().expect("an address with a port")
-}
-
-/// A running `fastworker`, in `dir`, with a private shadow directory and no inherited
-/// settings; killed and reaped when dropped.
-struct Proc {
-    name: String,
-    child: Child,
-    stdout: PathBuf,
-    stderr: PathBuf,
-}
-
-impl Proc {
-    fn spawn(dir: &Path, name: &str, args: &[&str]) -> Proc {
-        let stdout = dir.join(format!("{name}.out"));
-        let stderr = dir.join(format!("{name}.err"));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fastworker"));
-        cmd.current_dir(dir);
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("FASTWORKER_") {
-                cmd.env_remove(key);
-            }
-        }
-        let child = cmd
-            .env("FASTWORKER_SHADOW_DIR", dir.join("shadow"))
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .args(args)
-            .stdout(fs::File::create(&stdout).expect("stdout file"))
-            .stderr(fs::File::create(&stderr).expect("stderr file"))
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Proc {
-            name: name.to_string(),
-            child,
-            stdout,
-            stderr,
-        }
-    }
-
-    /// Waits (bounded: 30 s, 3,000 polls) until stdout or stderr contains `needle`.
-    fn wait_for(&mut self, in_stderr: bool, needle: &str) {
-        let path = if in_stderr {
-            &self.stderr
-        } else {
-            &self.stdout
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        for _ in 0..3_000 {
-            if fs::read_to_string(path)
-                .unwrap_or_default()
-                .contains(needle)
-            {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "{} exited ({status}) before printing {needle:?}:\n{}",
-                    self.name,
-                    self.log()
-                );
-            }
-            if Instant::now() >= deadline {
-                break;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        panic!(
-            "{} did not print {needle:?} within 30 s:\n{}",
-            self.name,
-            self.log()
-        );
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The control plane and the watching subworker.
 struct Setup {
@@ -394,8 +260,8 @@ fn growth(rt: &Runtime, setup: &Setup, builds: &Builds, label: &str, distinct: b
 }
 
 fn main() {
-    let v1_path = plugin_path("versioned_v1");
-    let v2_path = plugin_path("versioned_v2");
+    let v1_path = plugin_path("versioned_v1", "cargo build --release --workspace");
+    let v2_path = plugin_path("versioned_v2", "cargo build --release --workspace");
     let builds = Builds {
         v1: fs::read(&v1_path).expect("read v1"),
         v2: fs::read(&v2_path).expect("read v2"),
