@@ -159,6 +159,10 @@ pub struct ControlPlaneArgs {
     /// Deliveries after which a task whose worker keeps getting lost is dead-lettered.
     #[arg(long, env = "FASTWORKER_MAX_DELIVERIES", default_value_t = 5)]
     pub max_deliveries: u32,
+    /// After this many reloads of its own plugins the control plane stops watching them
+    /// (old versions stay mapped; it cannot restart in place without losing its queue).
+    #[arg(long, env = "FASTWORKER_MAX_RELOADS", default_value_t = 64)]
+    pub max_reloads: u64,
 }
 
 /// `fastworker subworker`.

@@ -204,7 +204,7 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
                         let tasks = task_specs(&registry.load());
                         ok &= send(&mut conn, &ToControlPlane::TasksChanged { tasks }).await;
                     }
-                    let reloads = plugins.live.lock().unwrap_or_else(|e| e.into_inner()).reloads();
+                    let reloads = plugins.reloads();
                     if reloads >= args.max_reloads && !draining {
                         info!(
                             worker = %worker_id,

@@ -867,3 +867,45 @@ fn no_watch_ignores_a_changed_file() {
         cluster.describe()
     );
 }
+
+// ---- the control plane's own plugins --------------------------------------------------
+
+/// The control plane hot-reloads the plugins it runs itself too; since it cannot restart
+/// in place without losing its in-memory queue, after `--max-reloads` it stops watching
+/// (bounding the memory old versions keep) and says so, and what it has keeps serving.
+#[test]
+fn the_control_plane_reloads_its_own_plugins_until_max_reloads() {
+    let _serial = serial();
+    let dir = TestDir::new();
+    dir.copy_in(&plugin_artifact("versioned_v1"), "plugins/versioned.so");
+    let mut cp = ControlPlane::start(&dir, &["--task-modules", "plugins", "--max-reloads", "1"]);
+    let rt = runtime();
+    let client = connect(&rt, &cp.base);
+    let ask = || -> String {
+        let record = rt
+            .block_on(client.submit(version_task(), RESULT_WAIT))
+            .unwrap_or_else(|e| panic!("`version` failed: {e}"));
+        decode_value(&record).expect("`version` answers a string")
+    };
+    assert_eq!(ask(), "1.0.0");
+
+    let target = dir.path().join("plugins/versioned.so");
+    Swap::Move.replace(&plugin_artifact("versioned_v2"), &target);
+    let v2 = poll_until(Duration::from_secs(5), || (ask() == "2.0.0").then_some(()));
+    assert!(
+        v2.is_some(),
+        "the control plane did not reload\n{}",
+        cp.proc.describe()
+    );
+    cp.proc
+        .wait_for(true, "stops watching its plugins", Duration::from_secs(5));
+
+    Swap::Move.replace(&plugin_artifact("versioned_v1"), &target);
+    thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        ask(),
+        "2.0.0",
+        "reloaded past --max-reloads\n{}",
+        cp.proc.describe()
+    );
+}

@@ -154,6 +154,14 @@ pub async fn run(args: ControlPlaneArgs, plugin_dir: &Path) -> anyhow::Result<()
                 if report.changed_tasks() {
                     dispatcher.set_local_specs(task_specs(&registry.load()));
                 }
+                if plugins.watching() && plugins.reloads() >= args.max_reloads {
+                    warn!(
+                        "{} plugin reloads (--max-reloads {}): the control plane stops watching its plugins until it restarts; subworkers go on reloading",
+                        plugins.reloads(),
+                        args.max_reloads
+                    );
+                    plugins.stop_watching();
+                }
             }
             _ = tick.tick() => dispatcher.tick(Now::current()),
             _ = announce.tick() => {

@@ -113,7 +113,27 @@ pub struct WatchedPlugins {
     /// What each change did, as it happens.
     pub reports: mpsc::UnboundedReceiver<ReloadReport>,
     /// Keeps the watch alive (None with `--no-watch` or no modules).
-    _watcher: Option<PluginWatcher>,
+    watcher: Option<PluginWatcher>,
+}
+
+impl WatchedPlugins {
+    /// Reloads (and mapped refusals) so far.
+    pub fn reloads(&self) -> u64 {
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reloads()
+    }
+
+    /// Stops watching; what is loaded keeps serving.
+    pub fn stop_watching(&mut self) {
+        self.watcher = None;
+    }
+
+    /// Is the watch still on?
+    pub fn watching(&self) -> bool {
+        self.watcher.is_some()
+    }
 }
 
 /// Loading or watching the plugins failed at start-up.
@@ -149,6 +169,6 @@ pub fn load_and_watch(
         live,
         registry,
         reports,
-        _watcher: watcher,
+        watcher,
     })
 }
