@@ -119,6 +119,7 @@ struct TaskEntry {
     record: TaskRecord,
     seq: u64,
     holder: Option<Holder>,
+    /// When it is due, in the dispatcher's monotonic milliseconds (see `mono_ms`).
     due_ms: Option<u64>,
     cancel_requested: bool,
     /// Times a worker was lost while holding it (retries do not count).
@@ -150,6 +151,9 @@ pub struct Dispatcher {
     local_specs: HashMap<String, TaskSpec>,
     local_in_flight: HashSet<TaskId>,
     local_overdue: usize,
+    /// The monotonic clock's zero: schedules count from it, so a wall-clock step does
+    /// not move a countdown or a retry delay.
+    origin: Instant,
     cache: ResultCache,
     waiters: HashMap<TaskId, Vec<Waiter>>,
     peers: HashMap<PeerId, PeerInfo>,
@@ -189,6 +193,7 @@ impl Dispatcher {
                 .collect(),
             local_in_flight: HashSet::new(),
             local_overdue: 0,
+            origin: now.at,
             cache,
             waiters: HashMap::new(),
             peers: HashMap::new(),
@@ -530,8 +535,9 @@ impl Dispatcher {
     /// Moves due tasks to the queues, marks silent subworkers inactive, sweeps the cache.
     pub fn tick(&mut self, now: Now) {
         self.now = now;
+        let mono = self.mono_ms(now);
         while let Some((&(due, seq), &id)) = self.scheduled.first_key_value() {
-            if due > now.unix_ms {
+            if due > mono {
                 break;
             }
             self.scheduled.remove(&(due, seq));
@@ -788,9 +794,19 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// Milliseconds since this dispatcher started, on the monotonic clock.
+    fn mono_ms(&self, now: Now) -> u64 {
+        now.at.saturating_duration_since(self.origin).as_millis() as u64
+    }
+
     fn accept(&mut self, mut envelope: TaskEnvelope) {
         envelope.attempt = 1;
         envelope.delivery_count = 0;
+        // How long to hold it: the countdown, or until the eta (read off the wall clock
+        // once, here); the later wins. From now on only the monotonic clock counts.
+        let hold_ms = envelope
+            .countdown_ms
+            .max(envelope.not_before_ms.saturating_sub(self.now.unix_ms));
         if envelope.countdown_ms > 0 {
             let due = self.now.unix_ms.saturating_add(envelope.countdown_ms);
             envelope.not_before_ms = envelope.not_before_ms.max(due);
@@ -798,7 +814,7 @@ impl Dispatcher {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        let scheduled = envelope.not_before_ms > self.now.unix_ms;
+        let scheduled = hold_ms > 0;
         let record = TaskRecord {
             task_id: envelope.id,
             name: envelope.name.clone(),
@@ -818,7 +834,7 @@ impl Dispatcher {
             value: Bytes::new(),
         };
         let id = envelope.id;
-        let due = scheduled.then_some(envelope.not_before_ms);
+        let due = scheduled.then(|| self.mono_ms(self.now).saturating_add(hold_ms));
         if let Some(due) = due {
             self.scheduled.insert((due, seq), id);
         } else {
@@ -1062,11 +1078,13 @@ impl Dispatcher {
                 if policy.should_retry(error.kind, attempt) {
                     let unit = self.next_unit();
                     let delay = policy.delay(attempt, unit);
-                    let due = self.now.unix_ms.saturating_add(delay.as_millis() as u64);
+                    let delay_ms = delay.as_millis() as u64;
+                    let due = self.mono_ms(self.now).saturating_add(delay_ms);
+                    let not_before = self.now.unix_ms.saturating_add(delay_ms);
                     let entry = self.tasks.get_mut(&id).expect("checked above");
                     info!(task = %id, attempt, "task failed ({error}); retrying in {delay:?}");
                     entry.envelope.attempt += 1;
-                    entry.envelope.not_before_ms = due;
+                    entry.envelope.not_before_ms = not_before;
                     entry.record.status = TaskStatus::Retrying;
                     entry.record.error = Some(error);
                     entry.due_ms = Some(due);

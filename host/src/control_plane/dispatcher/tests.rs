@@ -744,3 +744,28 @@ fn a_second_subworker_with_the_same_id_is_refused() {
     ));
     assert_eq!(d.workers().by_peer(&first), Some(&WorkerId("sw1".into())));
 }
+
+#[test]
+fn a_wall_clock_step_does_not_move_a_countdown_or_a_retry() {
+    let now = Now::current();
+    let mut d = Dispatcher::new(config(1), vec![spec("add")], now);
+    let client = Bytes::from_static(b"client");
+    hello(&mut d, &client, PeerKind::Client, now);
+    let mut t = task("add", Priority::Normal);
+    t.countdown_ms = 2_000;
+    submit(&mut d, &client, t.clone(), now);
+    assert!(local_runs(&d.take_actions()).is_empty());
+    // Two seconds pass on the monotonic clock while the wall clock steps back an hour.
+    let stepped = Now {
+        at: now.at + Duration::from_secs(2),
+        unix_ms: now.unix_ms - 3_600_000,
+    };
+    d.tick(stepped);
+    let run = local_runs(&d.take_actions());
+    assert_eq!(
+        run.len(),
+        1,
+        "due after 2 s of real time, whatever the wall clock says"
+    );
+    assert_eq!(run[0].id, t.id);
+}
