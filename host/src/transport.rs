@@ -7,11 +7,15 @@
 //! - a DEALER does not reconnect by itself after the ROUTER restarts, so the
 //!   connecting side watches for silence and reconnects itself (`subworker`, `client`);
 //! - a ROUTER send to a peer that stopped reading blocks, so every send goes through one
-//!   writer task and is bounded by [`SEND_TIMEOUT`]: a stuck peer costs at most that,
-//!   and its message is dropped with a log line;
+//!   writer task and is bounded by [`SEND_TIMEOUT`]: a stuck peer costs at most that
+//!   once, its message is dropped with a log line, and further messages to it are
+//!   dropped at once for [`STALL_BACKOFF`] so it does not slow everyone else;
 //! - a dropped peer is reported by the socket monitor at once ([`ServerEvent::Disconnected`]).
 
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -24,6 +28,9 @@ use zeromq::{
 
 /// The longest one send may take before the message is dropped.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long messages to a peer whose send timed out are dropped without trying.
+pub const STALL_BACKOFF: Duration = Duration::from_secs(10);
 
 /// A ROUTER's name for a connected peer (its routing identity).
 pub type PeerId = Bytes;
@@ -148,9 +155,20 @@ pub async fn bind(endpoints: &[String]) -> Result<Server, TransportError> {
     });
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<(PeerId, Vec<Bytes>)>();
     tokio::spawn(async move {
+        // Peers whose last send timed out, and since when: one peer that stopped
+        // reading must not cost every other peer SEND_TIMEOUT per message, so messages
+        // to it are dropped at once for STALL_BACKOFF before it is tried again.
+        let mut stalled: HashMap<PeerId, Instant> = HashMap::new();
         while let Some((peer, frames)) = out_rx.recv().await {
+            if let Some(since) = stalled.get(&peer) {
+                if since.elapsed() < STALL_BACKOFF {
+                    debug!("a peer that stopped reading: message dropped");
+                    continue;
+                }
+                stalled.remove(&peer);
+            }
             let mut all = Vec::with_capacity(frames.len() + 1);
-            all.push(peer);
+            all.push(peer.clone());
             all.extend(frames);
             let Ok(message) = ZmqMessage::try_from(all) else {
                 continue;
@@ -158,7 +176,15 @@ pub async fn bind(endpoints: &[String]) -> Result<Server, TransportError> {
             match tokio::time::timeout(SEND_TIMEOUT, send_half.send(message)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(err)) => debug!("send to a peer failed: {err}"),
-                Err(_) => warn!("send to a peer timed out after {SEND_TIMEOUT:?}; message dropped"),
+                Err(_) => {
+                    warn!(
+                        "send to a peer timed out after {SEND_TIMEOUT:?}; its messages are dropped for {STALL_BACKOFF:?}"
+                    );
+                    stalled.insert(peer, Instant::now());
+                    if stalled.len() > 1024 {
+                        stalled.retain(|_, since| since.elapsed() < STALL_BACKOFF);
+                    }
+                }
             }
         }
     });
