@@ -69,6 +69,17 @@ pub enum Command {
     Cancel(TaskIdArgs),
     /// List dead-lettered tasks (their workers kept dying), or replay one.
     DeadLetters(DeadLetterArgs),
+    /// Show the control plane's recent events: plugin reloads (ok or rejected, with
+    /// plugin and versions), subworkers registering, restarting, lost.
+    Events(EventArgs),
+}
+
+/// `fastworker events`.
+#[derive(Debug, Clone, Args)]
+pub struct EventArgs {
+    /// Where the control plane is.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
 }
 
 /// `fastworker dead-letters`.

@@ -390,6 +390,18 @@ impl Client {
         }
     }
 
+    /// The control plane's recent events (plugin reloads, subworkers coming and going),
+    /// oldest first.
+    pub async fn events(&self) -> Result<Vec<crate::protocol::Event>, ClientError> {
+        match self
+            .request(|request_id| ToControlPlane::Events { request_id })
+            .await?
+        {
+            FromControlPlane::EventList { events, .. } => Ok(events),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     /// Queues a dead-lettered task again (same id, fresh attempts and deliveries).
     pub async fn replay(&self, task_id: TaskId) -> Result<(), ClientError> {
         match self
@@ -548,7 +560,8 @@ fn route(shared: &Shared, msg: FromControlPlane) {
         | FromControlPlane::Rejected { request_id, .. }
         | FromControlPlane::StatusReply { request_id, .. }
         | FromControlPlane::CancelReply { request_id, .. }
-        | FromControlPlane::DeadLetterList { request_id, .. } => *request_id,
+        | FromControlPlane::DeadLetterList { request_id, .. }
+        | FromControlPlane::EventList { request_id, .. } => *request_id,
         FromControlPlane::Result(record) => {
             if let Some(tx) = lock(&shared.waiting).remove(&record.task_id) {
                 let _ = tx.send(record.clone());

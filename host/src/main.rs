@@ -64,6 +64,7 @@ fn main() -> ExitCode {
         Command::Submit(args) => one_shot(async move { commands::submit::run(&args).await }),
         Command::Status(args) => one_shot(async move { commands::task::status(&args).await }),
         Command::Cancel(args) => one_shot(async move { commands::task::cancel(&args).await }),
+        Command::Events(args) => one_shot(async move { commands::task::events(&args).await }),
         Command::DeadLetters(args) => {
             one_shot(async move { commands::task::dead_letters(&args).await })
         }

@@ -909,3 +909,50 @@ fn the_control_plane_reloads_its_own_plugins_until_max_reloads() {
         cp.proc.describe()
     );
 }
+
+/// Every reload, ok or rejected, reaches the control plane's event stream (what the
+/// dashboard will show), with plugin, old and new version; `fastworker events` reads it.
+#[test]
+fn reloads_reach_the_control_planes_event_stream() {
+    let _serial = serial();
+    let mut cluster = Reloading::start(&[], &[]);
+    let rt = runtime();
+    let client = connect(&rt, &cluster.cp.base);
+    assert_eq!(version(&rt, &client, &cluster), "1.0.0");
+    let landed = cluster.swap("versioned_v2", Swap::Move);
+    first_answer(&rt, &client, &cluster, "2.0.0", landed);
+    fs::write(cluster.plugin("versioned.so"), b"not a library").expect("write junk");
+    wait_rejections(&mut cluster, 1);
+
+    let mut cmd = cluster.dir.fastworker();
+    cmd.args([
+        "events",
+        "--control-plane-address",
+        &cluster.cp.base,
+        "--json",
+    ]);
+    let out = run(cmd);
+    assert!(out.status.success(), "{out:?}");
+    let events: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("JSON");
+    let events = events.as_array().expect("a list");
+    let find = |kind: &str| {
+        events
+            .iter()
+            .find(|e| e["kind"] == kind && e["subject"] == "sw1")
+            .unwrap_or_else(|| panic!("no {kind} event from sw1 in {events:#?}"))
+    };
+    find("worker.registered");
+    let reloaded = find("plugin.reloaded")["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        reloaded.contains("versioned") && reloaded.contains("1.0.0 -> 2.0.0"),
+        "{reloaded}"
+    );
+    let rejected = find("plugin.rejected")["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(rejected.contains("not a shared library"), "{rejected}");
+}

@@ -2,7 +2,7 @@
 
 use super::{connect::connect, render};
 use crate::{
-    cli::{DeadLetterArgs, TaskIdArgs},
+    cli::{DeadLetterArgs, EventArgs, TaskIdArgs},
     client::ClientError,
     protocol::{CancelOutcome, TaskId},
     task_error::{ErrorKind, TaskError},
@@ -97,5 +97,32 @@ pub async fn dead_letters(args: &DeadLetterArgs) -> Result<String, ClientError> 
                 r.error.as_ref().map(|e| e.message.as_str()).unwrap_or("")
             )
         })
+        .collect())
+}
+
+/// `events`: the control plane's recent events, oldest first.
+pub async fn events(args: &EventArgs) -> Result<String, ClientError> {
+    let client = connect(&args.connect).await?;
+    let events = client.events().await?;
+    if args.connect.json {
+        let list: Vec<_> = events
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "at": e.at_ms,
+                    "kind": e.kind,
+                    "subject": e.subject,
+                    "message": e.message,
+                })
+            })
+            .collect();
+        return Ok(format!("{}\n", serde_json::Value::Array(list)));
+    }
+    if events.is_empty() {
+        return Ok("no events\n".to_string());
+    }
+    Ok(events
+        .iter()
+        .map(|e| format!("{} {} {}: {}\n", e.at_ms, e.kind, e.subject, e.message))
         .collect())
 }

@@ -323,6 +323,13 @@ impl Dispatcher {
                 }
                 self.record_event(&format!("plugin.{}", event.kind), &worker, event.message);
             }
+            ToControlPlane::Events { request_id } => {
+                let events = self.events.iter().cloned().collect();
+                self.actions.push(reply(
+                    peer,
+                    FromControlPlane::EventList { request_id, events },
+                ));
+            }
             ToControlPlane::DeadLetters { request_id } => {
                 let records = self.dead_letters();
                 self.actions.push(reply(

@@ -3,20 +3,7 @@
 
 use std::collections::VecDeque;
 
-use serde::Serialize;
-
-/// One event.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Event {
-    /// Unix ms.
-    pub at_ms: u64,
-    /// Dotted kind, e.g. `plugin.reloaded`, `worker.registered`.
-    pub kind: String,
-    /// Who it concerns (a worker id, a plugin name).
-    pub subject: String,
-    /// One line for people.
-    pub message: String,
-}
+pub use crate::protocol::Event;
 
 /// The last `capacity` events.
 #[derive(Debug)]

@@ -473,6 +473,12 @@ pub enum ToControlPlane {
     /// entry, so the tasks it serves stay known and queue, until it registers again
     /// (or stays away longer than the inactivity limit).
     Restarting,
+    /// The control plane's recent events (at most the last 1,000), oldest first.
+    /// Answered with `EventList`.
+    Events {
+        /// Echoed in the answer.
+        request_id: u64,
+    },
 }
 
 /// What happened to a plugin file on a subworker.
@@ -599,4 +605,25 @@ pub enum FromControlPlane {
         /// The dead-lettered tasks.
         records: Vec<TaskRecord>,
     },
+    /// The answer to `Events`: the control plane's recent events, oldest first.
+    EventList {
+        /// The request answered.
+        request_id: u64,
+        /// The events.
+        events: Vec<Event>,
+    },
+}
+
+/// Something that happened on the control plane or a subworker (a plugin reloaded,
+/// retired or rejected; a subworker registered, restarting or lost).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Unix ms.
+    pub at_ms: u64,
+    /// Dotted kind, e.g. `plugin.reloaded`, `worker.registered`.
+    pub kind: String,
+    /// Who it concerns (a worker id).
+    pub subject: String,
+    /// One line for people.
+    pub message: String,
 }
