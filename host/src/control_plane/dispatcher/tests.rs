@@ -46,6 +46,15 @@ fn hello(d: &mut Dispatcher, peer: &PeerId, kind: PeerKind, now: Now) {
     );
 }
 
+/// A dispatcher with `config` and local `specs`, and a client that said hello.
+fn with_client(config: DispatcherConfig, specs: Vec<TaskSpec>) -> (Now, Dispatcher, PeerId) {
+    let now = Now::current();
+    let mut d = Dispatcher::new(config, specs, now);
+    let client = Bytes::from_static(b"client");
+    hello(&mut d, &client, PeerKind::Client, now);
+    (now, d, client)
+}
+
 fn register(d: &mut Dispatcher, peer: &PeerId, id: &str, concurrency: u32, now: Now) {
     hello(d, peer, PeerKind::Subworker, now);
     d.handle(
@@ -136,10 +145,7 @@ fn failure(t: &TaskEnvelope) -> TaskOutcome {
 
 #[test]
 fn runs_locally_when_no_subworker_and_pushes_the_result() {
-    let now = Now::current();
-    let mut d = Dispatcher::new(config(1), vec![spec("add")], now);
-    let client = Bytes::from_static(b"client");
-    hello(&mut d, &client, PeerKind::Client, now);
+    let (now, mut d, client) = with_client(config(1), vec![spec("add")]);
     let t = task("add", Priority::Normal);
     submit(&mut d, &client, t.clone(), now);
     let run = local_runs(&d.take_actions());
@@ -184,10 +190,7 @@ fn unknown_task_and_message_before_hello_are_rejected() {
 
 #[test]
 fn strict_priority_when_the_only_executor_is_saturated() {
-    let now = Now::current();
-    let mut d = Dispatcher::new(config(1), vec![spec("add")], now);
-    let client = Bytes::from_static(b"client");
-    hello(&mut d, &client, PeerKind::Client, now);
+    let (now, mut d, client) = with_client(config(1), vec![spec("add")]);
     let first = task("add", Priority::Low);
     submit(&mut d, &client, first, now);
     let mut running = local_runs(&d.take_actions()).remove(0);
@@ -256,10 +259,7 @@ fn subworkers_are_preferred_and_least_loaded_first() {
 
 #[test]
 fn a_lost_subworkers_tasks_are_redelivered_then_fail_after_max_deliveries() {
-    let now = Now::current();
-    let mut d = Dispatcher::new(config(0), vec![], now);
-    let client = Bytes::from_static(b"client");
-    hello(&mut d, &client, PeerKind::Client, now);
+    let (now, mut d, client) = with_client(config(0), vec![]);
     let t = task("add", Priority::Normal);
     let mut worker_no = 0u8;
     let mut new_worker = |d: &mut Dispatcher| {
@@ -302,10 +302,7 @@ fn a_lost_subworkers_tasks_are_redelivered_then_fail_after_max_deliveries() {
 
 #[test]
 fn failures_retry_with_delay_then_end_after_max_retries_plus_one_attempts() {
-    let now = Now::current();
-    let mut d = Dispatcher::new(config(1), vec![spec("add")], now);
-    let client = Bytes::from_static(b"client");
-    hello(&mut d, &client, PeerKind::Client, now);
+    let (now, mut d, client) = with_client(config(1), vec![spec("add")]);
     let mut t = task("add", Priority::Normal);
     t.retry.max_retries = Some(2);
     submit(&mut d, &client, t, now);
@@ -337,10 +334,7 @@ fn failures_retry_with_delay_then_end_after_max_retries_plus_one_attempts() {
 
 #[test]
 fn countdown_waits_and_cancel_prevents_the_run() {
-    let now = Now::current();
-    let mut d = Dispatcher::new(config(1), vec![spec("add")], now);
-    let client = Bytes::from_static(b"client");
-    hello(&mut d, &client, PeerKind::Client, now);
+    let (now, mut d, client) = with_client(config(1), vec![spec("add")]);
     let mut later = task("add", Priority::Normal);
     later.not_before_ms = now.unix_ms + 2_000;
     let mut cancelled = task("add", Priority::Normal);
@@ -379,10 +373,7 @@ fn countdown_waits_and_cancel_prevents_the_run() {
 
 #[test]
 fn a_task_past_max_deliveries_is_dead_lettered_and_can_be_replayed() {
-    let now = Now::current();
-    let mut d = Dispatcher::new(config(0), vec![], now);
-    let client = Bytes::from_static(b"client");
-    hello(&mut d, &client, PeerKind::Client, now);
+    let (now, mut d, client) = with_client(config(0), vec![]);
     let t = task("add", Priority::Normal);
     for n in 1..=3u8 {
         let peer = Bytes::from(vec![n]);
@@ -496,10 +487,7 @@ fn periodic_tasks_fire_from_subworker_schedules_only_once_per_tick() {
 
 #[test]
 fn cancelling_a_running_task_signals_its_worker_and_ends_cancelled() {
-    let now = Now::current();
-    let mut d = Dispatcher::new(config(0), vec![], now);
-    let client = Bytes::from_static(b"client");
-    hello(&mut d, &client, PeerKind::Client, now);
+    let (now, mut d, client) = with_client(config(0), vec![]);
     let peer = Bytes::from_static(b"w");
     register(&mut d, &peer, "sw1", 1, now);
     let t = task("slow", Priority::Normal);
@@ -555,10 +543,7 @@ fn cancelling_a_running_task_signals_its_worker_and_ends_cancelled() {
 
 #[test]
 fn a_task_its_worker_no_longer_serves_is_run_elsewhere() {
-    let now = Now::current();
-    let mut d = Dispatcher::new(config(1), vec![spec("add")], now);
-    let client = Bytes::from_static(b"client");
-    hello(&mut d, &client, PeerKind::Client, now);
+    let (now, mut d, client) = with_client(config(1), vec![spec("add")]);
     let peer = Bytes::from_static(b"w");
     register(&mut d, &peer, "sw1", 1, now);
     let t = task("add", Priority::Normal);
@@ -578,10 +563,7 @@ fn a_task_its_worker_no_longer_serves_is_run_elsewhere() {
 
 #[test]
 fn a_batch_is_accepted_all_or_none() {
-    let now = Now::current();
-    let mut d = Dispatcher::new(config(1), vec![spec("add")], now);
-    let client = Bytes::from_static(b"client");
-    hello(&mut d, &client, PeerKind::Client, now);
+    let (now, mut d, client) = with_client(config(1), vec![spec("add")]);
     d.take_actions();
     let batch = vec![
         task("add", Priority::Normal),
@@ -613,10 +595,7 @@ fn a_batch_is_accepted_all_or_none() {
 
 #[test]
 fn a_reconnecting_worker_keeps_the_task_it_is_still_running() {
-    let now = Now::current();
-    let mut d = Dispatcher::new(config(0), vec![], now);
-    let client = Bytes::from_static(b"client");
-    hello(&mut d, &client, PeerKind::Client, now);
+    let (now, mut d, client) = with_client(config(0), vec![]);
     let old = Bytes::from_static(b"old");
     register(&mut d, &old, "sw1", 1, now);
     let t = task("slow", Priority::Normal);
@@ -679,10 +658,7 @@ fn requests_other_than_hello_ping_and_discover_need_hello_first() {
 
 #[test]
 fn a_restarting_subworker_keeps_its_tasks_known_until_it_is_back() {
-    let now = Now::current();
-    let mut d = Dispatcher::new(config(0), vec![], now);
-    let client = Bytes::from_static(b"client");
-    hello(&mut d, &client, PeerKind::Client, now);
+    let (now, mut d, client) = with_client(config(0), vec![]);
     let old = Bytes::from_static(b"old");
     register(&mut d, &old, "sw1", 1, now);
     d.handle(&old, ToControlPlane::Restarting, now);
@@ -747,10 +723,7 @@ fn a_second_subworker_with_the_same_id_is_refused() {
 
 #[test]
 fn a_wall_clock_step_does_not_move_a_countdown_or_a_retry() {
-    let now = Now::current();
-    let mut d = Dispatcher::new(config(1), vec![spec("add")], now);
-    let client = Bytes::from_static(b"client");
-    hello(&mut d, &client, PeerKind::Client, now);
+    let (now, mut d, client) = with_client(config(1), vec![spec("add")]);
     let mut t = task("add", Priority::Normal);
     t.countdown_ms = 2_000;
     submit(&mut d, &client, t.clone(), now);
