@@ -37,7 +37,7 @@ use tokio::runtime::Runtime;
 use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
 
 use crate::{
-    procs::{free_address, mytasks_dir, poll_until, ControlPlane, Proc, STARTUP},
+    procs::{free_address, mytasks_dir, poll_until, runtime, ControlPlane, Proc, STARTUP},
     support::{run, Output, TestDir},
 };
 
@@ -46,16 +46,6 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How long a test waits for a submitted task's result.
 const RESULT_WAIT: Duration = Duration::from_secs(30);
-
-/// A small runtime for the library client; test bodies stay synchronous so process
-/// guards and bounded polls never block a runtime thread.
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
-}
 
 fn connect(rt: &Runtime, address: &str) -> Client {
     rt.block_on(Client::connect(address, CLIENT_TIMEOUT))

@@ -283,3 +283,13 @@ impl ControlPlane {
         proc
     }
 }
+
+/// A small runtime for the library client; test bodies stay synchronous so process
+/// guards and bounded polls never block a runtime thread.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}

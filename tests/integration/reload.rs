@@ -42,7 +42,7 @@ use fastworker::{
 use tokio::runtime::Runtime;
 
 use crate::{
-    procs::{free_address, poll_until, ControlPlane, Proc, STARTUP},
+    procs::{free_address, poll_until, runtime, ControlPlane, Proc, STARTUP},
     support::{plugin_artifact, run, TestDir},
 };
 
@@ -67,14 +67,6 @@ const REJECTED: &str = "rejected, previous version keeps serving";
 fn serial() -> MutexGuard<'static, ()> {
     static SERIAL: Mutex<()> = Mutex::new(());
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
 }
 
 // ---- the cluster ---------------------------------------------------------------------
