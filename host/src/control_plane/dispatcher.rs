@@ -550,10 +550,8 @@ impl Dispatcher {
             self.scheduled.remove(&(due, seq));
             if let Some(entry) = self.tasks.get_mut(&id) {
                 entry.due_ms = None;
-                entry.record.status = TaskStatus::Queued;
-                self.queues
-                    .push(entry.envelope.priority, &entry.envelope.name, entry.seq, id);
             }
+            self.enqueue(id);
         }
         self.fire_periodic();
         for id in self
@@ -914,9 +912,7 @@ impl Dispatcher {
                         self.scheduled.remove(&(due, entry.seq));
                     }
                     None => {
-                        let (p, seq) = (entry.envelope.priority, entry.seq);
-                        let name = entry.envelope.name.clone();
-                        self.queues.remove(p, &name, seq);
+                        self.dequeue(id);
                     }
                 }
                 self.finalize(
@@ -937,15 +933,16 @@ impl Dispatcher {
                 let local_free = ((self.local_in_flight.len() + self.local_overdue) as u32)
                     < self.config.local_concurrency;
                 let local_specs = &self.local_specs;
-                let picked = self.queues.pop_placeable(priority, |name| {
-                    workers.pick(name).is_some() || (local_free && local_specs.contains_key(name))
-                });
-                let Some((name, _seq, id)) = picked else {
+                // Subworkers first (least loaded), the control plane itself last.
+                let picked =
+                    self.queues
+                        .pop_placeable(priority, |name| match workers.pick(name) {
+                            Some(worker) => Some(Holder::Worker(worker.clone())),
+                            None => (local_free && local_specs.contains_key(name))
+                                .then_some(Holder::Local),
+                        });
+                let Some((id, holder)) = picked else {
                     break;
-                };
-                let holder = match self.workers.pick(&name) {
-                    Some(worker) => Holder::Worker(worker.clone()),
-                    None => Holder::Local,
                 };
                 self.assign(id, holder);
             }
@@ -1012,12 +1009,7 @@ impl Dispatcher {
             None if entry.record.status == TaskStatus::Queued => {
                 // Re-queued after its worker went quiet, and the worker came back
                 // with the answer before anyone else took it.
-                let (p, seq, name) = (
-                    entry.envelope.priority,
-                    entry.seq,
-                    entry.envelope.name.clone(),
-                );
-                self.queues.remove(p, &name, seq);
+                self.dequeue(id);
             }
             _ => {
                 debug!(task = %id, "outcome from a worker not holding the task: ignored");
@@ -1054,10 +1046,7 @@ impl Dispatcher {
                     }
                 }
                 if self.known_task(&name) {
-                    let entry = self.tasks.get_mut(&id).expect("checked above");
-                    entry.record.status = TaskStatus::Queued;
-                    self.queues
-                        .push(entry.envelope.priority, &name, entry.seq, id);
+                    self.enqueue(id);
                     return;
                 }
             }
@@ -1103,8 +1092,8 @@ impl Dispatcher {
         }
     }
 
-    /// A worker no longer holds `task`: queue it again at its old place, or fail it
-    /// once it has been delivered `max_deliveries` times.
+    /// A worker no longer holds `task`: queue it again at its old place, or dead-letter
+    /// it once workers holding it have been lost `max_deliveries` times.
     fn worker_lost_task(&mut self, task: TaskId, worker: &WorkerId) {
         let Some(entry) = self.tasks.get_mut(&task) else {
             return;
@@ -1144,13 +1133,24 @@ impl Dispatcher {
             return;
         }
         warn!(%task, %worker, "re-queueing a task its worker lost");
-        entry.record.status = TaskStatus::Queued;
-        self.queues.push(
-            entry.envelope.priority,
-            &entry.envelope.name,
-            entry.seq,
-            task,
-        );
+        self.enqueue(task);
+    }
+
+    /// Puts a task (back) in its queue, at the place its sequence number gives it.
+    fn enqueue(&mut self, id: TaskId) {
+        if let Some(entry) = self.tasks.get_mut(&id) {
+            entry.record.status = TaskStatus::Queued;
+            self.queues
+                .push(entry.envelope.priority, &entry.envelope.name, entry.seq, id);
+        }
+    }
+
+    /// Takes a task out of its queue; true if it was there.
+    fn dequeue(&mut self, id: TaskId) -> bool {
+        self.tasks.get(&id).is_some_and(|entry| {
+            self.queues
+                .remove(entry.envelope.priority, &entry.envelope.name, entry.seq)
+        })
     }
 
     /// A worker that reconnected says it is still running `task`: if the task went back
@@ -1163,14 +1163,12 @@ impl Dispatcher {
         if entry.holder.is_some() || entry.record.status != TaskStatus::Queued {
             return;
         }
-        let (p, seq, name) = (
-            entry.envelope.priority,
-            entry.seq,
-            entry.envelope.name.clone(),
-        );
-        if !self.queues.remove(p, &name, seq) {
+        if !self.dequeue(task) {
             return;
         }
+        let Some(entry) = self.tasks.get_mut(&task) else {
+            return;
+        };
         debug!(%task, %worker, "reconnected worker keeps the task it is running");
         entry.holder = Some(Holder::Worker(worker.clone()));
         entry.record.status = TaskStatus::Running;

@@ -53,33 +53,34 @@ impl ReadyQueues {
         removed
     }
 
-    /// Takes the oldest task of `priority` whose name `can_place` accepts.
-    pub fn pop_placeable(
+    /// Takes the oldest task of `priority` for whose name `place` finds a place, and
+    /// returns it with that place (so the caller does not look for it twice).
+    pub fn pop_placeable<P>(
         &mut self,
         priority: Priority,
-        mut can_place: impl FnMut(&str) -> bool,
-    ) -> Option<(String, u64, TaskId)> {
+        mut place: impl FnMut(&str) -> Option<P>,
+    ) -> Option<(TaskId, P)> {
         let level = &mut self.levels[priority.index()];
-        let mut best: Option<(&String, u64)> = None;
+        let mut best: Option<(&String, u64, P)> = None;
         for (name, queue) in level.iter() {
             let Some((&seq, _)) = queue.first_key_value() else {
                 continue;
             };
-            if best.is_some_and(|(_, s)| s < seq) {
+            if best.as_ref().is_some_and(|(_, s, _)| *s < seq) {
                 continue;
             }
-            if can_place(name) {
-                best = Some((name, seq));
+            if let Some(found) = place(name) {
+                best = Some((name, seq, found));
             }
         }
-        let (name, seq) = best.map(|(n, s)| (n.clone(), s))?;
+        let (name, seq, found) = best.map(|(n, s, f)| (n.clone(), s, f))?;
         let queue = level.get_mut(&name)?;
         let id = queue.remove(&seq)?;
         if queue.is_empty() {
             level.remove(&name);
         }
         self.lens[priority.index()] -= 1;
-        Some((name, seq, id))
+        Some((id, found))
     }
 
     /// How many tasks wait at `priority`.
@@ -112,8 +113,8 @@ mod tests {
         q.push(Priority::Normal, "b", 2, id(2));
         q.push(Priority::Normal, "a", 1, id(1));
         q.push(Priority::Normal, "a", 3, id(3));
-        let order: Vec<_> = std::iter::from_fn(|| q.pop_placeable(Priority::Normal, |_| true))
-            .map(|(_, s, _)| s)
+        let order: Vec<_> = std::iter::from_fn(|| q.pop_placeable(Priority::Normal, |_| Some(())))
+            .map(|(id, ())| id.0.as_bytes()[0] as u64)
             .collect();
         assert_eq!(order, [1, 2, 3]);
         assert!(q.is_empty());
@@ -124,10 +125,14 @@ mod tests {
         let mut q = ReadyQueues::new();
         q.push(Priority::High, "busy", 1, id(1));
         q.push(Priority::High, "free", 2, id(2));
-        let got = q.pop_placeable(Priority::High, |n| n == "free").unwrap();
-        assert_eq!(got.1, 2);
+        let got = q
+            .pop_placeable(Priority::High, |n| (n == "free").then_some(n.len()))
+            .unwrap();
+        assert_eq!(got, (id(2), 4), "the task and the place found for it");
         assert_eq!(q.len(Priority::High), 1);
-        assert!(q.pop_placeable(Priority::High, |n| n == "free").is_none());
+        assert!(q
+            .pop_placeable(Priority::High, |n| (n == "free").then_some(()))
+            .is_none());
     }
 
     #[test]
@@ -137,7 +142,10 @@ mod tests {
         q.push(Priority::Low, "a", 1, id(1));
         assert!(q.remove(Priority::Low, "a", 5));
         assert!(!q.remove(Priority::Low, "a", 5));
-        assert_eq!(q.pop_placeable(Priority::Low, |_| true).unwrap().2, id(1));
+        assert_eq!(
+            q.pop_placeable(Priority::Low, |_| Some(())).unwrap().0,
+            id(1)
+        );
         assert_eq!(q.total(), 0);
     }
 }
