@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 use crate::{
-    plugin::{call::call_task, CallContext, PluginRegistry},
+    plugin::{call::call_task, CallContext},
     protocol::{now_ms, AttemptResult, TaskEnvelope, TaskId, TaskOutcome},
     task_error::{ErrorKind, TaskError},
 };
@@ -149,28 +149,10 @@ impl Executor {
                     completed_ms: now_ms(),
                     value: value.into(),
                 },
-                Ok(Err(error)) => {
-                    let gave_up = matches!(error.kind, ErrorKind::Failed | ErrorKind::Cancelled);
-                    let error = if !gave_up {
-                        error
-                    } else if cancelled.load(Ordering::SeqCst) {
-                        // The host cancelled it and the task stopped.
-                        TaskError::new(ErrorKind::Cancelled, error.message)
-                    } else if deadline_ms > 0 && now_ms() >= deadline_ms {
-                        // The task saw its own deadline pass and stopped before our
-                        // timer fired: that is a timeout, not a failure.
-                        TaskError::new(
-                            ErrorKind::TimedOut,
-                            format!(
-                                "task `{}` ran past its timeout ({})",
-                                task.name, error.message
-                            ),
-                        )
-                    } else {
-                        error
-                    };
-                    failure(&task, error, started_ms)
-                }
+                // A task that stopped because its context said so is reported as
+                // cancelled or timed out by the SDK inside the plugin (it sees the
+                // same flag and deadline), so its error passes through as it is.
+                Ok(Err(error)) => failure(&task, error, started_ms),
                 Err(join_error) => failure(
                     &task,
                     TaskError::new(
@@ -234,41 +216,4 @@ fn failure(task: &TaskEnvelope, error: TaskError, started_ms: u64) -> TaskOutcom
         completed_ms: now_ms(),
         value: bytes::Bytes::new(),
     }
-}
-
-/// What a registry serves, as announced to the control plane.
-pub fn task_specs(registry: &PluginRegistry) -> Vec<crate::protocol::TaskSpec> {
-    registry
-        .tasks()
-        .into_iter()
-        .map(|t| {
-            let info = t.info();
-            crate::protocol::TaskSpec {
-                name: info.name.clone(),
-                max_retries: info.max_retries,
-                retry_delay_secs: info.retry_delay_secs,
-                retry_backoff: info.retry_backoff,
-                retry_backoff_max_secs: info.retry_backoff_max_secs,
-                timeout_secs: info.timeout_secs,
-                periodic: info
-                    .periodic
-                    .as_ref()
-                    .map(|p| crate::protocol::PeriodicSpec {
-                        interval_secs: match &p.schedule {
-                            crate::plugin::loader::PeriodicSchedule::Interval(secs) => Some(*secs),
-                            crate::plugin::loader::PeriodicSchedule::Cron(_) => None,
-                        },
-                        cron: match &p.schedule {
-                            crate::plugin::loader::PeriodicSchedule::Cron(expr) => {
-                                Some(expr.clone())
-                            }
-                            crate::plugin::loader::PeriodicSchedule::Interval(_) => None,
-                        },
-                        repeat_count: p.repeat_count,
-                        repeat_until_unix: p.repeat_until_unix,
-                    }),
-                priority: info.priority.into(),
-            }
-        })
-        .collect()
 }
