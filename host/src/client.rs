@@ -332,17 +332,7 @@ impl Client {
 
     /// The task's record now (`None` if unknown or expired).
     pub async fn status(&self, task_id: TaskId) -> Result<Option<TaskRecord>, ClientError> {
-        match self
-            .request(|request_id| ToControlPlane::Status {
-                request_id,
-                task_id,
-                wait: false,
-            })
-            .await?
-        {
-            FromControlPlane::StatusReply { record, .. } => Ok(record),
-            other => Err(ClientError::Unexpected(format!("{other:?}"))),
-        }
+        self.status_request(task_id, false, self.timeout).await
     }
 
     /// Waits (at most `wait`) until the task is final, then returns its record
@@ -352,11 +342,20 @@ impl Client {
         task_id: TaskId,
         wait: Duration,
     ) -> Result<Option<TaskRecord>, ClientError> {
+        self.status_request(task_id, true, wait).await
+    }
+
+    async fn status_request(
+        &self,
+        task_id: TaskId,
+        wait: bool,
+        limit: Duration,
+    ) -> Result<Option<TaskRecord>, ClientError> {
         match self
-            .request_within(wait, |request_id| ToControlPlane::Status {
+            .request_within(limit, |request_id| ToControlPlane::Status {
                 request_id,
                 task_id,
-                wait: true,
+                wait,
             })
             .await?
         {

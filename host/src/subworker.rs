@@ -19,7 +19,7 @@ use tracing::{debug, error, info, warn};
 use crate::{
     cli::SubworkerArgs,
     client::discover,
-    executor::{task_specs, Executor},
+    executor::Executor,
     plugin::watch::load_and_watch,
     protocol::{
         self, FromControlPlane, Hello, PeerKind, PluginEvent, Registration, TaskOutcome,
@@ -69,7 +69,7 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
         };
         let registration = Registration {
             worker_id: worker_id.clone(),
-            tasks: task_specs(&registry.load()),
+            tasks: registry.load().task_specs(),
             concurrency: args.concurrency.max(1),
             address: status_address.clone(),
             pid: std::process::id(),
@@ -201,7 +201,7 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
                     report.log(&worker_id.0);
                     let mut ok = send(&mut conn, &ToControlPlane::PluginEvent(PluginEvent::from(&report))).await;
                     if report.changed_tasks() {
-                        let tasks = task_specs(&registry.load());
+                        let tasks = registry.load().task_specs();
                         ok &= send(&mut conn, &ToControlPlane::TasksChanged { tasks }).await;
                     }
                     let reloads = plugins.reloads();

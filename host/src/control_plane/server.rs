@@ -18,7 +18,7 @@ use crate::probe::probe_reply;
 use super::dispatcher::{Action, Dispatcher, DispatcherConfig, Now};
 use crate::{
     cli::ControlPlaneArgs,
-    executor::{task_specs, Executor},
+    executor::Executor,
     plugin::watch::load_and_watch,
     protocol::{self, Announcement, FromControlPlane, ToControlPlane, PROTOCOL_VERSION},
     transport::{self, Outbox, PeerId, ServerEvent},
@@ -44,7 +44,7 @@ fn send(outbox: &Outbox, peer: &PeerId, msg: &FromControlPlane) {
 pub async fn run(args: ControlPlaneArgs, plugin_dir: &Path) -> anyhow::Result<()> {
     let mut plugins = load_and_watch(&args.task_modules, plugin_dir, !args.no_watch)?;
     let registry = plugins.registry.clone();
-    let local_specs = task_specs(&registry.load());
+    let local_specs = registry.load().task_specs();
 
     let mut endpoints = vec![args.base_address.clone()];
     let sub_endpoint = subworker_endpoint(&args.base_address, args.subworker_port);
@@ -152,7 +152,7 @@ pub async fn run(args: ControlPlaneArgs, plugin_dir: &Path) -> anyhow::Result<()
                 let event = crate::protocol::PluginEvent::from(&report);
                 dispatcher.record_event(&format!("plugin.{}", event.kind), &args.worker_id, event.message);
                 if report.changed_tasks() {
-                    dispatcher.set_local_specs(task_specs(&registry.load()));
+                    dispatcher.set_local_specs(registry.load().task_specs());
                 }
                 if plugins.watching() && plugins.reloads() >= args.max_reloads {
                     warn!(

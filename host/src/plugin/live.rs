@@ -21,6 +21,8 @@ use std::{
 
 use arc_swap::ArcSwap;
 
+use crate::protocol::PluginEvent;
+
 use super::{
     loader::{content_hash, LoadError, PluginLoader},
     registry::{load_modules, source_key, PluginRegistry, RegistryError},
@@ -116,6 +118,50 @@ impl std::fmt::Display for ReloadReport {
                     path.display()
                 )
             }
+        }
+    }
+}
+
+/// The report as the protocol carries it to the control plane's event stream.
+impl From<&ReloadReport> for PluginEvent {
+    fn from(report: &ReloadReport) -> Self {
+        let message = report.to_string();
+        match report {
+            ReloadReport::Loaded {
+                path,
+                plugin,
+                old_version,
+                new_version,
+                ..
+            } => PluginEvent {
+                kind: "reloaded".into(),
+                plugin: plugin.clone(),
+                path: path.display().to_string(),
+                old_version: old_version.clone(),
+                new_version: Some(new_version.clone()),
+                message,
+            },
+            ReloadReport::Retired {
+                path,
+                plugin,
+                version,
+                ..
+            } => PluginEvent {
+                kind: "retired".into(),
+                plugin: plugin.clone(),
+                path: path.display().to_string(),
+                old_version: Some(version.clone()),
+                new_version: None,
+                message,
+            },
+            ReloadReport::Rejected { path, .. } => PluginEvent {
+                kind: "rejected".into(),
+                plugin: String::new(),
+                path: path.display().to_string(),
+                old_version: None,
+                new_version: None,
+                message,
+            },
         }
     }
 }

@@ -13,7 +13,7 @@ use std::{
 use tracing::warn;
 
 use super::{
-    loader::{LoadError, LoadedPlugin, PluginLoader, TaskInfo},
+    loader::{LoadError, LoadedPlugin, PeriodicSchedule, PluginLoader, TaskInfo},
     resolve::{plugin_files_in, resolve_word, ModuleSource},
 };
 
@@ -160,6 +160,37 @@ impl PluginRegistry {
     /// The loaded plugins, by source path.
     pub fn plugins(&self) -> impl Iterator<Item = &Arc<LoadedPlugin>> {
         self.plugins.values()
+    }
+
+    /// What this registry serves, as a host announces it to the control plane.
+    pub fn task_specs(&self) -> Vec<crate::protocol::TaskSpec> {
+        self.tasks()
+            .into_iter()
+            .map(|t| {
+                let info = t.info();
+                crate::protocol::TaskSpec {
+                    name: info.name.clone(),
+                    max_retries: info.max_retries,
+                    retry_delay_secs: info.retry_delay_secs,
+                    retry_backoff: info.retry_backoff,
+                    retry_backoff_max_secs: info.retry_backoff_max_secs,
+                    timeout_secs: info.timeout_secs,
+                    periodic: info.periodic.as_ref().map(|p| {
+                        let (interval_secs, cron) = match &p.schedule {
+                            PeriodicSchedule::Interval(secs) => (Some(*secs), None),
+                            PeriodicSchedule::Cron(expr) => (None, Some(expr.clone())),
+                        };
+                        crate::protocol::PeriodicSpec {
+                            interval_secs,
+                            cron,
+                            repeat_count: p.repeat_count,
+                            repeat_until_unix: p.repeat_until_unix,
+                        }
+                    }),
+                    priority: info.priority.into(),
+                }
+            })
+            .collect()
     }
 
     /// The plugin loaded from `source`, if any.

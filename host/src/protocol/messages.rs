@@ -498,50 +498,6 @@ pub struct PluginEvent {
     pub message: String,
 }
 
-impl From<&crate::plugin::ReloadReport> for PluginEvent {
-    fn from(report: &crate::plugin::ReloadReport) -> Self {
-        use crate::plugin::ReloadReport;
-        let message = report.to_string();
-        match report {
-            ReloadReport::Loaded {
-                path,
-                plugin,
-                old_version,
-                new_version,
-                ..
-            } => PluginEvent {
-                kind: "reloaded".into(),
-                plugin: plugin.clone(),
-                path: path.display().to_string(),
-                old_version: old_version.clone(),
-                new_version: Some(new_version.clone()),
-                message,
-            },
-            ReloadReport::Retired {
-                path,
-                plugin,
-                version,
-                ..
-            } => PluginEvent {
-                kind: "retired".into(),
-                plugin: plugin.clone(),
-                path: path.display().to_string(),
-                old_version: Some(version.clone()),
-                new_version: None,
-                message,
-            },
-            ReloadReport::Rejected { path, .. } => PluginEvent {
-                kind: "rejected".into(),
-                plugin: String::new(),
-                path: path.display().to_string(),
-                old_version: None,
-                new_version: None,
-                message,
-            },
-        }
-    }
-}
-
 /// Everything a control plane sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum FromControlPlane {
