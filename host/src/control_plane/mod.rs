@@ -15,3 +15,18 @@ pub mod result_cache;
 pub mod retry;
 pub mod server;
 pub mod workers;
+
+/// A task spec for tests: no retries, 1 s first delay, x2 backoff, 10 s cap.
+#[cfg(test)]
+pub(crate) fn test_spec(name: &str) -> crate::protocol::TaskSpec {
+    crate::protocol::TaskSpec {
+        name: name.into(),
+        max_retries: 0,
+        retry_delay_secs: 1.0,
+        retry_backoff: 2.0,
+        retry_backoff_max_secs: 10.0,
+        timeout_secs: None,
+        periodic: None,
+        priority: crate::protocol::Priority::Normal,
+    }
+}

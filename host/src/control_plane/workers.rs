@@ -267,18 +267,7 @@ mod tests {
 
     use super::*;
 
-    fn spec(name: &str) -> TaskSpec {
-        TaskSpec {
-            name: name.into(),
-            max_retries: 0,
-            retry_delay_secs: 1.0,
-            retry_backoff: 2.0,
-            retry_backoff_max_secs: 10.0,
-            timeout_secs: None,
-            periodic: None,
-            priority: crate::protocol::Priority::Normal,
-        }
-    }
+    use crate::control_plane::test_spec as spec;
 
     fn table(now: Instant) -> WorkerTable {
         let mut t = WorkerTable::new();
