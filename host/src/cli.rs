@@ -1,9 +1,14 @@
 //! The command line: every subcommand and flag, with the original's defaults and
 //! `FASTWORKER_*` environment variables (a flag beats its variable).
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::transport::{
+    auth::{ClusterKey, KeyError},
+    TransportConfig,
+};
 
 /// fastworker: a brokerless distributed task host.
 #[derive(Debug, Parser)]
@@ -72,6 +77,71 @@ pub enum Command {
     /// Show the control plane's recent events: plugin reloads (ok or rejected, with
     /// plugin and versions), subworkers registering, restarting, lost.
     Events(EventArgs),
+    /// Write a new random cluster key to FILE (mode 0600), for --auth-key-file.
+    Keygen(KeygenArgs),
+}
+
+/// `fastworker keygen`.
+#[derive(Debug, Clone, Args)]
+pub struct KeygenArgs {
+    /// Where to write the key; an existing file is never overwritten.
+    pub file: PathBuf,
+}
+
+/// The cluster key and the message limits: every command that talks to other
+/// fastworker processes takes them. The key may also come from the
+/// `FASTWORKER_AUTH_KEY` environment variable (64 hex digits; two, comma-separated,
+/// during a rotation), never from the command line, where `ps` would show it.
+#[derive(Debug, Clone, Args)]
+pub struct SecurityArgs {
+    /// File with the cluster key (`fastworker keygen FILE` makes one). With a key,
+    /// only peers that know it get in, and every message is sealed.
+    #[arg(long, env = "FASTWORKER_AUTH_KEY_FILE", value_name = "FILE")]
+    pub auth_key_file: Option<PathBuf>,
+    /// The longest message accepted from a peer (all its frames), e.g. 80MiB; a peer
+    /// that declares more is disconnected.
+    #[arg(long, env = "FASTWORKER_MAX_MESSAGE_SIZE", default_value = "80MiB", value_parser = parse_size)]
+    pub max_message_size: u64,
+    /// The largest task payload or result accepted, e.g. 64MiB.
+    #[arg(long, env = "FASTWORKER_MAX_PAYLOAD_SIZE", default_value = "64MiB", value_parser = parse_size)]
+    pub max_payload_size: u64,
+}
+
+/// How a process that listens treats incoming connections.
+#[derive(Debug, Clone, Args)]
+pub struct ListenArgs {
+    /// Connections accepted at once (lowered at start when the descriptor limit
+    /// cannot hold that many).
+    #[arg(long, env = "FASTWORKER_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Seconds a new connection has to finish its handshake (and, with a key, prove
+    /// it) before it is closed.
+    #[arg(long, default_value_t = 5.0)]
+    pub handshake_timeout: f64,
+    /// Listen on a non-loopback address without a cluster key (anyone who can reach
+    /// the port can then submit, read, cancel and register).
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+/// Parses `80MiB`, `64MB`, `1GiB`, `512KiB`, or plain bytes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size (e.g. 80MiB or 1048576)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("`{text}`: unknown unit (use B, KiB, MiB or GiB)")),
+    };
+    n.checked_mul(mult)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("`{text}` is out of range"))
 }
 
 /// `fastworker events`.
@@ -112,6 +182,9 @@ pub struct ConnectArgs {
     /// Print machine-readable JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// The cluster key and limits.
+    #[command(flatten)]
+    pub security: SecurityArgs,
 }
 
 /// `fastworker control-plane`.
@@ -174,6 +247,12 @@ pub struct ControlPlaneArgs {
     /// (old versions stay mapped; it cannot restart in place without losing its queue).
     #[arg(long, env = "FASTWORKER_MAX_RELOADS", default_value_t = 64)]
     pub max_reloads: u64,
+    /// The cluster key and limits.
+    #[command(flatten)]
+    pub security: SecurityArgs,
+    /// Connection limits.
+    #[command(flatten)]
+    pub listen: ListenArgs,
 }
 
 /// `fastworker subworker`.
@@ -215,6 +294,12 @@ pub struct SubworkerArgs {
     /// this subworker drains and restarts in place to free the stuck thread.
     #[arg(long, default_value_t = 10.0)]
     pub hung_task_grace: f64,
+    /// The cluster key and limits.
+    #[command(flatten)]
+    pub security: SecurityArgs,
+    /// Connection limits (for the status endpoint at --base-address).
+    #[command(flatten)]
+    pub listen: ListenArgs,
 }
 
 /// Task priority.
@@ -308,4 +393,64 @@ pub struct TaskIdArgs {
     /// Where the control plane is.
     #[command(flatten)]
     pub connect: ConnectArgs,
+}
+
+impl SecurityArgs {
+    /// The cluster key: from --auth-key-file, else from `FASTWORKER_AUTH_KEY`, else none.
+    pub fn cluster_key(&self) -> Result<Option<ClusterKey>, KeyError> {
+        if let Some(path) = &self.auth_key_file {
+            return ClusterKey::load(path).map(Some);
+        }
+        match std::env::var("FASTWORKER_AUTH_KEY") {
+            Ok(text) if !text.trim().is_empty() => ClusterKey::parse(&text)
+                .map(Some)
+                .map_err(|e| KeyError::Format(format!("FASTWORKER_AUTH_KEY: {e}"))),
+            _ => Ok(None),
+        }
+    }
+
+    /// What the transport enforces, for a process that only connects.
+    pub fn transport_config(&self) -> Result<TransportConfig, KeyError> {
+        Ok(TransportConfig {
+            max_message_bytes: self.max_message_size,
+            key: self.cluster_key()?,
+            ..TransportConfig::default()
+        })
+    }
+
+    /// What the transport enforces, for a process that also listens on `addresses`:
+    /// refuses a non-loopback address without a key unless --insecure.
+    pub fn listen_config(
+        &self,
+        listen: &ListenArgs,
+        addresses: &[&str],
+    ) -> Result<TransportConfig, String> {
+        let mut config = self.transport_config().map_err(|e| e.to_string())?;
+        if config.key.is_none() && !listen.insecure {
+            if let Some(open) = addresses.iter().find(|a| !is_loopback_endpoint(a)) {
+                return Err(format!(
+                    "refusing to listen on {open} without a cluster key: anyone who can reach it could submit, read, cancel and register. Give --auth-key-file (make a key with `fastworker keygen FILE`), or --insecure on a network you trust"
+                ));
+            }
+        }
+        config.max_connections = listen.max_connections.max(1);
+        config.handshake_timeout =
+            Duration::from_secs_f64(listen.handshake_timeout.clamp(0.05, 3600.0));
+        Ok(config)
+    }
+}
+
+/// Is `endpoint` (`tcp://host:port`) on the loopback interface?
+pub fn is_loopback_endpoint(endpoint: &str) -> bool {
+    let host = endpoint
+        .strip_prefix("tcp://")
+        .and_then(|rest| rest.rsplit_once(':'))
+        .map(|(host, _)| host.trim_start_matches('[').trim_end_matches(']'));
+    match host {
+        Some("localhost") => true,
+        Some(h) => h
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    }
 }

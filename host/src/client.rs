@@ -24,13 +24,13 @@ use crate::{
         TaskId, TaskRecord, TaskStatus, ToControlPlane, PROTOCOL_VERSION,
     },
     task_error::TaskError,
-    transport::{self, TransportError},
+    transport::{self, TransportConfig, TransportError},
 };
 
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The control plane could not be reached.
+    /// The control plane could not be reached, or refused the cluster key.
     #[error(transparent)]
     Transport(#[from] TransportError),
     /// The control plane refused the connection.
@@ -61,6 +61,17 @@ pub enum ClientError {
     /// The control plane answered something unexpected.
     #[error("unexpected answer: {0}")]
     Unexpected(String),
+    /// The client's own settings are unusable (an unreadable key file, say).
+    #[error("{0}")]
+    Settings(String),
+    /// The request is larger than one message may be; nothing was sent.
+    #[error("the request is {size} bytes, over the limit of {limit} bytes for one message (--max-message-size); split the batch or send smaller payloads")]
+    TooLarge {
+        /// Its encoded size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
 }
 
 type Pending = Mutex<HashMap<u64, oneshot::Sender<FromControlPlane>>>;
@@ -89,14 +100,18 @@ pub struct Client {
     shared: Arc<Shared>,
     control_plane_id: String,
     timeout: Duration,
+    /// The longest message this client sends: its own limit, or the control plane's
+    /// when that is lower.
+    max_message: u64,
 }
 
 /// Asks the discovery endpoint where the control plane is.
 pub async fn discover(
     discovery_address: &str,
     timeout: Duration,
+    config: &TransportConfig,
 ) -> Result<Announcement, ClientError> {
-    let mut conn = transport::connect(discovery_address, timeout).await?;
+    let mut conn = transport::connect(discovery_address, timeout, config).await?;
     let frames = protocol::encode(&ToControlPlane::Discover)
         .map_err(|e| ClientError::Unexpected(e.to_string()))?;
     conn.sender.send(frames).await?;
@@ -105,6 +120,9 @@ pub async fn discover(
             let frames = conn.receiver.recv().await?;
             match protocol::decode::<FromControlPlane>(&frames) {
                 Ok(FromControlPlane::Announce(a)) => return Ok(a),
+                Ok(FromControlPlane::Refused { reason }) => {
+                    return Err(ClientError::Refused(reason))
+                }
                 Ok(other) => debug!("discovery: ignoring {other:?}"),
                 Err(e) => return Err(ClientError::Unexpected(e.to_string())),
             }
@@ -115,9 +133,20 @@ pub async fn discover(
 }
 
 impl Client {
-    /// Connects to the control plane at `address` and says hello; waits at most `timeout`.
+    /// Connects to the control plane at `address` (no cluster key, default limits) and
+    /// says hello; waits at most `timeout`.
     pub async fn connect(address: &str, timeout: Duration) -> Result<Client, ClientError> {
-        let conn = transport::connect(address, timeout).await?;
+        Client::connect_with(address, timeout, &TransportConfig::default()).await
+    }
+
+    /// Connects to the control plane at `address` with `config` (its cluster key and
+    /// limits) and says hello; waits at most `timeout`.
+    pub async fn connect_with(
+        address: &str,
+        timeout: Duration,
+        config: &TransportConfig,
+    ) -> Result<Client, ClientError> {
+        let conn = transport::connect(address, timeout, config).await?;
         let shared = Arc::new(Shared {
             next_request: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
@@ -137,6 +166,7 @@ impl Client {
         tokio::spawn(run_connection(
             address.to_string(),
             timeout,
+            config.clone(),
             conn,
             hello,
             rx,
@@ -146,8 +176,19 @@ impl Client {
             .await
             .map_err(|_| ClientError::Timeout(timeout))?
             .map_err(|_| ClientError::Disconnected)?;
+        let mut max_message = config.max_message_bytes;
         let control_plane_id = match welcome {
-            FromControlPlane::Welcome(w) => w.control_plane_id,
+            FromControlPlane::Welcome(w) => {
+                for feature in &w.features {
+                    if let Some(n) = feature
+                        .strip_prefix("max-message-size=")
+                        .and_then(|n| n.parse::<u64>().ok())
+                    {
+                        max_message = max_message.min(n);
+                    }
+                }
+                w.control_plane_id
+            }
             FromControlPlane::Refused { reason } => return Err(ClientError::Refused(reason)),
             other => return Err(ClientError::Unexpected(format!("{other:?}"))),
         };
@@ -156,16 +197,28 @@ impl Client {
             shared,
             control_plane_id,
             timeout,
+            max_message,
         })
     }
 
-    /// Finds the control plane through `discovery_address`, then connects.
+    /// Finds the control plane through `discovery_address`, then connects (no cluster
+    /// key, default limits).
     pub async fn discover(
         discovery_address: &str,
         timeout: Duration,
     ) -> Result<Client, ClientError> {
-        let announcement = discover(discovery_address, timeout).await?;
-        Client::connect(&announcement.base_address, timeout).await
+        Client::discover_with(discovery_address, timeout, &TransportConfig::default()).await
+    }
+
+    /// Finds the control plane through `discovery_address`, then connects, both with
+    /// `config`.
+    pub async fn discover_with(
+        discovery_address: &str,
+        timeout: Duration,
+        config: &TransportConfig,
+    ) -> Result<Client, ClientError> {
+        let announcement = discover(discovery_address, timeout, config).await?;
+        Client::connect_with(&announcement.base_address, timeout, config).await
     }
 
     /// The id of the control plane this client talks to.
@@ -188,6 +241,17 @@ impl Client {
         let id = self.shared.next_request.fetch_add(1, Ordering::Relaxed);
         let frames =
             protocol::encode(&make(id)).map_err(|e| ClientError::Unexpected(e.to_string()))?;
+        // What the transport counts: every frame's bytes plus its per-frame overhead.
+        let size: u64 = frames
+            .iter()
+            .map(|f| f.len() as u64 + transport::zmtp::FRAME_OVERHEAD)
+            .sum();
+        if size > self.max_message + transport::zmtp::FRAME_OVERHEAD {
+            return Err(ClientError::TooLarge {
+                size,
+                limit: self.max_message,
+            });
+        }
         let (tx, rx) = oneshot::channel();
         let epoch = {
             let mut pending = lock(&self.shared.pending);
@@ -479,6 +543,7 @@ const KEEPALIVE: Duration = Duration::from_secs(2);
 async fn run_connection(
     address: String,
     timeout: Duration,
+    config: TransportConfig,
     first: transport::Connection,
     hello: Vec<Bytes>,
     mut outgoing: mpsc::UnboundedReceiver<Outgoing>,
@@ -490,7 +555,7 @@ async fn run_connection(
     loop {
         let mut current = match conn.take() {
             Some(c) => c,
-            None => match transport::connect(&address, timeout).await {
+            None => match transport::connect(&address, timeout, &config).await {
                 Ok(c) => {
                     debug!("client reconnected to {address}");
                     backoff = Duration::from_millis(100);

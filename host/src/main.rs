@@ -68,7 +68,9 @@ fn main() -> ExitCode {
         Command::DeadLetters(args) => {
             one_shot(async move { commands::task::dead_letters(&args).await })
         }
+        Command::Keygen(args) => commands::keygen::run(&args).map(|text| print!("{text}")),
     };
+    fastworker::transport::relay::remove_private_dir();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use crate::{
     protocol::{self, FromControlPlane, ToControlPlane},
     task_error::{ErrorKind, TaskError},
+    transport::{Outbox, PeerId},
 };
 
 /// The answer of a probe endpoint to `frames`: `Ping` gets `Pong`, whatever `answer`
@@ -25,5 +26,16 @@ pub fn probe_reply(
         Err(err) => FromControlPlane::Refused {
             reason: err.to_string(),
         },
+    }
+}
+
+/// Answers a peer that did not prove it knows the cluster key, in the protocol it
+/// speaks, and closes its connection.
+pub fn refuse_unauthenticated(outbox: &Outbox, peer: &PeerId) {
+    let msg = FromControlPlane::Refused {
+        reason: "this fastworker cluster requires the cluster key (--auth-key-file or FASTWORKER_AUTH_KEY)".into(),
+    };
+    if let Ok(frames) = protocol::encode(&msg) {
+        outbox.refuse(peer, frames);
     }
 }

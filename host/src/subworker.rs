@@ -25,7 +25,7 @@ use crate::{
         self, FromControlPlane, Hello, PeerKind, PluginEvent, Registration, TaskOutcome,
         ToControlPlane, WorkerId, PROTOCOL_VERSION,
     },
-    transport::{self, Connection, ServerEvent},
+    transport::{self, Connection, ServerEvent, TransportConfig},
 };
 
 /// How long to wait for the control plane when (re)connecting.
@@ -41,8 +41,15 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
     let mut restart_after_drain = false;
     let worker_id = WorkerId(args.worker_id.clone());
 
+    let connect_config = args.security.transport_config()?;
     let status_address = match &args.base_address {
-        Some(address) => Some(serve_status(address, &worker_id).await?),
+        Some(address) => {
+            let config = args
+                .security
+                .listen_config(&args.listen, &[address.as_str()])
+                .map_err(|e| anyhow::anyhow!(e))?;
+            Some(serve_status(address, &worker_id, &config).await?)
+        }
         None => None,
     };
 
@@ -56,10 +63,14 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
     let mut backoff = Duration::from_millis(100);
 
     'connection: loop {
-        let (mut conn, address) = match connect_to_control_plane(&args).await {
+        let (mut conn, address) = match connect_to_control_plane(&args, &connect_config).await {
             Ok(connected) => connected,
             Err(err) => {
-                warn!("{err}; retrying in {backoff:?}");
+                if let Some(transport::TransportError::Refused(reason)) = err.downcast_ref() {
+                    error!("{reason}");
+                    anyhow::bail!("refused by the control plane: {reason}");
+                }
+                warn!("{err:#}; retrying in {backoff:?}");
                 if wait_or_stop(backoff, &mut shutdown, &mut draining, &executor).await {
                     return finish_without_control_plane(&executor, &undelivered);
                 }
@@ -163,7 +174,8 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
                         Err(err) => warn!("unreadable message from the control plane: {err}"),
                     }
                 }
-                Some(outcome) = outcomes.recv() => {
+                Some(mut outcome) = outcomes.recv() => {
+                    outcome.cap_value(args.security.max_payload_size);
                     if !send(&mut conn, &ToControlPlane::Outcome(outcome.clone())).await {
                         undelivered.push_back(outcome);
                         continue 'connection;
@@ -280,15 +292,18 @@ async fn send(conn: &mut Connection, msg: &ToControlPlane) -> bool {
 }
 
 /// Finds the control plane (directly or through discovery) and connects to it.
-async fn connect_to_control_plane(args: &SubworkerArgs) -> anyhow::Result<(Connection, String)> {
-    let address = resolve_address(args)
+async fn connect_to_control_plane(
+    args: &SubworkerArgs,
+    config: &TransportConfig,
+) -> anyhow::Result<(Connection, String)> {
+    let address = resolve_address(args, config)
         .await
         .context("cannot find the control plane")?;
-    let conn = transport::connect(&address, CONNECT_TIMEOUT).await?;
+    let conn = transport::connect(&address, CONNECT_TIMEOUT, config).await?;
     Ok((conn, address))
 }
 
-async fn resolve_address(args: &SubworkerArgs) -> anyhow::Result<String> {
+async fn resolve_address(args: &SubworkerArgs, config: &TransportConfig) -> anyhow::Result<String> {
     if let Some(address) = &args.control_plane_address {
         return Ok(address.clone());
     }
@@ -296,7 +311,7 @@ async fn resolve_address(args: &SubworkerArgs) -> anyhow::Result<String> {
         .discovery_address
         .as_deref()
         .context("either --control-plane-address or --discovery-address is needed")?;
-    let announcement = discover(discovery, CONNECT_TIMEOUT).await?;
+    let announcement = discover(discovery, CONNECT_TIMEOUT, config).await?;
     Ok(announcement
         .subworker_address
         .unwrap_or(announcement.base_address))
@@ -337,16 +352,25 @@ fn finish_without_control_plane(
 
 /// Binds the subworker's own status endpoint at `address`: it answers `Hello` and
 /// `Ping`, so an operator (or the dashboard) can check it directly.
-async fn serve_status(address: &str, worker_id: &WorkerId) -> anyhow::Result<String> {
-    let mut server = transport::bind(&[address.to_string()])
+async fn serve_status(
+    address: &str,
+    worker_id: &WorkerId,
+    config: &TransportConfig,
+) -> anyhow::Result<String> {
+    let mut server = transport::bind(&[address.to_string()], config)
         .await
         .with_context(|| format!("subworker {worker_id} cannot use --base-address {address}"))?;
     let endpoint = server.endpoints[0].clone();
     let id = worker_id.0.clone();
     tokio::spawn(async move {
         while let Some(event) = server.events.recv().await {
-            let ServerEvent::Message { peer, frames } = event else {
-                continue;
+            let (peer, frames) = match event {
+                ServerEvent::Message { peer, frames } => (peer, frames),
+                ServerEvent::Unauthenticated { peer, .. } => {
+                    crate::probe::refuse_unauthenticated(&server.outbox, &peer);
+                    continue;
+                }
+                ServerEvent::Disconnected(_) => continue,
             };
             let answer = crate::probe::probe_reply(
                 &frames,

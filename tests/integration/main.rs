@@ -2,6 +2,7 @@
 //! loads the real plugins cargo built (`cargo build --workspace` builds them).
 
 mod cluster;
+mod hostile;
 mod lifecycle;
 mod plugins;
 mod procs;

@@ -225,6 +225,8 @@ pub struct ControlPlane {
     pub base: String,
     /// Its discovery endpoint (`--discovery-address`).
     pub discovery: String,
+    /// Its extra endpoint for subworkers (`--subworker-port` on the base host).
+    pub subworker_endpoint: String,
 }
 
 impl ControlPlane {
@@ -233,6 +235,7 @@ impl ControlPlane {
     pub fn start(dir: &TestDir, extra: &[&str]) -> ControlPlane {
         let base = free_address();
         let discovery = free_address();
+        let subworker_port = free_port();
         let mut args: Vec<String> = vec![
             "control-plane".into(),
             "--no-gui".into(),
@@ -241,7 +244,7 @@ impl ControlPlane {
             "--discovery-address".into(),
             discovery.clone(),
             "--subworker-port".into(),
-            free_port().to_string(),
+            subworker_port.to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut proc = Proc::spawn(dir, "control-plane", &args);
@@ -250,6 +253,7 @@ impl ControlPlane {
             proc,
             base,
             discovery,
+            subworker_endpoint: format!("tcp://127.0.0.1:{subworker_port}"),
         }
     }
 

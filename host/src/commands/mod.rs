@@ -1,6 +1,7 @@
 //! One module per subcommand: each turns parsed arguments into work and output.
 
 pub mod connect;
+pub mod keygen;
 pub mod list;
 pub mod render;
 pub mod submit;

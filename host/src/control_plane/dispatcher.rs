@@ -81,6 +81,11 @@ pub struct DispatcherConfig {
     pub local_concurrency: u32,
     /// The endpoints announced by discovery.
     pub announcement: crate::protocol::Announcement,
+    /// The largest payload or result accepted, in bytes.
+    pub max_payload_bytes: u64,
+    /// The largest message the transport accepts, in bytes (told to clients in
+    /// `Welcome`, so they can refuse an oversized batch themselves).
+    pub max_message_bytes: u64,
 }
 
 /// Something the caller must do.
@@ -286,7 +291,13 @@ impl Dispatcher {
                     FromControlPlane::Welcome(Welcome {
                         protocol_version: PROTOCOL_VERSION,
                         control_plane_id: self.config.id.clone(),
-                        features: vec!["batch".into(), "wait".into(), "cancel".into()],
+                        features: vec![
+                            "batch".into(),
+                            "wait".into(),
+                            "cancel".into(),
+                            format!("max-payload-size={}", self.config.max_payload_bytes),
+                            format!("max-message-size={}", self.config.max_message_bytes),
+                        ],
                     }),
                 ));
             }
@@ -763,6 +774,16 @@ impl Dispatcher {
         }
         for task in tasks {
             check_spans(task)?;
+            let size = task.payload.len() as u64;
+            if size > self.config.max_payload_bytes {
+                return Err(TaskError::new(
+                    ErrorKind::Rejected,
+                    format!(
+                        "task {}: its payload is {size} bytes, over the limit of {} bytes (--max-payload-size)",
+                        task.id, self.config.max_payload_bytes
+                    ),
+                ));
+            }
         }
         let mut seen = HashSet::with_capacity(tasks.len());
         for task in tasks {
@@ -994,7 +1015,8 @@ impl Dispatcher {
         }
     }
 
-    fn outcome(&mut self, from: Holder, outcome: TaskOutcome) {
+    fn outcome(&mut self, from: Holder, mut outcome: TaskOutcome) {
+        outcome.cap_value(self.config.max_payload_bytes);
         let id = outcome.task_id;
         let Some(entry) = self.tasks.get_mut(&id) else {
             debug!(task = %id, "outcome for a task no longer running: ignored");

@@ -21,7 +21,7 @@ use crate::{
     executor::Executor,
     plugin::watch::load_and_watch,
     protocol::{self, Announcement, FromControlPlane, ToControlPlane, PROTOCOL_VERSION},
-    transport::{self, Outbox, PeerId, ServerEvent},
+    transport::{self, Outbox, PeerId, ServerEvent, TransportConfig},
 };
 
 /// The subworker endpoint: the base address's host with `port`.
@@ -53,12 +53,21 @@ pub async fn run(args: ControlPlaneArgs, plugin_dir: &Path) -> anyhow::Result<()
             endpoints.push(e.clone());
         }
     }
-    let mut server = transport::bind(&endpoints)
+    let mut listening: Vec<&str> = endpoints.iter().map(String::as_str).collect();
+    listening.push(&args.discovery_address);
+    let transport_config = args
+        .security
+        .listen_config(&args.listen, &listening)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let mut server = transport::bind(&endpoints, &transport_config)
         .await
         .context("control plane cannot start")?;
-    let mut discovery = transport::bind(std::slice::from_ref(&args.discovery_address))
-        .await
-        .context("control plane cannot start its discovery endpoint")?;
+    let mut discovery = transport::bind(
+        std::slice::from_ref(&args.discovery_address),
+        &transport_config,
+    )
+    .await
+    .context("control plane cannot start its discovery endpoint")?;
 
     let announcement = Announcement {
         control_plane_id: args.worker_id.clone(),
@@ -74,6 +83,8 @@ pub async fn run(args: ControlPlaneArgs, plugin_dir: &Path) -> anyhow::Result<()
         cache_ttl: Duration::from_secs(args.result_cache_ttl),
         local_concurrency: args.concurrency,
         announcement: announcement.clone(),
+        max_payload_bytes: args.security.max_payload_size,
+        max_message_bytes: args.security.max_message_size,
     };
     let task_names: Vec<String> = local_specs.iter().map(|s| s.name.clone()).collect();
     let mut dispatcher = Dispatcher::new(config, local_specs, Now::current());
@@ -105,6 +116,11 @@ pub async fn run(args: ControlPlaneArgs, plugin_dir: &Path) -> anyhow::Result<()
         args.worker_id, server.endpoints[0], server.endpoints[0]
     );
 
+    // Callback receivers are the user's own programs: guarded, but without the key.
+    let callback_config = TransportConfig {
+        key: None,
+        ..transport_config.clone()
+    };
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut announce = tokio::time::interval(Duration::from_secs(2));
@@ -124,6 +140,7 @@ pub async fn run(args: ControlPlaneArgs, plugin_dir: &Path) -> anyhow::Result<()
                         Err(err) => dispatcher.malformed(&peer, &err),
                     }
                 }
+                Some(ServerEvent::Unauthenticated { peer, .. }) => crate::probe::refuse_unauthenticated(&server.outbox, &peer),
                 Some(ServerEvent::Disconnected(peer)) => dispatcher.peer_disconnected(&peer, Now::current()),
                 None => anyhow::bail!("the control plane's socket closed"),
             },
@@ -143,6 +160,7 @@ pub async fn run(args: ControlPlaneArgs, plugin_dir: &Path) -> anyhow::Result<()
                     );
                     send(&discovery.outbox, &peer, &answer);
                 }
+                Some(ServerEvent::Unauthenticated { peer, .. }) => crate::probe::refuse_unauthenticated(&discovery.outbox, &peer),
                 Some(ServerEvent::Disconnected(peer)) => discovery_peers.retain(|p| p != &peer),
                 None => anyhow::bail!("the discovery socket closed"),
             },
@@ -187,7 +205,7 @@ pub async fn run(args: ControlPlaneArgs, plugin_dir: &Path) -> anyhow::Result<()
         }
         dispatcher.set_local_overdue(executor.overdue());
         for action in dispatcher.take_actions() {
-            perform(action, &server.outbox, &executor);
+            perform(action, &server.outbox, &executor, &callback_config);
         }
         if let Some(until) = stopping_until {
             let idle = dispatcher.in_flight() == 0 && dispatcher.queued() == 0;
@@ -207,7 +225,7 @@ pub async fn run(args: ControlPlaneArgs, plugin_dir: &Path) -> anyhow::Result<()
                     warn!("{left} tasks (running, queued, scheduled or retrying) end as failures: the control plane is stopping");
                 }
                 for action in dispatcher.take_actions() {
-                    perform(action, &server.outbox, &executor);
+                    perform(action, &server.outbox, &executor, &callback_config);
                 }
                 info!("control plane stopped");
                 // Give the writer a moment to flush the last replies.
@@ -218,7 +236,7 @@ pub async fn run(args: ControlPlaneArgs, plugin_dir: &Path) -> anyhow::Result<()
     }
 }
 
-fn perform(action: Action, outbox: &Outbox, executor: &Executor) {
+fn perform(action: Action, outbox: &Outbox, executor: &Executor, callbacks: &TransportConfig) {
     match action {
         Action::Send { peer, msg } => send(outbox, &peer, &msg),
         Action::RunLocal(task) => executor.start(task),
@@ -226,7 +244,7 @@ fn perform(action: Action, outbox: &Outbox, executor: &Executor) {
             executor.cancel(&id);
         }
         Action::Callback { callback, record } => {
-            tokio::spawn(deliver_callback(callback, record));
+            tokio::spawn(deliver_callback(callback, record, callbacks.clone()));
         }
     }
 }
@@ -235,6 +253,7 @@ fn perform(action: Action, outbox: &Outbox, executor: &Executor) {
 async fn deliver_callback(
     callback: crate::protocol::Callback,
     record: crate::protocol::TaskRecord,
+    config: TransportConfig,
 ) {
     let body = serde_json::json!({
         "task_id": record.task_id.to_string(),
@@ -248,7 +267,7 @@ async fn deliver_callback(
     let payload = Bytes::from(body.to_string());
     let mut delay = Duration::from_millis(200);
     for attempt in 1..=3 {
-        match transport::connect(&callback.address, Duration::from_secs(2)).await {
+        match transport::connect(&callback.address, Duration::from_secs(2), &config).await {
             Ok(mut conn) => {
                 if conn.sender.send(vec![payload.clone()]).await.is_ok() {
                     return;

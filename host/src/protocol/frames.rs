@@ -45,6 +45,12 @@ pub enum ProtocolError {
     /// The message could not be encoded (should not happen).
     #[error("cannot encode message: {0}")]
     Encode(String),
+    /// The header frame is longer than [`MAX_HEADER_BYTES`].
+    #[error("header of {size} bytes is over the limit of {MAX_HEADER_BYTES} bytes")]
+    HeaderTooLarge {
+        /// Its length.
+        size: u64,
+    },
 }
 
 fn options() -> impl Options {
@@ -128,6 +134,12 @@ pub fn encode<M: Serialize + Framed>(msg: &M) -> Result<Vec<Bytes>, ProtocolErro
 /// Decodes frames (without any routing identity) into a message.
 pub fn decode<M: DeserializeOwned + Framed>(frames: &[Bytes]) -> Result<M, ProtocolError> {
     let header = frames.first().ok_or(ProtocolError::Empty)?;
+    // bincode's slice reader ignores `with_limit`, so the limit is checked here.
+    if header.len() as u64 > MAX_HEADER_BYTES {
+        return Err(ProtocolError::HeaderTooLarge {
+            size: header.len() as u64,
+        });
+    }
     if header.len() < 3 || header[..2] != MAGIC {
         return Err(ProtocolError::BadMagic);
     }
@@ -330,6 +342,15 @@ mod tests {
             Err(ProtocolError::PayloadCount {
                 expected: 1,
                 found: 0
+            })
+        );
+        // A header over the limit is refused before it is decoded.
+        let mut big = b"FW\x01".to_vec();
+        big.resize(MAX_HEADER_BYTES as usize + 1, 0);
+        assert_eq!(
+            decode::<ToControlPlane>(&[Bytes::from(big)]),
+            Err(ProtocolError::HeaderTooLarge {
+                size: MAX_HEADER_BYTES + 1
             })
         );
         // Garbage of every length up to 64 bytes after a valid prefix never panics.

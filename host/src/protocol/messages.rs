@@ -310,6 +310,23 @@ pub struct TaskOutcome {
     pub value: Bytes,
 }
 
+impl TaskOutcome {
+    /// Turns a success whose value is over `max_payload` bytes into a failure that
+    /// says so: such a result is never sent on or stored.
+    pub fn cap_value(&mut self, max_payload: u64) {
+        let size = self.value.len() as u64;
+        if size > max_payload && self.result == AttemptResult::Success {
+            self.result = AttemptResult::Failure(TaskError::new(
+                crate::task_error::ErrorKind::Failed,
+                format!(
+                    "the result is {size} bytes, over the limit of {max_payload} bytes (--max-payload-size)"
+                ),
+            ));
+            self.value = Bytes::new();
+        }
+    }
+}
+
 /// A task a worker serves, with the defaults its plugin declares.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskSpec {

@@ -30,6 +30,8 @@ fn config(local_concurrency: u32) -> DispatcherConfig {
             subworker_address: None,
             protocol_version: PROTOCOL_VERSION,
         },
+        max_payload_bytes: 1024,
+        max_message_bytes: 4096,
     }
 }
 
