@@ -14,6 +14,20 @@ Library use::
 
 Or keep one connection open with ``Client(address)``.
 
+With a cluster key (a control plane started with ``--auth-key-file``), pass it::
+
+    key = fw.load_key("/etc/fastworker/cluster.key")  # or fw.load_key(): from the env
+    fw.submit(addr, "add", [5, 3], key=key)
+    with fw.Client(addr, key=key) as c: ...
+
+``key`` may be a loaded ``ClusterKey`` or the key text itself (64 hex digits).
+``load_key()`` without a path reads ``FASTWORKER_AUTH_KEY_FILE`` (a file) or else
+``FASTWORKER_AUTH_KEY`` (the key text), like the Rust binary. Only the standard library
+(``hmac``, ``hashlib``, ``os``) is used for the handshake and the seals.
+
+``Subworker(address, worker_id, tasks, key=...)`` is a minimal subworker: it registers,
+keeps the secret of its ``Registered`` and answers each ``Assign`` with its lease.
+
 Command line::
 
     python3 fastworker_client.py --control-plane-address tcp://127.0.0.1:5555 add 5 3
@@ -21,9 +35,12 @@ Command line::
     python3 fastworker_client.py --control-plane-address ... --non-blocking sleep_ms 2000
     python3 fastworker_client.py --control-plane-address ... --status TASK_ID
     python3 fastworker_client.py --control-plane-address ... --cancel TASK_ID
+    python3 fastworker_client.py --auth-key-file cluster.key --control-plane-address ... add 5 3
 """
 
 import argparse
+import hashlib
+import hmac
 import json
 import os
 import struct
@@ -51,12 +68,19 @@ CANCEL_OUTCOMES = ["cancelled", "signalled", "already_finished", "not_found"]
 # ToControlPlane variant indexes
 HELLO, SUBMIT, SUBMIT_BATCH, STATUS, CANCEL, REGISTER, HEARTBEAT, OUTCOME, \
     TASKS_CHANGED, DRAINING, UNREGISTER, PING, DISCOVER, PLUGIN_EVENT, DEAD_LETTERS, \
-    REPLAY = range(16)
+    REPLAY, RESTARTING, EVENTS = range(18)
 
 # FromControlPlane variant indexes
 FROM_NAMES = ["welcome", "refused", "accepted", "rejected", "result", "status_reply",
               "cancel_reply", "assign", "cancel_task", "heartbeat_ack", "pong", "announce",
-              "dead_letter_list"]
+              "dead_letter_list", "event_list", "registered"]
+
+LEASE_LEN = 16    # LeaseToken: 16 raw bytes (a fixed array: no length prefix)
+SECRET_LEN = 32   # WorkerSecret: 32 raw bytes (likewise)
+
+# The limits a control plane announces in Welcome.features (these are its defaults).
+DEFAULT_MAX_PAYLOAD_SIZE = 64 * 1024 * 1024
+DEFAULT_MAX_MESSAGE_SIZE = 80 * 1024 * 1024
 
 
 # --- errors -------------------------------------------------------------------
@@ -71,6 +95,21 @@ class ProtocolError(FastworkerError):
 
 class Refused(FastworkerError):
     """The control plane refused the connection (Refused{reason})."""
+
+
+class AuthRefused(Refused):
+    """The cluster-key handshake failed: the server sent a Refuse frame (wrong key, or a
+    server without a key), or could not prove it knows our key."""
+
+
+class MessageTooLarge(FastworkerError):
+    """A request was not sent: its frames add up to more than the server's
+    max-message-size (the server would disconnect us)."""
+
+    def __init__(self, size, limit):
+        super().__init__("the request is %d bytes, over the server's max-message-size of %d "
+                         "bytes: not sent" % (size, limit))
+        self.size, self.limit = size, limit
 
 
 class Timeout(FastworkerError):
@@ -347,14 +386,34 @@ def encode_cancel(request_id, task_id):
     return [w.getvalue()]
 
 
-def encode_register(worker_id, tasks, concurrency=1, address=None, pid=None, running=()):
+def _fixed_bytes(value, n, what):
+    """bytes of exactly n (a lease, a secret); hex text is accepted too."""
+    if isinstance(value, str):
+        value = bytes.fromhex(value)
+    value = bytes(value)
+    if len(value) != n:
+        raise TypeError("%s must be %d bytes, got %d" % (what, n, len(value)))
+    return value
+
+
+def encode_register(worker_id, tasks, concurrency=1, address=None, pid=None,
+                    secret=None, running=()):
+    """Register(Registration). secret: the 32 bytes of the last Registered under this
+    worker id (None the first time). running: claims of tasks still running from
+    before a reconnect, each (task_id, lease) or {"task_id", "lease"}."""
     w = _header(REGISTER)
     w.string(worker_id)
     w.vec(list(tasks), lambda s: write_task_spec(w, s))
     w.u32(concurrency)
     w.option(address, w.string)
-    w.u32(os.getpid() if pid is None else pid)
-    w.vec(list(running), w.uuid)
+    w.u32(os.getpid() if pid is None else pid)  # informational only
+    w.option(secret, lambda v: w.parts.append(_fixed_bytes(v, SECRET_LEN, "a worker secret")))
+
+    def claim(c):
+        task_id, lease = (c["task_id"], c["lease"]) if isinstance(c, dict) else c
+        w.uuid(task_id)
+        w.parts.append(_fixed_bytes(lease, LEASE_LEN, "a lease"))
+    w.vec(list(running), claim)
     return [w.getvalue()]
 
 
@@ -365,12 +424,15 @@ def encode_heartbeat(running, free_slots):
     return [w.getvalue()]
 
 
-def encode_outcome(task_id, delivery_count, error=None, value=b"",
+def encode_outcome(task_id, delivery_count, lease, error=None, value=b"",
                    started_ms=0, completed_ms=0):
-    """error None = Success (value is the encoded result); else {kind, message}."""
+    """Outcome(TaskOutcome). lease: the 16 bytes of the Assign it answers (an outcome
+    with another lease is ignored). error None = Success (value is the encoded
+    result); else {kind, message} and an empty value frame."""
     w = _header(OUTCOME)
     w.uuid(task_id)
     w.u32(delivery_count)
+    w.parts.append(_fixed_bytes(lease, LEASE_LEN, "a lease"))
     if error is None:
         w.u32(0)
     else:
@@ -394,8 +456,14 @@ def encode_replay(request_id, task_id):
     return [w.getvalue()]
 
 
+def encode_events(request_id):
+    w = _header(EVENTS)
+    w.u64(request_id)
+    return [w.getvalue()]
+
+
 def encode_unit(variant):
-    """Draining, Unregister, Discover."""
+    """Draining, Unregister, Discover, Restarting."""
     return [_header(variant).getvalue()]
 
 
@@ -443,6 +511,7 @@ def decode(frames):
         msg["status"] = r.enum(TASK_STATUSES) if outcome == "already_finished" else None
     elif kind == "assign":
         msg["task"] = read_envelope(r)
+        msg["lease"] = bytes(r.take(LEASE_LEN))  # send it back in the Outcome
         payload_slot = (msg["task"], "payload")
     elif kind == "cancel_task":
         msg["task_id"] = r.uuid()
@@ -456,6 +525,12 @@ def decode(frames):
         msg["records"] = r.vec(lambda: read_record(r))
         for record in msg["records"]:  # values are not sent
             record["value"], record["result"] = b"", None
+    elif kind == "event_list":
+        msg["request_id"] = r.u64()
+        msg["events"] = r.vec(lambda: {"at_ms": r.u64(), "kind": r.string(),
+                                       "subject": r.string(), "message": r.string()})
+    elif kind == "registered":
+        msg["secret"] = bytes(r.take(SECRET_LEN))  # show it when registering again
     r.end()
     expected = 1 if payload_slot else 0
     if len(frames) - 1 != expected:

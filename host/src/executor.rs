@@ -11,7 +11,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicBool, AtomicU32, Ordering},
+        atomic::{AtomicBool, Ordering},
         Arc, Mutex,
     },
     time::{Duration, Instant},
@@ -22,7 +22,9 @@ use tracing::debug;
 
 use crate::{
     plugin::{call::call_task, CallContext},
-    protocol::{now_ms, AttemptResult, TaskEnvelope, TaskId, TaskOutcome},
+    protocol::{
+        now_ms, AttemptResult, LeaseToken, RunningClaim, TaskEnvelope, TaskId, TaskOutcome,
+    },
     task_error::{ErrorKind, TaskError},
 };
 
@@ -32,10 +34,10 @@ pub use crate::plugin::SharedRegistry;
 struct Running {
     /// Set to cancel it.
     cancelled: Arc<AtomicBool>,
-    /// The delivery its outcome answers: a task handed out again while it still runs
-    /// here (its lease was given up while this host was silent) keeps running once and
-    /// answers the newest delivery.
-    delivery: Arc<AtomicU32>,
+    /// The delivery and lease its outcome answers: a task handed out again while it
+    /// still runs here (its lease was given up while this host was silent) keeps
+    /// running once and answers the newest assignment.
+    assignment: Arc<Mutex<(u32, LeaseToken)>>,
 }
 
 /// Runs tasks and reports their outcomes on a channel.
@@ -63,9 +65,9 @@ impl Executor {
         }
     }
 
-    /// Starts `task`; its outcome arrives on the channel. Must be called inside a
-    /// tokio runtime.
-    pub fn start(&self, task: TaskEnvelope) {
+    /// Starts `task` under `lease`; its outcome arrives on the channel. Must be called
+    /// inside a tokio runtime.
+    pub fn start(&self, task: TaskEnvelope, lease: LeaseToken) {
         let started_ms = now_ms();
         let handle = self.registry.load().task(&task.name).cloned();
         let Some(handle) = handle else {
@@ -73,17 +75,15 @@ impl Executor {
                 ErrorKind::UnknownTask,
                 format!("no loaded plugin serves task `{}` here", task.name),
             );
-            let _ = self.outcomes.send(failure(&task, error, started_ms));
+            let _ = self.outcomes.send(failure(&task, lease, error, started_ms));
             return;
         };
         let cancelled = Arc::new(AtomicBool::new(false));
-        let delivery = Arc::new(AtomicU32::new(task.delivery_count));
+        let assignment = Arc::new(Mutex::new((task.delivery_count, lease)));
         {
             let mut running = lock(&self.running);
             if let Some(already) = running.get(&task.id) {
-                already
-                    .delivery
-                    .store(task.delivery_count, Ordering::SeqCst);
+                *lock(&already.assignment) = (task.delivery_count, lease);
                 debug!(task = %task.id, "handed out again while it runs here: not started twice");
                 return;
             }
@@ -91,7 +91,7 @@ impl Executor {
                 task.id,
                 Running {
                     cancelled: cancelled.clone(),
-                    delivery: delivery.clone(),
+                    assignment: assignment.clone(),
                 },
             );
         }
@@ -144,6 +144,7 @@ impl Executor {
                 Ok(Ok(value)) => TaskOutcome {
                     task_id: task.id,
                     delivery_count: task.delivery_count,
+                    lease,
                     result: AttemptResult::Success,
                     started_ms,
                     completed_ms: now_ms(),
@@ -152,9 +153,10 @@ impl Executor {
                 // A task that stopped because its context said so is reported as
                 // cancelled or timed out by the SDK inside the plugin (it sees the
                 // same flag and deadline), so its error passes through as it is.
-                Ok(Err(error)) => failure(&task, error, started_ms),
+                Ok(Err(error)) => failure(&task, lease, error, started_ms),
                 Err(join_error) => failure(
                     &task,
+                    lease,
                     TaskError::new(
                         ErrorKind::Internal,
                         format!("task thread failed: {join_error}"),
@@ -167,7 +169,7 @@ impl Executor {
             // subworker must not unregister with an outcome still unsent).
             let mut running = lock(&this.running);
             running.remove(&task.id);
-            outcome.delivery_count = delivery.load(Ordering::SeqCst);
+            (outcome.delivery_count, outcome.lease) = *lock(&assignment);
             if this.outcomes.send(outcome).is_err() {
                 debug!(task = %task.id, "outcome dropped: the executor's owner is gone");
             }
@@ -191,9 +193,15 @@ impl Executor {
         lock(&self.running).len()
     }
 
-    /// Ids of the tasks running now.
-    pub fn running_ids(&self) -> Vec<TaskId> {
-        lock(&self.running).keys().copied().collect()
+    /// The tasks running now, each with the lease it runs under.
+    pub fn running_claims(&self) -> Vec<RunningClaim> {
+        lock(&self.running)
+            .iter()
+            .map(|(id, r)| RunningClaim {
+                task_id: *id,
+                lease: lock(&r.assignment).1,
+            })
+            .collect()
     }
 
     /// Tasks reported timed out whose threads have not returned yet.
@@ -207,10 +215,16 @@ impl Executor {
     }
 }
 
-fn failure(task: &TaskEnvelope, error: TaskError, started_ms: u64) -> TaskOutcome {
+fn failure(
+    task: &TaskEnvelope,
+    lease: LeaseToken,
+    error: TaskError,
+    started_ms: u64,
+) -> TaskOutcome {
     TaskOutcome {
         task_id: task.id,
         delivery_count: task.delivery_count,
+        lease,
         result: AttemptResult::Failure(error),
         started_ms,
         completed_ms: now_ms(),

@@ -23,10 +23,13 @@ use crate::{
     plugin::watch::load_and_watch,
     protocol::{
         self, FromControlPlane, Hello, PeerKind, PluginEvent, Registration, TaskOutcome,
-        ToControlPlane, WorkerId, PROTOCOL_VERSION,
+        ToControlPlane, WorkerId, WorkerSecret, PROTOCOL_VERSION,
     },
     transport::{self, Connection, ServerEvent, TransportConfig},
 };
+
+/// Where a subworker restarting in place finds its worker secret.
+const SECRET_ENV: &str = "FASTWORKER_WORKER_SECRET";
 
 /// How long to wait for the control plane when (re)connecting.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -40,6 +43,11 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
     }
     let mut restart_after_drain = false;
     let worker_id = WorkerId(args.worker_id.clone());
+    // The secret that lets this worker id register again: issued by the control plane
+    // in `Registered`, handed to our own restart in place through the environment.
+    let mut secret = std::env::var(SECRET_ENV)
+        .ok()
+        .and_then(|hex| WorkerSecret::from_hex(&hex));
 
     let connect_config = args.security.transport_config()?;
     let status_address = match &args.base_address {
@@ -84,7 +92,8 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
             concurrency: args.concurrency.max(1),
             address: status_address.clone(),
             pid: std::process::id(),
-            running: executor.running_ids(),
+            secret,
+            running: executor.running_claims(),
         };
         let mut greeting = vec![
             ToControlPlane::Hello(Hello {
@@ -132,7 +141,7 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
                     info!(worker = %worker_id, "all tasks finished and reported; restarting");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     drop(conn);
-                    return Err(restart_in_place());
+                    return Err(restart_in_place(secret));
                 }
                 let _ = send(&mut conn, &ToControlPlane::Unregister).await;
                 info!(worker = %worker_id, "all tasks finished and reported; unregistered");
@@ -150,9 +159,12 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
                     };
                     last_heard = Instant::now();
                     match protocol::decode::<FromControlPlane>(&frames) {
-                        Ok(FromControlPlane::Assign(task)) => {
+                        Ok(FromControlPlane::Assign { task, lease }) => {
                             debug!(task = %task.id, name = %task.name, "assigned");
-                            executor.start(task);
+                            executor.start(task, lease);
+                        }
+                        Ok(FromControlPlane::Registered { secret: issued }) => {
+                            secret = Some(issued);
                         }
                         Ok(FromControlPlane::CancelTask { task_id }) => {
                             if executor.cancel(&task_id) {
@@ -248,7 +260,7 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
 /// Replaces this process with a fresh copy of itself, same arguments (so the same
 /// worker id). Old plugin versions stay mapped until the process is replaced; this is
 /// how `--max-reloads` bounds that memory. Returns only if the exec failed.
-fn restart_in_place() -> anyhow::Error {
+fn restart_in_place(secret: Option<WorkerSecret>) -> anyhow::Error {
     #[cfg(unix)]
     {
         use std::os::unix::process::CommandExt;
@@ -264,9 +276,13 @@ fn restart_in_place() -> anyhow::Error {
             }
         };
         info!("restarting in place: {}", exe.display());
-        let err = std::process::Command::new(exe)
-            .args(std::env::args_os().skip(1))
-            .exec();
+        let mut command = std::process::Command::new(exe);
+        command.args(std::env::args_os().skip(1));
+        if let Some(secret) = secret {
+            // The environment, not argv: other users cannot read it in /proc.
+            command.env(SECRET_ENV, secret.to_hex());
+        }
+        let err = command.exec();
         anyhow::anyhow!("cannot restart in place: {err}")
     }
     #[cfg(not(unix))]

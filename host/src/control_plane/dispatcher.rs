@@ -29,9 +29,9 @@ use super::{
 };
 use crate::{
     protocol::{
-        AttemptResult, Callback, CancelOutcome, FromControlPlane, PeerKind, TaskEnvelope, TaskId,
-        TaskOutcome, TaskRecord, TaskSpec, TaskStatus, ToControlPlane, Welcome, WorkerId,
-        PROTOCOL_VERSION,
+        AttemptResult, Callback, CancelOutcome, FromControlPlane, LeaseToken, PeerKind,
+        TaskEnvelope, TaskId, TaskOutcome, TaskRecord, TaskSpec, TaskStatus, ToControlPlane,
+        Welcome, WorkerId, WorkerSecret, PROTOCOL_VERSION,
     },
     task_error::{ErrorKind, TaskError},
     transport::PeerId,
@@ -98,8 +98,13 @@ pub enum Action {
         /// What.
         msg: FromControlPlane,
     },
-    /// Run a task on the control plane's own executor.
-    RunLocal(TaskEnvelope),
+    /// Run a task on the control plane's own executor, under a lease.
+    RunLocal {
+        /// The task.
+        task: TaskEnvelope,
+        /// Its lease.
+        lease: LeaseToken,
+    },
     /// Cancel a task running on the control plane's own executor.
     CancelLocal(TaskId),
     /// Deliver a final record to a callback address.
@@ -129,6 +134,10 @@ struct TaskEntry {
     cancel_requested: bool,
     /// Times a worker was lost while holding it (retries do not count).
     lost: u32,
+    /// The lease of its latest assignment: only an outcome (or a reconnecting
+    /// worker's claim) with this token counts. Kept after a lost worker's task goes
+    /// back to the queue, so that worker can still answer until someone else takes it.
+    lease: Option<LeaseToken>,
 }
 
 #[derive(Debug, Clone)]
@@ -393,30 +402,57 @@ impl Dispatcher {
                 ));
             }
             ToControlPlane::Register(reg) => {
-                if let Some(holder) = self.workers.get(&reg.worker_id) {
-                    // Another live process already has this id (same id, other pid):
-                    // letting both in would make them evict each other forever.
-                    let live = holder.gone_since.is_none() && self.peers.contains_key(&holder.peer);
-                    if live && holder.peer != *peer && holder.pid != reg.pid {
-                        warn!(worker = %reg.worker_id, "refusing a second subworker with the same id");
-                        self.actions.push(reply(
-                            peer,
-                            FromControlPlane::Refused {
-                                reason: format!(
-                                    "worker id `{}` is in use by another subworker (pid {}); choose a unique --worker-id",
-                                    reg.worker_id, holder.pid
-                                ),
-                            },
-                        ));
-                        return;
+                let secret = match self.workers.get(&reg.worker_id) {
+                    // Known id: only the process holding its secret (the same one
+                    // reconnecting, or its restart in place) may take it over.
+                    Some(holder) => {
+                        if reg.secret != Some(holder.secret) {
+                            let live = holder.gone_since.is_none()
+                                && self.peers.contains_key(&holder.peer);
+                            warn!(worker = %reg.worker_id, "refusing a registration under an id in use, without its secret");
+                            let reason = if live {
+                                format!(
+                                    "worker id `{}` is in use by another subworker; choose a unique --worker-id",
+                                    reg.worker_id
+                                )
+                            } else {
+                                format!(
+                                    "worker id `{}` belongs to a subworker that is restarting; choose a unique --worker-id or try again after the inactivity limit",
+                                    reg.worker_id
+                                )
+                            };
+                            self.actions
+                                .push(reply(peer, FromControlPlane::Refused { reason }));
+                            return;
+                        }
+                        holder.secret
                     }
-                }
+                    None => WorkerSecret::new(),
+                };
                 info!(
                     worker = %reg.worker_id,
                     tasks = reg.tasks.len(),
                     concurrency = reg.concurrency,
                     "subworker registered"
                 );
+                // Claims count only with the lease of the task's current assignment.
+                let running: Vec<TaskId> = reg
+                    .running
+                    .iter()
+                    .filter(|claim| {
+                        self.tasks
+                            .get(&claim.task_id)
+                            .is_some_and(|e| e.lease == Some(claim.lease))
+                    })
+                    .map(|claim| claim.task_id)
+                    .collect();
+                if running.len() < reg.running.len() {
+                    warn!(
+                        worker = %reg.worker_id,
+                        "{} claimed running task(s) without their current lease: ignored",
+                        reg.running.len() - running.len()
+                    );
+                }
                 let registered = self.workers.register(
                     peer.clone(),
                     reg.worker_id.clone(),
@@ -424,13 +460,14 @@ impl Dispatcher {
                     reg.concurrency,
                     reg.address,
                     reg.pid,
-                    &reg.running,
+                    secret,
+                    &running,
                     now.at,
                 );
                 for task in registered.orphaned {
                     self.worker_lost_task(task, &reg.worker_id);
                 }
-                for task in &reg.running {
+                for task in &running {
                     self.reclaim(*task, &reg.worker_id);
                 }
                 self.record_event(
@@ -439,7 +476,7 @@ impl Dispatcher {
                     format!("subworker {} registered", reg.worker_id),
                 );
                 self.actions
-                    .push(reply(peer, FromControlPlane::HeartbeatAck));
+                    .push(reply(peer, FromControlPlane::Registered { secret }));
             }
             ToControlPlane::Heartbeat { .. } => {
                 if self.workers.by_peer(peer).is_some() {
@@ -876,6 +913,7 @@ impl Dispatcher {
                 due_ms: due,
                 cancel_requested: false,
                 lost: 0,
+                lease: None,
             },
         );
     }
@@ -993,6 +1031,8 @@ impl Dispatcher {
         entry.envelope.timeout_secs = timeout_ms.map(|ms| ms as f64 / 1000.0);
         entry.envelope.deadline_ms = timeout_ms.map_or(0, |ms| now.unix_ms.saturating_add(ms));
         entry.holder = Some(holder.clone());
+        let lease = LeaseToken::new();
+        entry.lease = Some(lease);
         entry.record.status = TaskStatus::Running;
         entry.record.attempts = entry.envelope.attempt;
         entry.record.delivery_count = entry.envelope.delivery_count;
@@ -1002,14 +1042,22 @@ impl Dispatcher {
             Holder::Local => {
                 entry.record.worker_id = Some(WorkerId(self.config.id.clone()));
                 self.local_in_flight.insert(id);
-                self.actions.push(Action::RunLocal(envelope));
+                self.actions.push(Action::RunLocal {
+                    task: envelope,
+                    lease,
+                });
             }
             Holder::Worker(worker) => {
                 entry.record.worker_id = Some(worker.clone());
                 self.workers.assign(&worker, id);
                 if let Some(w) = self.workers.get(&worker) {
-                    self.actions
-                        .push(reply(&w.peer.clone(), FromControlPlane::Assign(envelope)));
+                    self.actions.push(reply(
+                        &w.peer.clone(),
+                        FromControlPlane::Assign {
+                            task: envelope,
+                            lease,
+                        },
+                    ));
                 }
             }
         }
@@ -1024,6 +1072,10 @@ impl Dispatcher {
         };
         if entry.envelope.delivery_count != outcome.delivery_count {
             debug!(task = %id, "stale outcome (delivery {}) ignored", outcome.delivery_count);
+            return;
+        }
+        if entry.lease != Some(outcome.lease) {
+            warn!(task = %id, "an outcome without the task's current lease: ignored");
             return;
         }
         match &entry.holder {

@@ -239,7 +239,7 @@ pub async fn run(args: ControlPlaneArgs, plugin_dir: &Path) -> anyhow::Result<()
 fn perform(action: Action, outbox: &Outbox, executor: &Executor, callbacks: &TransportConfig) {
     match action {
         Action::Send { peer, msg } => send(outbox, &peer, &msg),
-        Action::RunLocal(task) => executor.start(task),
+        Action::RunLocal { task, lease } => executor.start(task, lease),
         Action::CancelLocal(id) => {
             executor.cancel(&id);
         }

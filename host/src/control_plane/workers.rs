@@ -12,7 +12,7 @@ use std::{
 };
 
 use crate::{
-    protocol::{TaskId, TaskSpec, WorkerId},
+    protocol::{TaskId, TaskSpec, WorkerId, WorkerSecret},
     transport::PeerId,
 };
 
@@ -37,8 +37,10 @@ pub struct WorkerEntry {
     pub draining: bool,
     /// Its own status endpoint.
     pub address: Option<String>,
-    /// Its process id.
+    /// Its process id (as it says; for people, never trusted).
     pub pid: u32,
+    /// What it must show to register again under this id.
+    pub secret: WorkerSecret,
     /// Tasks handed to it in all.
     pub assigned_total: u64,
     /// Tasks it finished in all.
@@ -100,6 +102,7 @@ impl WorkerTable {
         concurrency: u32,
         address: Option<String>,
         pid: u32,
+        secret: WorkerSecret,
         still_running: &[TaskId],
         now: Instant,
     ) -> Registered {
@@ -132,6 +135,7 @@ impl WorkerTable {
                 draining: false,
                 address,
                 pid,
+                secret,
                 assigned_total: totals.0,
                 completed_total: totals.1,
                 restarting: false,
@@ -279,6 +283,7 @@ mod tests {
                 conc,
                 None,
                 0,
+                WorkerSecret::new(),
                 &[],
                 now,
             );
@@ -332,6 +337,7 @@ mod tests {
             2,
             None,
             0,
+            WorkerSecret::new(),
             &[a],
             now,
         );

@@ -97,7 +97,7 @@ impl Framed for FromControlPlane {
                 record: Some(record),
                 ..
             } => vec![&record.value],
-            FromControlPlane::Assign(task) => vec![&task.payload],
+            FromControlPlane::Assign { task, .. } => vec![&task.payload],
             _ => Vec::new(),
         }
     }
@@ -109,7 +109,7 @@ impl Framed for FromControlPlane {
                 record: Some(record),
                 ..
             } => vec![&mut record.value],
-            FromControlPlane::Assign(task) => vec![&mut task.payload],
+            FromControlPlane::Assign { task, .. } => vec![&mut task.payload],
             _ => Vec::new(),
         }
     }
@@ -172,7 +172,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        protocol::{messages::*, TaskId, WorkerId},
+        protocol::{messages::*, LeaseToken, TaskId, WorkerId, WorkerSecret},
         task_error::{ErrorKind, TaskError},
     };
 
@@ -235,6 +235,7 @@ mod tests {
                 ToControlPlane::Outcome(TaskOutcome {
                     task_id: fixed_id(1),
                     delivery_count: 1,
+                    lease: LeaseToken([7; 16]),
                     result: AttemptResult::Failure(TaskError::new(ErrorKind::Failed, "boom")),
                     started_ms: 1,
                     completed_ms: 2,
@@ -254,7 +255,19 @@ mod tests {
                 },
             ),
             ("result", FromControlPlane::Result(record())),
-            ("assign", FromControlPlane::Assign(envelope())),
+            (
+                "assign",
+                FromControlPlane::Assign {
+                    task: envelope(),
+                    lease: LeaseToken([7; 16]),
+                },
+            ),
+            (
+                "registered",
+                FromControlPlane::Registered {
+                    secret: WorkerSecret([9; 32]),
+                },
+            ),
         ]
     }
 

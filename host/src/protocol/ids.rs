@@ -48,3 +48,95 @@ impl From<&str> for WorkerId {
         WorkerId(s.to_string())
     }
 }
+
+/// Compares two byte strings in time that depends only on their length.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The control plane's unguessable token for one assignment of a task to a worker:
+/// an outcome, or a reconnecting worker's claim to be running the task, counts only
+/// with the token of the current assignment.
+#[derive(Clone, Copy, Eq, Serialize, Deserialize)]
+pub struct LeaseToken(pub [u8; 16]);
+
+impl LeaseToken {
+    /// A fresh random token.
+    pub fn new() -> Self {
+        LeaseToken(rand::random())
+    }
+}
+
+impl Default for LeaseToken {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::hash::Hash for WorkerSecret {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+impl std::hash::Hash for LeaseToken {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+impl PartialEq for LeaseToken {
+    fn eq(&self, other: &Self) -> bool {
+        constant_time_eq(&self.0, &other.0)
+    }
+}
+
+impl fmt::Debug for LeaseToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Enough to tell two apart in a log, not enough to forge one.
+        write!(f, "LeaseToken({:02x}{:02x}…)", self.0[0], self.0[1])
+    }
+}
+
+/// The secret a control plane gives a subworker when it first registers: a later
+/// registration under the same worker id (a reconnect, a restart in place) must show
+/// it, so nobody else can take that id over.
+#[derive(Clone, Copy, Eq, Serialize, Deserialize)]
+pub struct WorkerSecret(pub [u8; 32]);
+
+impl WorkerSecret {
+    /// A fresh random secret.
+    pub fn new() -> Self {
+        WorkerSecret(rand::random())
+    }
+
+    /// As hex (to hand to the next process across a restart in place).
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// From hex.
+    pub fn from_hex(text: &str) -> Option<Self> {
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(text.trim(), &mut bytes).ok()?;
+        Some(WorkerSecret(bytes))
+    }
+}
+
+impl Default for WorkerSecret {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PartialEq for WorkerSecret {
+    fn eq(&self, other: &Self) -> bool {
+        constant_time_eq(&self.0, &other.0)
+    }
+}
+
+impl fmt::Debug for WorkerSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WorkerSecret(not shown)")
+    }
+}

@@ -8,7 +8,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::ids::{TaskId, WorkerId};
+use super::ids::{LeaseToken, TaskId, WorkerId, WorkerSecret};
 use crate::task_error::TaskError;
 
 /// Who is speaking.
@@ -299,6 +299,8 @@ pub struct TaskOutcome {
     pub task_id: TaskId,
     /// The delivery it answers (so a stale report after a re-delivery is ignored).
     pub delivery_count: u32,
+    /// The lease of the assignment it answers: without the right one it is ignored.
+    pub lease: LeaseToken,
     /// How it ended.
     pub result: AttemptResult,
     /// Unix ms it started.
@@ -372,10 +374,22 @@ pub struct Registration {
     pub concurrency: u32,
     /// Its own status endpoint, if it bound one.
     pub address: Option<String>,
-    /// Its process id, for people reading the dashboard.
+    /// Its process id, for people reading the dashboard (never trusted for anything).
     pub pid: u32,
-    /// Tasks it is still running from before a reconnect.
-    pub running: Vec<TaskId>,
+    /// The secret from its last `Registered`, when it registers again under the same
+    /// id (after a reconnect or a restart in place); `None` the first time.
+    pub secret: Option<WorkerSecret>,
+    /// Tasks it is still running from before a reconnect, each with its lease.
+    pub running: Vec<RunningClaim>,
+}
+
+/// A reconnecting worker's claim that it still runs a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunningClaim {
+    /// The task.
+    pub task_id: TaskId,
+    /// The lease it was handed with.
+    pub lease: LeaseToken,
 }
 
 /// How a cancel request ended.
@@ -555,8 +569,13 @@ pub enum FromControlPlane {
         /// What happened.
         outcome: CancelOutcome,
     },
-    /// Run this task (to a subworker).
-    Assign(TaskEnvelope),
+    /// Run this task (to a subworker), under this lease.
+    Assign {
+        /// The task.
+        task: TaskEnvelope,
+        /// The lease its outcome must carry.
+        lease: LeaseToken,
+    },
     /// Stop this running task (to a subworker).
     CancelTask {
         /// The task.
@@ -584,6 +603,12 @@ pub enum FromControlPlane {
         request_id: u64,
         /// The events.
         events: Vec<Event>,
+    },
+    /// The answer to `Register`: the subworker is in, and this is its secret for
+    /// registering again under the same id.
+    Registered {
+        /// Keep it; show it in the next `Registration`.
+        secret: WorkerSecret,
     },
 }
 

@@ -18,7 +18,7 @@ pub mod ids;
 pub mod messages;
 
 pub use frames::{decode, encode, ProtocolError};
-pub use ids::{TaskId, WorkerId};
+pub use ids::{LeaseToken, TaskId, WorkerId, WorkerSecret};
 pub use messages::*;
 
 /// The protocol version this build speaks. A peer speaking another version is refused

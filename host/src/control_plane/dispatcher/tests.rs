@@ -1,7 +1,7 @@
 use bytes::Bytes;
 
 use super::*;
-use crate::protocol::{Announcement, Codec, Hello, Priority, Registration};
+use crate::protocol::{Announcement, Codec, Hello, Priority, Registration, RunningClaim};
 
 fn spec(name: &str) -> TaskSpec {
     TaskSpec {
@@ -57,8 +57,11 @@ fn with_client(config: DispatcherConfig, specs: Vec<TaskSpec>) -> (Now, Dispatch
     (now, d, client)
 }
 
+/// Registers subworker `id` on `peer`, showing the secret a real subworker would hold
+/// when the id is already known (it re-registers after a reconnect or a restart).
 fn register(d: &mut Dispatcher, peer: &PeerId, id: &str, concurrency: u32, now: Now) {
     hello(d, peer, PeerKind::Subworker, now);
+    let secret = d.workers().get(&WorkerId(id.into())).map(|w| w.secret);
     d.handle(
         peer,
         ToControlPlane::Register(Registration {
@@ -67,10 +70,28 @@ fn register(d: &mut Dispatcher, peer: &PeerId, id: &str, concurrency: u32, now: 
             concurrency,
             address: None,
             pid: 1,
+            secret,
             running: vec![],
         }),
         now,
     );
+}
+
+thread_local! {
+    /// The lease of each task's latest assignment seen by `local_runs` or `assigns`
+    /// (each test runs on its own thread), so outcomes can carry it.
+    static LEASES: std::cell::RefCell<std::collections::HashMap<TaskId, LeaseToken>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+fn remember(id: TaskId, lease: LeaseToken) {
+    LEASES.with(|l| l.borrow_mut().insert(id, lease));
+}
+
+fn lease_of(id: TaskId) -> LeaseToken {
+    LEASES
+        .with(|l| l.borrow().get(&id).copied())
+        .unwrap_or_default()
 }
 
 fn task(name: &str, priority: Priority) -> TaskEnvelope {
@@ -95,7 +116,10 @@ fn local_runs(actions: &[Action]) -> Vec<TaskEnvelope> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::RunLocal(t) => Some(t.clone()),
+            Action::RunLocal { task, lease } => {
+                remember(task.id, *lease);
+                Some(task.clone())
+            }
             _ => None,
         })
         .collect()
@@ -107,8 +131,11 @@ fn assigns(actions: &[Action]) -> Vec<(PeerId, TaskEnvelope)> {
         .filter_map(|a| match a {
             Action::Send {
                 peer,
-                msg: FromControlPlane::Assign(t),
-            } => Some((peer.clone(), t.clone())),
+                msg: FromControlPlane::Assign { task, lease },
+            } => {
+                remember(task.id, *lease);
+                Some((peer.clone(), task.clone()))
+            }
             _ => None,
         })
         .collect()
@@ -131,6 +158,7 @@ fn success(t: &TaskEnvelope, value: &'static [u8]) -> TaskOutcome {
     TaskOutcome {
         task_id: t.id,
         delivery_count: t.delivery_count,
+        lease: lease_of(t.id),
         result: AttemptResult::Success,
         started_ms: 1,
         completed_ms: 2,
@@ -455,6 +483,7 @@ fn periodic_tasks_fire_from_subworker_schedules_only_once_per_tick() {
                 concurrency: 1,
                 address: None,
                 pid: 1,
+                secret: None,
                 running: vec![],
             }),
             now,
@@ -603,6 +632,7 @@ fn a_reconnecting_worker_keeps_the_task_it_is_still_running() {
     let t = task("slow", Priority::Normal);
     submit(&mut d, &client, t.clone(), now);
     let a = assigns(&d.take_actions());
+    let secret = d.workers().get(&WorkerId("sw1".into())).map(|w| w.secret);
     d.peer_disconnected(&old, now);
     let new = Bytes::from_static(b"new");
     hello(&mut d, &new, PeerKind::Subworker, now);
@@ -614,7 +644,11 @@ fn a_reconnecting_worker_keeps_the_task_it_is_still_running() {
             concurrency: 1,
             address: None,
             pid: 1,
-            running: vec![t.id],
+            secret,
+            running: vec![RunningClaim {
+                task_id: t.id,
+                lease: lease_of(t.id),
+            }],
         }),
         now,
     );
@@ -711,14 +745,16 @@ fn a_second_subworker_with_the_same_id_is_refused() {
             tasks: vec![spec("add")],
             concurrency: 1,
             address: None,
-            pid: 2,
+            pid: 1,
+            secret: None,
             running: vec![],
         }),
         now,
     );
     assert!(matches!(
         &d.take_actions()[..],
-        [Action::Send { msg: FromControlPlane::Refused { reason }, .. }] if reason.contains("sw1")
+        [Action::Send { msg: FromControlPlane::Refused { reason }, .. }]
+            if reason.contains("sw1") && !reason.contains("pid")
     ));
     assert_eq!(d.workers().by_peer(&first), Some(&WorkerId("sw1".into())));
 }
@@ -743,4 +779,103 @@ fn a_wall_clock_step_does_not_move_a_countdown_or_a_retry() {
         "due after 2 s of real time, whatever the wall clock says"
     );
     assert_eq!(run[0].id, t.id);
+}
+
+#[test]
+fn an_outcome_or_a_claim_without_the_current_lease_counts_for_nothing() {
+    let (now, mut d, client) = with_client(config(0), vec![]);
+    let peer = Bytes::from_static(b"sw");
+    register(&mut d, &peer, "sw1", 1, now);
+    let t = task("slow", Priority::Normal);
+    submit(&mut d, &client, t.clone(), now);
+    let a = assigns(&d.take_actions());
+    // A forged outcome: right task, right delivery, wrong lease.
+    let forged = TaskOutcome {
+        lease: LeaseToken::new(),
+        ..success(&a[0].1, b"666")
+    };
+    d.handle(&peer, ToControlPlane::Outcome(forged), now);
+    assert!(
+        results(&d.take_actions()).is_empty(),
+        "forged outcome ignored"
+    );
+
+    // The worker reconnects claiming the task with a made-up lease: not reclaimed,
+    // so it goes to the queue and is handed out again under a new lease.
+    let secret = d.workers().get(&WorkerId("sw1".into())).map(|w| w.secret);
+    d.peer_disconnected(&peer, now);
+    let again = Bytes::from_static(b"sw-again");
+    hello(&mut d, &again, PeerKind::Subworker, now);
+    d.handle(
+        &again,
+        ToControlPlane::Register(Registration {
+            worker_id: WorkerId("sw1".into()),
+            tasks: vec![spec("slow")],
+            concurrency: 1,
+            address: None,
+            pid: 1,
+            secret,
+            running: vec![RunningClaim {
+                task_id: t.id,
+                lease: LeaseToken::new(),
+            }],
+        }),
+        now,
+    );
+    let old_lease = lease_of(t.id);
+    let b = assigns(&d.take_actions());
+    assert_eq!(b.len(), 1, "handed out again");
+    assert_ne!(lease_of(t.id), old_lease, "under a new lease");
+    // The old lease no longer counts either.
+    let stale = TaskOutcome {
+        lease: old_lease,
+        ..success(&b[0].1, b"1")
+    };
+    d.handle(&again, ToControlPlane::Outcome(stale), now);
+    assert!(results(&d.take_actions()).is_empty());
+    d.handle(&again, ToControlPlane::Outcome(success(&b[0].1, b"7")), now);
+    let res = results(&d.take_actions());
+    assert_eq!((res.len(), &res[0].value[..]), (1, &b"7"[..]));
+}
+
+#[test]
+fn a_restarting_worker_id_cannot_be_taken_without_its_secret() {
+    let now = Now::current();
+    let mut d = Dispatcher::new(config(0), vec![], now);
+    let old = Bytes::from_static(b"old");
+    register(&mut d, &old, "sw1", 1, now);
+    d.handle(&old, ToControlPlane::Restarting, now);
+    d.peer_disconnected(&old, now);
+    d.take_actions();
+    let thief = Bytes::from_static(b"thief");
+    hello(&mut d, &thief, PeerKind::Subworker, now);
+    d.take_actions();
+    d.handle(
+        &thief,
+        ToControlPlane::Register(Registration {
+            worker_id: WorkerId("sw1".into()),
+            tasks: vec![spec("add")],
+            concurrency: 64,
+            address: None,
+            pid: 1,
+            secret: Some(WorkerSecret::new()),
+            running: vec![],
+        }),
+        now,
+    );
+    assert!(matches!(
+        &d.take_actions()[..],
+        [Action::Send {
+            msg: FromControlPlane::Refused { .. },
+            ..
+        }]
+    ));
+    // The real one, with its secret, is welcome back and gets the same secret.
+    let secret = d.workers().get(&WorkerId("sw1".into())).map(|w| w.secret);
+    let back = Bytes::from_static(b"back");
+    register(&mut d, &back, "sw1", 1, now);
+    assert!(d.take_actions().iter().any(|a| matches!(
+        a,
+        Action::Send { msg: FromControlPlane::Registered { secret: s }, .. } if Some(*s) == secret
+    )));
 }
