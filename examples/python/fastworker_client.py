@@ -551,32 +551,262 @@ def _add_result(record):
         record["result"] = json.loads(value.decode("utf-8"))
 
 
-# --- the client -----------------------------------------------------------------
+# --- cluster key (PROTOCOL.md "Authentication (cluster key)") -----------------------
 
-class Client:
-    """One DEALER connection to a control plane, after Hello/Welcome."""
+AUTH_MAGIC = b"FK"
+AUTH_VERSION = 1
+HS_CLIENT_HELLO, HS_CHALLENGE, HS_CLIENT_PROOF, HS_ACCEPT, HS_REFUSE = 1, 2, 3, 4, 5
+KEY_LEN = 32                 # a key, a nonce, a proof, a tag
+SEAL_LEN = 8 + KEY_LEN       # the seal frame: sequence number + tag
+LABEL_CLIENT_PROOF = b"fastworker/1 client proof"
+LABEL_SERVER_PROOF = b"fastworker/1 server proof"
+INFO_CLIENT_TO_SERVER = b"fastworker/1 client to server"
+INFO_SERVER_TO_CLIENT = b"fastworker/1 server to client"
 
-    def __init__(self, address, timeout=10.0, peer_id=None, context=None):
+
+class ClusterKey:
+    """One cluster key, or two during a rotation: the first is the one this client
+    proves with; a server proof made with either is accepted."""
+
+    def __init__(self, keys):
+        keys = [bytes(k) for k in keys]
+        if not 1 <= len(keys) <= 2 or any(len(k) != KEY_LEN for k in keys):
+            raise ValueError("a cluster key is one or two keys of 32 bytes")
+        self.keys = keys
+
+    def __repr__(self):
+        return "ClusterKey(%d key(s), not shown)" % len(self.keys)
+
+    @classmethod
+    def parse(cls, text):
+        """64 hex digits per key, one per line or comma-separated; blank lines and `#`
+        comments are ignored; one or two keys."""
+        keys = []
+        for line in text.splitlines():
+            line = line.split("#", 1)[0]
+            for word in (w.strip() for w in line.split(",")):
+                if not word:
+                    continue
+                try:
+                    if len(word) != 2 * KEY_LEN:
+                        raise ValueError
+                    keys.append(bytes.fromhex(word))
+                except ValueError:
+                    raise ValueError(
+                        "a cluster key is 64 hex digits (32 bytes); found %d characters "
+                        "that are not one (make one with `fastworker keygen FILE`)"
+                        % len(word)) from None
+        if not keys:
+            raise ValueError("no cluster key found (make one with `fastworker keygen FILE`)")
+        if len(keys) > 2:
+            raise ValueError("%d cluster keys given; at most two (the current one and, "
+                             "during a rotation, the next)" % len(keys))
+        return cls(keys)
+
+    @classmethod
+    def load(cls, path):
+        """Reads a key file (as written by `fastworker keygen FILE`)."""
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        try:
+            return cls.parse(text)
+        except ValueError as e:
+            raise ValueError("%s: %s" % (path, e)) from None
+
+
+def load_key(path=None, environ=None):
+    """The cluster key from `path`; without one, from the file named by
+    FASTWORKER_AUTH_KEY_FILE, else from the key text in FASTWORKER_AUTH_KEY; None
+    when none is set."""
+    env = os.environ if environ is None else environ
+    path = path or env.get("FASTWORKER_AUTH_KEY_FILE") or None
+    if path:
+        return ClusterKey.load(path)
+    text = env.get("FASTWORKER_AUTH_KEY", "")
+    if text.strip():
+        try:
+            return ClusterKey.parse(text)
+        except ValueError as e:
+            raise ValueError("FASTWORKER_AUTH_KEY: %s" % e) from None
+    return None
+
+
+def as_key(key):
+    """None, a ClusterKey, key text (str), or 32 raw bytes -> None or a ClusterKey."""
+    if key is None or isinstance(key, ClusterKey):
+        return key
+    if isinstance(key, (bytes, bytearray)) and len(key) == KEY_LEN:
+        return ClusterKey([key])
+    if isinstance(key, (bytes, bytearray)):
+        key = key.decode("utf-8")
+    return ClusterKey.parse(key)
+
+
+def _hmac(key, *parts):
+    m = hmac.new(key, digestmod=hashlib.sha256)
+    for p in parts:
+        m.update(p)
+    return m.digest()
+
+
+def hkdf_sha256(salt, ikm, info, length=KEY_LEN):
+    """HKDF-SHA256 (RFC 5869)."""
+    prk = _hmac(salt, ikm)
+    out, block, i = b"", b"", 1
+    while len(out) < length:
+        block = _hmac(prk, block, info, bytes([i]))
+        out += block
+        i += 1
+    return out[:length]
+
+
+def handshake_frame(kind, body):
+    return AUTH_MAGIC + bytes([AUTH_VERSION, kind]) + body
+
+
+def parse_handshake(frames):
+    """(kind, body) of a message that is one handshake frame, else None."""
+    if len(frames) != 1:
+        return None
+    f = bytes(frames[0])
+    if len(f) < 4 or f[:3] != AUTH_MAGIC + bytes([AUTH_VERSION]):
+        return None
+    kind, body = f[3], f[4:]
+    if kind in (HS_CLIENT_HELLO, HS_CHALLENGE, HS_CLIENT_PROOF, HS_ACCEPT):
+        return (kind, body) if len(body) == KEY_LEN else None
+    if kind == HS_REFUSE and len(body) <= 4096:
+        return kind, body
+    return None
+
+
+def seal_tag(session_key, seq, frames):
+    """HMAC-SHA256(key, seq u64 LE || frame count u32 LE || per frame: len u64 LE || bytes)."""
+    m = hmac.new(session_key, digestmod=hashlib.sha256)
+    m.update(struct.pack("<Q", seq))
+    m.update(struct.pack("<I", len(frames)))
+    for f in frames:
+        m.update(struct.pack("<Q", len(f)))
+        m.update(f)
+    return m.digest()
+
+
+class Session:
+    """Both directions of an authenticated connection, client side."""
+
+    def __init__(self, key, cn, sn):
+        salt = cn + sn
+        self.send_key = hkdf_sha256(salt, key, INFO_CLIENT_TO_SERVER)
+        self.recv_key = hkdf_sha256(salt, key, INFO_SERVER_TO_CLIENT)
+        self.next_seq, self.last_seq = 1, 0
+
+    def seal(self, frames):
+        """frames + the seal frame."""
+        seq = self.next_seq
+        self.next_seq += 1
+        frames = [bytes(f) for f in frames]
+        return frames + [struct.pack("<Q", seq) + seal_tag(self.send_key, seq, frames)]
+
+    def open(self, frames):
+        """frames without their seal; raises ProtocolError for a missing or wrong seal
+        or a replayed (not strictly increasing) sequence number."""
+        if len(frames) < 2 or len(frames[-1]) != SEAL_LEN:
+            raise ProtocolError("a message without a valid seal")
+        seal, frames = bytes(frames[-1]), [bytes(f) for f in frames[:-1]]
+        seq = struct.unpack("<Q", seal[:8])[0]
+        if not hmac.compare_digest(seal_tag(self.recv_key, seq, frames), seal[8:]):
+            raise ProtocolError("a message whose seal does not match")
+        if seq <= self.last_seq:
+            raise ProtocolError("a replayed message (sequence %d, last %d)"
+                                % (seq, self.last_seq))
+        self.last_seq = seq
+        return frames
+
+
+class Connection:
+    """A DEALER connected to one endpoint (control plane, discovery, a subworker's
+    status endpoint). With a key, it runs the cluster-key handshake right after
+    connecting, then seals everything it sends and checks and strips the seal of
+    everything it receives. It sends nothing whose frames add up to more than
+    `max_message_size` (raises MessageTooLarge)."""
+
+    def __init__(self, address, key=None, timeout=10.0, context=None,
+                 max_message_size=DEFAULT_MAX_MESSAGE_SIZE):
         self.address, self.timeout = address, timeout
+        self.key = as_key(key)
+        self.max_message_size = max_message_size
+        self.session = None
         self.context = context or zmq.Context.instance()
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.SNDTIMEO, int(timeout * 1000))
-        self.socket.connect(address)
-        self.next_request = 1
-        self.results = {}   # task id -> record, Results that arrived while waiting for else
         try:
-            self.socket.send_multipart(
-                encode_hello(peer_id or "py-client-%d" % os.getpid()))
-            welcome = self._wait(lambda m: m["type"] in ("welcome", "refused"), timeout)
+            self.socket.connect(address)
+            if self.key is not None:
+                self.session = self._authenticate(time.monotonic() + timeout)
         except BaseException:
             self.close()
             raise
-        if welcome["type"] == "refused":
-            self.close()
-            raise Refused(welcome["reason"])
-        self.control_plane_id = welcome["control_plane_id"]
-        self.features = welcome["features"]
+
+    def _raw_recv(self, deadline):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not self.socket.poll(int(remaining * 1000) + 1):
+            raise Timeout("no answer from %s in time" % self.address)
+        return self.socket.recv_multipart()
+
+    def _authenticate(self, deadline):
+        cn = os.urandom(KEY_LEN)
+        self.socket.send_multipart([handshake_frame(HS_CLIENT_HELLO, cn)])
+
+        def answer(expected, what):
+            frames = self._raw_recv(deadline)
+            hs = parse_handshake(frames)
+            if hs is not None and hs[0] == HS_REFUSE:
+                raise AuthRefused("%s refused the connection: %s"
+                                  % (self.address, hs[1].decode("utf-8", "replace")))
+            if hs is None or hs[0] != expected:
+                try:
+                    msg = decode(frames)
+                except ProtocolError:
+                    msg = None
+                if msg is not None and msg["type"] == "refused":
+                    raise AuthRefused("%s refused the connection: %s"
+                                      % (self.address, msg["reason"]))
+                raise ProtocolError("%s did not take part in the cluster-key handshake (%s)"
+                                    % (self.address, what))
+            return hs[1]
+
+        sn = answer(HS_CHALLENGE, "no challenge")
+        proof = _hmac(self.key.keys[0], LABEL_CLIENT_PROOF, cn, sn)
+        self.socket.send_multipart([handshake_frame(HS_CLIENT_PROOF, proof)])
+        server_proof = answer(HS_ACCEPT, "no answer to the proof")
+        for k in self.key.keys:
+            if hmac.compare_digest(_hmac(k, LABEL_SERVER_PROOF, cn, sn), server_proof):
+                return Session(k, cn, sn)
+        raise AuthRefused("%s could not prove it knows the cluster key: not talking to it"
+                          % self.address)
+
+    def send(self, frames):
+        """Sends one message (sealed, with a key); refuses locally one over the limit."""
+        frames = [bytes(f) for f in frames]
+        size = sum(len(f) for f in frames) + (SEAL_LEN if self.session else 0)
+        if size > self.max_message_size:
+            raise MessageTooLarge(size, self.max_message_size)
+        if self.session is not None:
+            frames = self.session.seal(frames)
+        self.socket.send_multipart(frames)
+
+    def recv_frames(self, timeout=None, deadline=None):
+        """The next message's frames (checked and unsealed, with a key)."""
+        if deadline is None:
+            deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        frames = self._raw_recv(deadline)
+        if self.session is not None:
+            frames = self.session.open(frames)
+        return frames
+
+    def recv(self, timeout=None, deadline=None):
+        """The next message, decoded (see decode)."""
+        return decode(self.recv_frames(timeout, deadline))
 
     def close(self):
         self.socket.close(0)
@@ -587,12 +817,61 @@ class Client:
     def __exit__(self, *exc):
         self.close()
 
+
+def _limits(features):
+    """{"max-payload-size": N, "max-message-size": N} from Welcome.features."""
+    out = {"max-payload-size": DEFAULT_MAX_PAYLOAD_SIZE,
+           "max-message-size": DEFAULT_MAX_MESSAGE_SIZE}
+    for f in features:
+        name, _, value = f.partition("=")
+        if name in out and value.isdigit():
+            out[name] = int(value)
+    return out
+
+
+# --- the client -----------------------------------------------------------------
+
+class Client:
+    """One connection to a control plane, after Hello/Welcome (and, with a key, the
+    cluster-key handshake before them)."""
+
+    def __init__(self, address, timeout=10.0, peer_id=None, context=None, key=None):
+        self.address, self.timeout = address, timeout
+        self.conn = Connection(address, key=key, timeout=timeout, context=context)
+        self.socket = self.conn.socket
+        self.next_request = 1
+        self.results = {}   # task id -> record, Results that arrived while waiting for else
+        try:
+            self.conn.send(encode_hello(peer_id or "py-client-%d" % os.getpid()))
+            welcome = self._wait(lambda m: m["type"] in ("welcome", "refused"), timeout)
+        except BaseException:
+            self.close()
+            raise
+        if welcome["type"] == "refused":
+            self.close()
+            raise Refused(welcome["reason"])
+        self.control_plane_id = welcome["control_plane_id"]
+        self.features = welcome["features"]
+        self.limits = _limits(self.features)
+        # Never send what the control plane's guard would disconnect us for.
+        self.conn.max_message_size = self.limits["max-message-size"]
+
+    def close(self):
+        self.conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def send(self, frames):
+        """Sends one message (sealed with a key; MessageTooLarge if over the limit)."""
+        self.conn.send(frames)
+
     # Receiving: every wait is bounded by a deadline.
     def _recv(self, deadline):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not self.socket.poll(int(remaining * 1000) + 1):
-            raise Timeout("no answer from %s in time" % self.address)
-        return decode(self.socket.recv_multipart())
+        return self.conn.recv(deadline=deadline)
 
     def _wait(self, accept, timeout):
         deadline = time.monotonic() + timeout
@@ -610,7 +889,7 @@ class Client:
     def _request(self, encode, timeout=None):
         request_id = self.next_request
         self.next_request += 1
-        self.socket.send_multipart(encode(request_id))
+        self.conn.send(encode(request_id))
         # Rejected{0, ...} answers a request that could not be read: this one.
         msg = self._wait(lambda m: m.get("request_id") in (request_id, 0)
                          and m["type"] != "result", timeout or self.timeout)
@@ -685,50 +964,136 @@ class Client:
             raise ProtocolError("unexpected answer %r" % msg)
         return msg["task_ids"][0]
 
+    def events(self):
+        """The control plane's recent events (dicts at_ms, kind, subject, message)."""
+        msg = self._request(encode_events)
+        if msg["type"] != "event_list":
+            raise ProtocolError("unexpected answer %r" % msg)
+        return msg["events"]
+
     def ping(self, nonce=42):
-        self.socket.send_multipart(encode_ping(nonce))
+        self.conn.send(encode_ping(nonce))
         return self._wait(lambda m: m["type"] == "pong" and m["nonce"] == nonce,
                           self.timeout)["nonce"]
 
 
+class Subworker:
+    """A minimal subworker: Hello + Register, then whatever the caller does with the
+    Assigns. Keeps the secret of its Registered (show it to register again under the
+    same worker id) and the lease of every Assign (an Outcome must carry it)."""
+
+    def __init__(self, address, worker_id, tasks, concurrency=1, key=None, secret=None,
+                 running=(), status_address=None, timeout=10.0, context=None):
+        self.worker_id, self.timeout = worker_id, timeout
+        self.conn = Connection(address, key=key, timeout=timeout, context=context)
+        self.leases = {}    # task id -> lease of its latest Assign
+        self.pending = []   # messages that arrived while registering
+        try:
+            self.conn.send(encode_hello(worker_id, peer_kind="subworker"))
+            self.conn.send(encode_register(worker_id, tasks, concurrency, status_address,
+                                           secret=secret, running=running))
+            deadline = time.monotonic() + timeout
+            welcome = self._until(("welcome", "refused"), deadline)
+            if welcome["type"] == "welcome":
+                self.features = welcome["features"]
+                self.limits = _limits(self.features)
+                self.conn.max_message_size = self.limits["max-message-size"]
+                answer = self._until(("registered", "refused", "rejected"), deadline)
+            else:
+                answer = welcome
+            if answer["type"] == "refused":
+                raise Refused(answer["reason"])
+            if answer["type"] == "rejected":
+                raise Rejected(answer["error"]["kind"], answer["error"]["message"])
+            self.secret = answer["secret"]
+        except BaseException:
+            self.close()
+            raise
+
+    def _until(self, kinds, deadline):
+        while True:
+            msg = self.conn.recv(deadline=deadline)
+            if msg["type"] in kinds:
+                return msg
+            self.pending.append(msg)
+
+    def send(self, frames):
+        self.conn.send(frames)
+
+    def recv(self, timeout=None):
+        """The next message (Assign, CancelTask, HeartbeatAck, ...); an Assign's lease
+        is remembered for its outcome."""
+        msg = self.pending.pop(0) if self.pending else self.conn.recv(timeout)
+        if msg["type"] == "assign":
+            self.leases[msg["task"]["id"]] = msg["lease"]
+        return msg
+
+    def recv_type(self, kind, timeout=None):
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            msg = self.recv(max(0.001, deadline - time.monotonic()))
+            if msg["type"] == kind:
+                return msg
+
+    def send_outcome(self, task, value=b"", error=None, lease=None, started_ms=None,
+                     completed_ms=None):
+        """Reports an attempt of `task` (the envelope of an Assign) under its lease."""
+        now = int(time.time() * 1000)
+        self.conn.send(encode_outcome(
+            task["id"], task["delivery_count"],
+            self.leases[task["id"]] if lease is None else lease, error=error, value=value,
+            started_ms=now if started_ms is None else started_ms,
+            completed_ms=now if completed_ms is None else completed_ms))
+
+    def heartbeat(self, running=0, free_slots=1):
+        self.conn.send(encode_heartbeat(running, free_slots))
+
+    def unregister(self):
+        self.conn.send(encode_unit(UNREGISTER))
+
+    def close(self):
+        self.conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 # --- module-level helpers ---------------------------------------------------------
 
-def submit(address, task_name, args, priority="normal", wait=True, timeout=10):
+def submit(address, task_name, args, priority="normal", wait=True, timeout=10, key=None):
     """Connects, submits, returns the result value (wait) or the task id (no wait).
     Raises Rejected (e.g. kind unknown_task) or TaskFailed (kind failed, ...)."""
-    with Client(address, timeout=timeout) as c:
+    with Client(address, timeout=timeout, key=key) as c:
         return c.submit(task_name, args, priority=priority, wait=wait, timeout=timeout)
 
 
-def status(address, task_id, wait=False, timeout=10):
+def status(address, task_id, wait=False, timeout=10, key=None):
     """The task's record as a dict, or None if the control plane does not know it."""
-    with Client(address, timeout=timeout) as c:
+    with Client(address, timeout=timeout, key=key) as c:
         return c.status(task_id, wait=wait, timeout=timeout)
 
 
-def cancel(address, task_id, timeout=10):
+def cancel(address, task_id, timeout=10, key=None):
     """{"outcome": "cancelled" | "signalled" | "already_finished" | "not_found",
     "status": the final status for already_finished, else None}"""
-    with Client(address, timeout=timeout) as c:
+    with Client(address, timeout=timeout, key=key) as c:
         return c.cancel(task_id)
 
 
-def discover(discovery_address, timeout=5, context=None):
+def discover(discovery_address, timeout=5, context=None, key=None):
     """Asks the discovery endpoint where the control plane is: a dict with
     control_plane_id, base_address, subworker_address, protocol_version."""
-    context = context or zmq.Context.instance()
-    s = context.socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    s.setsockopt(zmq.SNDTIMEO, int(timeout * 1000))
-    try:
-        s.connect(discovery_address)
-        s.send_multipart(encode_unit(DISCOVER))
+    with Connection(discovery_address, key=key, timeout=timeout, context=context) as conn:
+        conn.send(encode_unit(DISCOVER))
         deadline = time.monotonic() + timeout
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not s.poll(int(remaining * 1000) + 1):
-                raise Timeout("no announcement from %s" % discovery_address)
-            msg = decode(s.recv_multipart())
+            try:
+                msg = conn.recv(deadline=deadline)
+            except Timeout:
+                raise Timeout("no announcement from %s" % discovery_address) from None
             if msg["type"] == "announce":
                 del msg["type"]
                 return msg
@@ -736,8 +1101,6 @@ def discover(discovery_address, timeout=5, context=None):
                 raise Refused(msg["reason"])
             if msg["type"] == "rejected":
                 raise Rejected(msg["error"]["kind"], msg["error"]["message"])
-    finally:
-        s.close(0)
 
 
 # --- command line ------------------------------------------------------------------
@@ -777,26 +1140,35 @@ def main(argv=None):
     p.add_argument("--status", metavar="TASK_ID", help="print a task's record")
     p.add_argument("--cancel", metavar="TASK_ID", help="cancel a task")
     p.add_argument("--json", action="store_true", help="print the whole record as JSON")
+    p.add_argument("--auth-key-file", metavar="FILE",
+                   help="the cluster key file (default: $FASTWORKER_AUTH_KEY_FILE, else the "
+                        "key text in $FASTWORKER_AUTH_KEY, else no key)")
     p.add_argument("task_name", nargs="?")
     p.add_argument("args", nargs="*")
     a = p.parse_args(argv)
     address = a.control_plane_address
     try:
+        key = load_key(a.auth_key_file)
+    except (OSError, ValueError) as e:
+        print("error: %s" % e, file=sys.stderr)
+        return 1
+    try:
         if not address:
-            address = discover(a.discovery_address, timeout=a.timeout)["base_address"]
+            address = discover(a.discovery_address, timeout=a.timeout,
+                               key=key)["base_address"]
         if a.status:
-            record = status(address, a.status, timeout=a.timeout)
+            record = status(address, a.status, timeout=a.timeout, key=key)
             if record is not None:
                 record = dict(record, value=record["value"].hex())
             print(json.dumps(record))
             return 0 if record is not None else 1
         if a.cancel:
-            print(json.dumps(cancel(address, a.cancel, timeout=a.timeout)))
+            print(json.dumps(cancel(address, a.cancel, timeout=a.timeout, key=key)))
             return 0
         if not a.task_name:
             p.error("a task name is needed")
         args = [parse_arg(w) for w in a.args]
-        with Client(address, timeout=a.timeout) as c:
+        with Client(address, timeout=a.timeout, key=key) as c:
             if a.non_blocking:
                 print(c.submit(a.task_name, args, priority=a.priority, wait=False))
                 return 0

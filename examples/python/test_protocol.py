@@ -4,8 +4,10 @@ plane. No pytest: exit 0 when every check passes, 1 otherwise.
 
     python3 examples/python/test_protocol.py target/debug/fastworker target/debug/libmytasks.so
 
-It starts `fastworker control-plane` itself, on free ports, from a temporary directory
-holding the plugin as plugins/mytasks.so, and stops it when done. Every wait is bounded.
+It starts two `fastworker control-plane`s itself, on free ports, from a temporary
+directory holding the plugin as plugins/mytasks.so: one without a cluster key, and one
+with a key made by `fastworker keygen` (and small message limits, 1 MiB / 512 KiB), for
+the check_keyed_* checks. It stops both when done. Every wait is bounded.
 """
 
 import json
@@ -38,21 +40,21 @@ def free_port():
 
 
 class Raw:
-    """A bare DEALER for sending hand-made frames."""
+    """A bare DEALER for sending hand-made frames (with a key: after the handshake, and
+    sealed)."""
 
-    def __init__(self, address):
-        self.s = zmq.Context.instance().socket(zmq.DEALER)
-        self.s.setsockopt(zmq.LINGER, 0)
-        self.s.setsockopt(zmq.SNDTIMEO, int(WAIT * 1000))
-        self.s.connect(address)
+    def __init__(self, address, key=None):
+        self.c = fw.Connection(address, key=key, timeout=WAIT)
+        self.s = self.c.socket
 
     def send(self, frames):
-        self.s.send_multipart(frames)
+        self.c.send(frames)
 
     def recv(self, timeout=WAIT):
-        if not self.s.poll(int(timeout * 1000)):
-            raise AssertionError("no message within %.1f s" % timeout)
-        return fw.decode(self.s.recv_multipart())
+        try:
+            return self.c.recv(timeout)
+        except fw.Timeout:
+            raise AssertionError("no message within %.1f s" % timeout) from None
 
     def recv_type(self, kind, timeout=WAIT):
         deadline = time.monotonic() + timeout
@@ -62,7 +64,7 @@ class Raw:
                 return msg
 
     def close(self):
-        self.s.close(0)
+        self.c.close()
 
 
 def check(cond, what):
@@ -86,9 +88,35 @@ def poll_status(client, task_id, pred, timeout=WAIT):
         time.sleep(0.05)
 
 
+def expect_raise(exc, what, fn, *args, **kwargs):
+    """Calls fn; returns the exception of type exc it raised, else fails."""
+    try:
+        fn(*args, **kwargs)
+    except exc as e:
+        return e
+    raise AssertionError("%s: no %s raised" % (what, exc.__name__))
+
+
+class Keyed:
+    """The control plane started with a cluster key."""
+
+    def __init__(self, base, discovery, sub, key_file):
+        self.base, self.discovery, self.sub, self.key_file = base, discovery, sub, key_file
+        with open(key_file) as f:
+            self.text = f.read()
+        self.key = fw.ClusterKey.parse(self.text)
+        self.hex = self.key.keys[0].hex()
+
+
 class Checks:
-    def __init__(self, binary, base, discovery, sub):
+    def __init__(self, binary, base, discovery, sub, keyed=None):
         self.binary, self.base, self.discovery, self.sub = binary, base, discovery, sub
+        self.keyed = keyed
+
+    def _keyed(self):
+        if self.keyed is None:
+            raise AssertionError("the keyed control plane did not start")
+        return self.keyed
 
     # --- encodings ---------------------------------------------------------------
     def check_snapshots(self):
@@ -106,7 +134,7 @@ class Checks:
         eq(hx(fw.encode_hello("cli")), lines("hello"), "hello")
         eq(hx(fw.encode_submit(7, task, True)), lines("submit"), "submit")
         eq(hx(fw.encode_status(8, tid, False)), lines("status"), "status")
-        eq(hx(fw.encode_outcome(tid, 1, {"kind": "failed", "message": "boom"},
+        eq(hx(fw.encode_outcome(tid, 1, b"\x07" * 16, {"kind": "failed", "message": "boom"},
                                 started_ms=1, completed_ms=2)),
            lines("outcome_failure"), "outcome_failure")
         frames = lambda n: [bytes.fromhex(x) for x in lines(n)]  # noqa: E731
@@ -115,9 +143,19 @@ class Checks:
         rec = fw.decode(frames("result"))["record"]
         eq((rec["status"], rec["worker_id"], rec["result"], rec["completed_ms"]),
            ("success", "sw1", 8, 1700000000002), "result")
-        t = fw.decode(frames("assign"))["task"]
-        eq((t["id"], t["name"], t["payload"], t["priority"]), (tid, "add", b"[5,3]", "normal"),
-           "assign")
+        m = fw.decode(frames("assign"))
+        t = m["task"]
+        eq((t["id"], t["name"], t["payload"], t["priority"], m["lease"]),
+           (tid, "add", b"[5,3]", "normal", b"\x07" * 16), "assign")
+        if os.path.exists(os.path.join(SNAPSHOTS, "registered.hex")):
+            eq(fw.decode(frames("registered")), {"type": "registered", "secret": b"\x09" * 32},
+               "registered")
+        # Registration with a secret and a claim, by hand: the layout of PROTOCOL.md
+        reg = fw.encode_register("sw", [], concurrency=2, pid=7, secret=b"\x09" * 32,
+                                 running=[(tid, b"\x07" * 16)])[0]
+        eq(reg.hex(), ("465701" "05000000" "0200000000000000" "7377" "0000000000000000"
+                       "02000000" "00" "07000000" "01" + "09" * 32 + "0100000000000000"
+                       "1000000000000000" + "01" * 16 + "07" * 16), "registration")
 
     # --- client basics --------------------------------------------------------------
     def check_add(self):
@@ -315,7 +353,10 @@ class Checks:
             eq((m["type"], m["request_id"]), ("rejected", 0), "trailing byte")
             check(m["error"]["message"].startswith("malformed message"), m["error"]["message"])
             r.send(fw.encode_hello("x"))
-            eq(r.recv()["type"], "welcome", "welcome")
+            w = r.recv()
+            eq(w["type"], "welcome", "welcome")
+            eq(w["features"], ["batch", "wait", "cancel", "max-payload-size=67108864",
+                               "max-message-size=83886080"], "welcome features")
             header = fw.encode_submit(9, fw.new_task("add", b"[1,1]"), False)[0]
             r.send([header])
             m = r.recv()
@@ -334,55 +375,68 @@ class Checks:
             sw.send(fw.encode_register("py-sw", [{"name": "py_upper"}], concurrency=1))
             w = sw.recv()
             eq((w["type"], w["control_plane_id"]), ("welcome", "control-plane"), "welcome")
-            eq(sw.recv()["type"], "heartbeat_ack", "register acknowledged")
+            r = sw.recv()
+            eq(r["type"], "registered", "register answered with Registered")
+            eq(len(r["secret"]), 32, "secret length")
             sw.send(fw.encode_heartbeat(0, 1))
             eq(sw.recv()["type"], "heartbeat_ack", "heartbeat acknowledged")
 
             # success
             tid = c.submit_task(fw.new_task("py_upper", b'["abc"]'), wait=True)
-            task = sw.recv_type("assign")["task"]
+            m = sw.recv_type("assign")
+            task, lease = m["task"], m["lease"]
             eq((task["id"], task["name"], task["payload"], task["attempt"],
-                task["delivery_count"]), (tid, "py_upper", b'["abc"]', 1, 1), "assign")
+                task["delivery_count"], len(lease)), (tid, "py_upper", b'["abc"]', 1, 1, 16),
+               "assign")
             args = json.loads(task["payload"])
             now = int(time.time() * 1000)
-            sw.send(fw.encode_outcome(tid, task["delivery_count"],
+            sw.send(fw.encode_outcome(tid, task["delivery_count"], lease,
                                       value=json.dumps(args[0].upper()).encode(),
                                       started_ms=now, completed_ms=now + 1))
             rec = c.wait_result(tid, WAIT)
             eq((rec["status"], rec["result"], rec["worker_id"], rec["started_ms"]),
                ("success", "ABC", "py-sw", now), "result via subworker")
 
-            # failure
+            # failure; a stale delivery count and a wrong lease are ignored
             tid = c.submit_task(fw.new_task("py_upper", b'["x"]'), wait=True)
-            task = sw.recv_type("assign")["task"]
-            sw.send(fw.encode_outcome(tid, task["delivery_count"] + 5,
+            m = sw.recv_type("assign")
+            task, lease = m["task"], m["lease"]
+            sw.send(fw.encode_outcome(tid, task["delivery_count"] + 5, lease,
                                       error={"kind": "failed", "message": "stale"}))
-            sw.send(fw.encode_outcome(tid, task["delivery_count"],
+            sw.send(fw.encode_outcome(tid, task["delivery_count"], os.urandom(16),
+                                      error={"kind": "failed", "message": "forged"}))
+            sw.send(fw.encode_outcome(tid, task["delivery_count"], lease,
                                       error={"kind": "failed", "message": "nope"}))
             rec = c.wait_result(tid, WAIT)
             eq((rec["status"], rec["error"]), ("failure", {"kind": "failed", "message": "nope"}),
-               "failure via subworker (stale outcome ignored)")
+               "failure via subworker (stale and forged outcomes ignored)")
 
             # cancel of a task running on the subworker
             tid = c.submit_task(fw.new_task("py_upper", b'["y"]'), wait=True)
-            task = sw.recv_type("assign")["task"]
+            m = sw.recv_type("assign")
+            task, lease = m["task"], m["lease"]
             eq(c.cancel(tid)["outcome"], "signalled", "cancel on subworker")
             eq(sw.recv_type("cancel_task")["task_id"], tid, "CancelTask")
-            sw.send(fw.encode_outcome(tid, task["delivery_count"],
+            sw.send(fw.encode_outcome(tid, task["delivery_count"], lease,
                                       error={"kind": "failed", "message": "stopped"}))
             rec = c.wait_result(tid, WAIT)
             eq((rec["status"], rec["error"]),
                ("cancelled", {"kind": "cancelled", "message": "cancelled (stopped)"}),
                "cancelled via subworker")
 
-            # draining: accepted (still known) but not assigned
+            # draining: accepted (still known) but not assigned. Messages of one
+            # connection are handled in order, those of two are not: the Pong says the
+            # Draining was handled before the client submits.
             sw.send(fw.encode_unit(fw.DRAINING))
+            sw.send(fw.encode_ping(11))
+            eq(sw.recv_type("pong")["nonce"], 11, "pong after Draining")
             tid = c.submit("py_upper", ["z"], wait=False)
             time.sleep(0.3)
             eq(c.status(tid)["status"], "queued", "no assignment while draining")
             # unregister: the name is no longer known
             sw.send(fw.encode_unit(fw.UNREGISTER))
-            time.sleep(0.2)
+            sw.send(fw.encode_ping(12))
+            eq(sw.recv_type("pong")["nonce"], 12, "pong after Unregister")
             eq(c.cancel(tid)["outcome"], "cancelled", "cancel the stranded task")
             try:
                 c.submit("py_upper", ["z"], wait=False)
@@ -393,14 +447,18 @@ class Checks:
             c.close()
             sw.close()
 
-
     def check_dead_letters_and_replay(self):
+        secret = [None]  # the last Registered's, shown when registering again
+
         def connect_worker():
             sw = Raw(self.sub)
             sw.send(fw.encode_hello("py-dl", peer_kind="subworker"))
-            sw.send(fw.encode_register("py-dl", [{"name": "py_dl"}], concurrency=1))
+            sw.send(fw.encode_register("py-dl", [{"name": "py_dl"}], concurrency=1,
+                                       secret=secret[0]))
             eq(sw.recv()["type"], "welcome", "welcome")
-            eq(sw.recv()["type"], "heartbeat_ack", "registered")
+            r = sw.recv()
+            eq(r["type"], "registered", "registered")
+            secret[0] = r["secret"]
             return sw
 
         c = fw.Client(self.base)
@@ -434,10 +492,11 @@ class Checks:
                [(tid, "failure")], "dead letter listed")
             sw = connect_worker()
             eq(c.replay(tid), tid, "replay accepted")
-            task = sw.recv_type("assign")["task"]
+            m = sw.recv_type("assign")
+            task = m["task"]
             eq((task["id"], task["attempt"], task["delivery_count"], task["payload"]),
                (tid, 1, 1, b"[7]"), "replayed assignment")
-            sw.send(fw.encode_outcome(tid, 1, value=b"49"))
+            sw.send(fw.encode_outcome(tid, 1, m["lease"], value=b"49"))
             rec = poll_status(c, tid, lambda r: r["status"] == "success")
             eq(rec["result"], 49, "replayed result")
             try:
@@ -451,6 +510,193 @@ class Checks:
             if sw is not None:
                 sw.close()
 
+    # --- a control plane with a cluster key ------------------------------------------
+    def check_keyed_keygen(self):
+        k = self._keyed()
+        eq(os.stat(k.key_file).st_mode & 0o777, 0o600, "key file mode")
+        eq(len(k.key.keys), 1, "one key in a new key file")
+        eq(fw.load_key(k.key_file).keys, k.key.keys, "load_key(path)")
+        eq(fw.load_key(environ={"FASTWORKER_AUTH_KEY": k.hex}).keys, k.key.keys,
+           "load_key from FASTWORKER_AUTH_KEY")
+        eq(fw.load_key(environ={"FASTWORKER_AUTH_KEY_FILE": k.key_file}).keys, k.key.keys,
+           "load_key from FASTWORKER_AUTH_KEY_FILE")
+        eq(fw.load_key(environ={}), None, "no key")
+        expect_raise(ValueError, "three keys", fw.ClusterKey.parse, ",".join([k.hex] * 3))
+        expect_raise(ValueError, "short key", fw.ClusterKey.parse, k.hex[:-2])
+
+    def check_keyed_client(self):
+        k = self._keyed()
+        eq(fw.submit(k.base, "add", [5, 3], key=k.key), 8, "keyed add(5, 3)")
+        with fw.Client(k.base, key=k.text) as c:  # the key text works as well
+            eq(c.limits, {"max-payload-size": 512 * 1024, "max-message-size": 1024 * 1024},
+               "limits in Welcome.features")
+            tid = c.submit("sleep_ms", [2000], wait=False)
+            rec = poll_status(c, tid, lambda r: r and r["status"] == "running")
+            eq(rec["name"], "sleep_ms", "keyed status")
+            eq(c.cancel(tid), {"outcome": "signalled", "status": None}, "keyed cancel")
+            poll_status(c, tid, lambda r: r["status"] == "cancelled", timeout=3)
+            eq(c.ping(5), 5, "keyed ping")
+        # rotation: the first key is the one proven with, either is accepted back
+        other = os.urandom(32).hex()
+        eq(fw.submit(k.base, "add", [1, 2], key="%s\n%s  # next\n" % (k.hex, other)), 3,
+           "two keys, the right one first")
+        # the discovery endpoint needs the key too
+        a = fw.discover(k.discovery, key=k.key)
+        eq((a["base_address"], a["subworker_address"]), (k.base, k.sub), "keyed discovery")
+        # the command line, with the key file named in the environment
+        env = dict(os.environ, FASTWORKER_AUTH_KEY_FILE=k.key_file)
+        env.pop("FASTWORKER_AUTH_KEY", None)
+        out = subprocess.run(
+            [sys.executable, os.path.join(HERE, "fastworker_client.py"),
+             "--discovery-address", k.discovery, "add", "5", "3"],
+            capture_output=True, text=True, timeout=30, env=env)
+        eq((out.returncode, out.stdout), (0, "8\n"), "keyed CLI (stderr: %s)" % out.stderr)
+
+    def check_keyed_refuses_unkeyed(self):
+        k = self._keyed()
+        e = expect_raise(fw.Refused, "unkeyed client", fw.Client, k.base, timeout=WAIT)
+        check(not isinstance(e, fw.AuthRefused), "an FW Refused, not a handshake Refuse")
+        check("cluster key" in str(e), str(e))
+        e = expect_raise(fw.Refused, "unkeyed discovery", fw.discover, k.discovery)
+        check("cluster key" in str(e), str(e))
+        r = Raw(k.base)
+        try:
+            r.send(fw.encode_ping(3))
+            m = r.recv()
+            eq(m["type"], "refused", "unkeyed ping is refused, not answered")
+        finally:
+            r.close()
+
+    def check_keyed_wrong_key(self):
+        k = self._keyed()
+        wrong = os.urandom(32).hex()
+        e = expect_raise(fw.AuthRefused, "wrong key", fw.Client, k.base, key=wrong,
+                         timeout=WAIT)
+        check("wrong cluster key" in str(e), str(e))
+        # the key proven with is the first one: the right key second does not help
+        expect_raise(fw.AuthRefused, "wrong key first", fw.Client, k.base,
+                     key="%s,%s" % (wrong, k.hex), timeout=WAIT)
+        expect_raise(fw.AuthRefused, "wrong key, discovery", fw.discover, k.discovery,
+                     key=wrong)
+        # a keyed client and a control plane without a key: a Refuse frame too
+        e = expect_raise(fw.AuthRefused, "key for an unkeyed server", fw.Client, self.base,
+                         key=k.key, timeout=WAIT)
+        check("no cluster key" in str(e), str(e))
+
+    def check_keyed_seal(self):
+        k = self._keyed()
+        # a replayed message closes the connection
+        conn = fw.Connection(k.base, key=k.key, timeout=WAIT)
+        try:
+            sealed = conn.session.seal(fw.encode_ping(5))
+            conn.socket.send_multipart(sealed)
+            eq(conn.recv(), {"type": "pong", "nonce": 5}, "sealed ping")
+            conn.socket.send_multipart(sealed)
+            conn.send(fw.encode_ping(6))
+            try:
+                m = conn.recv(timeout=1.0)
+                raise AssertionError("answered after a replay: %r" % m)
+            except (fw.Timeout, fw.ProtocolError):
+                pass
+        finally:
+            conn.close()
+        # so does a tampered one
+        conn = fw.Connection(k.base, key=k.key, timeout=WAIT)
+        try:
+            sealed = conn.session.seal(fw.encode_ping(7))
+            sealed[-1] = sealed[-1][:-1] + bytes([sealed[-1][-1] ^ 1])
+            conn.socket.send_multipart(sealed)
+            try:
+                m = conn.recv(timeout=1.0)
+                raise AssertionError("answered a tampered message: %r" % m)
+            except (fw.Timeout, fw.ProtocolError):
+                pass
+        finally:
+            conn.close()
+
+    def check_keyed_subworker(self):
+        k = self._keyed()
+        sw = fw.Subworker(k.sub, "py-keyed", [{"name": "py_upper"}], key=k.key, timeout=WAIT)
+        c = fw.Client(k.base, key=k.key)
+        try:
+            eq(len(sw.secret), 32, "secret")
+            sw.heartbeat(0, 1)
+            eq(sw.recv_type("heartbeat_ack")["type"], "heartbeat_ack", "sealed heartbeat")
+            tid = c.submit_task(fw.new_task("py_upper", b'["abc"]'), wait=True)
+            m = sw.recv_type("assign", WAIT)
+            task, lease = m["task"], m["lease"]
+            eq((task["id"], task["payload"], len(lease)), (tid, b'["abc"]', 16), "assign")
+            # an outcome with another lease is ignored: the task stays running
+            sw.send_outcome(task, value=b'"FORGED"', lease=os.urandom(16))
+            sw.send(fw.encode_ping(77))  # handled in order: after the outcome
+            eq(sw.recv_type("pong", WAIT)["nonce"], 77, "pong")
+            eq(c.status(tid)["status"], "running", "forged outcome ignored")
+            check(tid not in c.results and not c.socket.poll(200), "no result pushed")
+            sw.send_outcome(task, value=b'"ABC"')  # with the Assign's lease
+            rec = c.wait_result(tid, WAIT)
+            eq((rec["status"], rec["result"], rec["worker_id"]), ("success", "ABC", "py-keyed"),
+               "result via the keyed subworker")
+            # a result over --max-payload-size ends the task as a failure saying so
+            tid = c.submit_task(fw.new_task("py_upper", b'["big"]'), wait=True)
+            task = sw.recv_type("assign", WAIT)["task"]
+            sw.send_outcome(task, value=b'"' + b"x" * (600 * 1024) + b'"')
+            rec = c.wait_result(tid, WAIT)
+            eq((rec["status"], rec["error"]["kind"], rec["value"]), ("failure", "failed", b""),
+               "oversized result")
+            check("--max-payload-size" in rec["error"]["message"], rec["error"]["message"])
+            sw.unregister()
+        finally:
+            c.close()
+            sw.close()
+
+    def check_keyed_worker_id_takeover(self):
+        k = self._keyed()
+        owner = fw.Subworker(k.sub, "py-owner", [{"name": "py_owned"}], key=k.key,
+                             timeout=WAIT)
+        again = None
+        try:
+            e = expect_raise(fw.Refused, "same id without the secret", fw.Subworker, k.sub,
+                             "py-owner", [{"name": "py_owned"}], key=k.key, timeout=WAIT)
+            check("in use" in str(e) and "pid" not in str(e).lower(), str(e))
+            e = expect_raise(fw.Refused, "same id with a wrong secret", fw.Subworker, k.sub,
+                             "py-owner", [{"name": "py_owned"}], key=k.key,
+                             secret=os.urandom(32), timeout=WAIT)
+            check("pid" not in str(e).lower(), str(e))
+            # the holder of the secret may register again (a reconnect)
+            again = fw.Subworker(k.sub, "py-owner", [{"name": "py_owned"}], key=k.key,
+                                 secret=owner.secret, timeout=WAIT)
+            eq(again.secret, owner.secret, "the same secret back")
+            again.unregister()
+            again.send(fw.encode_ping(1))
+            again.recv_type("pong", WAIT)
+        finally:
+            owner.close()
+            if again is not None:
+                again.close()
+
+    def check_keyed_message_size(self):
+        k = self._keyed()
+        with fw.Client(k.base, key=k.key) as c:
+            big = fw.new_task("echo", b'["' + b"x" * (1024 * 1024) + b'"]')
+            e = expect_raise(fw.MessageTooLarge, "over max-message-size", c.submit_task, big)
+            eq(e.limit, 1024 * 1024, "the limit named")
+            eq(c.status(big["id"]), None, "nothing was sent")
+            eq(c.submit("add", [5, 3]), 8, "the connection is still open")
+            # under max-message-size, over max-payload-size: Rejected naming the limit
+            mid = fw.new_task("echo", b'["' + b"x" * (600 * 1024) + b'"]')
+            e = expect_raise(fw.Rejected, "over max-payload-size", c.submit_task, mid, False)
+            check("524288" in e.message and "--max-payload-size" in e.message, e.message)
+        # a peer that declares more on the wire is disconnected by the guard: no answer
+        s = zmq.Context.instance().socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        try:
+            s.connect(k.base)
+            s.send_multipart([b"FW\x01" + b"\x00" * (2 * 1024 * 1024)])
+            check(not s.poll(1000), "an answer to an oversized message")
+        finally:
+            s.close(0)
+        eq(fw.submit(k.base, "add", [2, 3], key=k.key), 5, "still serving")
+
 
 def _pe_fields():
     w = fw.Writer()
@@ -463,21 +709,59 @@ def _pe_fields():
     return w.parts
 
 
-def wait_ready(address, proc, timeout=20.0):
+def wait_ready(address, proc, timeout=20.0, key=None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError("the control plane exited with %s" % proc.returncode)
-        r = Raw(address)
+        r = None
         try:
+            r = Raw(address, key=key)
             r.send(fw.encode_ping(1))
             if r.recv(timeout=0.5)["type"] == "pong":
                 return
-        except AssertionError:
-            pass
+        except (AssertionError, fw.FastworkerError):
+            time.sleep(0.1)
         finally:
-            r.close()
+            if r is not None:
+                r.close()
     raise RuntimeError("the control plane did not answer within %.0f s" % timeout)
+
+
+def endpoints(taken):
+    """Three free local endpoints (base, discovery, subworker), none in `taken`."""
+    ports = set()
+    while len(ports) < 3:
+        port = free_port()
+        if port not in taken:
+            ports.add(port)
+    taken.update(ports)
+    base_port, disc_port, sub_port = sorted(ports)
+    return ["tcp://127.0.0.1:%d" % p for p in (base_port, disc_port, sub_port)] + [sub_port]
+
+
+def start_control_plane(binary, tmp, name, base, discovery, sub_port, extra=()):
+    log_path = os.path.join(tmp, name + ".log")
+    log = open(log_path, "w")
+    env = dict(os.environ)
+    for var in ("FASTWORKER_AUTH_KEY", "FASTWORKER_AUTH_KEY_FILE"):
+        env.pop(var, None)  # only what the command line says
+    proc = subprocess.Popen(
+        [binary, "control-plane", "--task-modules", "mytasks", "--no-gui",
+         "--base-address", base, "--discovery-address", discovery,
+         "--subworker-port", str(sub_port)] + list(extra),
+        cwd=tmp, stdout=log, stderr=subprocess.STDOUT, env=env)
+    return proc, log, log_path
+
+
+def stop(proc):
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
 
 
 def main(argv):
@@ -493,24 +777,36 @@ def main(argv):
     tmp = tempfile.mkdtemp(prefix="fw-protocol-")
     os.mkdir(os.path.join(tmp, "plugins"))
     shutil.copy(plugin, os.path.join(tmp, "plugins", "mytasks.so"))
-    ports = set()
-    while len(ports) < 3:
-        ports.add(free_port())
-    base_port, disc_port, sub_port = sorted(ports)
-    base = "tcp://127.0.0.1:%d" % base_port
-    discovery = "tcp://127.0.0.1:%d" % disc_port
-    sub = "tcp://127.0.0.1:%d" % sub_port
-    log_path = os.path.join(tmp, "control-plane.log")
-    log = open(log_path, "w")
-    proc = subprocess.Popen(
-        [binary, "control-plane", "--task-modules", "mytasks", "--no-gui",
-         "--base-address", base, "--discovery-address", discovery,
-         "--subworker-port", str(sub_port)],
-        cwd=tmp, stdout=log, stderr=subprocess.STDOUT)
+    taken = set()
+    base, discovery, sub, sub_port = endpoints(taken)
+    kbase, kdiscovery, ksub, ksub_port = endpoints(taken)
+    key_file = os.path.join(tmp, "cluster.key")
+    running = []  # (proc, log, log_path), each stopped at the end
     passed = failed = 0
     try:
+        proc, log, log_path = start_control_plane(binary, tmp, "control-plane", base,
+                                                  discovery, sub_port)
+        running.append((proc, log, log_path))
+        keyed = None
+        try:
+            subprocess.run([binary, "keygen", key_file], capture_output=True, timeout=30,
+                           check=True)
+            kproc, klog, klog_path = start_control_plane(
+                binary, tmp, "keyed-control-plane", kbase, kdiscovery, ksub_port,
+                ["--auth-key-file", key_file, "--max-message-size", "1MiB",
+                 "--max-payload-size", "512KiB"])
+            running.append((kproc, klog, klog_path))
+            keyed = Keyed(kbase, kdiscovery, ksub, key_file)
+        except Exception as e:  # noqa: BLE001
+            print("      (the keyed control plane did not start: %s)" % e)
         wait_ready(base, proc)
-        checks = Checks(binary, base, discovery, sub)
+        if keyed is not None:
+            try:
+                wait_ready(kbase, running[1][0], key=keyed.key)
+            except Exception as e:  # noqa: BLE001
+                print("      (the keyed control plane is not ready: %s)" % e)
+                keyed = None
+        checks = Checks(binary, base, discovery, sub, keyed)
         for name in [n for n in dir(Checks) if n.startswith("check_")]:
             start = time.monotonic()
             try:
@@ -525,18 +821,14 @@ def main(argv):
         failed += 1
         print("FAIL  setup: %s" % e)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-        log.close()
+        for proc, log, _ in running:
+            stop(proc)
+            log.close()
         if failed:
-            with open(log_path) as f:
-                print("--- control plane log (last 40 lines) ---")
-                print("".join(f.readlines()[-40:]))
+            for _, _, log_path in running:
+                with open(log_path) as f:
+                    print("--- %s (last 40 lines) ---" % os.path.basename(log_path))
+                    print("".join(f.readlines()[-40:]))
         shutil.rmtree(tmp, ignore_errors=True)
     print("%d passed, %d failed" % (passed, failed))
     return 0 if failed == 0 else 1

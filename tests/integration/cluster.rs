@@ -31,14 +31,14 @@ use fastworker::{
         TaskRecord, TaskStatus, ToControlPlane, PROTOCOL_VERSION,
     },
     task_error::ErrorKind,
+    transport::{self, Connection},
 };
 use serde_json::{json, Value};
 use tokio::runtime::Runtime;
-use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
 
 use crate::{
     procs::{free_address, mytasks_dir, poll_until, runtime, ControlPlane, Proc, STARTUP},
-    support::{run, Output, TestDir},
+    support::{client_config, run, Output, TestDir},
 };
 
 /// The library client's connect and request timeout.
@@ -48,8 +48,12 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
 const RESULT_WAIT: Duration = Duration::from_secs(30);
 
 fn connect(rt: &Runtime, address: &str) -> Client {
-    rt.block_on(Client::connect(address, CLIENT_TIMEOUT))
-        .unwrap_or_else(|e| panic!("cannot connect to {address}: {e}"))
+    rt.block_on(Client::connect_with(
+        address,
+        CLIENT_TIMEOUT,
+        &client_config(),
+    ))
+    .unwrap_or_else(|e| panic!("cannot connect to {address}: {e}"))
 }
 
 /// A task with JSON arguments.
@@ -634,7 +638,11 @@ fn a_client_that_knows_only_the_discovery_address_works() {
 
     let rt = runtime();
     let client = rt
-        .block_on(Client::discover(&cp.discovery, CLIENT_TIMEOUT))
+        .block_on(Client::discover_with(
+            &cp.discovery,
+            CLIENT_TIMEOUT,
+            &client_config(),
+        ))
         .expect("discovery finds the control plane");
     assert_eq!(client.control_plane_id(), "cp-disc");
     let sum: i64 = rt
@@ -690,22 +698,22 @@ fn control_plane_sigterm_finishes_in_flight_and_exits_0() {
 
 // ---- bad input -----------------------------------------------------------------------
 
-/// Sends `frames` on a raw DEALER and decodes the one reply.
-async fn exchange(socket: &mut zeromq::DealerSocket, frames: Vec<Bytes>) -> FromControlPlane {
-    let message = ZmqMessage::try_from(frames).expect("at least one frame");
-    tokio::time::timeout(Duration::from_secs(5), socket.send(message))
+/// Sends `frames` as they are (sealed, when the suite runs with a cluster key) on a
+/// bare transport connection, and decodes the one reply.
+async fn exchange(socket: &mut Connection, frames: Vec<Bytes>) -> FromControlPlane {
+    tokio::time::timeout(Duration::from_secs(5), socket.sender.send(frames))
         .await
         .expect("send in time")
         .expect("send");
     recv(socket).await
 }
 
-async fn recv(socket: &mut zeromq::DealerSocket) -> FromControlPlane {
-    let reply = tokio::time::timeout(Duration::from_secs(5), socket.recv())
+async fn recv(socket: &mut Connection) -> FromControlPlane {
+    let reply = tokio::time::timeout(Duration::from_secs(5), socket.receiver.recv())
         .await
         .expect("a reply within 5 s")
         .expect("a reply");
-    protocol::decode::<FromControlPlane>(&reply.into_vec()).expect("the reply decodes")
+    protocol::decode::<FromControlPlane>(&reply).expect("the reply decodes")
 }
 
 fn expect_rejected(reply: FromControlPlane, what: &str, says: &str) {
@@ -725,10 +733,8 @@ fn bad_frames_get_a_clear_error_and_lose_nothing() {
     let mut cp = ControlPlane::start(&dir, &["--task-modules", "mytasks"]);
     let rt = runtime();
     rt.block_on(async {
-        let mut socket = zeromq::DealerSocket::new();
-        tokio::time::timeout(Duration::from_secs(5), socket.connect(&cp.base))
+        let mut socket = transport::connect(&cp.base, Duration::from_secs(5), &client_config())
             .await
-            .expect("connect in time")
             .expect("connect");
 
         expect_rejected(

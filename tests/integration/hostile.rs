@@ -18,7 +18,7 @@ use serde_json::json;
 
 use crate::{
     procs::{free_address, mytasks_dir, runtime, ControlPlane, Proc, STARTUP},
-    support::TestDir,
+    support::{client_config, TestDir},
 };
 
 /// A ZMTP 3.0 greeting with the NULL mechanism, as any ZeroMQ peer sends it.
@@ -125,7 +125,9 @@ pub fn throw(addr: &str, bytes: &[u8]) {
 pub fn add_works(base: &str) -> bool {
     let rt = runtime();
     rt.block_on(async {
-        let Ok(client) = Client::connect(base, Duration::from_secs(10)).await else {
+        let Ok(client) =
+            Client::connect_with(base, Duration::from_secs(10), &client_config()).await
+        else {
             return false;
         };
         let task = TaskEnvelope::new("add", Codec::Json, Bytes::from(json!([5, 3]).to_string()));
@@ -193,4 +195,299 @@ fn the_corpus_on_every_port_crashes_nothing() {
     assert!(add_works(&cp.base), "add 5 3 failed after the corpus");
     assert!(started.elapsed() < Duration::from_secs(20));
     assert!(alive(&mut cp.proc) && alive(&mut sw));
+}
+
+/// Opens `n` TCP connections to `addr` that say nothing.
+fn idle_connections(addr: &str, n: usize) -> Vec<TcpStream> {
+    let addr: SocketAddr = addr.trim_start_matches("tcp://").parse().expect("ip:port");
+    (0..n)
+        .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok())
+        .collect()
+}
+
+/// How many of `streams` the other side has closed (a read sees EOF or a reset).
+fn closed_by_peer(streams: &mut [TcpStream]) -> usize {
+    streams
+        .iter_mut()
+        .filter(|s| {
+            let s: &TcpStream = s;
+            let mut s = s;
+            let _ = s.set_read_timeout(Some(Duration::from_millis(20)));
+            let mut b = [0u8; 64];
+            loop {
+                match s.read(&mut b) {
+                    Ok(0) => return true,
+                    // The server's greeting arrives first; keep reading.
+                    Ok(_) => continue,
+                    Err(e) => {
+                        return !matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        )
+                    }
+                }
+            }
+        })
+        .count()
+}
+
+/// CPU seconds (user + system) a process has used, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_name = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: f64 = fields
+        .get(11..13)
+        .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
+        .unwrap_or(0.0);
+    ticks / 100.0
+}
+
+#[test]
+fn two_thousand_idle_connections_neither_stop_service_nor_stay_open() {
+    let _ = rlimit::increase_nofile_limit(8192);
+    let dir = mytasks_dir();
+    let mut cp = ControlPlane::start(
+        &dir,
+        &["--task-modules", "mytasks", "--handshake-timeout", "2"],
+    );
+    let mut idle = idle_connections(&cp.base, 2000);
+    assert!(idle.len() >= 1900, "only {} connections opened", idle.len());
+    assert!(
+        add_works(&cp.base),
+        "add 5 3 with 2,000 idle connections open"
+    );
+    // Past the handshake timeout the control plane has closed them all.
+    let closed = crate::procs::poll_until(Duration::from_secs(15), || {
+        let n = closed_by_peer(&mut idle);
+        (n == idle.len()).then_some(n)
+    });
+    assert!(
+        closed.is_some(),
+        "idle connections still open after the handshake timeout: {} of {} closed",
+        closed_by_peer(&mut idle),
+        idle.len()
+    );
+    assert!(
+        cp.proc
+            .stderr()
+            .contains("did not finish its handshake within"),
+        "the closes are logged:\n{}",
+        cp.proc.describe()
+    );
+    assert!(add_works(&cp.base));
+    assert!(alive(&mut cp.proc));
+}
+
+#[test]
+fn out_of_descriptors_it_backs_off_warns_and_recovers() {
+    let _ = rlimit::increase_nofile_limit(8192);
+    let dir = mytasks_dir();
+    let base = free_address();
+    let discovery = free_address();
+    // The control plane under a hard limit of 1,024 descriptors, with more connections
+    // than that thrown at it, and --max-connections above what fits.
+    let mut proc = {
+        let mut cmd = dir.fastworker();
+        cmd.args([
+            "control-plane",
+            "--no-gui",
+            "--base-address",
+            &base,
+            "--discovery-address",
+            &discovery,
+            "--subworker-port",
+            "0",
+            "--task-modules",
+            "mytasks",
+            "--handshake-timeout",
+            "2",
+            "--max-connections",
+            "4096",
+        ]);
+        crate::procs::Proc::spawn_command(&dir, "cp-limited", cmd, Some(1024))
+    };
+    proc.wait_for(false, "ready on", STARTUP);
+    assert!(
+        proc.stderr().contains("lowered to"),
+        "--max-connections is lowered to what the limit holds:\n{}",
+        proc.describe()
+    );
+    let idle = idle_connections(&base, 1141);
+    std::thread::sleep(Duration::from_millis(500));
+    let before = cpu_seconds(proc.pid());
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_seconds(proc.pid()) - before;
+    assert!(
+        used < 0.6,
+        "the control plane used {used:.2} CPU seconds in 2 s with 1,141 idle connections (spinning?)"
+    );
+    assert!(
+        proc.stderr().contains("refusing a connection"),
+        "the refusals are logged:\n{}",
+        proc.describe()
+    );
+    // The idle ones are closed after the handshake timeout; service comes back while
+    // the attacker still holds its sockets.
+    let served =
+        crate::procs::poll_until(Duration::from_secs(20), || add_works(&base).then_some(()));
+    assert!(
+        served.is_some(),
+        "no service after the idle connections timed out\n{}",
+        proc.describe()
+    );
+    drop(idle);
+    assert!(proc.try_exit().is_none());
+}
+
+/// A hostile server on a free port that answers every connection with `bytes` (after
+/// reading what the peer sends first), for as long as the returned guard lives.
+struct HostileServer {
+    address: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HostileServer {
+    fn start(bytes: Vec<u8>) -> HostileServer {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let address = format!("tcp://{}", listener.local_addr().expect("addr"));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !stopping.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((mut s, _)) => {
+                        let _ = s.set_nonblocking(false);
+                        let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
+                        let _ = s.set_read_timeout(Some(Duration::from_millis(50)));
+                        let mut sink = [0u8; 256];
+                        let _ = s.read(&mut sink);
+                        let _ = s.write_all(&bytes);
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        HostileServer {
+            address,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for HostileServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What a hostile server sends back: the corpus, plus a well-formed ROUTER greeting
+/// and READY followed by the bomb (so the check after the handshake is reached too).
+fn server_corpus() -> Vec<(&'static str, Vec<u8>)> {
+    let mut ready_router = zmtp_greeting();
+    let mut body = vec![5u8];
+    body.extend_from_slice(b"READY");
+    body.push(11);
+    body.extend_from_slice(b"Socket-Type");
+    body.extend_from_slice(&6u32.to_be_bytes());
+    body.extend_from_slice(b"ROUTER");
+    ready_router.extend([0x04, body.len() as u8]);
+    ready_router.extend(body);
+    ready_router.push(0x02);
+    ready_router.extend_from_slice(&(1u64 << 62).to_be_bytes());
+    let mut all = corpus();
+    all.push(("bomb after a ROUTER's READY", ready_router));
+    all
+}
+
+#[test]
+fn clients_subworkers_and_callbacks_survive_a_hostile_server() {
+    let dir = mytasks_dir();
+    let mut cp = ControlPlane::start(&dir, &["--task-modules", "mytasks"]);
+    let rt = runtime();
+    for (what, bytes) in server_corpus() {
+        let hostile = HostileServer::start(bytes);
+        // The library client in this very process: an abort here fails the test run.
+        let result = rt.block_on(Client::connect(&hostile.address, Duration::from_secs(2)));
+        assert!(
+            result.is_err(),
+            "{what}: a hostile server is not a control plane"
+        );
+        // The CLI: a clean error, not an abort.
+        let mut cmd = dir.fastworker();
+        cmd.args([
+            "submit",
+            "--control-plane-address",
+            &hostile.address,
+            "--connect-timeout",
+            "2",
+            "--task-name",
+            "add",
+            "--args",
+            "5",
+            "3",
+        ]);
+        let out = crate::support::run(cmd);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{what}: submit exits 1, not a crash\n{out:?}"
+        );
+        // A subworker pointed at it keeps retrying instead of dying.
+        let args: Vec<String> = [
+            "subworker",
+            "--worker-id",
+            "victim",
+            "--control-plane-address",
+            &hostile.address,
+            "--task-modules",
+            "mytasks",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut sw = Proc::spawn(&dir, "victim", &args);
+        std::thread::sleep(Duration::from_millis(700));
+        assert!(
+            alive(&mut sw),
+            "{what}: the subworker died\n{}",
+            sw.describe()
+        );
+        sw.kill();
+        // The control plane delivering a callback to it.
+        let task = {
+            let mut t =
+                TaskEnvelope::new("add", Codec::Json, Bytes::from(json!([1, 2]).to_string()));
+            t.callback = Some(fastworker::protocol::Callback {
+                address: hostile.address.clone(),
+                data: "x".into(),
+            });
+            t
+        };
+        let ok = rt.block_on(async {
+            let client = Client::connect_with(&cp.base, Duration::from_secs(10), &client_config())
+                .await
+                .ok()?;
+            client.submit(task, Duration::from_secs(20)).await.ok()
+        });
+        assert!(
+            ok.is_some(),
+            "{what}: a task with a hostile callback address still runs"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            alive(&mut cp.proc),
+            "{what}: the control plane died delivering a callback\n{}",
+            cp.proc.describe()
+        );
+    }
+    assert!(add_works(&cp.base));
 }

@@ -1,9 +1,11 @@
 //! The one integration-test binary: it drives the real `fastworker` executable and
 //! loads the real plugins cargo built (`cargo build --workspace` builds them).
 
+mod auth;
 mod cluster;
 mod hostile;
 mod lifecycle;
+mod netns;
 mod plugins;
 mod procs;
 mod reload;

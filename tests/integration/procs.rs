@@ -85,11 +85,29 @@ impl Proc {
     /// Starts `fastworker <args>` in `dir`, with a private shadow directory, none of the
     /// caller's `FASTWORKER_*` settings, and its output in `<name>.out` / `<name>.err`.
     pub fn spawn(dir: &TestDir, name: &str, args: &[String]) -> Proc {
+        let mut cmd: Command = dir.fastworker();
+        cmd.args(args);
+        Proc::spawn_command(dir, name, cmd, None)
+    }
+
+    /// Starts `cmd` (made by `dir.fastworker()`) as [`Proc::spawn`] does; with
+    /// `descriptor_limit`, under that soft and hard limit of open files.
+    pub fn spawn_command(
+        dir: &TestDir,
+        name: &str,
+        mut cmd: Command,
+        descriptor_limit: Option<u64>,
+    ) -> Proc {
         let stdout = dir.child(&format!("{name}.out"));
         let stderr = dir.child(&format!("{name}.err"));
-        let mut cmd: Command = dir.fastworker();
-        cmd.args(args)
-            .env("FASTWORKER_SHADOW_DIR", dir.path().join("shadow"))
+        if let Some(limit) = descriptor_limit {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe and touches only the child.
+            unsafe {
+                cmd.pre_exec(move || rlimit::setrlimit(rlimit::Resource::NOFILE, limit, limit));
+            }
+        }
+        cmd.env("FASTWORKER_SHADOW_DIR", dir.path().join("shadow"))
             .stdout(Stdio::from(
                 fs::File::create(&stdout).expect("stdout file can be created"),
             ))

@@ -199,8 +199,12 @@ fn sleep_task(ms: u64) -> TaskEnvelope {
 }
 
 fn connect(rt: &Runtime, address: &str) -> Client {
-    rt.block_on(Client::connect(address, CLIENT_TIMEOUT))
-        .unwrap_or_else(|e| panic!("cannot connect to {address}: {e}"))
+    rt.block_on(Client::connect_with(
+        address,
+        CLIENT_TIMEOUT,
+        &crate::support::client_config(),
+    ))
+    .unwrap_or_else(|e| panic!("cannot connect to {address}: {e}"))
 }
 
 /// The version the subworker answers now.

@@ -57,6 +57,7 @@ pub fn plugin_artifact(lib_name: &str) -> PathBuf {
 /// A fresh directory for one test, removed when dropped.
 pub struct TestDir {
     dir: tempfile::TempDir,
+    suite_key: bool,
 }
 
 impl TestDir {
@@ -67,7 +68,15 @@ impl TestDir {
                 .prefix("fastworker-test-")
                 .tempdir()
                 .expect("a temp dir can be created"),
+            suite_key: true,
         }
+    }
+
+    /// The same, for tests that choose each process's key themselves: its processes
+    /// never get the suite's key.
+    pub fn without_suite_key(mut self) -> Self {
+        self.suite_key = false;
+        self
     }
 
     /// Its path.
@@ -107,10 +116,40 @@ impl TestDir {
                 cmd.env_remove(key);
             }
         }
+        if let Some(key) = suite_key().filter(|_| self.suite_key) {
+            cmd.env("FASTWORKER_AUTH_KEY", key);
+        }
         cmd.env("FASTWORKER_SHADOW_DIR", self.shadow_dir())
             .env("NO_COLOR", "1")
             .stdin(Stdio::null());
         cmd
+    }
+}
+
+/// The cluster key every process of this test run gets (by `FASTWORKER_AUTH_KEY`),
+/// when the run asks for one with `FASTWORKER_TEST_WITH_KEY=1` (`.ci/run`'s second
+/// pass): the whole suite then runs with authentication on.
+pub fn suite_key() -> Option<String> {
+    static KEY: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        (std::env::var("FASTWORKER_TEST_WITH_KEY").as_deref() == Ok("1")).then(|| {
+            let text = fastworker::transport::auth::ClusterKey::generate();
+            text.lines()
+                .find(|l| !l.starts_with('#'))
+                .unwrap_or_default()
+                .to_string()
+        })
+    })
+    .clone()
+}
+
+/// What the library client in a test connects with: the suite's key, if any.
+pub fn client_config() -> fastworker::transport::TransportConfig {
+    fastworker::transport::TransportConfig {
+        key: suite_key().map(|k| {
+            fastworker::transport::auth::ClusterKey::parse(&k).expect("the suite key parses")
+        }),
+        ..Default::default()
     }
 }
 

@@ -224,11 +224,8 @@ impl Gate {
                 Ok(()) => Some(ServerEvent::Message { peer, frames }),
                 Err(err) => {
                     let source = self.front.peers.source(&peer);
-                    self.front.warn_peer(
-                        source,
-                        "seal",
-                        &format!("closed a connection that sent {err}"),
-                    );
+                    self.front
+                        .warn_peer(source, "seal", &format!("closed a connection: {err}"));
                     self.peers.insert(peer.clone(), PeerAuth::Refused);
                     self.front.peers.disconnect(&peer);
                     None

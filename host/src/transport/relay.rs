@@ -428,7 +428,7 @@ async fn serve(outer: TcpStream, source: SocketAddr, front: Arc<Front>) {
     lock(&front.peers.peers).remove(&identity);
     match end {
         End::Violation(v) => {
-            front.warn_peer(Some(source), "violation", &format!("closed a connection that {v}"))
+            front.warn_peer(Some(source), "violation", &format!("closed a connection: {v}"))
         }
         End::HandshakeTimeout => front.warn_peer(
             Some(source),
@@ -546,7 +546,7 @@ pub async fn dial(
         };
         match end {
             End::Violation(v) => {
-                warn!("closed the connection to {remote}: the remote {v}")
+                warn!("closed the connection to {remote}: {v}")
             }
             other => debug!("connection to {remote} ended: {other:?}"),
         }

@@ -38,7 +38,7 @@ pub enum Violation {
     )]
     Mechanism(String),
     /// A message frame longer than the limit.
-    #[error("declared a frame of {declared} bytes; a message may have at most {limit} (--max-message-size)")]
+    #[error("a frame of {declared} bytes was declared; a message may have at most {limit} (--max-message-size)")]
     FrameTooLarge {
         /// Bytes declared.
         declared: u64,
@@ -46,13 +46,15 @@ pub enum Violation {
         limit: u64,
     },
     /// A multipart message longer than the limit.
-    #[error("sent a message of more than {limit} bytes (--max-message-size)")]
+    #[error("a message of more than {limit} bytes was sent (--max-message-size)")]
     MessageTooLarge {
         /// The limit.
         limit: u64,
     },
     /// A command frame longer than [`MAX_COMMAND_BYTES`].
-    #[error("declared a command of {declared} bytes; commands are at most {MAX_COMMAND_BYTES}")]
+    #[error(
+        "a command of {declared} bytes was declared; commands are at most {MAX_COMMAND_BYTES}"
+    )]
     CommandTooLarge {
         /// Bytes declared.
         declared: u64,
@@ -61,7 +63,7 @@ pub enum Violation {
     #[error("malformed READY command: {0}")]
     BadReady(&'static str),
     /// Reserved flag bits set.
-    #[error("frame flags {0:#04x} have reserved bits set")]
+    #[error("frame flags {0:#04x} with reserved bits set")]
     BadFlags(u8),
 }
 
