@@ -188,7 +188,11 @@ fn ms(d: Duration) -> String {
 fn measure_client(rt: &tokio::runtime::Runtime, setup: &Setup) {
     println!("\n== {}", setup.name);
     let client = rt
-        .block_on(Client::connect(&setup.base, TIMEOUT))
+        .block_on(Client::connect_with(
+            &setup.base,
+            TIMEOUT,
+            &support::client_config(),
+        ))
         .expect("the benchmark connects");
     // Warm up: connections, plugin pages, allocator.
     rt.block_on(async {

@@ -106,7 +106,11 @@ fn start(rt: &Runtime, dir: &Path, v1: &Path) -> Setup {
     sw.wait_for(true, "registered with the control plane");
     cp.wait_for(true, "subworker registered worker=sw1 ");
     let client = rt
-        .block_on(Client::connect(&base, TIMEOUT))
+        .block_on(Client::connect_with(
+            &base,
+            TIMEOUT,
+            &support::client_config(),
+        ))
         .expect("the benchmark connects");
     Setup {
         plugin,

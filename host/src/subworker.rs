@@ -282,6 +282,8 @@ fn restart_in_place(secret: Option<WorkerSecret>) -> anyhow::Error {
             // The environment, not argv: other users cannot read it in /proc.
             command.env(SECRET_ENV, secret.to_hex());
         }
+        // Our Unix sockets close on exec; the new process makes its own directory.
+        crate::transport::relay::remove_private_dir();
         let err = command.exec();
         anyhow::anyhow!("cannot restart in place: {err}")
     }

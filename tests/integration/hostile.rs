@@ -491,3 +491,90 @@ fn clients_subworkers_and_callbacks_survive_a_hostile_server() {
     }
     assert!(add_works(&cp.base));
 }
+
+#[test]
+fn documented_limits_are_applied_and_named() {
+    let dir = mytasks_dir();
+    let mut cp = ControlPlane::start(&dir, &[]);
+    let _sw = cp.subworker(&dir, "small", &["--max-payload-size", "1KiB"]);
+    let rt = runtime();
+    rt.block_on(async {
+        let client = Client::connect_with(&cp.base, Duration::from_secs(10), &client_config())
+            .await
+            .expect("connects");
+        // A header over 16 MiB: Rejected naming the limit.
+        let mut conn =
+            fastworker::transport::connect(&cp.base, Duration::from_secs(5), &client_config())
+                .await
+                .expect("connects");
+        // (Our own encoder refuses to make one, so it is made by hand.)
+        let mut header = b"FW\x01".to_vec();
+        header.resize(17 << 20, 0);
+        let hello = vec![Bytes::from(header)];
+        conn.sender.send(hello).await.expect("sent");
+        let reply = tokio::time::timeout(Duration::from_secs(10), conn.receiver.recv())
+            .await
+            .expect("an answer")
+            .expect("a message");
+        match fastworker::protocol::decode::<fastworker::protocol::FromControlPlane>(&reply) {
+            Ok(fastworker::protocol::FromControlPlane::Rejected { error, .. }) => {
+                assert!(error.message.contains("16777216"), "{error}")
+            }
+            other => panic!("a 17 MiB header: expected Rejected, got {other:?}"),
+        }
+
+        // A 65 MiB payload: Rejected naming --max-payload-size.
+        let big = TaskEnvelope::new("echo", Codec::Json, Bytes::from(vec![b' '; 65 << 20]));
+        match client.delay(big).await {
+            Err(fastworker::client::ClientError::Rejected(e)) => {
+                assert!(e.message.contains("--max-payload-size"), "{e}")
+            }
+            other => panic!("a 65 MiB payload: expected Rejected, got {other:?}"),
+        }
+        // 100 MiB: over one message; the client refuses before sending.
+        let huge = TaskEnvelope::new("echo", Codec::Json, Bytes::from(vec![b' '; 100 << 20]));
+        match client.delay(huge).await {
+            Err(fastworker::client::ClientError::TooLarge { limit, .. }) => {
+                assert_eq!(limit, 80 << 20)
+            }
+            other => panic!("a 100 MiB payload: expected TooLarge, got {other:?}"),
+        }
+        // A peer that sends 100 MiB anyway is disconnected, and nobody else notices.
+        let mut rogue =
+            fastworker::transport::connect(&cp.base, Duration::from_secs(5), &client_config())
+                .await
+                .expect("connects");
+        let _ = rogue
+            .sender
+            .send(vec![Bytes::from(vec![0u8; 100 << 20])])
+            .await;
+        let answer = tokio::time::timeout(Duration::from_secs(5), rogue.receiver.recv()).await;
+        assert!(!matches!(answer, Ok(Ok(_))), "no answer to a 100 MiB frame");
+
+        // A result over the subworker's --max-payload-size ends the task as a failure.
+        let task = TaskEnvelope::new(
+            "echo",
+            Codec::Json,
+            Bytes::from(json!(["y".repeat(4096)]).to_string()),
+        );
+        match client.submit(task, Duration::from_secs(20)).await {
+            Err(fastworker::client::ClientError::TaskFailed { error, .. }) => {
+                assert!(error.message.contains("--max-payload-size"), "{error}")
+            }
+            other => panic!("an oversized result: expected a failure, got {other:?}"),
+        }
+        // And the small ones still work.
+        let ok = TaskEnvelope::new("add", Codec::Json, Bytes::from_static(b"[5,3]"));
+        let record = client
+            .submit(ok, Duration::from_secs(20))
+            .await
+            .expect("add works");
+        assert_eq!(&record.value[..], b"8");
+    });
+    assert!(
+        cp.proc.stderr().contains("closed a connection: a frame of"),
+        "the disconnect is logged:\n{}",
+        cp.proc.stderr()
+    );
+    assert!(alive(&mut cp.proc));
+}

@@ -69,7 +69,35 @@ pub fn fastworker(dir: &Path) -> Command {
     cmd.env("FASTWORKER_SHADOW_DIR", dir.join("shadow"))
         .env("NO_COLOR", "1")
         .stdin(Stdio::null());
+    if let Some(key) = bench_key() {
+        cmd.env("FASTWORKER_AUTH_KEY", key);
+    }
     cmd
+}
+
+/// With `BENCH_WITH_KEY=1`, the cluster key every process of the run uses (so the
+/// numbers include the handshake and a seal on every message).
+pub fn bench_key() -> Option<String> {
+    static KEY: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        (std::env::var("BENCH_WITH_KEY").as_deref() == Ok("1")).then(|| {
+            fastworker::transport::auth::ClusterKey::generate()
+                .lines()
+                .find(|l| !l.starts_with('#'))
+                .unwrap_or_default()
+                .to_string()
+        })
+    })
+    .clone()
+}
+
+/// What the benchmark's library client connects with: the run's key, if any.
+pub fn client_config() -> fastworker::transport::TransportConfig {
+    fastworker::transport::TransportConfig {
+        key: bench_key()
+            .map(|k| fastworker::transport::auth::ClusterKey::parse(&k).expect("the key parses")),
+        ..Default::default()
+    }
 }
 
 /// A running `fastworker`, killed and reaped when dropped.

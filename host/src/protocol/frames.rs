@@ -373,4 +373,56 @@ mod tests {
             let _ = decode::<ToControlPlane>(&[Bytes::from(raw)]);
         }
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+
+        /// Arbitrary frames, with or without a valid prefix: an error or a message,
+        /// never a panic (and never an allocation the input does not pay for).
+        #[test]
+        fn arbitrary_frames_never_panic(
+            prefixed in proptest::bool::ANY,
+            header in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+            payloads in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..64), 0..4),
+        ) {
+            let mut h = if prefixed { b"FW\x01".to_vec() } else { Vec::new() };
+            h.extend(header);
+            let mut frames = vec![Bytes::from(h)];
+            frames.extend(payloads.into_iter().map(Bytes::from));
+            let _ = decode::<ToControlPlane>(&frames);
+            let _ = decode::<FromControlPlane>(&frames);
+        }
+
+        /// Valid messages with bytes changed, cut or appended: never a panic.
+        #[test]
+        fn mutated_messages_never_panic(
+            which in 0usize..7,
+            at in proptest::num::usize::ANY,
+            value in proptest::num::u8::ANY,
+            cut in proptest::bool::ANY,
+        ) {
+            let mut all: Vec<Vec<Bytes>> = to_cp_examples().iter().map(|(_, m)| encode(m).unwrap()).collect();
+            all.extend(from_cp_examples().iter().map(|(_, m)| encode(m).unwrap()));
+            let mut frames = all[which % all.len()].clone();
+            let mut header = frames[0].to_vec();
+            let at = at % header.len();
+            if cut { header.truncate(at); } else { header[at] = value; }
+            frames[0] = Bytes::from(header);
+            let _ = decode::<ToControlPlane>(&frames);
+            let _ = decode::<FromControlPlane>(&frames);
+        }
+
+        /// The payload codecs on arbitrary bytes: an error or a value, never a panic.
+        #[test]
+        fn payload_codecs_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            use fastworker_plugin_sdk::{codec, Codec as SdkCodec};
+            for c in [SdkCodec::Json, SdkCodec::Bincode] {
+                let _ = codec::decode::<(i64, i64)>(c, &bytes);
+                let _ = codec::decode::<String>(c, &bytes);
+                let _ = codec::decode::<Vec<serde_json::Value>>(c, &bytes);
+                let _ = codec::decode::<(String, Vec<u8>, Option<f64>, Vec<Vec<u32>>)>(c, &bytes);
+                let _ = codec::decode_no_args(c, &bytes);
+            }
+        }
+    }
 }

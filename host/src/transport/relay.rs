@@ -83,11 +83,12 @@ impl LogLimiter {
     }
 }
 
+static PRIVATE_DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+
 /// The process's private directory for the Unix sockets between the relays and the
 /// `zeromq` sockets: mode 0700, so no other user can reach the unguarded side.
 pub fn private_dir() -> Result<&'static Path, TransportError> {
-    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let made = DIR.get_or_init(|| {
+    let made = PRIVATE_DIR.get_or_init(|| {
         let base = std::env::temp_dir();
         remove_stale_dirs(&base);
         let name = format!(
@@ -111,9 +112,9 @@ pub fn private_dir() -> Result<&'static Path, TransportError> {
         .map_err(|reason| TransportError::Closed(reason.clone()))
 }
 
-/// Removes the private directory (at exit).
+/// Removes the private directory, if this process made one (at exit).
 pub fn remove_private_dir() {
-    if let Ok(dir) = private_dir() {
+    if let Some(Ok(dir)) = PRIVATE_DIR.get() {
         let _ = std::fs::remove_dir_all(dir);
     }
 }
