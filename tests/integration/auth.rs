@@ -39,7 +39,7 @@ fn keygen(dir: &TestDir, name: &str) -> PathBuf {
     path
 }
 
-fn keyed(path: &PathBuf) -> TransportConfig {
+fn keyed(path: &std::path::Path) -> TransportConfig {
     TransportConfig {
         key: Some(ClusterKey::load(path).expect("the key loads")),
         ..Default::default()
