@@ -132,13 +132,8 @@ impl TestDir {
 pub fn suite_key() -> Option<String> {
     static KEY: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     KEY.get_or_init(|| {
-        (std::env::var("FASTWORKER_TEST_WITH_KEY").as_deref() == Ok("1")).then(|| {
-            let text = fastworker::transport::auth::ClusterKey::generate();
-            text.lines()
-                .find(|l| !l.starts_with('#'))
-                .unwrap_or_default()
-                .to_string()
-        })
+        (std::env::var("FASTWORKER_TEST_WITH_KEY").as_deref() == Ok("1"))
+            .then(fastworker::transport::auth::ClusterKey::generate_hex)
     })
     .clone()
 }

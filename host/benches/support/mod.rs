@@ -80,13 +80,8 @@ pub fn fastworker(dir: &Path) -> Command {
 pub fn bench_key() -> Option<String> {
     static KEY: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     KEY.get_or_init(|| {
-        (std::env::var("BENCH_WITH_KEY").as_deref() == Ok("1")).then(|| {
-            fastworker::transport::auth::ClusterKey::generate()
-                .lines()
-                .find(|l| !l.starts_with('#'))
-                .unwrap_or_default()
-                .to_string()
-        })
+        (std::env::var("BENCH_WITH_KEY").as_deref() == Ok("1"))
+            .then(fastworker::transport::auth::ClusterKey::generate_hex)
     })
     .clone()
 }

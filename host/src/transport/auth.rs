@@ -124,11 +124,15 @@ impl ClusterKey {
 
     /// A new random key, as the text of a key file.
     pub fn generate() -> String {
-        let key: [u8; KEY_LEN] = rand::random();
         format!(
             "# fastworker cluster key: give this file to every process of the cluster (--auth-key-file)\n{}\n",
-            hex::encode(key)
+            ClusterKey::generate_hex()
         )
+    }
+
+    /// A new random key as 64 hex digits (the form `FASTWORKER_AUTH_KEY` takes).
+    pub fn generate_hex() -> String {
+        hex::encode(rand::random::<[u8; KEY_LEN]>())
     }
 
     fn primary(&self) -> &[u8; KEY_LEN] {

@@ -77,6 +77,28 @@ fn register(d: &mut Dispatcher, peer: &PeerId, id: &str, concurrency: u32, now: 
     );
 }
 
+/// Subworker `id` (serving `slow`) registering again with `secret`, claiming `task`
+/// under `lease`.
+fn registration(
+    id: &str,
+    secret: Option<WorkerSecret>,
+    task: TaskId,
+    lease: LeaseToken,
+) -> ToControlPlane {
+    ToControlPlane::Register(Registration {
+        worker_id: WorkerId(id.into()),
+        tasks: vec![spec("slow")],
+        concurrency: 1,
+        address: None,
+        pid: 1,
+        secret,
+        running: vec![RunningClaim {
+            task_id: task,
+            lease,
+        }],
+    })
+}
+
 thread_local! {
     /// The lease of each task's latest assignment seen by `local_runs` or `assigns`
     /// (each test runs on its own thread), so outcomes can carry it.
@@ -636,22 +658,7 @@ fn a_reconnecting_worker_keeps_the_task_it_is_still_running() {
     d.peer_disconnected(&old, now);
     let new = Bytes::from_static(b"new");
     hello(&mut d, &new, PeerKind::Subworker, now);
-    d.handle(
-        &new,
-        ToControlPlane::Register(Registration {
-            worker_id: WorkerId("sw1".into()),
-            tasks: vec![spec("slow")],
-            concurrency: 1,
-            address: None,
-            pid: 1,
-            secret,
-            running: vec![RunningClaim {
-                task_id: t.id,
-                lease: lease_of(t.id),
-            }],
-        }),
-        now,
-    );
+    d.handle(&new, registration("sw1", secret, t.id, lease_of(t.id)), now);
     assert!(
         assigns(&d.take_actions()).is_empty(),
         "not handed out a second time"
@@ -808,18 +815,7 @@ fn an_outcome_or_a_claim_without_the_current_lease_counts_for_nothing() {
     hello(&mut d, &again, PeerKind::Subworker, now);
     d.handle(
         &again,
-        ToControlPlane::Register(Registration {
-            worker_id: WorkerId("sw1".into()),
-            tasks: vec![spec("slow")],
-            concurrency: 1,
-            address: None,
-            pid: 1,
-            secret,
-            running: vec![RunningClaim {
-                task_id: t.id,
-                lease: LeaseToken::new(),
-            }],
-        }),
+        registration("sw1", secret, t.id, LeaseToken::new()),
         now,
     );
     let old_lease = lease_of(t.id);
