@@ -361,6 +361,16 @@ fn a_killed_subworkers_tasks_are_redelivered() {
 
     sw1.kill();
     let started = Instant::now();
+    // Noticed (the connection dropped) and back in the queue within 2 s.
+    let requeued = poll_async(&rt, Duration::from_secs(2), || async {
+        let r = client.status(lost).await.ok()??;
+        (r.status != TaskStatus::Running || r.delivery_count >= 2).then_some(())
+    });
+    assert!(
+        requeued.is_some(),
+        "the killed subworker's task was not re-queued within 2 s\n{}",
+        cp.proc.describe()
+    );
     let lost = final_record(&rt, &client, lost);
     let kept = final_record(&rt, &client, kept);
     assert_success(&lost);
