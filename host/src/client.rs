@@ -121,7 +121,7 @@ pub async fn discover(
             match protocol::decode::<FromControlPlane>(&frames) {
                 Ok(FromControlPlane::Announce(a)) => return Ok(a),
                 Ok(FromControlPlane::Refused { reason }) => {
-                    return Err(ClientError::Refused(reason))
+                    return Err(ClientError::Refused(protocol::for_people(&reason, 1024)))
                 }
                 Ok(other) => debug!("discovery: ignoring {other:?}"),
                 Err(e) => return Err(ClientError::Unexpected(e.to_string())),
@@ -189,7 +189,9 @@ impl Client {
                 }
                 w.control_plane_id
             }
-            FromControlPlane::Refused { reason } => return Err(ClientError::Refused(reason)),
+            FromControlPlane::Refused { reason } => {
+                return Err(ClientError::Refused(protocol::for_people(&reason, 1024)))
+            }
             other => return Err(ClientError::Unexpected(format!("{other:?}"))),
         };
         Ok(Client {

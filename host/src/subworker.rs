@@ -75,10 +75,17 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
             Ok(connected) => connected,
             Err(err) => {
                 if let Some(transport::TransportError::Refused(reason)) = err.downcast_ref() {
-                    error!("{reason}");
-                    anyhow::bail!("refused by the control plane: {reason}");
+                    // Without a key, a refusal is this process's configuration. With
+                    // one, whoever answered could not prove the key: maybe an impostor
+                    // on the port while the control plane restarts, so keep trying.
+                    if connect_config.key.is_none() {
+                        error!("{reason}");
+                        anyhow::bail!("refused by the control plane: {reason}");
+                    }
+                    error!("{reason}; retrying in {backoff:?}");
+                } else {
+                    warn!("{err:#}; retrying in {backoff:?}");
                 }
-                warn!("{err:#}; retrying in {backoff:?}");
                 if wait_or_stop(backoff, &mut shutdown, &mut draining, &executor).await {
                     return finish_without_control_plane(&executor, &undelivered);
                 }
@@ -111,23 +118,17 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
         for msg in greeting {
             sent_ok &= send(&mut conn, &msg).await;
         }
-        while sent_ok {
-            let Some(outcome) = undelivered.front() else {
-                break;
-            };
-            sent_ok = send(&mut conn, &ToControlPlane::Outcome(outcome.clone())).await;
-            if sent_ok {
-                undelivered.pop_front();
-            }
-        }
         if !sent_ok {
             if wait_or_stop(backoff, &mut shutdown, &mut draining, &executor).await {
                 return finish_without_control_plane(&executor, &undelivered);
             }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
             continue 'connection;
         }
-        info!(worker = %worker_id, "registered with the control plane at {address}");
-        backoff = Duration::from_millis(100);
+        // Registered only once the control plane says so (`Registered`): until then
+        // outcomes wait, and the backoff is not reset, so a peer that accepts the
+        // connection and then drops it cannot make this loop spin.
+        let mut registered = false;
         let mut last_heard = Instant::now();
         let mut heartbeat = tokio::time::interval(heartbeat_every);
 
@@ -153,7 +154,11 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
                     let frames = match frames {
                         Ok(f) => f,
                         Err(err) => {
-                            warn!("connection to the control plane lost: {err}");
+                            warn!("connection to the control plane lost: {err}; reconnecting in {backoff:?}");
+                            if wait_or_stop(backoff, &mut shutdown, &mut draining, &executor).await {
+                                return finish_without_control_plane(&executor, &undelivered);
+                            }
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
                             continue 'connection;
                         }
                     };
@@ -165,6 +170,17 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
                         }
                         Ok(FromControlPlane::Registered { secret: issued }) => {
                             secret = Some(issued);
+                            if !registered {
+                                registered = true;
+                                backoff = Duration::from_millis(100);
+                                info!(worker = %worker_id, "registered with the control plane at {address}");
+                                while let Some(outcome) = undelivered.front() {
+                                    if !send(&mut conn, &ToControlPlane::Outcome(outcome.clone())).await {
+                                        continue 'connection;
+                                    }
+                                    undelivered.pop_front();
+                                }
+                            }
                         }
                         Ok(FromControlPlane::CancelTask { task_id }) => {
                             if executor.cancel(&task_id) {
@@ -172,12 +188,17 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
                             }
                         }
                         Ok(FromControlPlane::Refused { reason }) => {
+                            let reason = protocol::for_people(&reason, 1024);
                             error!("the control plane refused this subworker: {reason}");
                             anyhow::bail!("refused by the control plane: {reason}");
                         }
                         Ok(FromControlPlane::Rejected { error, .. }) => {
                             if error.message == protocol::HELLO_FIRST {
-                                warn!("the control plane does not know this connection; registering again");
+                                warn!("the control plane does not know this connection; registering again in {backoff:?}");
+                                if wait_or_stop(backoff, &mut shutdown, &mut draining, &executor).await {
+                                    return finish_without_control_plane(&executor, &undelivered);
+                                }
+                                backoff = (backoff * 2).min(Duration::from_secs(5));
                                 continue 'connection;
                             }
                             warn!("control plane: {error}");
@@ -188,6 +209,10 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
                 }
                 Some(mut outcome) = outcomes.recv() => {
                     outcome.cap_value(args.security.max_payload_size);
+                    if !registered {
+                        undelivered.push_back(outcome);
+                        continue;
+                    }
                     if !send(&mut conn, &ToControlPlane::Outcome(outcome.clone())).await {
                         undelivered.push_back(outcome);
                         continue 'connection;

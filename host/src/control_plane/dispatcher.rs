@@ -28,6 +28,7 @@ use super::{
     workers::WorkerTable,
 };
 use crate::{
+    protocol::{for_people, MAX_ID_BYTES, MAX_TASKS_PER_WORKER},
     protocol::{
         AttemptResult, Callback, CancelOutcome, FromControlPlane, LeaseToken, PeerKind,
         TaskEnvelope, TaskId, TaskOutcome, TaskRecord, TaskSpec, TaskStatus, ToControlPlane,
@@ -181,6 +182,9 @@ pub struct Dispatcher {
     dead_letters: BTreeMap<u64, (TaskRecord, TaskEnvelope)>,
 }
 
+/// The most retries a submission may ask for.
+pub const MAX_RETRIES: u32 = 10_000;
+
 /// How many dead letters are kept (the oldest are dropped past this).
 pub const MAX_DEAD_LETTERS: usize = 10_000;
 
@@ -234,11 +238,13 @@ impl Dispatcher {
 
     /// Records an event for the log and the dashboard.
     pub fn record_event(&mut self, kind: &str, subject: &str, message: String) {
+        // Bounded: the log keeps 1,000 events, and what peers send must not make each
+        // of them megabytes.
         self.events.push(Event {
             at_ms: self.now.unix_ms,
-            kind: kind.to_string(),
-            subject: subject.to_string(),
-            message,
+            kind: for_people(kind, 64),
+            subject: for_people(subject, MAX_ID_BYTES),
+            message: for_people(&message, 1024),
         });
     }
 
@@ -276,6 +282,15 @@ impl Dispatcher {
         }
         match msg {
             ToControlPlane::Hello(hello) => {
+                if hello.peer_id.len() > MAX_ID_BYTES {
+                    self.actions.push(reply(
+                        peer,
+                        FromControlPlane::Refused {
+                            reason: format!("a peer id is at most {MAX_ID_BYTES} bytes"),
+                        },
+                    ));
+                    return;
+                }
                 if hello.protocol_version != PROTOCOL_VERSION {
                     self.actions.push(reply(
                         peer,
@@ -336,12 +351,14 @@ impl Dispatcher {
                     .by_peer(peer)
                     .map(|w| w.0.clone())
                     .unwrap_or_else(|| "unregistered peer".to_string());
-                if event.kind == "rejected" {
-                    warn!(%worker, "{}", event.message);
+                let message = for_people(&event.message, 1024);
+                let kind = for_people(&event.kind, 32);
+                if kind == "rejected" {
+                    warn!(%worker, "{message}");
                 } else {
-                    info!(%worker, "{}", event.message);
+                    info!(%worker, "{message}");
                 }
-                self.record_event(&format!("plugin.{}", event.kind), &worker, event.message);
+                self.record_event(&format!("plugin.{kind}"), &worker, message);
             }
             ToControlPlane::Events { request_id } => {
                 let events = self.events.iter().cloned().collect();
@@ -402,6 +419,11 @@ impl Dispatcher {
                 ));
             }
             ToControlPlane::Register(reg) => {
+                if let Err(reason) = check_worker_tasks(&reg.worker_id.0, &reg.tasks) {
+                    self.actions
+                        .push(reply(peer, FromControlPlane::Refused { reason }));
+                    return;
+                }
                 let secret = match self.workers.get(&reg.worker_id) {
                     // Known id: only the process holding its secret (the same one
                     // reconnecting, or its restart in place) may take it over.
@@ -492,6 +514,10 @@ impl Dispatcher {
                 }
             }
             ToControlPlane::TasksChanged { tasks } => {
+                if let Err(reason) = check_worker_tasks("", &tasks) {
+                    warn!("ignoring a task list change: {reason}");
+                    return;
+                }
                 if let Some(id) = self.workers.by_peer(peer).cloned() {
                     if let Some(worker) = self.workers.get_mut(&id) {
                         info!(worker = %id, tasks = tasks.len(), "subworker task list changed");
@@ -1300,6 +1326,27 @@ impl Dispatcher {
     }
 }
 
+/// A worker's id and task list within bounds (so no peer can make the control plane keep
+/// megabytes per worker).
+fn check_worker_tasks(worker_id: &str, tasks: &[TaskSpec]) -> Result<(), String> {
+    if worker_id.len() > MAX_ID_BYTES {
+        return Err(format!("a worker id is at most {MAX_ID_BYTES} bytes"));
+    }
+    if tasks.len() > MAX_TASKS_PER_WORKER {
+        return Err(format!(
+            "{} tasks; a worker may serve at most {MAX_TASKS_PER_WORKER}",
+            tasks.len()
+        ));
+    }
+    if let Some(t) = tasks.iter().find(|t| t.name.len() > MAX_ID_BYTES) {
+        return Err(format!(
+            "a task name of {} bytes; names are at most {MAX_ID_BYTES}",
+            t.name.len()
+        ));
+    }
+    Ok(())
+}
+
 /// Every span a submission sets must be a finite, non-negative number of seconds of at
 /// most ten years: anything else would overflow the time arithmetic downstream.
 fn check_spans(task: &TaskEnvelope) -> Result<(), TaskError> {
@@ -1321,6 +1368,18 @@ fn check_spans(task: &TaskEnvelope) -> Result<(), TaskError> {
                 ));
             }
         }
+    }
+    if r.max_retries.is_some_and(|n| n > MAX_RETRIES) {
+        return Err(TaskError::new(
+            ErrorKind::Rejected,
+            format!("task {}: at most {MAX_RETRIES} retries", task.id),
+        ));
+    }
+    if task.name.len() > MAX_ID_BYTES {
+        return Err(TaskError::new(
+            ErrorKind::Rejected,
+            format!("task names are at most {MAX_ID_BYTES} bytes"),
+        ));
     }
     if let Some(b) = r.backoff {
         if !(b.is_finite() && (1.0..=1000.0).contains(&b)) {

@@ -48,3 +48,23 @@ pub fn now_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+/// The longest id (a peer id, a worker id, a task name) accepted, in bytes.
+pub const MAX_ID_BYTES: usize = 256;
+
+/// The most tasks one worker may say it serves.
+pub const MAX_TASKS_PER_WORKER: usize = 10_000;
+
+/// `text` made safe to log, keep or print: control characters replaced, and cut to at
+/// most `max` bytes (on a character boundary, marked with `…`).
+pub fn for_people(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max) + 3);
+    for c in text.chars() {
+        if out.len() + c.len_utf8() > max {
+            out.push('…');
+            break;
+        }
+        out.push(if c.is_control() { '?' } else { c });
+    }
+    out
+}

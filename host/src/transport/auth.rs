@@ -205,9 +205,10 @@ impl Handshake {
             2 => fixed().map(Handshake::Challenge),
             3 => fixed().map(Handshake::ClientProof),
             4 => fixed().map(Handshake::Accept),
-            5 if body.len() <= 4096 => Some(Handshake::Refuse(
-                String::from_utf8_lossy(body).into_owned(),
-            )),
+            5 if body.len() <= 4096 => Some(Handshake::Refuse(crate::protocol::for_people(
+                &String::from_utf8_lossy(body),
+                1024,
+            ))),
             _ => None,
         }
     }

@@ -559,8 +559,7 @@ async fn authenticate(
     conn.sender.send(vec![hello]).await?;
     let unexpected = |what: &str| {
         TransportError::Refused(format!(
-            "{endpoint} did not take part in the cluster-key handshake ({what}); is it a fastworker {}?",
-            "process with --auth-key-file"
+            "{endpoint} did not take part in the cluster-key handshake ({what}); is it a fastworker process with a cluster key?"
         ))
     };
     let sn = match auth::Handshake::decode(&conn.receiver.recv().await?) {

@@ -40,6 +40,11 @@ use super::{
 /// Bytes read at a time once a connection is up.
 const CHUNK: usize = 16 * 1024;
 
+/// The longest message a connection may send before it is established (the key
+/// handshake, or without a key its first message): handshake frames are 36 bytes, so
+/// an unauthenticated peer cannot make the process buffer `--max-message-size` each.
+pub const MAX_UNESTABLISHED_MESSAGE: u64 = 1024 * 1024;
+
 /// How long accepting pauses after the process ran out of descriptors.
 const EMFILE_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -397,7 +402,7 @@ async fn serve(outer: TcpStream, source: SocketAddr, front: Arc<Front>) {
                 established: established.clone(),
             },
         );
-        let mut inspector = Inspector::after_handshake(max);
+        let mut inspector = Inspector::after_handshake(max.min(MAX_UNESTABLISHED_MESSAGE));
         if let Err(v) = inspector.scan(&rest) {
             return End::Violation(v);
         }
@@ -408,7 +413,14 @@ async fn serve(outer: TcpStream, source: SocketAddr, front: Arc<Front>) {
         if let Err(err) = inner_w.write_all(&first).await {
             return End::Io(err);
         }
-        pump(&mut outer_r, &mut inner_w, Some(&mut inspector)).await
+        pump_until_established(
+            &mut outer_r,
+            &mut inner_w,
+            &mut inspector,
+            &established,
+            max,
+        )
+        .await
     };
     let down = async {
         let (mut r, mut w) = (inner_r, outer_w);
@@ -471,6 +483,36 @@ async fn read_handshake(
             return Err(End::Closed);
         }
         buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Like [`pump`] with an inspector, whose limit is [`MAX_UNESTABLISHED_MESSAGE`] until
+/// `established` is set, and `max` from then on.
+async fn pump_until_established(
+    r: &mut (impl AsyncRead + Unpin),
+    w: &mut (impl AsyncWrite + Unpin),
+    inspector: &mut Inspector,
+    established: &AtomicBool,
+    max: u64,
+) -> End {
+    let mut buf = vec![0u8; CHUNK];
+    let mut raised = false;
+    loop {
+        let n = match r.read(&mut buf).await {
+            Ok(0) => return End::Closed,
+            Ok(n) => n,
+            Err(err) => return End::Io(err),
+        };
+        if !raised && established.load(Ordering::Acquire) {
+            inspector.set_limit(max);
+            raised = true;
+        }
+        if let Err(v) = inspector.scan(&buf[..n]) {
+            return End::Violation(v);
+        }
+        if let Err(err) = w.write_all(&buf[..n]).await {
+            return End::Io(err);
+        }
     }
 }
 

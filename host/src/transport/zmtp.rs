@@ -131,6 +131,11 @@ impl Inspector {
         }
     }
 
+    /// Changes the message limit (for frames not yet begun).
+    pub fn set_limit(&mut self, max_message: u64) {
+        self.max_message = max_message;
+    }
+
     /// Reads `data`, the next bytes of the stream.
     pub fn scan(&mut self, mut data: &[u8]) -> Result<(), Violation> {
         while !data.is_empty() {

@@ -875,3 +875,53 @@ fn a_restarting_worker_id_cannot_be_taken_without_its_secret() {
         Action::Send { msg: FromControlPlane::Registered { secret: s }, .. } if Some(*s) == secret
     )));
 }
+
+#[test]
+fn what_peers_send_for_the_event_log_and_the_worker_table_is_bounded() {
+    let now = Now::current();
+    let mut d = Dispatcher::new(config(0), vec![], now);
+    let peer = Bytes::from_static(b"sw");
+    register(&mut d, &peer, "sw1", 1, now);
+    d.handle(
+        &peer,
+        ToControlPlane::PluginEvent(crate::protocol::PluginEvent {
+            kind: "retired\u{1b}[2J".repeat(1000),
+            plugin: "p".into(),
+            path: "x".into(),
+            old_version: None,
+            new_version: None,
+            message: "A".repeat(1 << 20),
+        }),
+        now,
+    );
+    let last = d.events().iter().last().expect("an event").clone();
+    assert!(last.message.len() <= 1027 && last.kind.len() <= 67, "{}", last.kind.len());
+    assert!(!last.kind.contains('\u{1b}'));
+    // A worker id, a task list or a task name over the bounds is refused.
+    let other = Bytes::from_static(b"big");
+    hello(&mut d, &other, PeerKind::Subworker, now);
+    d.take_actions();
+    for (id, tasks) in [
+        ("x".repeat(300), vec![spec("add")]),
+        ("ok".to_string(), vec![spec(&"n".repeat(300))]),
+        ("ok".to_string(), (0..10_001).map(|i| spec(&format!("t{i}"))).collect()),
+    ] {
+        d.handle(
+            &other,
+            ToControlPlane::Register(Registration {
+                worker_id: WorkerId(id),
+                tasks,
+                concurrency: 1,
+                address: None,
+                pid: 1,
+                secret: None,
+                running: vec![],
+            }),
+            now,
+        );
+        assert!(matches!(
+            &d.take_actions()[..],
+            [Action::Send { msg: FromControlPlane::Refused { .. }, .. }]
+        ));
+    }
+}
