@@ -895,7 +895,11 @@ fn what_peers_send_for_the_event_log_and_the_worker_table_is_bounded() {
         now,
     );
     let last = d.events().iter().last().expect("an event").clone();
-    assert!(last.message.len() <= 1027 && last.kind.len() <= 67, "{}", last.kind.len());
+    assert!(
+        last.message.len() <= 1027 && last.kind.len() <= 67,
+        "{}",
+        last.kind.len()
+    );
     assert!(!last.kind.contains('\u{1b}'));
     // A worker id, a task list or a task name over the bounds is refused.
     let other = Bytes::from_static(b"big");
@@ -904,7 +908,10 @@ fn what_peers_send_for_the_event_log_and_the_worker_table_is_bounded() {
     for (id, tasks) in [
         ("x".repeat(300), vec![spec("add")]),
         ("ok".to_string(), vec![spec(&"n".repeat(300))]),
-        ("ok".to_string(), (0..10_001).map(|i| spec(&format!("t{i}"))).collect()),
+        (
+            "ok".to_string(),
+            (0..10_001).map(|i| spec(&format!("t{i}"))).collect(),
+        ),
     ] {
         d.handle(
             &other,
@@ -921,7 +928,10 @@ fn what_peers_send_for_the_event_log_and_the_worker_table_is_bounded() {
         );
         assert!(matches!(
             &d.take_actions()[..],
-            [Action::Send { msg: FromControlPlane::Refused { .. }, .. }]
+            [Action::Send {
+                msg: FromControlPlane::Refused { .. },
+                ..
+            }]
         ));
     }
 }
