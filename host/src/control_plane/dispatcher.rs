@@ -180,6 +180,9 @@ pub struct Dispatcher {
     events: EventLog,
     periodic: PeriodicScheduler,
     dead_letters: BTreeMap<u64, (TaskRecord, TaskEnvelope)>,
+    /// When an unreadable message was last logged, and how many came since.
+    malformed_logged: Option<Instant>,
+    malformed_since_log: u64,
 }
 
 /// The most retries a submission may ask for.
@@ -223,6 +226,8 @@ impl Dispatcher {
             events: EventLog::new(1000),
             periodic: PeriodicScheduler::new(),
             dead_letters: BTreeMap::new(),
+            malformed_logged: None,
+            malformed_since_log: 0,
         }
     }
 
@@ -560,7 +565,19 @@ impl Dispatcher {
 
     /// A message from `peer` could not be read.
     pub fn malformed(&mut self, peer: &PeerId, error: &crate::protocol::ProtocolError) {
-        warn!("dropping an unreadable message: {error}");
+        // At most one warning a second, however fast a peer sends garbage.
+        self.malformed_since_log += 1;
+        if self
+            .malformed_logged
+            .is_none_or(|at| self.now.at.saturating_duration_since(at) >= Duration::from_secs(1))
+        {
+            warn!(
+                "dropping an unreadable message: {error} ({} in all since the last warning)",
+                self.malformed_since_log
+            );
+            self.malformed_logged = Some(self.now.at);
+            self.malformed_since_log = 0;
+        }
         let msg = match error {
             crate::protocol::ProtocolError::UnsupportedVersion { .. } => {
                 FromControlPlane::Refused {

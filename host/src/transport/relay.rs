@@ -197,7 +197,6 @@ impl PeerTable {
 pub struct Front {
     config: TransportConfig,
     inner: PathBuf,
-    open: AtomicUsize,
     /// The connections.
     pub peers: PeerTable,
     /// Rate limits for warnings about peers.
@@ -244,7 +243,6 @@ impl Front {
         Arc::new(Front {
             config,
             inner,
-            open: AtomicUsize::new(0),
             peers: PeerTable::default(),
             log: LogLimiter::default(),
         })
@@ -302,7 +300,9 @@ pub async fn listen(
         .await
         .map_err(|e| bind_err(e.to_string()))?;
     let local = listener.local_addr().map_err(|e| bind_err(e.to_string()))?;
-    let task = tokio::spawn(accept_loop(listener, front));
+    // Each endpoint counts its own connections: a flood of the base address leaves
+    // the subworker port (and discovery) their own --max-connections.
+    let task = tokio::spawn(accept_loop(listener, front, Arc::new(AtomicUsize::new(0))));
     Ok((endpoint_of(local), task))
 }
 
@@ -311,11 +311,11 @@ fn out_of_descriptors(err: &io::Error) -> bool {
     matches!(err.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
 }
 
-async fn accept_loop(listener: TcpListener, front: Arc<Front>) {
+async fn accept_loop(listener: TcpListener, front: Arc<Front>, open: Arc<AtomicUsize>) {
     loop {
         match listener.accept().await {
             Ok((stream, source)) => {
-                if front.open.load(Ordering::Acquire) >= front.config.max_connections {
+                if open.load(Ordering::Acquire) >= front.config.max_connections {
                     front.warn_peer(
                         Some(source),
                         "full",
@@ -327,8 +327,8 @@ async fn accept_loop(listener: TcpListener, front: Arc<Front>) {
                     drop(stream);
                     continue;
                 }
-                front.open.fetch_add(1, Ordering::AcqRel);
-                tokio::spawn(serve(stream, source, front.clone()));
+                open.fetch_add(1, Ordering::AcqRel);
+                tokio::spawn(serve(stream, source, front.clone(), Open(open.clone())));
             }
             Err(err) if out_of_descriptors(&err) => {
                 if let Some(quiet) = front.log.allow("emfile") {
@@ -346,12 +346,12 @@ async fn accept_loop(listener: TcpListener, front: Arc<Front>) {
     }
 }
 
-/// Decrements the open-connection count when a connection's task ends.
-struct Open(Arc<Front>);
+/// Decrements its endpoint's open-connection count when a connection's task ends.
+struct Open(Arc<AtomicUsize>);
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -365,8 +365,7 @@ enum End {
     Disconnected,
 }
 
-async fn serve(outer: TcpStream, source: SocketAddr, front: Arc<Front>) {
-    let _open = Open(front.clone());
+async fn serve(outer: TcpStream, source: SocketAddr, front: Arc<Front>, _open: Open) {
     let _ = outer.set_nodelay(true);
     let deadline = tokio::time::Instant::now() + front.config.handshake_timeout;
     let inner = match UnixStream::connect(&front.inner).await {
