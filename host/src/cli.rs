@@ -216,6 +216,18 @@ pub struct ControlPlaneArgs {
     /// Seconds a result stays in the cache.
     #[arg(long, env = "FASTWORKER_RESULT_CACHE_TTL", default_value_t = 3600)]
     pub result_cache_ttl: u64,
+    /// Bytes the result cache may hold (values, names, errors), e.g. 256MiB; the least
+    /// recently read results go first.
+    #[arg(long, env = "FASTWORKER_RESULT_CACHE_MAX_BYTES", default_value = "256MiB", value_parser = parse_size)]
+    pub result_cache_max_bytes: u64,
+    /// Tasks held at most (queued, scheduled, retrying or running); past it,
+    /// submissions are refused with `queue full`.
+    #[arg(long, env = "FASTWORKER_MAX_QUEUED", default_value_t = 1_000_000)]
+    pub max_queued: usize,
+    /// Payload bytes held at most, e.g. 1GiB; past it, submissions are refused with
+    /// `queue full`.
+    #[arg(long, env = "FASTWORKER_MAX_QUEUED_BYTES", default_value = "1GiB", value_parser = parse_size)]
+    pub max_queued_bytes: u64,
     /// Plugin files, directories or bare names, for running tasks here.
     #[arg(long, num_args = 1..)]
     pub task_modules: Vec<String>,

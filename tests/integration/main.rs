@@ -5,6 +5,7 @@ mod auth;
 mod cluster;
 mod hostile;
 mod lifecycle;
+mod memory;
 mod netns;
 mod plugins;
 mod procs;

@@ -78,6 +78,12 @@ pub struct DispatcherConfig {
     pub cache_size: usize,
     /// Result cache TTL.
     pub cache_ttl: Duration,
+    /// Result cache budget in bytes.
+    pub cache_max_bytes: u64,
+    /// Tasks held at most (queued, scheduled, retrying or running); more are refused.
+    pub max_queued: usize,
+    /// Payload bytes held at most; more are refused.
+    pub max_queued_bytes: u64,
     /// How many tasks the control plane runs itself at once.
     pub local_concurrency: u32,
     /// The endpoints announced by discovery.
@@ -183,6 +189,8 @@ pub struct Dispatcher {
     /// When an unreadable message was last logged, and how many came since.
     malformed_logged: Option<Instant>,
     malformed_since_log: u64,
+    /// Payload bytes of the tasks held (not final).
+    held_bytes: u64,
 }
 
 /// The most retries a submission may ask for.
@@ -201,7 +209,7 @@ fn reply(peer: &PeerId, msg: FromControlPlane) -> Action {
 impl Dispatcher {
     /// A dispatcher whose own executor serves `local_specs`.
     pub fn new(config: DispatcherConfig, local_specs: Vec<TaskSpec>, now: Now) -> Self {
-        let cache = ResultCache::new(config.cache_size, config.cache_ttl);
+        let cache = ResultCache::new(config.cache_size, config.cache_max_bytes, config.cache_ttl);
         Dispatcher {
             config,
             tasks: HashMap::new(),
@@ -228,6 +236,7 @@ impl Dispatcher {
             dead_letters: BTreeMap::new(),
             malformed_logged: None,
             malformed_since_log: 0,
+            held_bytes: 0,
         }
     }
 
@@ -865,6 +874,21 @@ impl Dispatcher {
                 ));
             }
         }
+        let bytes: u64 = tasks.iter().map(|t| t.payload.len() as u64).sum();
+        if self.tasks.len() + tasks.len() > self.config.max_queued
+            || self.held_bytes + bytes > self.config.max_queued_bytes
+        {
+            return Err(TaskError::new(
+                ErrorKind::Rejected,
+                format!(
+                    "queue full: {} tasks of {} bytes are held (--max-queued {}, --max-queued-bytes {}); try again later",
+                    self.tasks.len(),
+                    self.held_bytes,
+                    self.config.max_queued,
+                    self.config.max_queued_bytes
+                ),
+            ));
+        }
         let mut seen = HashSet::with_capacity(tasks.len());
         for task in tasks {
             if !self.known_task(&task.name) {
@@ -940,6 +964,7 @@ impl Dispatcher {
             value: Bytes::new(),
         };
         let id = envelope.id;
+        self.held_bytes += envelope.payload.len() as u64;
         let due = scheduled.then(|| self.mono_ms(self.now).saturating_add(hold_ms));
         if let Some(due) = due {
             self.scheduled.insert((due, seq), id);
@@ -1305,6 +1330,9 @@ impl Dispatcher {
         let Some(mut entry) = self.tasks.remove(&id) else {
             return;
         };
+        self.held_bytes = self
+            .held_bytes
+            .saturating_sub(entry.envelope.payload.len() as u64);
         entry.record.status = status;
         entry.record.error = error;
         entry.record.value = value;
@@ -1329,7 +1357,9 @@ impl Dispatcher {
                 record: record.clone(),
             });
         }
-        self.cache.insert(record, self.now.at);
+        if !self.cache.insert(record, self.now.at) {
+            warn!(task = %id, "result not kept: it alone is over --result-cache-max-bytes");
+        }
     }
 
     /// A number in [0, 1) for retry jitter (xorshift; quality is irrelevant here).

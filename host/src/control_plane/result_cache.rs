@@ -1,5 +1,6 @@
-//! [`ResultCache`]: final task records, least-recently-read evicted first, each kept
-//! at most `ttl` after it was stored. A read refreshes recency; an expired record reads
+//! [`ResultCache`]: final task records, least-recently-read evicted first, bounded by
+//! count and by bytes (a record's value, name and error plus a fixed overhead), each
+//! kept at most `ttl` after it was stored. A read refreshes recency; an expired record reads
 //! as absent and is swept periodically. Built on the `lru` crate (exact LRU order,
 //! O(1) operations) with the TTL check on top.
 
@@ -12,25 +13,65 @@ use lru::LruCache;
 
 use crate::protocol::{TaskId, TaskRecord};
 
+/// What a record costs besides its value, name and error: the map entry, the record
+/// struct, ids and timestamps.
+pub const RECORD_OVERHEAD: u64 = 256;
+
+/// What keeping `record` costs, in bytes.
+pub fn cost(record: &TaskRecord) -> u64 {
+    RECORD_OVERHEAD
+        + record.value.len() as u64
+        + record.name.len() as u64
+        + record.error.as_ref().map_or(0, |e| e.message.len() as u64)
+}
+
 /// The cache.
 pub struct ResultCache {
     entries: LruCache<TaskId, (Instant, TaskRecord)>,
     ttl: Duration,
+    max_bytes: u64,
+    bytes: u64,
 }
 
 impl ResultCache {
-    /// A cache of at most `capacity` records (at least 1), each living `ttl`.
-    pub fn new(capacity: usize, ttl: Duration) -> Self {
+    /// A cache of at most `capacity` records (at least 1) and `max_bytes` bytes, each
+    /// living `ttl`.
+    pub fn new(capacity: usize, max_bytes: u64, ttl: Duration) -> Self {
         let capacity = NonZeroUsize::new(capacity.max(1)).unwrap_or(NonZeroUsize::MIN);
         ResultCache {
             entries: LruCache::new(capacity),
             ttl,
+            max_bytes,
+            bytes: 0,
         }
     }
 
-    /// Stores a final record, evicting the least recently read one when full.
-    pub fn insert(&mut self, record: TaskRecord, now: Instant) {
-        self.entries.put(record.task_id, (now, record));
+    /// Stores a final record, evicting the least recently read ones while it would not
+    /// fit. A record larger than the whole byte budget is not kept: false.
+    pub fn insert(&mut self, record: TaskRecord, now: Instant) -> bool {
+        let size = cost(&record);
+        if let Some((_, old)) = self.entries.pop(&record.task_id) {
+            self.bytes -= cost(&old);
+        }
+        if size > self.max_bytes {
+            return false;
+        }
+        while self.bytes + size > self.max_bytes {
+            match self.entries.pop_lru() {
+                Some((_, (_, old))) => self.bytes -= cost(&old),
+                None => break,
+            }
+        }
+        if let Some((_, (_, evicted))) = self.entries.push(record.task_id, (now, record)) {
+            self.bytes -= cost(&evicted);
+        }
+        self.bytes += size;
+        true
+    }
+
+    /// Bytes the stored records cost.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
     }
 
     /// The record of `id`, if stored and not expired; refreshes its recency.
@@ -40,7 +81,7 @@ impl ResultCache {
             Some((stored, _)) => now.duration_since(*stored) >= self.ttl,
         };
         if expired {
-            self.entries.pop(id);
+            self.remove(id);
             return None;
         }
         self.entries.get(id).map(|(_, r)| r)
@@ -53,7 +94,9 @@ impl ResultCache {
 
     /// Drops the record of `id`.
     pub fn remove(&mut self, id: &TaskId) -> Option<TaskRecord> {
-        self.entries.pop(id).map(|(_, r)| r)
+        let (_, record) = self.entries.pop(id)?;
+        self.bytes -= cost(&record);
+        Some(record)
     }
 
     /// True when `id` is stored and not expired, without touching recency.
@@ -72,7 +115,7 @@ impl ResultCache {
             .map(|(id, _)| *id)
             .collect();
         for id in &expired {
-            self.entries.pop(id);
+            self.remove(id);
         }
         expired.len()
     }
@@ -120,7 +163,7 @@ mod tests {
     #[test]
     fn least_recently_read_is_evicted_first() {
         let now = Instant::now();
-        let mut cache = ResultCache::new(2, Duration::from_secs(60));
+        let mut cache = ResultCache::new(2, 1 << 20, Duration::from_secs(60));
         cache.insert(record(1), now);
         cache.insert(record(2), now);
         assert!(cache.get(&record(1).task_id, now).is_some()); // 1 is now the freshest
@@ -133,12 +176,44 @@ mod tests {
     #[test]
     fn expired_records_read_as_absent_and_are_swept() {
         let now = Instant::now();
-        let mut cache = ResultCache::new(10, Duration::from_secs(5));
+        let mut cache = ResultCache::new(10, 1 << 20, Duration::from_secs(5));
         cache.insert(record(1), now);
         cache.insert(record(2), now + Duration::from_secs(3));
         let later = now + Duration::from_secs(6);
         assert!(cache.get(&record(1).task_id, later).is_none());
         assert_eq!(cache.sweep(later + Duration::from_secs(3)), 1);
         assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn bytes_are_bounded_and_counted_back_on_every_removal() {
+        let now = Instant::now();
+        let big = |n: u8| TaskRecord {
+            value: Bytes::from(vec![0u8; 1000]),
+            ..record(n)
+        };
+        let one = cost(&big(1));
+        let mut cache = ResultCache::new(100, 3 * one, Duration::from_secs(5));
+        for n in 1..=5 {
+            assert!(cache.insert(big(n), now));
+            assert!(cache.bytes() <= 3 * one);
+        }
+        assert_eq!(cache.len(), 3, "the two least recently used went");
+        assert!(cache.get(&big(1).task_id, now).is_none());
+        assert!(cache.get(&big(5).task_id, now).is_some());
+        // Replacing a record does not count it twice.
+        assert!(cache.insert(big(5), now));
+        assert_eq!(cache.bytes(), 3 * one);
+        cache.remove(&big(5).task_id);
+        assert_eq!(cache.bytes(), 2 * one);
+        assert_eq!(cache.sweep(now + Duration::from_secs(6)), 2);
+        assert_eq!(cache.bytes(), 0);
+        // One record larger than the whole budget is not kept.
+        let huge = TaskRecord {
+            value: Bytes::from(vec![0u8; 10_000]),
+            ..record(9)
+        };
+        assert!(!cache.insert(huge, now));
+        assert_eq!((cache.len(), cache.bytes()), (0, 0));
     }
 }

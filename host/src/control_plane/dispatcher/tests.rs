@@ -23,6 +23,9 @@ fn config(local_concurrency: u32) -> DispatcherConfig {
         max_deliveries: 3,
         cache_size: 100,
         cache_ttl: Duration::from_secs(60),
+        cache_max_bytes: 1 << 20,
+        max_queued: 1000,
+        max_queued_bytes: 1 << 20,
         local_concurrency,
         announcement: Announcement {
             control_plane_id: "cp".into(),
@@ -934,4 +937,41 @@ fn what_peers_send_for_the_event_log_and_the_worker_table_is_bounded() {
             }]
         ));
     }
+}
+
+#[test]
+fn past_the_queue_bounds_submissions_are_refused_as_queue_full() {
+    let (now, mut d, client) = with_client(
+        DispatcherConfig {
+            max_queued: 2,
+            max_queued_bytes: 1 << 20,
+            ..config(0)
+        },
+        vec![spec("add")],
+    );
+    for _ in 0..2 {
+        submit(&mut d, &client, task("add", Priority::Normal), now);
+    }
+    d.take_actions();
+    submit(&mut d, &client, task("add", Priority::Normal), now);
+    assert!(matches!(
+        &d.take_actions()[..],
+        [Action::Send { msg: FromControlPlane::Rejected { error, .. }, .. }] if error.message.starts_with("queue full")
+    ));
+    // By bytes, too.
+    let (now, mut d, client) = with_client(
+        DispatcherConfig {
+            max_queued_bytes: 10,
+            ..config(0)
+        },
+        vec![spec("add")],
+    );
+    let mut big = task("add", Priority::Normal);
+    big.payload = Bytes::from_static(b"[1, 2, 3, 4, 5]");
+    d.take_actions();
+    submit(&mut d, &client, big, now);
+    assert!(matches!(
+        &d.take_actions()[..],
+        [Action::Send { msg: FromControlPlane::Rejected { error, .. }, .. }] if error.message.contains("--max-queued-bytes")
+    ));
 }
