@@ -306,6 +306,10 @@ pub struct SubworkerArgs {
     /// this subworker drains and restarts in place to free the stuck thread.
     #[arg(long, default_value_t = 10.0)]
     pub hung_task_grace: f64,
+    /// Seconds a stop (Ctrl+C, SIGTERM) waits for running tasks before handing them
+    /// back to the control plane and exiting; a second Ctrl+C exits at once.
+    #[arg(long, env = "FASTWORKER_SHUTDOWN_GRACE", default_value_t = 30.0)]
+    pub shutdown_grace: f64,
     /// The cluster key and limits.
     #[command(flatten)]
     pub security: SecurityArgs,

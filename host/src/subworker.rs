@@ -8,7 +8,9 @@
 //! outcomes it could not deliver.
 //!
 //! Shutdown sequence (Ctrl+C or SIGTERM): tell the control plane it is draining (no new
-//! tasks), finish and report every task it holds, unregister, exit 0.
+//! tasks), finish and report every task it holds, unregister, exit 0. Past
+//! `--shutdown-grace` it unregisters with tasks still running (the control plane hands
+//! them to others) and exits 0; a second Ctrl+C exits at once (130).
 
 use std::{collections::VecDeque, path::Path, time::Duration};
 
@@ -64,13 +66,31 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
     let (outcome_tx, mut outcomes) = mpsc::unbounded_channel::<TaskOutcome>();
     let executor = Executor::new(registry.clone(), outcome_tx);
     let mut undelivered: VecDeque<TaskOutcome> = VecDeque::new();
-    let shutdown = crate::shutdown::shutdown_signal();
+    // The first stop signal drains (see the module docs); a second one exits at once.
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        crate::shutdown::shutdown_signal().await;
+        let _ = stop_tx.send(true);
+        crate::shutdown::shutdown_signal().await;
+        warn!("a second stop signal: exiting now; the control plane hands this subworker's tasks to others");
+        std::process::exit(130);
+    });
+    let stopping = stop_rx.clone();
+    let shutdown = async move {
+        let _ = stop_rx.changed().await;
+    };
     tokio::pin!(shutdown);
+    let grace = Duration::from_secs_f64(args.shutdown_grace.clamp(0.0, 86_400.0));
+    // When a requested stop gives up on the tasks still running.
+    let mut give_up_at: Option<Instant> = None;
     let mut draining = false;
     let heartbeat_every = Duration::from_secs_f64(args.heartbeat_interval.max(0.05));
     let mut backoff = Duration::from_millis(100);
 
     'connection: loop {
+        if give_up_at.is_none() && *stopping.borrow() {
+            give_up_at = Some(Instant::now() + grace);
+        }
         let (mut conn, address) = match connect_to_control_plane(&args, &connect_config).await {
             Ok(connected) => connected,
             Err(err) => {
@@ -86,7 +106,8 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
                 } else {
                     warn!("{err:#}; retrying in {backoff:?}");
                 }
-                if wait_or_stop(backoff, &mut shutdown, &mut draining, &executor).await {
+                if wait_or_stop(backoff, &mut shutdown, &mut draining, &executor, give_up_at).await
+                {
                     return finish_without_control_plane(&executor, &undelivered);
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -119,7 +140,7 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
             sent_ok &= send(&mut conn, &msg).await;
         }
         if !sent_ok {
-            if wait_or_stop(backoff, &mut shutdown, &mut draining, &executor).await {
+            if wait_or_stop(backoff, &mut shutdown, &mut draining, &executor, give_up_at).await {
                 return finish_without_control_plane(&executor, &undelivered);
             }
             backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -133,6 +154,9 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
         let mut heartbeat = tokio::time::interval(heartbeat_every);
 
         loop {
+            if give_up_at.is_none() && *stopping.borrow() {
+                give_up_at = Some(Instant::now() + grace);
+            }
             if draining && executor.running() == 0 && undelivered.is_empty() && outcomes.is_empty()
             {
                 if restart_after_drain {
@@ -155,7 +179,7 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
                         Ok(f) => f,
                         Err(err) => {
                             warn!("connection to the control plane lost: {err}; reconnecting in {backoff:?}");
-                            if wait_or_stop(backoff, &mut shutdown, &mut draining, &executor).await {
+                            if wait_or_stop(backoff, &mut shutdown, &mut draining, &executor, give_up_at).await {
                                 return finish_without_control_plane(&executor, &undelivered);
                             }
                             backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -195,7 +219,7 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
                         Ok(FromControlPlane::Rejected { error, .. }) => {
                             if error.message == protocol::HELLO_FIRST {
                                 warn!("the control plane does not know this connection; registering again in {backoff:?}");
-                                if wait_or_stop(backoff, &mut shutdown, &mut draining, &executor).await {
+                                if wait_or_stop(backoff, &mut shutdown, &mut draining, &executor, give_up_at).await {
                                     return finish_without_control_plane(&executor, &undelivered);
                                 }
                                 backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -267,6 +291,17 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
                     if !ok {
                         continue 'connection;
                     }
+                }
+                _ = tokio::time::sleep_until(give_up_at.unwrap_or_else(Instant::now)), if give_up_at.is_some() => {
+                    warn!(
+                        worker = %worker_id,
+                        "--shutdown-grace of {grace:?} ran out with {} task(s) running: handing them back to the control plane and exiting",
+                        executor.running()
+                    );
+                    // Unregister: the control plane queues what this worker held for others.
+                    let _ = send(&mut conn, &ToControlPlane::Unregister).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    return Ok(());
                 }
                 _ = &mut shutdown, if !draining => {
                     info!(
@@ -367,6 +402,7 @@ async fn wait_or_stop(
     shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
     draining: &mut bool,
     executor: &Executor,
+    give_up_at: Option<Instant>,
 ) -> bool {
     if !*draining {
         tokio::select! {
@@ -376,7 +412,7 @@ async fn wait_or_stop(
     } else {
         tokio::time::sleep(delay).await;
     }
-    *draining && executor.running() == 0
+    *draining && (executor.running() == 0 || give_up_at.is_some_and(|t| Instant::now() >= t))
 }
 
 fn finish_without_control_plane(

@@ -1008,3 +1008,71 @@ fn control_plane_shutdown_tells_waiters_of_tasks_it_could_not_finish() {
     let status = cp.proc.wait_exit(Duration::from_secs(5));
     assert_eq!(status.code(), Some(0), "{}", cp.proc.describe());
 }
+
+/// A subworker running `sleep_ms 20000`, the task's id, and a client.
+fn busy_subworker(
+    dir: &TestDir,
+    cp: &mut ControlPlane,
+    extra: &[&str],
+) -> (Proc, TaskId, Client, Runtime) {
+    let sw = cp.subworker(dir, "slow", extra);
+    let rt = runtime();
+    let client = connect(&rt, &cp.base);
+    let id = rt
+        .block_on(client.delay(sleep_task(20_000)))
+        .expect("accepted");
+    poll_async(&rt, Duration::from_secs(10), || async {
+        let r = client.status(id).await.ok()??;
+        (r.status == TaskStatus::Running).then_some(())
+    })
+    .expect("the subworker runs the task");
+    (sw, id, client, rt)
+}
+
+#[test]
+fn a_stopping_subworker_hands_back_what_it_cannot_finish_within_its_grace() {
+    let dir = mytasks_dir();
+    let mut cp = ControlPlane::start(&dir, &[]);
+    let (mut sw, id, client, rt) = busy_subworker(&dir, &mut cp, &["--shutdown-grace", "1"]);
+    let started = Instant::now();
+    sw.signal("TERM");
+    let status = sw.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{}", sw.describe());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "it waited {:?}, not its 1 s grace",
+        started.elapsed()
+    );
+    assert!(
+        sw.stderr().contains("--shutdown-grace"),
+        "{}",
+        sw.describe()
+    );
+    // The task went back to the queue (no worker serves it now), not lost.
+    let record = rt
+        .block_on(client.status(id))
+        .expect("answers")
+        .expect("still known");
+    assert_eq!(record.status, TaskStatus::Queued, "{record:?}");
+    assert!(cp.proc.try_exit().is_none());
+}
+
+#[test]
+fn a_second_ctrl_c_stops_a_draining_subworker_at_once() {
+    let dir = mytasks_dir();
+    let mut cp = ControlPlane::start(&dir, &[]);
+    let (mut sw, id, client, rt) = busy_subworker(&dir, &mut cp, &[]);
+    sw.signal("INT");
+    sw.wait_for(true, "shutting down", Duration::from_secs(5));
+    let started = Instant::now();
+    sw.signal("INT");
+    let status = sw.wait_exit(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(130), "{}", sw.describe());
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // The control plane saw the connection drop and queued the task again.
+    let requeued = poll_async(&rt, Duration::from_secs(5), || async {
+        let r = client.status(id).await.ok()??;
+        (r.status == TaskStatus::Queued).then_some(())
+    });
+    assert!(requeued.is_some(), "{}", cp.proc.describe());
+}
