@@ -245,6 +245,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 
 #[test]
 fn two_thousand_idle_connections_neither_stop_service_nor_stay_open() {
+    let _heavy = crate::support::heavy();
     let _ = rlimit::increase_nofile_limit(8192);
     let dir = mytasks_dir();
     let mut cp = ControlPlane::start(
@@ -281,6 +282,7 @@ fn two_thousand_idle_connections_neither_stop_service_nor_stay_open() {
 
 #[test]
 fn out_of_descriptors_it_backs_off_warns_and_recovers() {
+    let _heavy = crate::support::heavy();
     let _ = rlimit::increase_nofile_limit(8192);
     let dir = mytasks_dir();
     let base = free_address();
@@ -495,6 +497,7 @@ fn clients_subworkers_and_callbacks_survive_a_hostile_server() {
 
 #[test]
 fn documented_limits_are_applied_and_named() {
+    let _heavy = crate::support::heavy();
     let dir = mytasks_dir();
     let mut cp = ControlPlane::start(&dir, &[]);
     let _sw = cp.subworker(&dir, "small", &["--max-payload-size", "1KiB"]);

@@ -28,6 +28,7 @@ fn rss_mib(pid: u32) -> u64 {
 
 #[test]
 fn big_results_stay_within_the_result_cache_budget() {
+    let _heavy = crate::support::heavy();
     let dir = mytasks_dir();
     let cp = ControlPlane::start(
         &dir,

@@ -27,7 +27,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
-        Arc, Mutex, MutexGuard,
+        Arc,
     },
     thread,
     time::{Duration, Instant},
@@ -62,11 +62,10 @@ const RELOADED: &str = "plugin versioned reloaded from";
 /// The start of the log line for a file that did not load (`ReloadReport::Rejected`).
 const REJECTED: &str = "rejected, previous version keeps serving";
 
-/// Holds the file's tests to one at a time (see the module docs). A test that panics
-/// poisons the lock; the next one takes it anyway.
-fn serial() -> MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+/// Holds the file's tests to one at a time (see the module docs), and apart from the
+/// other tests that need the machine to themselves.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    crate::support::heavy()
 }
 
 // ---- the cluster ---------------------------------------------------------------------

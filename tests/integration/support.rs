@@ -148,6 +148,14 @@ pub fn client_config() -> fastworker::transport::TransportConfig {
     }
 }
 
+/// Runs tests that load the machine (or measure rates under load) one at a time: the
+/// hot-reload-under-load tests, big payloads, floods of connections. A test that
+/// panics poisons the lock; the next one takes it anyway.
+pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// What a finished run printed.
 #[derive(Debug)]
 pub struct Output {
