@@ -228,6 +228,10 @@ pub struct ControlPlaneArgs {
     /// `queue full`.
     #[arg(long, env = "FASTWORKER_MAX_QUEUED_BYTES", default_value = "1GiB", value_parser = parse_size)]
     pub max_queued_bytes: u64,
+    /// Seconds tasks may wait for a worker that serves their name (after the last one
+    /// left) before they fail saying so.
+    #[arg(long, env = "FASTWORKER_UNSERVED_TIMEOUT", default_value_t = 300.0)]
+    pub unserved_timeout: f64,
     /// Plugin files, directories or bare names, for running tasks here.
     #[arg(long, num_args = 1..)]
     pub task_modules: Vec<String>,

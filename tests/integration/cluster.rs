@@ -1076,3 +1076,46 @@ fn a_second_ctrl_c_stops_a_draining_subworker_at_once() {
     });
     assert!(requeued.is_some(), "{}", cp.proc.describe());
 }
+
+#[test]
+fn tasks_whose_only_worker_is_gone_say_why_and_fail_after_the_unserved_timeout() {
+    let dir = mytasks_dir();
+    let mut cp = ControlPlane::start(&dir, &["--unserved-timeout", "3"]);
+    let mut sw = cp.subworker(&dir, "only", &[]);
+    let rt = runtime();
+    let client = connect(&rt, &cp.base);
+    let first = rt
+        .block_on(client.delay(sleep_task(20_000)))
+        .expect("accepted");
+    poll_async(&rt, Duration::from_secs(10), || async {
+        let r = client.status(first).await.ok()??;
+        (r.status == TaskStatus::Running).then_some(())
+    })
+    .expect("it runs");
+    sw.kill();
+    // It says why it waits.
+    let why = poll_async(&rt, Duration::from_secs(5), || async {
+        let r = client.status(first).await.ok()??;
+        r.error.map(|e| e.message)
+    })
+    .expect("the status says why the task waits");
+    assert!(
+        why.starts_with("waiting: no worker serves sleep_ms since"),
+        "{why}"
+    );
+    // The same name is still accepted while work waits for it.
+    let second = rt
+        .block_on(client.delay(sleep_task(10)))
+        .expect("accepted while sleep_ms work waits");
+    // Past --unserved-timeout both fail, saying why.
+    for id in [first, second] {
+        let record = rt
+            .block_on(client.result(id, Duration::from_secs(20)))
+            .expect("answers")
+            .expect("known");
+        assert_eq!(record.status, TaskStatus::Failure, "{record:?}");
+        let error = record.error.expect("an error");
+        assert!(error.message.contains("--unserved-timeout"), "{error}");
+    }
+    assert!(cp.proc.try_exit().is_none());
+}

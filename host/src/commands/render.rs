@@ -47,7 +47,12 @@ pub fn record_text(record: &TaskRecord) -> String {
         out.push_str(&format!("  result: {}\n", value_json(record)));
     }
     if let Some(e) = &record.error {
-        out.push_str(&format!("  error: {e}\n"));
+        if !record.status.is_final() && e.message.starts_with("waiting:") {
+            // A queued task that nobody can run says why it waits.
+            out.push_str(&format!("  {}\n", e.message));
+        } else {
+            out.push_str(&format!("  error: {e}\n"));
+        }
     }
     if let Some(w) = &record.worker_id {
         out.push_str(&format!("  worker: {w}\n"));

@@ -84,6 +84,8 @@ pub struct DispatcherConfig {
     pub max_queued: usize,
     /// Payload bytes held at most; more are refused.
     pub max_queued_bytes: u64,
+    /// How long tasks may wait for a worker that serves their name before they fail.
+    pub unserved_timeout: Duration,
     /// How many tasks the control plane runs itself at once.
     pub local_concurrency: u32,
     /// The endpoints announced by discovery.
@@ -191,6 +193,13 @@ pub struct Dispatcher {
     malformed_since_log: u64,
     /// Payload bytes of the tasks held (not final).
     held_bytes: u64,
+    /// Tasks held (not final), by name: a name that work waits for stays submittable
+    /// while no worker serves it.
+    held_by_name: HashMap<String, usize>,
+    /// Names that tasks wait for and no live worker serves, and since when.
+    unserved: HashMap<String, Instant>,
+    /// When `unserved` was last brought up to date.
+    unserved_checked: Option<Instant>,
 }
 
 /// The most retries a submission may ask for.
@@ -237,6 +246,9 @@ impl Dispatcher {
             malformed_logged: None,
             malformed_since_log: 0,
             held_bytes: 0,
+            held_by_name: HashMap::new(),
+            unserved: HashMap::new(),
+            unserved_checked: None,
         }
     }
 
@@ -654,6 +666,7 @@ impl Dispatcher {
             self.enqueue(id);
         }
         self.fire_periodic();
+        self.check_unserved();
         for id in self
             .workers
             .overdue_restarts(now.at, self.config.inactive_after)
@@ -891,7 +904,7 @@ impl Dispatcher {
         }
         let mut seen = HashSet::with_capacity(tasks.len());
         for task in tasks {
-            if !self.known_task(&task.name) {
+            if !self.known_task(&task.name) && !self.held_by_name.contains_key(&task.name) {
                 let mut known: Vec<&str> = self.local_specs.keys().map(String::as_str).collect();
                 for w in self.workers.iter() {
                     known.extend(w.tasks.keys().map(String::as_str));
@@ -965,6 +978,7 @@ impl Dispatcher {
         };
         let id = envelope.id;
         self.held_bytes += envelope.payload.len() as u64;
+        *self.held_by_name.entry(envelope.name.clone()).or_default() += 1;
         let due = scheduled.then(|| self.mono_ms(self.now).saturating_add(hold_ms));
         if let Some(due) = due {
             self.scheduled.insert((due, seq), id);
@@ -986,6 +1000,71 @@ impl Dispatcher {
         );
     }
 
+    /// Once a second: notes which names tasks wait for that no live worker serves, and
+    /// fails the tasks of a name unserved for longer than `unserved_timeout`.
+    fn check_unserved(&mut self) {
+        let now = self.now.at;
+        if self
+            .unserved_checked
+            .is_some_and(|at| now.saturating_duration_since(at) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.unserved_checked = Some(now);
+        let names: Vec<String> = self.held_by_name.keys().cloned().collect();
+        for name in names {
+            if self.known_task(&name) {
+                self.unserved.remove(&name);
+            } else {
+                self.unserved.entry(name).or_insert(now);
+            }
+        }
+        let expired: Vec<String> = self
+            .unserved
+            .iter()
+            .filter(|(_, since)| {
+                now.saturating_duration_since(**since) >= self.config.unserved_timeout
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in expired {
+            let waiting: Vec<TaskId> = self
+                .tasks
+                .iter()
+                .filter(|(_, e)| e.envelope.name == name && e.holder.is_none())
+                .map(|(id, _)| *id)
+                .collect();
+            warn!(
+                task = %name,
+                "{} task(s) waited {:?} for a worker that serves them: failing them (--unserved-timeout)",
+                waiting.len(),
+                self.config.unserved_timeout
+            );
+            for id in waiting {
+                if let Some(entry) = self.tasks.get(&id) {
+                    match entry.due_ms {
+                        Some(due) => {
+                            let seq = entry.seq;
+                            self.scheduled.remove(&(due, seq));
+                        }
+                        None => {
+                            self.dequeue(id);
+                        }
+                    }
+                }
+                let error = TaskError::new(
+                    ErrorKind::UnknownTask,
+                    format!(
+                        "no worker served `{name}` for {:?} (--unserved-timeout)",
+                        self.config.unserved_timeout
+                    ),
+                );
+                self.finalize(id, TaskStatus::Failure, Some(error), Bytes::new());
+            }
+            self.unserved.remove(&name);
+        }
+    }
+
     fn status(&mut self, peer: &PeerId, request_id: u64, task_id: TaskId, wait: bool) {
         let record = if let Some(entry) = self.tasks.get(&task_id) {
             if wait {
@@ -998,7 +1077,21 @@ impl Dispatcher {
                     });
                 return;
             }
-            Some(entry.record.clone())
+            let mut record = entry.record.clone();
+            // Why it waits, when nobody can run it.
+            if let Some(since) = self.unserved.get(&entry.envelope.name) {
+                if entry.holder.is_none() {
+                    record.error = Some(TaskError::new(
+                        ErrorKind::UnknownTask,
+                        format!(
+                            "waiting: no worker serves {} since {} s",
+                            entry.envelope.name,
+                            self.now.at.saturating_duration_since(*since).as_secs()
+                        ),
+                    ));
+                }
+            }
+            Some(record)
         } else {
             self.cache.get(&task_id, self.now.at).cloned()
         };
@@ -1333,6 +1426,13 @@ impl Dispatcher {
         self.held_bytes = self
             .held_bytes
             .saturating_sub(entry.envelope.payload.len() as u64);
+        if let Some(n) = self.held_by_name.get_mut(&entry.envelope.name) {
+            *n -= 1;
+            if *n == 0 {
+                self.held_by_name.remove(&entry.envelope.name);
+                self.unserved.remove(&entry.envelope.name);
+            }
+        }
         entry.record.status = status;
         entry.record.error = error;
         entry.record.value = value;

@@ -84,6 +84,10 @@ pub async fn run(args: ControlPlaneArgs, plugin_dir: &Path) -> anyhow::Result<()
         cache_max_bytes: args.result_cache_max_bytes,
         max_queued: args.max_queued,
         max_queued_bytes: args.max_queued_bytes,
+        unserved_timeout: Duration::from_secs_f64(
+            args.unserved_timeout
+                .clamp(0.0, crate::protocol::MAX_SPAN_SECS),
+        ),
         local_concurrency: args.concurrency,
         announcement: announcement.clone(),
         max_payload_bytes: args.security.max_payload_size,

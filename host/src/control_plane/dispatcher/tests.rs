@@ -26,6 +26,7 @@ fn config(local_concurrency: u32) -> DispatcherConfig {
         cache_max_bytes: 1 << 20,
         max_queued: 1000,
         max_queued_bytes: 1 << 20,
+        unserved_timeout: Duration::from_secs(300),
         local_concurrency,
         announcement: Announcement {
             control_plane_id: "cp".into(),
@@ -974,4 +975,70 @@ fn past_the_queue_bounds_submissions_are_refused_as_queue_full() {
         &d.take_actions()[..],
         [Action::Send { msg: FromControlPlane::Rejected { error, .. }, .. }] if error.message.contains("--max-queued-bytes")
     ));
+}
+
+#[test]
+fn tasks_whose_workers_are_gone_say_so_stay_submittable_and_fail_after_the_timeout() {
+    let (now, mut d, client) = with_client(config(0), vec![]);
+    let sw = Bytes::from_static(b"sw");
+    register(&mut d, &sw, "sw1", 1, now);
+    let t = task("slow", Priority::Normal);
+    submit(&mut d, &client, t.clone(), now);
+    d.peer_disconnected(&sw, now);
+    d.take_actions();
+    let later = now.plus(Duration::from_secs(12));
+    d.tick(later);
+    d.handle(
+        &client,
+        ToControlPlane::Status {
+            request_id: 5,
+            task_id: t.id,
+            wait: false,
+        },
+        later,
+    );
+    let actions = d.take_actions();
+    let reply = actions.iter().find_map(|a| match a {
+        Action::Send {
+            msg: FromControlPlane::StatusReply {
+                record: Some(r), ..
+            },
+            ..
+        } => Some(r.clone()),
+        _ => None,
+    });
+    let record = reply.expect("a status reply");
+    assert_eq!(record.status, TaskStatus::Queued);
+    let why = record.error.expect("says why it waits").message;
+    assert!(
+        why.starts_with("waiting: no worker serves slow since"),
+        "{why}"
+    );
+    // Another submission of the same name is accepted, not refused as unknown.
+    let u = task("slow", Priority::Normal);
+    submit(&mut d, &client, u.clone(), later);
+    assert!(d.take_actions().iter().any(|a| matches!(
+        a,
+        Action::Send {
+            msg: FromControlPlane::Accepted { .. },
+            ..
+        }
+    )));
+    // A name nobody ever served is still refused.
+    submit(&mut d, &client, task("never", Priority::Normal), later);
+    assert!(d.take_actions().iter().any(|a| matches!(
+        a,
+        Action::Send {
+            msg: FromControlPlane::Rejected { .. },
+            ..
+        }
+    )));
+    // Past the timeout both fail, saying why.
+    d.tick(later.plus(Duration::from_secs(301)));
+    let failed = results(&d.take_actions());
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    for r in failed {
+        assert_eq!(r.status, TaskStatus::Failure);
+        assert!(r.error.unwrap().message.contains("--unserved-timeout"));
+    }
 }
