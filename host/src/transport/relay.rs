@@ -412,18 +412,21 @@ async fn serve(outer: TcpStream, source: SocketAddr, front: Arc<Front>, _open: O
         if let Err(err) = inner_w.write_all(&first).await {
             return End::Io(err);
         }
-        pump_until_established(
-            &mut outer_r,
-            &mut inner_w,
-            &mut inspector,
-            &established,
-            max,
-        )
+        // The full limit applies once the layer above says the connection is
+        // established.
+        let mut raised = false;
+        pump(&mut outer_r, &mut inner_w, |chunk| {
+            if !raised && established.load(Ordering::Acquire) {
+                inspector.set_limit(max);
+                raised = true;
+            }
+            inspector.scan(chunk)
+        })
         .await
     };
     let down = async {
         let (mut r, mut w) = (inner_r, outer_w);
-        pump(&mut r, &mut w, None).await
+        pump(&mut r, &mut w, |_| Ok(())).await
     };
     let timer = async {
         tokio::time::sleep_until(deadline).await;
@@ -485,42 +488,11 @@ async fn read_handshake(
     }
 }
 
-/// Like [`pump`] with an inspector, whose limit is [`MAX_UNESTABLISHED_MESSAGE`] until
-/// `established` is set, and `max` from then on.
-async fn pump_until_established(
-    r: &mut (impl AsyncRead + Unpin),
-    w: &mut (impl AsyncWrite + Unpin),
-    inspector: &mut Inspector,
-    established: &AtomicBool,
-    max: u64,
-) -> End {
-    let mut buf = vec![0u8; CHUNK];
-    let mut raised = false;
-    loop {
-        let n = match r.read(&mut buf).await {
-            Ok(0) => return End::Closed,
-            Ok(n) => n,
-            Err(err) => return End::Io(err),
-        };
-        if !raised && established.load(Ordering::Acquire) {
-            inspector.set_limit(max);
-            raised = true;
-        }
-        if let Err(v) = inspector.scan(&buf[..n]) {
-            return End::Violation(v);
-        }
-        if let Err(err) = w.write_all(&buf[..n]).await {
-            return End::Io(err);
-        }
-    }
-}
-
-/// Copies `r` to `w` until either ends, checking each chunk first when an inspector
-/// is given.
+/// Copies `r` to `w` until either ends, passing each chunk to `check` first.
 async fn pump(
     r: &mut (impl AsyncRead + Unpin),
     w: &mut (impl AsyncWrite + Unpin),
-    mut inspector: Option<&mut Inspector>,
+    mut check: impl FnMut(&[u8]) -> Result<(), Violation>,
 ) -> End {
     let mut buf = vec![0u8; CHUNK];
     loop {
@@ -529,10 +501,8 @@ async fn pump(
             Ok(n) => n,
             Err(err) => return End::Io(err),
         };
-        if let Some(inspector) = inspector.as_deref_mut() {
-            if let Err(v) = inspector.scan(&buf[..n]) {
-                return End::Violation(v);
-            }
+        if let Err(v) = check(&buf[..n]) {
+            return End::Violation(v);
         }
         if let Err(err) = w.write_all(&buf[..n]).await {
             return End::Io(err);
@@ -583,8 +553,8 @@ pub async fn dial(
         let (mut inner_r, mut inner_w) = inner.into_split();
         let mut inspector = Inspector::new(max_message_bytes);
         let end = tokio::select! {
-            end = pump(&mut outer_r, &mut inner_w, Some(&mut inspector)) => end,
-            end = pump(&mut inner_r, &mut outer_w, None) => end,
+            end = pump(&mut outer_r, &mut inner_w, |chunk| inspector.scan(chunk)) => end,
+            end = pump(&mut inner_r, &mut outer_w, |_| Ok(())) => end,
         };
         match end {
             End::Violation(v) => {
