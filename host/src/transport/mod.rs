@@ -158,7 +158,7 @@ impl Outbox {
     /// Sends `frames` unsealed to a peer that did not authenticate, then closes its
     /// connection.
     pub fn refuse(&self, peer: &PeerId, frames: Vec<Bytes>) {
-        let _ = self.tx.send(Outgoing::Raw(peer.clone(), frames, true));
+        self.raw(peer, frames, true);
     }
 
     fn raw(&self, peer: &PeerId, frames: Vec<Bytes>, close: bool) {
@@ -189,6 +189,8 @@ impl Drop for Server {
 
 /// Where a server's peer is in the cluster-key handshake.
 enum PeerAuth {
+    /// No key: its first message was admitted (and the guard told it is established).
+    Plain,
     /// Sent its `ClientHello`; we sent the challenge.
     Challenged(auth::ServerHandshake),
     /// Authenticated: its messages are opened with this.
@@ -209,14 +211,23 @@ impl Gate {
     /// The message to hand up, if any.
     fn admit(&mut self, peer: PeerId, mut frames: Vec<Bytes>) -> Option<ServerEvent> {
         let Some(key) = &self.key else {
-            if let Some(auth::Handshake::ClientHello(_)) = auth::Handshake::decode(&frames) {
-                let refusal = auth::Handshake::Refuse(
-                    "this server has no cluster key: connect without one".into(),
-                );
-                self.outbox.raw(&peer, vec![refusal.encode()], true);
-                return None;
+            match self.peers.get(&peer) {
+                Some(PeerAuth::Plain) => {}
+                Some(_) => return None,
+                None => {
+                    if let Some(auth::Handshake::ClientHello(_)) = auth::Handshake::decode(&frames)
+                    {
+                        self.refuse_handshake(
+                            peer,
+                            "this server has no cluster key: connect without one",
+                        );
+                        return None;
+                    }
+                    // Told once, not on every message.
+                    self.front.peers.established(&peer);
+                    self.peers.insert(peer.clone(), PeerAuth::Plain);
+                }
             }
-            self.front.peers.established(&peer);
             return Some(ServerEvent::Message { peer, frames });
         };
         match self.peers.get_mut(&peer) {
@@ -231,7 +242,7 @@ impl Gate {
                     None
                 }
             },
-            Some(PeerAuth::Refused) => None,
+            Some(PeerAuth::Refused | PeerAuth::Plain) => None,
             Some(PeerAuth::Challenged(handshake)) => {
                 let proof = match auth::Handshake::decode(&frames) {
                     Some(auth::Handshake::ClientProof(p)) => p,
@@ -256,11 +267,10 @@ impl Gate {
                             "refused",
                             "refused a peer that does not know the cluster key",
                         );
-                        let refusal = auth::Handshake::Refuse(
-                            "wrong cluster key: this server does not know it".into(),
+                        self.refuse_handshake(
+                            peer,
+                            "wrong cluster key: this server does not know it",
                         );
-                        self.outbox.raw(&peer, vec![refusal.encode()], true);
-                        self.peers.insert(peer, PeerAuth::Refused);
                         None
                     }
                 }
@@ -275,6 +285,13 @@ impl Gate {
                 _ => self.refuse(peer, frames),
             },
         }
+    }
+
+    /// Answers a handshake with a refusal and closes the connection.
+    fn refuse_handshake(&mut self, peer: PeerId, reason: &str) {
+        let refusal = auth::Handshake::Refuse(reason.to_string());
+        self.outbox.raw(&peer, vec![refusal.encode()], true);
+        self.peers.insert(peer, PeerAuth::Refused);
     }
 
     /// A peer that skipped the handshake: the layer above answers it in its protocol.
@@ -384,18 +401,15 @@ pub async fn bind(
                     continue;
                 }
                 Outgoing::Raw(peer, frames, close) => (peer, frames, close),
-                Outgoing::Send(peer, frames) => {
+                Outgoing::Send(peer, mut frames) => {
                     if keyed {
                         let Some(sealer) = sealers.get_mut(&peer) else {
                             debug!("no session with this peer (gone, or never authenticated): message dropped");
                             continue;
                         };
-                        let mut frames = frames;
                         sealer.seal(&mut frames);
-                        (peer, frames, false)
-                    } else {
-                        (peer, frames, false)
                     }
+                    (peer, frames, false)
                 }
             };
             if close {
@@ -557,6 +571,9 @@ async fn authenticate(
     let endpoint = conn.sender.endpoint.clone();
     let (handshake, hello) = auth::ClientHandshake::start(key);
     conn.sender.send(vec![hello]).await?;
+    let refused = |reason: String| {
+        TransportError::Refused(format!("{endpoint} refused the connection: {reason}"))
+    };
     let unexpected = |what: &str| {
         TransportError::Refused(format!(
             "{endpoint} did not take part in the cluster-key handshake ({what}); is it a fastworker process with a cluster key?"
@@ -564,11 +581,7 @@ async fn authenticate(
     };
     let sn = match auth::Handshake::decode(&conn.receiver.recv().await?) {
         Some(auth::Handshake::Challenge(sn)) => sn,
-        Some(auth::Handshake::Refuse(reason)) => {
-            return Err(TransportError::Refused(format!(
-                "{endpoint} refused the connection: {reason}"
-            )))
-        }
+        Some(auth::Handshake::Refuse(reason)) => return Err(refused(reason)),
         _ => return Err(unexpected("no challenge")),
     };
     conn.sender.send(vec![handshake.prove(&sn)]).await?;
@@ -578,9 +591,7 @@ async fn authenticate(
                 "{endpoint} could not prove it knows the cluster key: not connecting to it"
             ))
         }),
-        Some(auth::Handshake::Refuse(reason)) => Err(TransportError::Refused(format!(
-            "{endpoint} refused the connection: {reason}"
-        ))),
+        Some(auth::Handshake::Refuse(reason)) => Err(refused(reason)),
         _ => Err(unexpected("no answer to the proof")),
     }
 }
