@@ -12,6 +12,7 @@
 //! - [`executor`]: runs tasks on this host against the current plugins.
 //! - [`probe`]: the answer-only endpoints (discovery, a subworker's status).
 //! - [`shutdown`]: the stop signal every long-lived loop selects on.
+//! - [`log_limit`]: one log line per interval for repeated trouble.
 //! - [`control_plane`]: the dispatcher state machine and its event loop.
 //! - [`subworker`]: the subworker's loop.
 //! - [`client`]: the async Rust client and discovery.
@@ -22,6 +23,7 @@ pub mod client;
 pub mod commands;
 pub mod control_plane;
 pub mod executor;
+pub mod log_limit;
 pub mod plugin;
 pub mod probe;
 pub mod protocol;

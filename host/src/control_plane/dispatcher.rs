@@ -28,6 +28,7 @@ use super::{
     workers::WorkerTable,
 };
 use crate::{
+    log_limit::LogLimiter,
     protocol::{for_people, MAX_ID_BYTES, MAX_TASKS_PER_WORKER},
     protocol::{
         AttemptResult, Callback, CancelOutcome, FromControlPlane, LeaseToken, PeerKind,
@@ -188,9 +189,8 @@ pub struct Dispatcher {
     events: EventLog,
     periodic: PeriodicScheduler,
     dead_letters: BTreeMap<u64, (TaskRecord, TaskEnvelope)>,
-    /// When an unreadable message was last logged, and how many came since.
-    malformed_logged: Option<Instant>,
-    malformed_since_log: u64,
+    /// Rate limit for the warning about unreadable messages.
+    malformed_log: LogLimiter,
     /// Payload bytes of the tasks held (not final).
     held_bytes: u64,
     /// Tasks held (not final), by name: a name that work waits for stays submittable
@@ -243,8 +243,7 @@ impl Dispatcher {
             events: EventLog::new(1000),
             periodic: PeriodicScheduler::new(),
             dead_letters: BTreeMap::new(),
-            malformed_logged: None,
-            malformed_since_log: 0,
+            malformed_log: LogLimiter::new(Duration::from_secs(1)),
             held_bytes: 0,
             held_by_name: HashMap::new(),
             unserved: HashMap::new(),
@@ -587,17 +586,8 @@ impl Dispatcher {
     /// A message from `peer` could not be read.
     pub fn malformed(&mut self, peer: &PeerId, error: &crate::protocol::ProtocolError) {
         // At most one warning a second, however fast a peer sends garbage.
-        self.malformed_since_log += 1;
-        if self
-            .malformed_logged
-            .is_none_or(|at| self.now.at.saturating_duration_since(at) >= Duration::from_secs(1))
-        {
-            warn!(
-                "dropping an unreadable message: {error} ({} in all since the last warning)",
-                self.malformed_since_log
-            );
-            self.malformed_logged = Some(self.now.at);
-            self.malformed_since_log = 0;
+        if let Some(quiet) = self.malformed_log.allow_at("malformed", self.now.at) {
+            warn!("dropping an unreadable message: {error} ({quiet} more since the last warning)");
         }
         let msg = match error {
             crate::protocol::ProtocolError::UnsupportedVersion { .. } => {

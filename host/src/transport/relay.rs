@@ -21,7 +21,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex, OnceLock,
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -51,41 +51,10 @@ const EMFILE_BACKOFF: Duration = Duration::from_millis(100);
 /// One warning per this long for the same kind of trouble from the same source.
 pub const LOG_INTERVAL: Duration = Duration::from_secs(60);
 
+pub use crate::log_limit::LogLimiter;
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Says a thing at most once per [`LOG_INTERVAL`] per key, and how often it was quiet.
-#[derive(Default)]
-pub struct LogLimiter {
-    last: Mutex<HashMap<String, (Instant, u64)>>,
-}
-
-impl LogLimiter {
-    /// `Some(suppressed since the last time)` when `key` may be logged now.
-    pub fn allow(&self, key: &str) -> Option<u64> {
-        let mut last = lock(&self.last);
-        let now = Instant::now();
-        if last.len() > 10_000 {
-            last.retain(|_, (at, _)| now.duration_since(*at) < LOG_INTERVAL);
-        }
-        match last.get_mut(key) {
-            Some((at, quiet)) if now.duration_since(*at) < LOG_INTERVAL => {
-                *quiet += 1;
-                None
-            }
-            Some((at, quiet)) => {
-                let n = *quiet;
-                *at = now;
-                *quiet = 0;
-                Some(n)
-            }
-            None => {
-                last.insert(key.to_string(), (now, 0));
-                Some(0)
-            }
-        }
-    }
 }
 
 static PRIVATE_DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
@@ -244,7 +213,7 @@ impl Front {
             config,
             inner,
             peers: PeerTable::default(),
-            log: LogLimiter::default(),
+            log: LogLimiter::new(LOG_INTERVAL),
         })
     }
 
