@@ -864,9 +864,11 @@ impl Dispatcher {
                 "no tasks in the request",
             ));
         }
+        let mut bytes = 0u64;
         for task in tasks {
             check_spans(task)?;
             let size = task.payload.len() as u64;
+            bytes += size;
             if size > self.config.max_payload_bytes {
                 return Err(TaskError::new(
                     ErrorKind::Rejected,
@@ -877,7 +879,6 @@ impl Dispatcher {
                 ));
             }
         }
-        let bytes: u64 = tasks.iter().map(|t| t.payload.len() as u64).sum();
         if self.tasks.len() + tasks.len() > self.config.max_queued
             || self.held_bytes + bytes > self.config.max_queued_bytes
         {
@@ -968,7 +969,13 @@ impl Dispatcher {
         };
         let id = envelope.id;
         self.held_bytes += envelope.payload.len() as u64;
-        *self.held_by_name.entry(envelope.name.clone()).or_default() += 1;
+        // No new String per task while the name is already held.
+        match self.held_by_name.get_mut(&envelope.name) {
+            Some(n) => *n += 1,
+            None => {
+                self.held_by_name.insert(envelope.name.clone(), 1);
+            }
+        }
         let due = scheduled.then(|| self.mono_ms(self.now).saturating_add(hold_ms));
         if let Some(due) = due {
             self.scheduled.insert((due, seq), id);
