@@ -41,14 +41,15 @@ pub fn bomb() -> Vec<u8> {
     b
 }
 
-/// A READY command for a DEALER, as the second thing a peer sends.
-pub fn ready_dealer() -> Vec<u8> {
+/// A READY command for a socket of `socket_type` (`DEALER`, `ROUTER`), as the second
+/// thing a peer sends.
+pub fn ready(socket_type: &[u8; 6]) -> Vec<u8> {
     let mut body = vec![5u8];
     body.extend_from_slice(b"READY");
     body.push(11);
     body.extend_from_slice(b"Socket-Type");
     body.extend_from_slice(&6u32.to_be_bytes());
-    body.extend_from_slice(b"DEALER");
+    body.extend_from_slice(socket_type);
     let mut frame = vec![0x04, body.len() as u8];
     frame.extend(body);
     frame
@@ -64,7 +65,7 @@ pub fn corpus() -> Vec<(&'static str, Vec<u8>)> {
     };
     let after_ready = |tail: &[u8]| {
         let mut v = greeting.clone();
-        v.extend(ready_dealer());
+        v.extend(ready(b"DEALER"));
         v.extend_from_slice(tail);
         v
     };
@@ -291,22 +292,15 @@ fn out_of_descriptors_it_backs_off_warns_and_recovers() {
     // than that thrown at it, and --max-connections above what fits.
     let mut proc = {
         let mut cmd = dir.fastworker();
-        cmd.args([
-            "control-plane",
-            "--no-gui",
-            "--base-address",
-            &base,
-            "--discovery-address",
-            &discovery,
-            "--subworker-port",
-            "0",
-            "--task-modules",
-            "mytasks",
-            "--handshake-timeout",
-            "2",
-            "--max-connections",
-            "4096",
-        ]);
+        cmd.args(crate::procs::control_plane_args(&base, &discovery, "0"))
+            .args([
+                "--task-modules",
+                "mytasks",
+                "--handshake-timeout",
+                "2",
+                "--max-connections",
+                "4096",
+            ]);
         crate::procs::Proc::spawn_command(&dir, "cp-limited", cmd, Some(1024))
     };
     proc.wait_for(false, "ready on", STARTUP);
@@ -396,14 +390,7 @@ impl Drop for HostileServer {
 /// and READY followed by the bomb (so the check after the handshake is reached too).
 fn server_corpus() -> Vec<(&'static str, Vec<u8>)> {
     let mut ready_router = zmtp_greeting();
-    let mut body = vec![5u8];
-    body.extend_from_slice(b"READY");
-    body.push(11);
-    body.extend_from_slice(b"Socket-Type");
-    body.extend_from_slice(&6u32.to_be_bytes());
-    body.extend_from_slice(b"ROUTER");
-    ready_router.extend([0x04, body.len() as u8]);
-    ready_router.extend(body);
+    ready_router.extend(ready(b"ROUTER"));
     ready_router.push(0x02);
     ready_router.extend_from_slice(&(1u64 << 62).to_be_bytes());
     let mut all = corpus();
@@ -610,7 +597,7 @@ fn before_its_first_message_a_connection_may_send_only_a_little() {
     // may send before its first message was accepted (with a key: before it proved
     // the key), however large --max-message-size is.
     let mut bytes = zmtp_greeting();
-    bytes.extend(ready_dealer());
+    bytes.extend(ready(b"DEALER"));
     bytes.push(0x02);
     bytes.extend_from_slice(&(2u64 << 20).to_be_bytes());
     throw(&cp.base, &bytes);
@@ -629,14 +616,7 @@ fn before_its_first_message_a_connection_may_send_only_a_little() {
 fn a_subworker_whose_connection_keeps_dropping_backs_off() {
     // A server that finishes the ZMTP handshake as a ROUTER, then hangs up.
     let mut router = zmtp_greeting();
-    let mut body = vec![5u8];
-    body.extend_from_slice(b"READY");
-    body.push(11);
-    body.extend_from_slice(b"Socket-Type");
-    body.extend_from_slice(&6u32.to_be_bytes());
-    body.extend_from_slice(b"ROUTER");
-    router.extend([0x04, body.len() as u8]);
-    router.extend(body);
+    router.extend(ready(b"ROUTER"));
     let hostile = HostileServer::start(router);
     let dir = mytasks_dir().without_suite_key();
     let args: Vec<String> = [

@@ -118,22 +118,10 @@ fn control_plane_and_subworker_on_two_hosts_with_the_key() {
 
     // The control plane serves no task itself: every result below crossed the link
     // twice (to the subworker and back).
-    let cp_cmd = in_ns(
-        &dir,
-        &link.cp,
-        &[
-            "control-plane",
-            "--no-gui",
-            "--base-address",
-            &base,
-            "--discovery-address",
-            &discovery,
-            "--subworker-port",
-            "5560",
-            "--auth-key-file",
-            "cluster.key",
-        ],
-    );
+    let mut cp_args = crate::procs::control_plane_args(&base, &discovery, "5560");
+    cp_args.extend(["--auth-key-file".to_string(), "cluster.key".to_string()]);
+    let cp_args: Vec<&str> = cp_args.iter().map(String::as_str).collect();
+    let cp_cmd = in_ns(&dir, &link.cp, &cp_args);
     let mut cp = Proc::spawn_command(&dir, "cp", cp_cmd, None);
     cp.wait_for(false, "ready on", STARTUP);
     let sw_cmd = in_ns(

@@ -235,6 +235,23 @@ impl Drop for Proc {
     }
 }
 
+/// `control-plane --no-gui` on these endpoints (a port of 0 for no subworker port).
+pub fn control_plane_args(base: &str, discovery: &str, subworker_port: &str) -> Vec<String> {
+    [
+        "control-plane",
+        "--no-gui",
+        "--base-address",
+        base,
+        "--discovery-address",
+        discovery,
+        "--subworker-port",
+        subworker_port,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 /// A running control plane and where to reach it.
 pub struct ControlPlane {
     /// The process.
@@ -254,16 +271,7 @@ impl ControlPlane {
         let base = free_address();
         let discovery = free_address();
         let subworker_port = free_port();
-        let mut args: Vec<String> = vec![
-            "control-plane".into(),
-            "--no-gui".into(),
-            "--base-address".into(),
-            base.clone(),
-            "--discovery-address".into(),
-            discovery.clone(),
-            "--subworker-port".into(),
-            subworker_port.to_string(),
-        ];
+        let mut args = control_plane_args(&base, &discovery, &subworker_port.to_string());
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut proc = Proc::spawn(dir, "control-plane", &args);
         proc.wait_for(false, "ready on", STARTUP);

@@ -69,16 +69,24 @@ fn register(d: &mut Dispatcher, peer: &PeerId, id: &str, concurrency: u32, now: 
     d.handle(
         peer,
         ToControlPlane::Register(Registration {
-            worker_id: WorkerId(id.into()),
-            tasks: vec![spec("add"), spec("slow")],
             concurrency,
-            address: None,
-            pid: 1,
-            secret,
-            running: vec![],
+            ..registration_of(id, vec![spec("add"), spec("slow")], secret)
         }),
         now,
     );
+}
+
+/// Subworker `id` serving `tasks` with one slot, showing `secret`, claiming nothing.
+fn registration_of(id: &str, tasks: Vec<TaskSpec>, secret: Option<WorkerSecret>) -> Registration {
+    Registration {
+        worker_id: WorkerId(id.into()),
+        tasks,
+        concurrency: 1,
+        address: None,
+        pid: 1,
+        secret,
+        running: vec![],
+    }
 }
 
 /// Subworker `id` (serving `slow`) registering again with `secret`, claiming `task`
@@ -90,16 +98,11 @@ fn registration(
     lease: LeaseToken,
 ) -> ToControlPlane {
     ToControlPlane::Register(Registration {
-        worker_id: WorkerId(id.into()),
-        tasks: vec![spec("slow")],
-        concurrency: 1,
-        address: None,
-        pid: 1,
-        secret,
         running: vec![RunningClaim {
             task_id: task,
             lease,
         }],
+        ..registration_of(id, vec![spec("slow")], secret)
     })
 }
 
@@ -503,15 +506,11 @@ fn periodic_tasks_fire_from_subworker_schedules_only_once_per_tick() {
         hello(&mut d, &peer, PeerKind::Subworker, now);
         d.handle(
             &peer,
-            ToControlPlane::Register(Registration {
-                worker_id: WorkerId(format!("sw{n}")),
-                tasks: vec![periodic("beat")],
-                concurrency: 1,
-                address: None,
-                pid: 1,
-                secret: None,
-                running: vec![],
-            }),
+            ToControlPlane::Register(registration_of(
+                &format!("sw{n}"),
+                vec![periodic("beat")],
+                None,
+            )),
             now,
         );
     }
@@ -751,15 +750,7 @@ fn a_second_subworker_with_the_same_id_is_refused() {
     d.take_actions();
     d.handle(
         &second,
-        ToControlPlane::Register(Registration {
-            worker_id: WorkerId("sw1".into()),
-            tasks: vec![spec("add")],
-            concurrency: 1,
-            address: None,
-            pid: 1,
-            secret: None,
-            running: vec![],
-        }),
+        ToControlPlane::Register(registration_of("sw1", vec![spec("add")], None)),
         now,
     );
     assert!(matches!(
@@ -853,13 +844,8 @@ fn a_restarting_worker_id_cannot_be_taken_without_its_secret() {
     d.handle(
         &thief,
         ToControlPlane::Register(Registration {
-            worker_id: WorkerId("sw1".into()),
-            tasks: vec![spec("add")],
             concurrency: 64,
-            address: None,
-            pid: 1,
-            secret: Some(WorkerSecret::new()),
-            running: vec![],
+            ..registration_of("sw1", vec![spec("add")], Some(WorkerSecret::new()))
         }),
         now,
     );
@@ -919,15 +905,7 @@ fn what_peers_send_for_the_event_log_and_the_worker_table_is_bounded() {
     ] {
         d.handle(
             &other,
-            ToControlPlane::Register(Registration {
-                worker_id: WorkerId(id),
-                tasks,
-                concurrency: 1,
-                address: None,
-                pid: 1,
-                secret: None,
-                running: vec![],
-            }),
+            ToControlPlane::Register(registration_of(&id, tasks, None)),
             now,
         );
         assert!(matches!(
