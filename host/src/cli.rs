@@ -45,6 +45,18 @@ pub enum LogLevel {
     Error,
 }
 
+impl LogLevel {
+    /// As `--log-level` takes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "DEBUG",
+            LogLevel::Info => "INFO",
+            LogLevel::Warning => "WARNING",
+            LogLevel::Error => "ERROR",
+        }
+    }
+}
+
 fn parse_log_level(s: &str) -> Result<LogLevel, String> {
     match s.to_ascii_uppercase().as_str() {
         "DEBUG" | "TRACE" => Ok(LogLevel::Debug),
@@ -232,7 +244,8 @@ pub struct ControlPlaneArgs {
     /// left) before they fail saying so.
     #[arg(long, env = "FASTWORKER_UNSERVED_TIMEOUT", default_value_t = 300.0)]
     pub unserved_timeout: f64,
-    /// Plugin files, directories or bare names, for running tasks here.
+    /// Plugin files, directories or bare names that the control plane's own subworker
+    /// (a child process it supervises) runs when no other subworker can.
     #[arg(long, num_args = 1..)]
     pub task_modules: Vec<String>,
     /// Do not serve the dashboard.
@@ -244,7 +257,7 @@ pub struct ControlPlaneArgs {
     /// Dashboard port.
     #[arg(long, env = "FASTWORKER_GUI_PORT", default_value_t = 8080)]
     pub gui_port: u16,
-    /// How many tasks the control plane runs at once itself.
+    /// How many tasks the control plane's own subworker runs at once.
     #[arg(long, env = "FASTWORKER_WORKER_CONCURRENCY", default_value_t = 1)]
     pub concurrency: u32,
     /// Seconds without a message after which a subworker is inactive.
@@ -259,10 +272,14 @@ pub struct ControlPlaneArgs {
     /// Deliveries after which a task whose worker keeps getting lost is dead-lettered.
     #[arg(long, env = "FASTWORKER_MAX_DELIVERIES", default_value_t = 5)]
     pub max_deliveries: u32,
-    /// After this many reloads of its own plugins the control plane stops watching them
-    /// (old versions stay mapped; it cannot restart in place without losing its queue).
+    /// After this many reloads of its own plugins, the control plane's own subworker
+    /// drains and restarts in place (old versions stay mapped until then).
     #[arg(long, env = "FASTWORKER_MAX_RELOADS", default_value_t = 64)]
     pub max_reloads: u64,
+    /// Seconds a task in the control plane's own subworker may ignore its timeout
+    /// before that child drains and restarts in place to free the thread.
+    #[arg(long, default_value_t = 10.0)]
+    pub hung_task_grace: f64,
     /// The cluster key and limits.
     #[command(flatten)]
     pub security: SecurityArgs,

@@ -59,7 +59,11 @@ fn main() -> ExitCode {
     let dir = cli.plugin_dir.clone();
     let result = match cli.command {
         Command::List(args) => commands::list::run(&args, &dir).map(|text| print!("{text}")),
-        Command::ControlPlane(args) => serve(fastworker::control_plane::server::run(args, &dir)),
+        Command::ControlPlane(args) => serve(fastworker::control_plane::server::run(
+            args,
+            &dir,
+            cli.log_level,
+        )),
         Command::Subworker(args) => serve(fastworker::subworker::run(args, &dir)),
         Command::Submit(args) => one_shot(async move { commands::submit::run(&args).await }),
         Command::Status(args) => one_shot(async move { commands::task::status(&args).await }),

@@ -3,6 +3,7 @@
 
 mod auth;
 mod cluster;
+mod faults;
 mod hostile;
 mod lifecycle;
 mod memory;

@@ -6,7 +6,7 @@
 //!
 //! A task's life: submitted → `Scheduled` (countdown/eta) or `Queued` → handed to the
 //! least-loaded subworker with a free slot that serves it, or else to the control
-//! plane's own executor (`Running`) → `Success`, or `Failure` (after its retries:
+//! plane's own subworker (a child process it supervises; `Running`) → `Success`, or `Failure` (after its retries:
 //! `Retrying` → `Queued`), or `Cancelled`. A task whose worker is lost goes back to its
 //! place in the queue with its delivery count raised; past `max_deliveries` it fails
 //! as `worker_lost`. Final records go to the result cache and to whoever waits.
@@ -69,8 +69,11 @@ impl Now {
 /// Settings.
 #[derive(Debug, Clone)]
 pub struct DispatcherConfig {
-    /// The control plane's id (its own executor's worker id).
+    /// The control plane's id, and the worker id of its own subworker (the child
+    /// process that runs its `--task-modules`).
     pub id: String,
+    /// What its own subworker shows to register under `id`: nobody else may.
+    pub own_secret: WorkerSecret,
     /// Silence after which a subworker is inactive.
     pub inactive_after: Duration,
     /// Deliveries after which a task whose worker keeps getting lost fails.
@@ -87,8 +90,6 @@ pub struct DispatcherConfig {
     pub max_queued_bytes: u64,
     /// How long tasks may wait for a worker that serves their name before they fail.
     pub unserved_timeout: Duration,
-    /// How many tasks the control plane runs itself at once.
-    pub local_concurrency: u32,
     /// The endpoints announced by discovery.
     pub announcement: crate::protocol::Announcement,
     /// The largest payload or result accepted, in bytes.
@@ -108,15 +109,6 @@ pub enum Action {
         /// What.
         msg: FromControlPlane,
     },
-    /// Run a task on the control plane's own executor, under a lease.
-    RunLocal {
-        /// The task.
-        task: TaskEnvelope,
-        /// Its lease.
-        lease: LeaseToken,
-    },
-    /// Cancel a task running on the control plane's own executor.
-    CancelLocal(TaskId),
     /// Deliver a final record to a callback address.
     Callback {
         /// Where.
@@ -126,19 +118,13 @@ pub enum Action {
     },
 }
 
-/// Who holds a running task.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Holder {
-    Local,
-    Worker(WorkerId),
-}
-
 #[derive(Debug)]
 struct TaskEntry {
     envelope: TaskEnvelope,
     record: TaskRecord,
     seq: u64,
-    holder: Option<Holder>,
+    /// The worker running it.
+    holder: Option<WorkerId>,
     /// When it is due, in the dispatcher's monotonic milliseconds (see `mono_ms`).
     due_ms: Option<u64>,
     cancel_requested: bool,
@@ -172,9 +158,9 @@ pub struct Dispatcher {
     queues: ReadyQueues,
     scheduled: BTreeMap<(u64, u64), TaskId>,
     workers: WorkerTable,
-    local_specs: HashMap<String, TaskSpec>,
-    local_in_flight: HashSet<TaskId>,
-    local_overdue: usize,
+    /// The tasks the control plane's own subworker said it serves last: still known
+    /// (submittable, their defaults applied) while that child restarts.
+    own_tasks: HashMap<String, TaskSpec>,
     /// The monotonic clock's zero: schedules count from it, so a wall-clock step does
     /// not move a countdown or a retry delay.
     origin: Instant,
@@ -216,8 +202,8 @@ fn reply(peer: &PeerId, msg: FromControlPlane) -> Action {
 }
 
 impl Dispatcher {
-    /// A dispatcher whose own executor serves `local_specs`.
-    pub fn new(config: DispatcherConfig, local_specs: Vec<TaskSpec>, now: Now) -> Self {
+    /// A dispatcher with no workers yet.
+    pub fn new(config: DispatcherConfig, now: Now) -> Self {
         let cache = ResultCache::new(config.cache_size, config.cache_max_bytes, config.cache_ttl);
         Dispatcher {
             config,
@@ -225,12 +211,7 @@ impl Dispatcher {
             queues: ReadyQueues::new(),
             scheduled: BTreeMap::new(),
             workers: WorkerTable::new(),
-            local_specs: local_specs
-                .into_iter()
-                .map(|s| (s.name.clone(), s))
-                .collect(),
-            local_in_flight: HashSet::new(),
-            local_overdue: 0,
+            own_tasks: HashMap::new(),
             origin: now.at,
             cache,
             waiters: HashMap::new(),
@@ -278,20 +259,11 @@ impl Dispatcher {
         &self.events
     }
 
-    /// Tells the dispatcher how many of its own executor's threads are still stuck in
-    /// tasks that ignored their timeout: they count against `--concurrency`, so a hung
-    /// plugin never makes the control plane run more tasks at once than it should.
-    pub fn set_local_overdue(&mut self, stuck: usize) {
-        if stuck != self.local_overdue {
-            self.local_overdue = stuck;
-            self.dispatch();
-        }
-    }
-
-    /// Replaces the tasks the control plane's own executor serves (after a reload).
-    pub fn set_local_specs(&mut self, specs: Vec<TaskSpec>) {
-        self.local_specs = specs.into_iter().map(|s| (s.name.clone(), s)).collect();
-        self.dispatch();
+    /// Whether the control plane's own subworker is registered now.
+    pub fn own_worker_registered(&self) -> bool {
+        self.workers
+            .get(&WorkerId(self.config.id.clone()))
+            .is_some_and(|w| w.gone_since.is_none())
     }
 
     /// The actions produced since the last call.
@@ -449,7 +421,22 @@ impl Dispatcher {
                         .push(reply(peer, FromControlPlane::Refused { reason }));
                     return;
                 }
+                let own = reg.worker_id.0 == self.config.id;
+                if own && reg.secret != Some(self.config.own_secret) {
+                    warn!(worker = %reg.worker_id, "refusing a registration under the control plane's own worker id");
+                    self.actions.push(reply(
+                        peer,
+                        FromControlPlane::Refused {
+                            reason: format!(
+                                "worker id `{}` is the control plane's own subworker; choose another --worker-id",
+                                reg.worker_id
+                            ),
+                        },
+                    ));
+                    return;
+                }
                 let secret = match self.workers.get(&reg.worker_id) {
+                    Some(_) if own => self.config.own_secret,
                     // Known id: only the process holding its secret (the same one
                     // reconnecting, or its restart in place) may take it over.
                     Some(holder) => {
@@ -474,8 +461,16 @@ impl Dispatcher {
                         }
                         holder.secret
                     }
+                    None if own => self.config.own_secret,
                     None => WorkerSecret::new(),
                 };
+                if own {
+                    self.own_tasks = reg
+                        .tasks
+                        .iter()
+                        .map(|t| (t.name.clone(), t.clone()))
+                        .collect();
+                }
                 info!(
                     worker = %reg.worker_id,
                     tasks = reg.tasks.len(),
@@ -511,6 +506,9 @@ impl Dispatcher {
                     &running,
                     now.at,
                 );
+                if own {
+                    self.workers.set_fallback(&reg.worker_id);
+                }
                 for task in registered.orphaned {
                     self.worker_lost_task(task, &reg.worker_id);
                 }
@@ -533,7 +531,7 @@ impl Dispatcher {
             }
             ToControlPlane::Outcome(outcome) => {
                 if let Some(worker) = self.workers.by_peer(peer).cloned() {
-                    self.outcome(Holder::Worker(worker), outcome);
+                    self.outcome(worker, outcome);
                 } else {
                     debug!(task = %outcome.task_id, "outcome from an unregistered peer ignored");
                 }
@@ -544,6 +542,10 @@ impl Dispatcher {
                     return;
                 }
                 if let Some(id) = self.workers.by_peer(peer).cloned() {
+                    if id.0 == self.config.id {
+                        self.own_tasks =
+                            tasks.iter().map(|t| (t.name.clone(), t.clone())).collect();
+                    }
                     if let Some(worker) = self.workers.get_mut(&id) {
                         info!(worker = %id, tasks = tasks.len(), "subworker task list changed");
                         worker.tasks = tasks.into_iter().map(|t| (t.name.clone(), t)).collect();
@@ -632,13 +634,6 @@ impl Dispatcher {
             });
             !list.is_empty()
         });
-    }
-
-    /// The control plane's own executor finished an attempt.
-    pub fn local_outcome(&mut self, outcome: TaskOutcome, now: Now) {
-        self.now = now;
-        self.outcome(Holder::Local, outcome);
-        self.dispatch();
     }
 
     /// Moves due tasks to the queues, marks silent subworkers inactive, sweeps the cache.
@@ -738,14 +733,14 @@ impl Dispatcher {
 
     /// The task names anyone here can run.
     pub fn known_task(&self, name: &str) -> bool {
-        self.local_specs.contains_key(name) || self.workers.anyone_serves(name)
+        self.own_tasks.contains_key(name) || self.workers.anyone_serves(name)
     }
 
     /// Submits every periodic task that is due (schedules come from the plugins of
-    /// this control plane and of every subworker).
+    /// every subworker, the control plane's own included).
     fn fire_periodic(&mut self) {
         let mut specs: BTreeMap<&str, &crate::protocol::PeriodicSpec> = BTreeMap::new();
-        for spec in self.local_specs.values() {
+        for spec in self.own_tasks.values() {
             if let Some(p) = &spec.periodic {
                 specs.insert(&spec.name, p);
             }
@@ -817,9 +812,7 @@ impl Dispatcher {
     }
 
     fn spec(&self, name: &str) -> Option<&TaskSpec> {
-        self.workers
-            .spec(name)
-            .or_else(|| self.local_specs.get(name))
+        self.workers.spec(name).or_else(|| self.own_tasks.get(name))
     }
 
     fn submit(&mut self, peer: &PeerId, request_id: u64, tasks: Vec<TaskEnvelope>, wait: bool) {
@@ -896,7 +889,7 @@ impl Dispatcher {
         let mut seen = HashSet::with_capacity(tasks.len());
         for task in tasks {
             if !self.known_task(&task.name) && !self.held_by_name.contains_key(&task.name) {
-                let mut known: Vec<&str> = self.local_specs.keys().map(String::as_str).collect();
+                let mut known: Vec<&str> = self.own_tasks.keys().map(String::as_str).collect();
                 for w in self.workers.iter() {
                     known.extend(w.tasks.keys().map(String::as_str));
                 }
@@ -1108,17 +1101,11 @@ impl Dispatcher {
         match (&entry.holder, entry.due_ms) {
             (Some(holder), _) => {
                 entry.cancel_requested = true;
-                let holder = holder.clone();
-                match holder {
-                    Holder::Local => self.actions.push(Action::CancelLocal(id)),
-                    Holder::Worker(worker) => {
-                        if let Some(w) = self.workers.get(&worker) {
-                            self.actions.push(reply(
-                                &w.peer.clone(),
-                                FromControlPlane::CancelTask { task_id: id },
-                            ));
-                        }
-                    }
+                if let Some(w) = self.workers.get(holder) {
+                    self.actions.push(reply(
+                        &w.peer.clone(),
+                        FromControlPlane::CancelTask { task_id: id },
+                    ));
                 }
                 CancelOutcome::Signalled
             }
@@ -1147,17 +1134,10 @@ impl Dispatcher {
         for priority in crate::protocol::Priority::ALL {
             loop {
                 let workers = &self.workers;
-                let local_free = ((self.local_in_flight.len() + self.local_overdue) as u32)
-                    < self.config.local_concurrency;
-                let local_specs = &self.local_specs;
-                // Subworkers first (least loaded), the control plane itself last.
-                let picked =
-                    self.queues
-                        .pop_placeable(priority, |name| match workers.pick(name) {
-                            Some(worker) => Some(Holder::Worker(worker.clone())),
-                            None => (local_free && local_specs.contains_key(name))
-                                .then_some(Holder::Local),
-                        });
+                // Subworkers first (least loaded), the control plane's own last.
+                let picked = self
+                    .queues
+                    .pop_placeable(priority, |name| workers.pick(name).cloned());
                 let Some((id, holder)) = picked else {
                     break;
                 };
@@ -1166,7 +1146,7 @@ impl Dispatcher {
         }
     }
 
-    fn assign(&mut self, id: TaskId, holder: Holder) {
+    fn assign(&mut self, id: TaskId, worker: WorkerId) {
         let timeout = {
             let Some(entry) = self.tasks.get(&id) else {
                 return;
@@ -1188,7 +1168,7 @@ impl Dispatcher {
             .filter(|ms| *ms > 0);
         entry.envelope.timeout_secs = timeout_ms.map(|ms| ms as f64 / 1000.0);
         entry.envelope.deadline_ms = timeout_ms.map_or(0, |ms| now.unix_ms.saturating_add(ms));
-        entry.holder = Some(holder.clone());
+        entry.holder = Some(worker.clone());
         let lease = LeaseToken::new();
         entry.lease = Some(lease);
         entry.record.status = TaskStatus::Running;
@@ -1196,32 +1176,20 @@ impl Dispatcher {
         entry.record.delivery_count = entry.envelope.delivery_count;
         entry.record.started_ms = Some(now.unix_ms);
         let envelope = entry.envelope.clone();
-        match holder {
-            Holder::Local => {
-                entry.record.worker_id = Some(WorkerId(self.config.id.clone()));
-                self.local_in_flight.insert(id);
-                self.actions.push(Action::RunLocal {
+        entry.record.worker_id = Some(worker.clone());
+        self.workers.assign(&worker, id);
+        if let Some(w) = self.workers.get(&worker) {
+            self.actions.push(reply(
+                &w.peer.clone(),
+                FromControlPlane::Assign {
                     task: envelope,
                     lease,
-                });
-            }
-            Holder::Worker(worker) => {
-                entry.record.worker_id = Some(worker.clone());
-                self.workers.assign(&worker, id);
-                if let Some(w) = self.workers.get(&worker) {
-                    self.actions.push(reply(
-                        &w.peer.clone(),
-                        FromControlPlane::Assign {
-                            task: envelope,
-                            lease,
-                        },
-                    ));
-                }
-            }
+                },
+            ));
         }
     }
 
-    fn outcome(&mut self, from: Holder, mut outcome: TaskOutcome) {
+    fn outcome(&mut self, from: WorkerId, mut outcome: TaskOutcome) {
         outcome.cap_value(self.config.max_payload_bytes);
         let id = outcome.task_id;
         let Some(entry) = self.tasks.get_mut(&id) else {
@@ -1251,15 +1219,8 @@ impl Dispatcher {
         let entry = self.tasks.get_mut(&id).expect("checked above");
         entry.holder = None;
         entry.record.started_ms = Some(outcome.started_ms);
-        if let Holder::Worker(w) = &from {
-            entry.record.worker_id = Some(w.clone());
-        }
-        match &from {
-            Holder::Local => {
-                self.local_in_flight.remove(&id);
-            }
-            Holder::Worker(worker) => self.workers.release(worker, &id, true),
-        }
+        entry.record.worker_id = Some(from.clone());
+        self.workers.release(&from, &id, true);
         let cancel_requested = entry.cancel_requested;
         let attempt = entry.envelope.attempt;
         if let AttemptResult::Failure(error) = &outcome.result {
@@ -1267,15 +1228,11 @@ impl Dispatcher {
                 // The host dropped the task's plugin after it was handed out: it no
                 // longer serves that name; run it elsewhere if anyone can.
                 let name = self.tasks[&id].envelope.name.clone();
-                match &from {
-                    Holder::Worker(worker) => {
-                        if let Some(w) = self.workers.get_mut(worker) {
-                            w.tasks.remove(&name);
-                        }
-                    }
-                    Holder::Local => {
-                        self.local_specs.remove(&name);
-                    }
+                if let Some(w) = self.workers.get_mut(&from) {
+                    w.tasks.remove(&name);
+                }
+                if from.0 == self.config.id {
+                    self.own_tasks.remove(&name);
                 }
                 if self.known_task(&name) {
                     self.enqueue(id);
@@ -1330,7 +1287,7 @@ impl Dispatcher {
         let Some(entry) = self.tasks.get_mut(&task) else {
             return;
         };
-        if entry.holder != Some(Holder::Worker(worker.clone())) {
+        if entry.holder.as_ref() != Some(worker) {
             return;
         }
         entry.holder = None;
@@ -1402,7 +1359,7 @@ impl Dispatcher {
             return;
         };
         debug!(%task, %worker, "reconnected worker keeps the task it is running");
-        entry.holder = Some(Holder::Worker(worker.clone()));
+        entry.holder = Some(worker.clone());
         entry.record.status = TaskStatus::Running;
         entry.record.worker_id = Some(worker.clone());
         self.workers.assign(worker, task);

@@ -1,14 +1,17 @@
 //! The control plane: accepts tasks, queues them by priority, hands them to
-//! subworkers (or runs them itself), caches results, tracks subworker health.
+//! subworkers (its own `--task-modules` run in a child subworker it supervises), caches
+//! results, tracks subworker health.
 //!
 //! - [`dispatcher`]: the state machine (no I/O).
 //! - [`queue`], [`workers`], [`result_cache`], [`retry`], [`periodic`], [`events`]:
 //!   its parts, each a plain state machine with its own tests.
-//! - [`server`]: the event loop that connects the state machine to sockets, the local
-//!   executor, timers and signals.
+//! - [`own_worker`]: the child process that runs the control plane's own plugins.
+//! - [`server`]: the event loop that connects the state machine to sockets, the own
+//!   subworker, timers and signals.
 
 pub mod dispatcher;
 pub mod events;
+pub mod own_worker;
 pub mod periodic;
 pub mod queue;
 pub mod result_cache;

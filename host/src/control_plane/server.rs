@@ -1,10 +1,16 @@
-//! The control plane's event loop: sockets, the local executor, timers and signals in;
-//! the [`Dispatcher`]'s actions out.
+//! The control plane's event loop: sockets, timers and signals in; the [`Dispatcher`]'s
+//! actions out. Its own `--task-modules` run in a child subworker
+//! ([`own_worker`](super::own_worker)) that registers like any other.
+//!
+//! Start-up: bind, start the own subworker (if there are task modules), and print the
+//! "ready" line once it has registered, so its tasks are known from the first
+//! submission. A child that fails before it ever registered (a missing module, say)
+//! stops the control plane with its error.
 //!
 //! Shutdown sequence (Ctrl+C or SIGTERM): stop accepting new tasks (they are refused
 //! with a clear error), keep dispatching and collecting what was accepted, and exit 0
 //! once nothing is queued or running, or when `--shutdown-grace` runs out (then say how
-//! many tasks were left).
+//! many tasks were left); then stop the own subworker.
 
 use std::{path::Path, time::Duration};
 
@@ -16,13 +22,18 @@ use tracing::{info, warn};
 use crate::probe::probe_reply;
 
 use super::dispatcher::{Action, Dispatcher, DispatcherConfig, Now};
+use super::own_worker::{ChildCommand, ChildExit, Supervisor};
 use crate::{
-    cli::ControlPlaneArgs,
-    executor::Executor,
-    plugin::watch::load_and_watch,
-    protocol::{self, Announcement, FromControlPlane, ToControlPlane, PROTOCOL_VERSION},
+    cli::{ControlPlaneArgs, LogLevel},
+    protocol::{
+        self, Announcement, FromControlPlane, ToControlPlane, WorkerSecret, PROTOCOL_VERSION,
+    },
     transport::{self, Outbox, PeerId, ServerEvent, TransportConfig},
 };
+
+/// How long start-up waits for the own subworker to register before saying "ready"
+/// anyway.
+const OWN_WORKER_STARTUP: Duration = Duration::from_secs(30);
 
 /// The subworker endpoint: the base address's host with `port`.
 fn subworker_endpoint(base: &str, port: u16) -> Option<String> {
@@ -40,12 +51,74 @@ fn send(outbox: &Outbox, peer: &PeerId, msg: &FromControlPlane) {
     }
 }
 
-/// Runs the control plane until it is asked to stop.
-pub async fn run(args: ControlPlaneArgs, plugin_dir: &Path) -> anyhow::Result<()> {
-    let mut plugins = load_and_watch(&args.task_modules, plugin_dir, !args.no_watch)?;
-    let registry = plugins.registry.clone();
-    let local_specs = registry.load().task_specs();
+/// Where a process on this host reaches `endpoint`: a wildcard address becomes loopback.
+fn local_endpoint(endpoint: &str) -> String {
+    endpoint
+        .replacen("tcp://0.0.0.0:", "tcp://127.0.0.1:", 1)
+        .replacen("tcp://[::]:", "tcp://[::1]:", 1)
+        .replacen("tcp://*:", "tcp://127.0.0.1:", 1)
+}
 
+/// The command line of the own subworker: the control plane's task flags, its limits,
+/// and its address; the key and the worker secret go in the environment.
+fn own_worker_command(
+    args: &ControlPlaneArgs,
+    plugin_dir: &Path,
+    log_level: LogLevel,
+    address: &str,
+    secret: WorkerSecret,
+) -> anyhow::Result<ChildCommand> {
+    let program = std::env::current_exe().context("cannot find the fastworker binary")?;
+    let mut argv: Vec<std::ffi::OsString> = vec![
+        "--log-level".into(),
+        log_level.as_str().into(),
+        "--plugin-dir".into(),
+        plugin_dir.into(),
+        "subworker".into(),
+        "--worker-id".into(),
+        args.worker_id.clone().into(),
+        "--control-plane-address".into(),
+        address.into(),
+        "--concurrency".into(),
+        args.concurrency.max(1).to_string().into(),
+        "--max-reloads".into(),
+        args.max_reloads.to_string().into(),
+        "--max-message-size".into(),
+        args.security.max_message_size.to_string().into(),
+        "--max-payload-size".into(),
+        args.security.max_payload_size.to_string().into(),
+        "--shutdown-grace".into(),
+        args.shutdown_grace.to_string().into(),
+        "--hung-task-grace".into(),
+        args.hung_task_grace.to_string().into(),
+    ];
+    if args.no_watch {
+        argv.push("--no-watch".into());
+    }
+    argv.push("--task-modules".into());
+    argv.extend(args.task_modules.iter().map(Into::into));
+    let mut env = vec![("FASTWORKER_WORKER_SECRET".to_string(), secret.to_hex())];
+    if let Some(file) = &args.security.auth_key_file {
+        let file = std::path::absolute(file).unwrap_or_else(|_| file.clone());
+        env.push((
+            "FASTWORKER_AUTH_KEY_FILE".into(),
+            file.to_string_lossy().into_owned(),
+        ));
+    }
+    Ok(ChildCommand {
+        program,
+        args: argv,
+        env,
+        inherit: vec!["FASTWORKER_AUTH_KEY".into(), "FASTWORKER_LOG".into()],
+    })
+}
+
+/// Runs the control plane until it is asked to stop.
+pub async fn run(
+    args: ControlPlaneArgs,
+    plugin_dir: &Path,
+    log_level: LogLevel,
+) -> anyhow::Result<()> {
     let mut endpoints = vec![args.base_address.clone()];
     let sub_endpoint = subworker_endpoint(&args.base_address, args.subworker_port);
     if let Some(e) = &sub_endpoint {
@@ -75,8 +148,10 @@ pub async fn run(args: ControlPlaneArgs, plugin_dir: &Path) -> anyhow::Result<()
         subworker_address: server.endpoints.get(1).cloned(),
         protocol_version: PROTOCOL_VERSION,
     };
+    let own_secret = WorkerSecret::new();
     let config = DispatcherConfig {
         id: args.worker_id.clone(),
+        own_secret,
         inactive_after: Duration::from_secs_f64(args.inactive_after.max(0.1)),
         max_deliveries: args.max_deliveries.max(1),
         cache_size: args.result_cache_size as usize,
@@ -88,15 +163,11 @@ pub async fn run(args: ControlPlaneArgs, plugin_dir: &Path) -> anyhow::Result<()
             args.unserved_timeout
                 .clamp(0.0, crate::protocol::MAX_SPAN_SECS),
         ),
-        local_concurrency: args.concurrency,
         announcement: announcement.clone(),
         max_payload_bytes: args.security.max_payload_size,
         max_message_bytes: args.security.max_message_size,
     };
-    let task_names: Vec<String> = local_specs.iter().map(|s| s.name.clone()).collect();
-    let mut dispatcher = Dispatcher::new(config, local_specs, Now::current());
-    let (outcome_tx, mut outcomes) = mpsc::unbounded_channel();
-    let executor = Executor::new(registry.clone(), outcome_tx);
+    let mut dispatcher = Dispatcher::new(config, Now::current());
 
     info!(
         id = %args.worker_id,
@@ -104,24 +175,27 @@ pub async fn run(args: ControlPlaneArgs, plugin_dir: &Path) -> anyhow::Result<()
         server.endpoints.join(", "),
         discovery.endpoints[0]
     );
-    if task_names.is_empty() {
+    let (exit_tx, mut own_exits) = mpsc::unbounded_channel::<ChildExit>();
+    let supervisor = if args.task_modules.is_empty() {
         info!("no --task-modules: every task runs on subworkers");
+        None
     } else {
+        let address = local_endpoint(&server.endpoints[0]);
+        let command = own_worker_command(&args, plugin_dir, log_level, &address, own_secret)?;
         info!(
-            "runs these tasks itself when no subworker can: {}",
-            task_names.join(", ")
+            "its own subworker (a child process) runs {} when no other subworker can",
+            args.task_modules.join(" ")
         );
-    }
+        Some(Supervisor::start(command, exit_tx))
+    };
+    let mut ready_pending = true;
+    let started = tokio::time::Instant::now();
     if !args.no_gui {
         info!(
             "the dashboard is not built yet; nothing listens on http://{}:{}",
             args.gui_host, args.gui_port
         );
     }
-    println!(
-        "fastworker control plane `{}` ready on {}; submit with: fastworker submit --control-plane-address {} --task-name add --args 5 3",
-        args.worker_id, server.endpoints[0], server.endpoints[0]
-    );
 
     // Callback receivers are the user's own programs: guarded, but without the key.
     let callback_config = TransportConfig {
@@ -171,22 +245,18 @@ pub async fn run(args: ControlPlaneArgs, plugin_dir: &Path) -> anyhow::Result<()
                 Some(ServerEvent::Disconnected(peer)) => discovery_peers.retain(|p| p != &peer),
                 None => anyhow::bail!("the discovery socket closed"),
             },
-            Some(outcome) = outcomes.recv() => dispatcher.local_outcome(outcome, Now::current()),
-            Some(report) = plugins.reports.recv() => {
-                report.log(&args.worker_id);
-                let event = crate::protocol::PluginEvent::from(&report);
-                dispatcher.record_event(&format!("plugin.{}", event.kind), &args.worker_id, event.message);
-                if report.changed_tasks() {
-                    dispatcher.set_local_specs(registry.load().task_specs());
-                }
-                if plugins.watching() && plugins.reloads() >= args.max_reloads {
-                    warn!(
-                        "{} plugin reloads (--max-reloads {}): the control plane stops watching its plugins until it restarts; subworkers go on reloading",
-                        plugins.reloads(),
-                        args.max_reloads
+            Some(exit) = own_exits.recv() => {
+                if ready_pending && !exit.success {
+                    anyhow::bail!(
+                        "the control plane's own subworker (which runs --task-modules) failed at start ({}); its error is above",
+                        exit.status
                     );
-                    plugins.stop_watching();
                 }
+                dispatcher.record_event(
+                    "worker.exited",
+                    &args.worker_id,
+                    format!("the control plane's own subworker exited ({}) after {:.1?}; restarting it", exit.status, exit.ran_for),
+                );
             }
             _ = tick.tick() => dispatcher.tick(Now::current()),
             _ = announce.tick() => {
@@ -210,9 +280,21 @@ pub async fn run(args: ControlPlaneArgs, plugin_dir: &Path) -> anyhow::Result<()
                 stopping_until = Some(tokio::time::Instant::now() + grace);
             }
         }
-        dispatcher.set_local_overdue(executor.overdue());
         for action in dispatcher.take_actions() {
-            perform(action, &server.outbox, &executor, &callback_config);
+            perform(action, &server.outbox, &callback_config);
+        }
+        if ready_pending {
+            let registered = supervisor.is_none() || dispatcher.own_worker_registered();
+            if registered || started.elapsed() >= OWN_WORKER_STARTUP {
+                if !registered {
+                    warn!("the control plane's own subworker has not registered after {OWN_WORKER_STARTUP:?}; its tasks are unknown until it does");
+                }
+                ready_pending = false;
+                println!(
+                    "fastworker control plane `{}` ready on {}; submit with: fastworker submit --control-plane-address {} --task-name add --args 5 3",
+                    args.worker_id, server.endpoints[0], server.endpoints[0]
+                );
+            }
         }
         if let Some(until) = stopping_until {
             let idle = dispatcher.in_flight() == 0 && dispatcher.queued() == 0;
@@ -232,24 +314,25 @@ pub async fn run(args: ControlPlaneArgs, plugin_dir: &Path) -> anyhow::Result<()
                     warn!("{left} tasks (running, queued, scheduled or retrying) end as failures: the control plane is stopping");
                 }
                 for action in dispatcher.take_actions() {
-                    perform(action, &server.outbox, &executor, &callback_config);
+                    perform(action, &server.outbox, &callback_config);
                 }
-                info!("control plane stopped");
                 // Give the writer a moment to flush the last replies.
                 tokio::time::sleep(Duration::from_millis(50)).await;
+                if let Some(supervisor) = supervisor {
+                    tokio::task::spawn_blocking(move || supervisor.stop())
+                        .await
+                        .ok();
+                }
+                info!("control plane stopped");
                 return Ok(());
             }
         }
     }
 }
 
-fn perform(action: Action, outbox: &Outbox, executor: &Executor, callbacks: &TransportConfig) {
+fn perform(action: Action, outbox: &Outbox, callbacks: &TransportConfig) {
     match action {
         Action::Send { peer, msg } => send(outbox, &peer, &msg),
-        Action::RunLocal { task, lease } => executor.start(task, lease),
-        Action::CancelLocal(id) => {
-            executor.cancel(&id);
-        }
         Action::Callback { callback, record } => {
             tokio::spawn(deliver_callback(callback, record, callbacks.clone()));
         }

@@ -4,7 +4,8 @@
 //! A subworker's credits are its `--concurrency`: it is never handed more tasks than
 //! it has free slots. Among active, non-draining subworkers that serve a task name and
 //! have a free slot, the least loaded (running / concurrency) wins; ties go to the one
-//! that was handed work longest ago, so equal workers share evenly.
+//! that was handed work longest ago, so equal workers share evenly. A fallback worker
+//! (the control plane's own subworker) is chosen only when no other can take the task.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -49,6 +50,8 @@ pub struct WorkerEntry {
     pub restarting: bool,
     /// When its connection dropped while restarting.
     pub gone_since: Option<Instant>,
+    /// Chosen only when no other worker can take a task.
+    pub fallback: bool,
     /// Tick of the last assignment (for fair ties).
     last_assigned: u64,
 }
@@ -140,6 +143,7 @@ impl WorkerTable {
                 completed_total: totals.1,
                 restarting: false,
                 gone_since: None,
+                fallback: false,
                 last_assigned: 0,
             },
         );
@@ -226,14 +230,22 @@ impl WorkerTable {
         self.workers.values().find_map(|w| w.tasks.get(name))
     }
 
-    /// The least-loaded worker that can take `name` now.
+    /// Marks worker `id` as the fallback: it gets only what no other worker can take.
+    pub fn set_fallback(&mut self, id: &WorkerId) {
+        if let Some(worker) = self.workers.get_mut(id) {
+            worker.fallback = true;
+        }
+    }
+
+    /// The least-loaded worker that can take `name` now (a fallback worker last).
     pub fn pick(&self, name: &str) -> Option<&WorkerId> {
         self.workers
             .values()
             .filter(|w| w.can_take(name))
             .min_by(|a, b| {
-                a.load()
-                    .total_cmp(&b.load())
+                a.fallback
+                    .cmp(&b.fallback)
+                    .then(a.load().total_cmp(&b.load()))
                     .then(a.in_flight.len().cmp(&b.in_flight.len()))
                     .then(a.last_assigned.cmp(&b.last_assigned))
             })
@@ -306,6 +318,21 @@ mod tests {
         assert_eq!(counts["w3"], 1);
         assert!(t.pick("add").is_none(), "every slot is taken");
         assert!(t.pick("other").is_none());
+    }
+
+    #[test]
+    fn a_fallback_worker_gets_only_what_no_other_can_take() {
+        let now = Instant::now();
+        let mut t = table(now);
+        t.set_fallback(&WorkerId("w3".into()));
+        let mut picked = Vec::new();
+        for n in 0..5u8 {
+            let id = t.pick("add").cloned().expect("a free worker");
+            t.assign(&id, TaskId(uuid::Uuid::from_bytes([n; 16])));
+            picked.push(id.0);
+        }
+        assert_eq!(picked[4], "w3", "{picked:?}");
+        assert!(!picked[..4].contains(&"w3".to_string()), "{picked:?}");
     }
 
     #[test]

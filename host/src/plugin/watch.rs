@@ -113,7 +113,7 @@ pub struct WatchedPlugins {
     /// What each change did, as it happens.
     pub reports: mpsc::UnboundedReceiver<ReloadReport>,
     /// Keeps the watch alive (None with `--no-watch` or no modules).
-    watcher: Option<PluginWatcher>,
+    _watcher: Option<PluginWatcher>,
 }
 
 impl WatchedPlugins {
@@ -125,15 +125,6 @@ impl WatchedPlugins {
             .reloads()
     }
 
-    /// Stops watching; what is loaded keeps serving.
-    pub fn stop_watching(&mut self) {
-        self.watcher = None;
-    }
-
-    /// Is the watch still on?
-    pub fn watching(&self) -> bool {
-        self.watcher.is_some()
-    }
 }
 
 /// Loading or watching the plugins failed at start-up.
@@ -169,6 +160,6 @@ pub fn load_and_watch(
         live,
         registry,
         reports,
-        watcher,
+        _watcher: watcher,
     })
 }

@@ -16,9 +16,16 @@ fn spec(name: &str) -> TaskSpec {
     }
 }
 
-fn config(local_concurrency: u32) -> DispatcherConfig {
+/// The secret of the control plane's own subworker in these tests.
+const OWN_SECRET: WorkerSecret = WorkerSecret([7; 32]);
+
+/// The connection of the control plane's own subworker in these tests.
+const OWN_PEER: &[u8] = b"own";
+
+fn config() -> DispatcherConfig {
     DispatcherConfig {
         id: "cp".into(),
+        own_secret: OWN_SECRET,
         inactive_after: Duration::from_secs(30),
         max_deliveries: 3,
         cache_size: 100,
@@ -27,7 +34,6 @@ fn config(local_concurrency: u32) -> DispatcherConfig {
         max_queued: 1000,
         max_queued_bytes: 1 << 20,
         unserved_timeout: Duration::from_secs(300),
-        local_concurrency,
         announcement: Announcement {
             control_plane_id: "cp".into(),
             base_address: "tcp://127.0.0.1:1".into(),
@@ -52,10 +58,37 @@ fn hello(d: &mut Dispatcher, peer: &PeerId, kind: PeerKind, now: Now) {
     );
 }
 
-/// A dispatcher with `config` and local `specs`, and a client that said hello.
+/// A dispatcher with `config` whose own subworker (one slot) serves `own`, if any.
+fn dispatcher(config: DispatcherConfig, own: Vec<TaskSpec>, now: Now) -> Dispatcher {
+    let mut d = Dispatcher::new(config, now);
+    if !own.is_empty() {
+        let peer = Bytes::from_static(OWN_PEER);
+        hello(&mut d, &peer, PeerKind::Subworker, now);
+        d.handle(
+            &peer,
+            ToControlPlane::Register(registration_of("cp", own, Some(OWN_SECRET))),
+            now,
+        );
+        assert!(d.own_worker_registered());
+        d.take_actions();
+    }
+    d
+}
+
+/// The control plane's own subworker reports `outcome`.
+fn own_outcome(d: &mut Dispatcher, outcome: TaskOutcome, now: Now) {
+    d.handle(
+        &Bytes::from_static(OWN_PEER),
+        ToControlPlane::Outcome(outcome),
+        now,
+    );
+}
+
+/// A dispatcher with `config` and own-subworker tasks `specs`, and a client that said
+/// hello.
 fn with_client(config: DispatcherConfig, specs: Vec<TaskSpec>) -> (Now, Dispatcher, PeerId) {
     let now = Now::current();
-    let mut d = Dispatcher::new(config, specs, now);
+    let mut d = dispatcher(config, specs, now);
     let client = Bytes::from_static(b"client");
     hello(&mut d, &client, PeerKind::Client, now);
     (now, d, client)
@@ -141,16 +174,12 @@ fn submit(d: &mut Dispatcher, client: &PeerId, t: TaskEnvelope, now: Now) {
     );
 }
 
+/// The tasks handed to the control plane's own subworker.
 fn local_runs(actions: &[Action]) -> Vec<TaskEnvelope> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::RunLocal { task, lease } => {
-                remember(task.id, *lease);
-                Some(task.clone())
-            }
-            _ => None,
-        })
+    assigns(actions)
+        .into_iter()
+        .filter(|(peer, _)| &peer[..] == OWN_PEER)
+        .map(|(_, task)| task)
         .collect()
 }
 
@@ -204,13 +233,13 @@ fn failure(t: &TaskEnvelope) -> TaskOutcome {
 
 #[test]
 fn runs_locally_when_no_subworker_and_pushes_the_result() {
-    let (now, mut d, client) = with_client(config(1), vec![spec("add")]);
+    let (now, mut d, client) = with_client(config(), vec![spec("add")]);
     let t = task("add", Priority::Normal);
     submit(&mut d, &client, t.clone(), now);
     let run = local_runs(&d.take_actions());
     assert_eq!(run.len(), 1);
     assert_eq!(run[0].delivery_count, 1);
-    d.local_outcome(success(&run[0], b"3"), now);
+    own_outcome(&mut d, success(&run[0], b"3"), now);
     let res = results(&d.take_actions());
     assert_eq!(res.len(), 1);
     assert_eq!(res[0].task_id, t.id);
@@ -222,7 +251,7 @@ fn runs_locally_when_no_subworker_and_pushes_the_result() {
 #[test]
 fn unknown_task_and_message_before_hello_are_rejected() {
     let now = Now::current();
-    let mut d = Dispatcher::new(config(1), vec![spec("add")], now);
+    let mut d = dispatcher(config(), vec![spec("add")], now);
     let client = Bytes::from_static(b"client");
     submit(&mut d, &client, task("add", Priority::Normal), now);
     assert!(matches!(
@@ -249,7 +278,7 @@ fn unknown_task_and_message_before_hello_are_rejected() {
 
 #[test]
 fn strict_priority_when_the_only_executor_is_saturated() {
-    let (now, mut d, client) = with_client(config(1), vec![spec("add")]);
+    let (now, mut d, client) = with_client(config(), vec![spec("add")]);
     let first = task("add", Priority::Low);
     submit(&mut d, &client, first, now);
     let mut running = local_runs(&d.take_actions()).remove(0);
@@ -272,7 +301,7 @@ fn strict_priority_when_the_only_executor_is_saturated() {
     );
     let mut seen = Vec::new();
     for _ in 0..order.len() {
-        d.local_outcome(success(&running, b"0"), now);
+        own_outcome(&mut d, success(&running, b"0"), now);
         let next = local_runs(&d.take_actions());
         assert_eq!(next.len(), 1);
         running = next[0].clone();
@@ -293,7 +322,7 @@ fn strict_priority_when_the_only_executor_is_saturated() {
 #[test]
 fn subworkers_are_preferred_and_least_loaded_first() {
     let now = Now::current();
-    let mut d = Dispatcher::new(config(1), vec![spec("add")], now);
+    let mut d = dispatcher(config(), vec![spec("add")], now);
     for (peer, id) in [(&b"p1"[..], "sw1"), (b"p2", "sw2"), (b"p3", "sw3")] {
         register(&mut d, &Bytes::copy_from_slice(peer), id, 2, now);
     }
@@ -318,7 +347,7 @@ fn subworkers_are_preferred_and_least_loaded_first() {
 
 #[test]
 fn a_lost_subworkers_tasks_are_redelivered_then_fail_after_max_deliveries() {
-    let (now, mut d, client) = with_client(config(0), vec![]);
+    let (now, mut d, client) = with_client(config(), vec![]);
     let t = task("add", Priority::Normal);
     let mut worker_no = 0u8;
     let mut new_worker = |d: &mut Dispatcher| {
@@ -361,7 +390,7 @@ fn a_lost_subworkers_tasks_are_redelivered_then_fail_after_max_deliveries() {
 
 #[test]
 fn failures_retry_with_delay_then_end_after_max_retries_plus_one_attempts() {
-    let (now, mut d, client) = with_client(config(1), vec![spec("add")]);
+    let (now, mut d, client) = with_client(config(), vec![spec("add")]);
     let mut t = task("add", Priority::Normal);
     t.retry.max_retries = Some(2);
     submit(&mut d, &client, t, now);
@@ -374,7 +403,7 @@ fn failures_retry_with_delay_then_end_after_max_retries_plus_one_attempts() {
         }
         attempts += 1;
         assert_eq!(run[0].attempt, attempts);
-        d.local_outcome(failure(&run[0]), clock);
+        own_outcome(&mut d, failure(&run[0]), clock);
         let after = d.take_actions();
         if !results(&after).is_empty() {
             assert_eq!(results(&after)[0].attempts, 3);
@@ -393,7 +422,7 @@ fn failures_retry_with_delay_then_end_after_max_retries_plus_one_attempts() {
 
 #[test]
 fn countdown_waits_and_cancel_prevents_the_run() {
-    let (now, mut d, client) = with_client(config(1), vec![spec("add")]);
+    let (now, mut d, client) = with_client(config(), vec![spec("add")]);
     let mut later = task("add", Priority::Normal);
     later.not_before_ms = now.unix_ms + 2_000;
     let mut cancelled = task("add", Priority::Normal);
@@ -432,7 +461,7 @@ fn countdown_waits_and_cancel_prevents_the_run() {
 
 #[test]
 fn a_task_past_max_deliveries_is_dead_lettered_and_can_be_replayed() {
-    let (now, mut d, client) = with_client(config(0), vec![]);
+    let (now, mut d, client) = with_client(config(), vec![]);
     let t = task("add", Priority::Normal);
     for n in 1..=3u8 {
         let peer = Bytes::from(vec![n]);
@@ -490,7 +519,7 @@ fn a_task_past_max_deliveries_is_dead_lettered_and_can_be_replayed() {
 #[test]
 fn periodic_tasks_fire_from_subworker_schedules_only_once_per_tick() {
     let now = Now::current();
-    let mut d = Dispatcher::new(config(0), vec![], now);
+    let mut d = dispatcher(config(), vec![], now);
     let periodic = |name: &str| TaskSpec {
         periodic: Some(crate::protocol::PeriodicSpec {
             interval_secs: Some(10.0),
@@ -543,7 +572,7 @@ fn periodic_tasks_fire_from_subworker_schedules_only_once_per_tick() {
 
 #[test]
 fn cancelling_a_running_task_signals_its_worker_and_ends_cancelled() {
-    let (now, mut d, client) = with_client(config(0), vec![]);
+    let (now, mut d, client) = with_client(config(), vec![]);
     let peer = Bytes::from_static(b"w");
     register(&mut d, &peer, "sw1", 1, now);
     let t = task("slow", Priority::Normal);
@@ -599,7 +628,7 @@ fn cancelling_a_running_task_signals_its_worker_and_ends_cancelled() {
 
 #[test]
 fn a_task_its_worker_no_longer_serves_is_run_elsewhere() {
-    let (now, mut d, client) = with_client(config(1), vec![spec("add")]);
+    let (now, mut d, client) = with_client(config(), vec![spec("add")]);
     let peer = Bytes::from_static(b"w");
     register(&mut d, &peer, "sw1", 1, now);
     let t = task("add", Priority::Normal);
@@ -619,7 +648,7 @@ fn a_task_its_worker_no_longer_serves_is_run_elsewhere() {
 
 #[test]
 fn a_batch_is_accepted_all_or_none() {
-    let (now, mut d, client) = with_client(config(1), vec![spec("add")]);
+    let (now, mut d, client) = with_client(config(), vec![spec("add")]);
     d.take_actions();
     let batch = vec![
         task("add", Priority::Normal),
@@ -651,7 +680,7 @@ fn a_batch_is_accepted_all_or_none() {
 
 #[test]
 fn a_reconnecting_worker_keeps_the_task_it_is_still_running() {
-    let (now, mut d, client) = with_client(config(0), vec![]);
+    let (now, mut d, client) = with_client(config(), vec![]);
     let old = Bytes::from_static(b"old");
     register(&mut d, &old, "sw1", 1, now);
     let t = task("slow", Priority::Normal);
@@ -678,7 +707,7 @@ fn a_reconnecting_worker_keeps_the_task_it_is_still_running() {
 #[test]
 fn requests_other_than_hello_ping_and_discover_need_hello_first() {
     let now = Now::current();
-    let mut d = Dispatcher::new(config(0), vec![], now);
+    let mut d = dispatcher(config(), vec![], now);
     let stranger = Bytes::from_static(b"x");
     for msg in [
         ToControlPlane::DeadLetters { request_id: 1 },
@@ -704,7 +733,7 @@ fn requests_other_than_hello_ping_and_discover_need_hello_first() {
 
 #[test]
 fn a_restarting_subworker_keeps_its_tasks_known_until_it_is_back() {
-    let (now, mut d, client) = with_client(config(0), vec![]);
+    let (now, mut d, client) = with_client(config(), vec![]);
     let old = Bytes::from_static(b"old");
     register(&mut d, &old, "sw1", 1, now);
     d.handle(&old, ToControlPlane::Restarting, now);
@@ -741,7 +770,7 @@ fn a_restarting_subworker_keeps_its_tasks_known_until_it_is_back() {
 #[test]
 fn a_second_subworker_with_the_same_id_is_refused() {
     let now = Now::current();
-    let mut d = Dispatcher::new(config(0), vec![], now);
+    let mut d = dispatcher(config(), vec![], now);
     let first = Bytes::from_static(b"first");
     register(&mut d, &first, "sw1", 1, now);
     d.take_actions();
@@ -763,7 +792,7 @@ fn a_second_subworker_with_the_same_id_is_refused() {
 
 #[test]
 fn a_wall_clock_step_does_not_move_a_countdown_or_a_retry() {
-    let (now, mut d, client) = with_client(config(1), vec![spec("add")]);
+    let (now, mut d, client) = with_client(config(), vec![spec("add")]);
     let mut t = task("add", Priority::Normal);
     t.countdown_ms = 2_000;
     submit(&mut d, &client, t.clone(), now);
@@ -785,7 +814,7 @@ fn a_wall_clock_step_does_not_move_a_countdown_or_a_retry() {
 
 #[test]
 fn an_outcome_or_a_claim_without_the_current_lease_counts_for_nothing() {
-    let (now, mut d, client) = with_client(config(0), vec![]);
+    let (now, mut d, client) = with_client(config(), vec![]);
     let peer = Bytes::from_static(b"sw");
     register(&mut d, &peer, "sw1", 1, now);
     let t = task("slow", Priority::Normal);
@@ -832,7 +861,7 @@ fn an_outcome_or_a_claim_without_the_current_lease_counts_for_nothing() {
 #[test]
 fn a_restarting_worker_id_cannot_be_taken_without_its_secret() {
     let now = Now::current();
-    let mut d = Dispatcher::new(config(0), vec![], now);
+    let mut d = dispatcher(config(), vec![], now);
     let old = Bytes::from_static(b"old");
     register(&mut d, &old, "sw1", 1, now);
     d.handle(&old, ToControlPlane::Restarting, now);
@@ -869,7 +898,7 @@ fn a_restarting_worker_id_cannot_be_taken_without_its_secret() {
 #[test]
 fn what_peers_send_for_the_event_log_and_the_worker_table_is_bounded() {
     let now = Now::current();
-    let mut d = Dispatcher::new(config(0), vec![], now);
+    let mut d = dispatcher(config(), vec![], now);
     let peer = Bytes::from_static(b"sw");
     register(&mut d, &peer, "sw1", 1, now);
     d.handle(
@@ -924,7 +953,7 @@ fn past_the_queue_bounds_submissions_are_refused_as_queue_full() {
         DispatcherConfig {
             max_queued: 2,
             max_queued_bytes: 1 << 20,
-            ..config(0)
+            ..config()
         },
         vec![spec("add")],
     );
@@ -941,7 +970,7 @@ fn past_the_queue_bounds_submissions_are_refused_as_queue_full() {
     let (now, mut d, client) = with_client(
         DispatcherConfig {
             max_queued_bytes: 10,
-            ..config(0)
+            ..config()
         },
         vec![spec("add")],
     );
@@ -957,7 +986,7 @@ fn past_the_queue_bounds_submissions_are_refused_as_queue_full() {
 
 #[test]
 fn tasks_whose_workers_are_gone_say_so_stay_submittable_and_fail_after_the_timeout() {
-    let (now, mut d, client) = with_client(config(0), vec![]);
+    let (now, mut d, client) = with_client(config(), vec![]);
     let sw = Bytes::from_static(b"sw");
     register(&mut d, &sw, "sw1", 1, now);
     let t = task("slow", Priority::Normal);
@@ -1019,4 +1048,40 @@ fn tasks_whose_workers_are_gone_say_so_stay_submittable_and_fail_after_the_timeo
         assert_eq!(r.status, TaskStatus::Failure);
         assert!(r.error.unwrap().message.contains("--unserved-timeout"));
     }
+}
+
+#[test]
+fn only_the_control_planes_own_subworker_registers_under_its_id() {
+    let (now, mut d, _client) = with_client(config(), vec![]);
+    let impostor = Bytes::from_static(b"impostor");
+    hello(&mut d, &impostor, PeerKind::Subworker, now);
+    d.handle(
+        &impostor,
+        ToControlPlane::Register(registration_of(
+            "cp",
+            vec![spec("add")],
+            Some(WorkerSecret([8; 32])),
+        )),
+        now,
+    );
+    let refused = d.take_actions().iter().any(|a| {
+        matches!(a, Action::Send { msg: FromControlPlane::Refused { reason }, .. }
+            if reason.contains("the control plane's own subworker"))
+    });
+    assert!(refused);
+    assert!(!d.own_worker_registered());
+    assert!(!d.known_task("add"));
+
+    // The own subworker's tasks stay known while it restarts (its connection drops).
+    let own = Bytes::from_static(OWN_PEER);
+    hello(&mut d, &own, PeerKind::Subworker, now);
+    d.handle(
+        &own,
+        ToControlPlane::Register(registration_of("cp", vec![spec("add")], Some(OWN_SECRET))),
+        now,
+    );
+    assert!(d.own_worker_registered());
+    d.peer_disconnected(&own, now);
+    assert!(!d.own_worker_registered());
+    assert!(d.known_task("add"), "submittable while the child restarts");
 }
