@@ -124,7 +124,6 @@ impl WatchedPlugins {
             .unwrap_or_else(|e| e.into_inner())
             .reloads()
     }
-
 }
 
 /// Loading or watching the plugins failed at start-up.
