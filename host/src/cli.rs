@@ -244,6 +244,10 @@ pub struct ControlPlaneArgs {
     /// left) before they fail saying so.
     #[arg(long, env = "FASTWORKER_UNSERVED_TIMEOUT", default_value_t = 300.0)]
     pub unserved_timeout: f64,
+    /// Keep accepted tasks, results, dead letters, periodic schedules and subworker
+    /// identities in this directory (an embedded database), so a restart resumes them.
+    #[arg(long, env = "FASTWORKER_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
     /// Plugin files, directories or bare names that the control plane's own subworker
     /// (a child process it supervises) runs when no other subworker can.
     #[arg(long, num_args = 1..)]

@@ -40,6 +40,17 @@ fn serve(fut: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
     result
 }
 
+/// A write past the file-size limit (`ulimit -f`) fails with EFBIG instead of killing
+/// the process: the control plane then refuses new tasks and keeps the ones it has.
+fn ignore_file_size_signal() {
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to SIG_IGN installs no handler code; it
+    // runs before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+}
+
 /// Runs a one-shot client command on a small runtime and prints its output.
 fn one_shot<E: Into<anyhow::Error>>(
     fut: impl Future<Output = Result<String, E>>,
@@ -59,11 +70,14 @@ fn main() -> ExitCode {
     let dir = cli.plugin_dir.clone();
     let result = match cli.command {
         Command::List(args) => commands::list::run(&args, &dir).map(|text| print!("{text}")),
-        Command::ControlPlane(args) => serve(fastworker::control_plane::server::run(
-            args,
-            &dir,
-            cli.log_level,
-        )),
+        Command::ControlPlane(args) => {
+            ignore_file_size_signal();
+            serve(fastworker::control_plane::server::run(
+                args,
+                &dir,
+                cli.log_level,
+            ))
+        }
         Command::Subworker(args) => serve(fastworker::subworker::run(args, &dir)),
         Command::Submit(args) => one_shot(async move { commands::submit::run(&args).await }),
         Command::Status(args) => one_shot(async move { commands::task::status(&args).await }),

@@ -24,8 +24,8 @@ use crate::{
     executor::Executor,
     plugin::watch::load_and_watch,
     protocol::{
-        self, FromControlPlane, Hello, PeerKind, PluginEvent, Registration, TaskOutcome,
-        ToControlPlane, WorkerId, WorkerSecret, PROTOCOL_VERSION,
+        self, FromControlPlane, Hello, PeerKind, PluginEvent, Registration, RunningClaim,
+        TaskOutcome, ToControlPlane, WorkerId, WorkerSecret, PROTOCOL_VERSION,
     },
     transport::{self, Connection, ServerEvent, TransportConfig},
 };
@@ -121,7 +121,17 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
             address: status_address.clone(),
             pid: std::process::id(),
             secret,
-            running: executor.running_claims(),
+            // Tasks finished but not reported yet count as held too, so the control
+            // plane (restarted, say) waits for their outcomes instead of handing
+            // them to someone else.
+            running: executor
+                .running_claims()
+                .into_iter()
+                .chain(undelivered.iter().map(|o| RunningClaim {
+                    task_id: o.task_id,
+                    lease: o.lease,
+                }))
+                .collect(),
         };
         let mut greeting = vec![
             ToControlPlane::Hello(Hello {

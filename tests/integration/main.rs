@@ -3,6 +3,7 @@
 
 mod auth;
 mod cluster;
+mod durable;
 mod faults;
 mod hostile;
 mod lifecycle;

@@ -97,6 +97,10 @@ pub struct DispatcherConfig {
     /// The largest message the transport accepts, in bytes (told to clients in
     /// `Welcome`, so they can refuse an oversized batch themselves).
     pub max_message_bytes: u64,
+    /// Whether its state goes to a store (`--data-dir`): it then records what changed
+    /// ([`Dispatcher::take_changes`]), and a shutdown keeps queued tasks for the next
+    /// start instead of running them.
+    pub durable: bool,
 }
 
 /// Something the caller must do.
@@ -186,6 +190,10 @@ pub struct Dispatcher {
     unserved: HashMap<String, Instant>,
     /// When `unserved` was last brought up to date.
     unserved_checked: Option<Instant>,
+    /// What changed since the last [`Dispatcher::take_changes`] (with `durable` only).
+    changed: durable::Changed,
+    /// Why the store cannot be written, while it cannot: submissions are refused.
+    store_error: Option<String>,
 }
 
 /// The most retries a submission may ask for.
@@ -204,7 +212,11 @@ fn reply(peer: &PeerId, msg: FromControlPlane) -> Action {
 impl Dispatcher {
     /// A dispatcher with no workers yet.
     pub fn new(config: DispatcherConfig, now: Now) -> Self {
-        let cache = ResultCache::new(config.cache_size, config.cache_max_bytes, config.cache_ttl);
+        let mut cache =
+            ResultCache::new(config.cache_size, config.cache_max_bytes, config.cache_ttl);
+        if config.durable {
+            cache.track_evictions();
+        }
         Dispatcher {
             config,
             tasks: HashMap::new(),
@@ -229,6 +241,8 @@ impl Dispatcher {
             held_by_name: HashMap::new(),
             unserved: HashMap::new(),
             unserved_checked: None,
+            changed: durable::Changed::default(),
+            store_error: None,
         }
     }
 
@@ -520,6 +534,7 @@ impl Dispatcher {
                     &reg.worker_id.0,
                     format!("subworker {} registered", reg.worker_id),
                 );
+                self.worker_changed(&reg.worker_id, Some(secret));
                 self.actions
                     .push(reply(peer, FromControlPlane::Registered { secret }));
             }
@@ -772,9 +787,20 @@ impl Dispatcher {
                 crate::protocol::Codec::Json,
                 Bytes::from_static(b"[]"),
             );
+            // One id per tick: a tick fired again (after a restart from the store)
+            // is the same task, so it never runs twice.
+            if let Some(tick) = self.periodic.last_fired(&name) {
+                task.id = TaskId::for_tick(&name, tick);
+                if self.tasks.contains_key(&task.id) || self.cache.peek(&task.id).is_some() {
+                    continue;
+                }
+            }
             task.priority = priority;
             debug!(task = %task.id, %name, "periodic task due");
             self.periodic.submitted(&name, task.id);
+            if self.config.durable {
+                self.changed.periodic.insert(name.clone());
+            }
             self.accept(task);
         }
     }
@@ -806,6 +832,7 @@ impl Dispatcher {
             return Err(err);
         }
         self.dead_letters.remove(&key);
+        self.dead_letter_changed(key);
         info!(task = %id, "replaying a dead letter");
         self.accept(envelope);
         Ok(())
@@ -815,17 +842,26 @@ impl Dispatcher {
         self.workers.spec(name).or_else(|| self.own_tasks.get(name))
     }
 
+    /// Accepts a request's tasks, all or none. Submitting is idempotent by task id: a
+    /// task already accepted under the same id and name (a client resending after a
+    /// lost `Accepted`) is acknowledged again, never accepted a second time.
     fn submit(&mut self, peer: &PeerId, request_id: u64, tasks: Vec<TaskEnvelope>, wait: bool) {
-        if let Err(error) = self.validate(&tasks) {
+        let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
+        let (again, fresh): (Vec<TaskEnvelope>, Vec<TaskEnvelope>) =
+            tasks.into_iter().partition(|t| self.is_resubmission(t));
+        let checked = if fresh.is_empty() && !again.is_empty() {
+            Ok(())
+        } else {
+            self.validate(&fresh)
+        };
+        if let Err(error) = checked {
             self.actions.push(reply(
                 peer,
                 FromControlPlane::Rejected { request_id, error },
             ));
             return;
         }
-        let mut ids = Vec::with_capacity(tasks.len());
-        for task in tasks {
-            ids.push(task.id);
+        for task in fresh {
             if wait {
                 self.waiters
                     .entry(task.id)
@@ -841,6 +877,34 @@ impl Dispatcher {
                 task_ids: ids,
             },
         ));
+        if !again.is_empty() {
+            debug!(
+                "{} task(s) submitted again under ids already accepted: acknowledged, not run again",
+                again.len()
+            );
+        }
+        for task in again.iter().filter(|_| wait) {
+            if self.tasks.contains_key(&task.id) {
+                self.waiters
+                    .entry(task.id)
+                    .or_default()
+                    .push(Waiter::Result(peer.clone()));
+            } else if let Some(record) = self.cache.get(&task.id, self.now.at) {
+                let msg = FromControlPlane::Result(record.clone());
+                self.actions.push(reply(peer, msg));
+            }
+        }
+    }
+
+    /// Is `task` one already accepted (same id, same name), sent again?
+    fn is_resubmission(&self, task: &TaskEnvelope) -> bool {
+        match self.tasks.get(&task.id) {
+            Some(entry) => entry.envelope.name == task.name,
+            None => self
+                .cache
+                .peek(&task.id)
+                .is_some_and(|r| r.name == task.name && self.cache.contains(&task.id, self.now.at)),
+        }
     }
 
     /// All or nothing: the first problem refuses the whole request.
@@ -849,6 +913,12 @@ impl Dispatcher {
             return Err(TaskError::new(
                 ErrorKind::Rejected,
                 "the control plane is shutting down",
+            ));
+        }
+        if let Some(error) = &self.store_error {
+            return Err(TaskError::new(
+                ErrorKind::Rejected,
+                format!("the control plane cannot write its data directory ({error}); nothing new is accepted until it can"),
             ));
         }
         if tasks.is_empty() {
@@ -961,14 +1031,7 @@ impl Dispatcher {
             value: Bytes::new(),
         };
         let id = envelope.id;
-        self.held_bytes += envelope.payload.len() as u64;
-        // No new String per task while the name is already held.
-        match self.held_by_name.get_mut(&envelope.name) {
-            Some(n) => *n += 1,
-            None => {
-                self.held_by_name.insert(envelope.name.clone(), 1);
-            }
-        }
+        self.hold(&envelope);
         let due = scheduled.then(|| self.mono_ms(self.now).saturating_add(hold_ms));
         if let Some(due) = due {
             self.scheduled.insert((due, seq), id);
@@ -988,6 +1051,37 @@ impl Dispatcher {
                 lease: None,
             },
         );
+        if self.config.durable {
+            self.changed.tasks.insert(id);
+            self.changed.accepted.push(id);
+        }
+    }
+
+    /// Counts a task as held (its bytes against `--max-queued-bytes`, its name as one
+    /// that work waits for).
+    fn hold(&mut self, envelope: &TaskEnvelope) {
+        self.held_bytes += envelope.payload.len() as u64;
+        // No new String per task while the name is already held.
+        match self.held_by_name.get_mut(&envelope.name) {
+            Some(n) => *n += 1,
+            None => {
+                self.held_by_name.insert(envelope.name.clone(), 1);
+            }
+        }
+    }
+
+    /// A held task is no longer held.
+    fn unhold(&mut self, envelope: &TaskEnvelope) {
+        self.held_bytes = self
+            .held_bytes
+            .saturating_sub(envelope.payload.len() as u64);
+        if let Some(n) = self.held_by_name.get_mut(&envelope.name) {
+            *n -= 1;
+            if *n == 0 {
+                self.held_by_name.remove(&envelope.name);
+                self.unserved.remove(&envelope.name);
+            }
+        }
     }
 
     /// Once a second: notes which names tasks wait for that no live worker serves, and
@@ -1101,6 +1195,9 @@ impl Dispatcher {
         match (&entry.holder, entry.due_ms) {
             (Some(holder), _) => {
                 entry.cancel_requested = true;
+                if self.config.durable {
+                    self.changed.tasks.insert(id);
+                }
                 if let Some(w) = self.workers.get(holder) {
                     self.actions.push(reply(
                         &w.peer.clone(),
@@ -1131,6 +1228,10 @@ impl Dispatcher {
     }
 
     fn dispatch(&mut self) {
+        if self.shutting_down && self.config.durable {
+            // Queued tasks wait in the store for the next start.
+            return;
+        }
         for priority in crate::protocol::Priority::ALL {
             loop {
                 let workers = &self.workers;
@@ -1171,6 +1272,9 @@ impl Dispatcher {
         entry.holder = Some(worker.clone());
         let lease = LeaseToken::new();
         entry.lease = Some(lease);
+        if self.config.durable {
+            self.changed.tasks.insert(id);
+        }
         entry.record.status = TaskStatus::Running;
         entry.record.attempts = entry.envelope.attempt;
         entry.record.delivery_count = entry.envelope.delivery_count;
@@ -1216,6 +1320,7 @@ impl Dispatcher {
                 return;
             }
         }
+        self.task_changed(id);
         let entry = self.tasks.get_mut(&id).expect("checked above");
         entry.holder = None;
         entry.record.started_ms = Some(outcome.started_ms);
@@ -1291,6 +1396,9 @@ impl Dispatcher {
             return;
         }
         entry.holder = None;
+        if self.config.durable {
+            self.changed.tasks.insert(task);
+        }
         if entry.cancel_requested {
             self.finalize(
                 task,
@@ -1315,8 +1423,14 @@ impl Dispatcher {
             self.finalize(task, TaskStatus::Failure, Some(error), Bytes::new());
             if let Some(record) = self.cache.peek(&task).cloned() {
                 self.dead_letters.insert(seq, (record, envelope));
-                while self.dead_letters.len() > MAX_DEAD_LETTERS {
-                    self.dead_letters.pop_first();
+                self.dead_letter_changed(seq);
+                while let Some((&oldest, _)) = self
+                    .dead_letters
+                    .first_key_value()
+                    .filter(|_| self.dead_letters.len() > MAX_DEAD_LETTERS)
+                {
+                    self.dead_letters.remove(&oldest);
+                    self.dead_letter_changed(oldest);
                 }
             }
             return;
@@ -1327,6 +1441,7 @@ impl Dispatcher {
 
     /// Puts a task (back) in its queue, at the place its sequence number gives it.
     fn enqueue(&mut self, id: TaskId) {
+        self.task_changed(id);
         if let Some(entry) = self.tasks.get_mut(&id) {
             entry.record.status = TaskStatus::Queued;
             self.queues
@@ -1359,6 +1474,9 @@ impl Dispatcher {
             return;
         };
         debug!(%task, %worker, "reconnected worker keeps the task it is running");
+        if self.config.durable {
+            self.changed.tasks.insert(task);
+        }
         entry.holder = Some(worker.clone());
         entry.record.status = TaskStatus::Running;
         entry.record.worker_id = Some(worker.clone());
@@ -1366,6 +1484,7 @@ impl Dispatcher {
     }
 
     fn remove_worker(&mut self, id: &WorkerId) {
+        self.worker_changed(id, None);
         if let Some(worker) = self.workers.remove(id) {
             for task in worker.in_flight {
                 self.worker_lost_task(task, id);
@@ -1377,16 +1496,8 @@ impl Dispatcher {
         let Some(mut entry) = self.tasks.remove(&id) else {
             return;
         };
-        self.held_bytes = self
-            .held_bytes
-            .saturating_sub(entry.envelope.payload.len() as u64);
-        if let Some(n) = self.held_by_name.get_mut(&entry.envelope.name) {
-            *n -= 1;
-            if *n == 0 {
-                self.held_by_name.remove(&entry.envelope.name);
-                self.unserved.remove(&entry.envelope.name);
-            }
-        }
+        self.task_changed(id);
+        self.unhold(&entry.envelope);
         entry.record.status = status;
         entry.record.error = error;
         entry.record.value = value;
@@ -1516,5 +1627,7 @@ fn request_id_of(msg: &ToControlPlane) -> u64 {
     }
 }
 
+mod durable;
+pub use durable::Restored;
 #[cfg(test)]
 mod tests;

@@ -9,6 +9,7 @@
 //! - [`server`]: the event loop that connects the state machine to sockets, the own
 //!   subworker, timers and signals.
 
+pub mod commit;
 pub mod dispatcher;
 pub mod events;
 pub mod own_worker;

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 
 use chrono::{Local, TimeZone};
 
+use super::store::PeriodicPlace;
 use crate::protocol::{PeriodicSpec, TaskId};
 
 /// A schedule that cannot be used.
@@ -100,6 +101,8 @@ struct Entry {
     last_task: Option<TaskId>,
     skipped: u64,
     dormant: bool,
+    /// The scheduled time of the tick that fired last.
+    last_fired: Option<u64>,
 }
 
 /// The periodic tasks and when each fires next.
@@ -108,6 +111,8 @@ pub struct PeriodicScheduler {
     entries: HashMap<String, Entry>,
     /// Schedules that did not parse, kept so each is reported once, not every tick.
     invalid: HashMap<String, PeriodicSpec>,
+    /// Places loaded from the store, taken up when each schedule is first seen.
+    restored: HashMap<String, PeriodicPlace>,
 }
 
 /// A periodic task's state, for listings.
@@ -151,17 +156,23 @@ impl PeriodicScheduler {
             }
             match Schedule::from_spec(spec) {
                 Ok(schedule) => {
-                    let next_ms = schedule.first(now_ms);
+                    // Restored from the store: it keeps its place (a tick missed while
+                    // the control plane was down fires once, now; see `due`).
+                    let (next_ms, runs) = match self.restored.remove(name) {
+                        Some(place) => (place.next_ms, place.runs),
+                        None => (schedule.first(now_ms), 0),
+                    };
                     self.entries.insert(
                         name.to_string(),
                         Entry {
                             spec: spec.clone(),
                             schedule,
                             next_ms,
-                            runs: 0,
+                            runs,
                             last_task: None,
                             skipped: 0,
                             dormant: false,
+                            last_fired: None,
                         },
                     );
                 }
@@ -212,6 +223,7 @@ impl PeriodicScheduler {
                 entry.skipped += 1;
                 continue;
             }
+            entry.last_fired = Some(next);
             due.push(name.clone());
         }
         due.sort();
@@ -224,6 +236,24 @@ impl PeriodicScheduler {
             entry.runs += 1;
             entry.last_task = Some(id);
         }
+    }
+
+    /// Takes up places loaded from the store (before the first `sync`).
+    pub fn restore(&mut self, places: impl IntoIterator<Item = (String, PeriodicPlace)>) {
+        self.restored.extend(places);
+    }
+
+    /// Where `name`'s schedule stands, for the store.
+    pub fn place(&self, name: &str) -> Option<PeriodicPlace> {
+        self.entries.get(name).map(|e| PeriodicPlace {
+            next_ms: e.next_ms,
+            runs: e.runs,
+        })
+    }
+
+    /// The scheduled time of `name`'s last tick that fired.
+    pub fn last_fired(&self, name: &str) -> Option<u64> {
+        self.entries.get(name).and_then(|e| e.last_fired)
     }
 
     /// Every periodic task's state, by name.

@@ -31,6 +31,8 @@ pub struct ResultCache {
     ttl: Duration,
     max_bytes: u64,
     bytes: u64,
+    /// Ids of records dropped (evicted, expired, removed), while someone tracks them.
+    dropped: Option<Vec<TaskId>>,
 }
 
 impl ResultCache {
@@ -43,6 +45,28 @@ impl ResultCache {
             ttl,
             max_bytes,
             bytes: 0,
+            dropped: None,
+        }
+    }
+
+    /// From now on, remembers the id of every record dropped, for [`Self::take_dropped`]
+    /// (the store deletes them too).
+    pub fn track_evictions(&mut self) {
+        self.dropped.get_or_insert_with(Vec::new);
+    }
+
+    /// The ids of records dropped since the last call (tracking on). An id may since
+    /// have been stored again.
+    pub fn take_dropped(&mut self) -> Vec<TaskId> {
+        self.dropped
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    fn note_dropped(&mut self, id: TaskId) {
+        if let Some(dropped) = &mut self.dropped {
+            dropped.push(id);
         }
     }
 
@@ -58,12 +82,16 @@ impl ResultCache {
         }
         while self.bytes + size > self.max_bytes {
             match self.entries.pop_lru() {
-                Some((_, (_, old))) => self.bytes -= cost(&old),
+                Some((id, (_, old))) => {
+                    self.bytes -= cost(&old);
+                    self.note_dropped(id);
+                }
                 None => break,
             }
         }
-        if let Some((_, (_, evicted))) = self.entries.push(record.task_id, (now, record)) {
+        if let Some((id, (_, evicted))) = self.entries.push(record.task_id, (now, record)) {
             self.bytes -= cost(&evicted);
+            self.note_dropped(id);
         }
         self.bytes += size;
         true
@@ -96,6 +124,7 @@ impl ResultCache {
     pub fn remove(&mut self, id: &TaskId) -> Option<TaskRecord> {
         let (_, record) = self.entries.pop(id)?;
         self.bytes -= cost(&record);
+        self.note_dropped(*id);
         Some(record)
     }
 

@@ -22,7 +22,11 @@ use tracing::{info, warn};
 use crate::probe::probe_reply;
 
 use super::dispatcher::{Action, Dispatcher, DispatcherConfig, Now};
-use super::own_worker::{ChildCommand, ChildExit, Supervisor};
+use super::{
+    commit::{CommitsDone, Committer},
+    own_worker::{ChildCommand, ChildExit, Supervisor},
+    store::{redb_store::RedbStore, Store},
+};
 use crate::{
     cli::{ControlPlaneArgs, LogLevel},
     protocol::{
@@ -166,8 +170,16 @@ pub async fn run(
         announcement: announcement.clone(),
         max_payload_bytes: args.security.max_payload_size,
         max_message_bytes: args.security.max_message_size,
+        durable: args.data_dir.is_some(),
     };
     let mut dispatcher = Dispatcher::new(config, Now::current());
+    let (mut committer, mut commits_done) = match &args.data_dir {
+        Some(dir) => {
+            let (committer, done) = open_store(dir, &mut dispatcher)?;
+            (Some(committer), Some(done))
+        }
+        None => (None, None),
+    };
 
     info!(
         id = %args.worker_id,
@@ -259,6 +271,13 @@ pub async fn run(
                 );
             }
             _ = tick.tick() => dispatcher.tick(Now::current()),
+            Some(written) = next_commit(&mut commits_done) => {
+                if let Some(committer) = committer.as_mut() {
+                    for action in committer.finish(&mut dispatcher, written) {
+                        perform(action, &server.outbox, &callback_config);
+                    }
+                }
+            }
             _ = announce.tick() => {
                 let msg = FromControlPlane::Announce(announcement.clone());
                 for peer in &discovery_peers {
@@ -280,7 +299,11 @@ pub async fn run(
                 stopping_until = Some(tokio::time::Instant::now() + grace);
             }
         }
-        for action in dispatcher.take_actions() {
+        let ready = match committer.as_mut() {
+            Some(committer) => committer.stage(&mut dispatcher),
+            None => dispatcher.take_actions(),
+        };
+        for action in ready {
             perform(action, &server.outbox, &callback_config);
         }
         if ready_pending {
@@ -297,7 +320,10 @@ pub async fn run(
             }
         }
         if let Some(until) = stopping_until {
-            let idle = dispatcher.in_flight() == 0 && dispatcher.queued() == 0;
+            // With a data directory, queued and scheduled tasks wait there for the next
+            // start: only running ones are waited for.
+            let idle =
+                dispatcher.in_flight() == 0 && (committer.is_some() || dispatcher.queued() == 0);
             if idle || tokio::time::Instant::now() >= until {
                 if !idle {
                     warn!(
@@ -306,15 +332,31 @@ pub async fn run(
                         dispatcher.queued()
                     );
                 }
-                let left = dispatcher.abandon_all(
-                    Now::current(),
-                    "the control plane shut down before this task finished",
-                );
+                let left = if committer.is_some() {
+                    0
+                } else {
+                    dispatcher.abandon_all(
+                        Now::current(),
+                        "the control plane shut down before this task finished",
+                    )
+                };
                 if left > 0 {
                     warn!("{left} tasks (running, queued, scheduled or retrying) end as failures: the control plane is stopping");
                 }
-                for action in dispatcher.take_actions() {
+                let last = match (committer.as_mut(), commits_done.as_mut()) {
+                    (Some(committer), Some(done)) => committer.flush(&mut dispatcher, done).await,
+                    _ => dispatcher.take_actions(),
+                };
+                for action in last {
                     perform(action, &server.outbox, &callback_config);
+                }
+                if committer.is_some() {
+                    info!(
+                        "kept {} queued, {} scheduled and {} running task(s) in the data directory for the next start",
+                        dispatcher.queued(),
+                        dispatcher.scheduled(),
+                        dispatcher.in_flight()
+                    );
                 }
                 // Give the writer a moment to flush the last replies.
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -327,6 +369,34 @@ pub async fn run(
                 return Ok(());
             }
         }
+    }
+}
+
+/// Opens the data directory and resumes what it holds.
+fn open_store(dir: &Path, dispatcher: &mut Dispatcher) -> anyhow::Result<(Committer, CommitsDone)> {
+    let started = std::time::Instant::now();
+    let store = RedbStore::open(dir).map_err(|e| anyhow::anyhow!(e))?;
+    let snapshot = store.load().map_err(|e| anyhow::anyhow!(e))?;
+    let restored = dispatcher.restore(snapshot, Now::current());
+    info!(
+        epoch = store.epoch(),
+        "data directory {}: resumed {} task(s) ({} assigned), {} result(s), {} dead letter(s), {} worker identit(ies) in {:.1?}",
+        dir.display(),
+        restored.tasks,
+        restored.assigned,
+        restored.results,
+        restored.dead_letters,
+        restored.workers,
+        started.elapsed()
+    );
+    Ok(Committer::new(Box::new(store)))
+}
+
+/// The next written commit, or never without a data directory.
+async fn next_commit(done: &mut Option<CommitsDone>) -> Option<super::commit::Written> {
+    match done {
+        Some(done) => done.recv().await,
+        None => std::future::pending().await,
     }
 }
 

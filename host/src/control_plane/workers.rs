@@ -150,6 +150,41 @@ impl WorkerTable {
         registered
     }
 
+    /// A worker known from the store, not connected yet: it holds `in_flight` and is
+    /// parked like one restarting in place, so it can register again with `secret`
+    /// and claim its tasks by their leases; past the inactivity limit it is removed
+    /// (see [`Self::overdue_restarts`]) and its tasks go back to the queue.
+    pub fn restore_parked(
+        &mut self,
+        id: WorkerId,
+        secret: WorkerSecret,
+        in_flight: HashSet<TaskId>,
+        now: Instant,
+    ) {
+        self.workers.insert(
+            id.clone(),
+            WorkerEntry {
+                id,
+                peer: PeerId::new(),
+                tasks: HashMap::new(),
+                concurrency: 1,
+                in_flight,
+                last_seen: now,
+                active: false,
+                draining: true,
+                address: None,
+                pid: 0,
+                secret,
+                assigned_total: 0,
+                completed_total: 0,
+                restarting: true,
+                gone_since: Some(now),
+                fallback: false,
+                last_assigned: 0,
+            },
+        );
+    }
+
     /// The worker on connection `peer`.
     pub fn by_peer(&self, peer: &PeerId) -> Option<&WorkerId> {
         self.by_peer.get(peer)

@@ -15,6 +15,21 @@ impl TaskId {
         TaskId(Uuid::new_v4())
     }
 
+    /// The id of periodic task `name`'s tick scheduled at `tick_ms` (Unix ms): the
+    /// same tick always has the same id, so it can be submitted only once.
+    pub fn for_tick(name: &str, tick_ms: u64) -> Self {
+        let mut hasher = blake3::Hasher::new_derive_key("fastworker periodic tick v1");
+        hasher.update(&(name.len() as u64).to_le_bytes());
+        hasher.update(name.as_bytes());
+        hasher.update(&tick_ms.to_le_bytes());
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
+        // A version-8 (custom) UUID.
+        bytes[6] = (bytes[6] & 0x0f) | 0x80;
+        bytes[8] = (bytes[8] & 0x3f) | 0x80;
+        TaskId(Uuid::from_bytes(bytes))
+    }
+
     /// Parses the usual hyphenated text form.
     pub fn parse(text: &str) -> Result<Self, uuid::Error> {
         Uuid::parse_str(text.trim()).map(TaskId)

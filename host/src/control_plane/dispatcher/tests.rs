@@ -42,6 +42,7 @@ fn config() -> DispatcherConfig {
         },
         max_payload_bytes: 1024,
         max_message_bytes: 4096,
+        durable: false,
     }
 }
 

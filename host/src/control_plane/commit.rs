@@ -1,0 +1,200 @@
+//! [`Committer`]: group commit between the [`Dispatcher`] and the [`Store`]. With
+//! `--data-dir`, what the dispatcher wants sent waits until the changes that produced
+//! it are durable: `Accepted`, an assignment, a result. One commit (one fsync) covers
+//! everything that happened while the previous one was being written, so the rate of
+//! fsyncs, not the rate of tasks, bounds it.
+//!
+//! A failed commit (a full disk, an I/O error): the tasks it would have accepted are
+//! dropped and their submitters get `Rejected` with the reason; everything else is
+//! sent and written again later; submissions are refused until a commit succeeds
+//! (retried every [`RETRY_EVERY`]).
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use tokio::sync::mpsc;
+use tracing::{error, info};
+
+use super::{
+    dispatcher::{Action, Dispatcher},
+    store::{Changes, Store, StoreError},
+};
+use crate::{
+    protocol::{FromControlPlane, TaskId},
+    task_error::{ErrorKind, TaskError},
+};
+
+/// How soon a failed commit is tried again.
+pub const RETRY_EVERY: Duration = Duration::from_millis(500);
+
+/// A commit that was written (or failed), with the actions that waited for it.
+pub struct Written {
+    result: Result<(), StoreError>,
+    changes: Changes,
+    accepted: Vec<TaskId>,
+    actions: Vec<Action>,
+}
+
+/// Where written commits arrive; the event loop selects on it and hands each to
+/// [`Committer::finish`].
+pub type CommitsDone = mpsc::UnboundedReceiver<Written>;
+
+/// The commit pipeline (at most one commit in flight).
+pub struct Committer {
+    store: Arc<Mutex<Box<dyn Store>>>,
+    /// Actions waiting for the next commit.
+    staged: Vec<Action>,
+    /// A commit is being written.
+    writing: bool,
+    done: mpsc::UnboundedSender<Written>,
+    /// After a failure: no commit before this.
+    retry_at: Option<Instant>,
+    /// Commits written, for the log at exit.
+    commits: u64,
+}
+
+impl Committer {
+    /// A pipeline onto `store`, and where its commits arrive when written.
+    pub fn new(store: Box<dyn Store>) -> (Self, CommitsDone) {
+        let (done, arrivals) = mpsc::unbounded_channel();
+        let committer = Committer {
+            store: Arc::new(Mutex::new(store)),
+            staged: Vec::new(),
+            writing: false,
+            done,
+            retry_at: None,
+            commits: 0,
+        };
+        (committer, arrivals)
+    }
+
+    /// Takes the dispatcher's actions and, unless a commit is being written, starts
+    /// the next one. Returns the actions that may go now (they changed nothing, or
+    /// the store is failing and they are sent without waiting).
+    pub fn stage(&mut self, dispatcher: &mut Dispatcher) -> Vec<Action> {
+        self.staged.extend(dispatcher.take_actions());
+        if self.writing {
+            return Vec::new();
+        }
+        if self.retry_at.is_some_and(|at| Instant::now() < at) {
+            // Degraded: submissions are refused meanwhile, so nothing waits for a
+            // commit that is not coming.
+            return std::mem::take(&mut self.staged);
+        }
+        if !dispatcher.has_changes() {
+            return std::mem::take(&mut self.staged);
+        }
+        let (changes, accepted) = dispatcher.take_changes();
+        let actions = std::mem::take(&mut self.staged);
+        let store = self.store.clone();
+        let done = self.done.clone();
+        self.writing = true;
+        tokio::task::spawn_blocking(move || {
+            let result = store
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .commit(&changes);
+            // The receiver lives as long as the event loop.
+            let _ = done.send(Written {
+                result,
+                changes,
+                accepted,
+                actions,
+            });
+        });
+        Vec::new()
+    }
+
+    /// A commit was written: returns what may be sent now.
+    pub fn finish(&mut self, dispatcher: &mut Dispatcher, written: Written) -> Vec<Action> {
+        self.writing = false;
+        let Written {
+            result,
+            changes,
+            accepted,
+            actions,
+        } = written;
+        match result {
+            Ok(()) => {
+                self.commits += 1;
+                if self.retry_at.take().is_some() {
+                    info!("the data directory is writable again: accepting tasks");
+                }
+                dispatcher.commit_succeeded();
+                actions
+            }
+            Err(err) => {
+                let reason = err.to_string();
+                error!(
+                    "commit failed ({reason}): {} new task(s) refused; submissions are refused until a commit succeeds",
+                    accepted.len()
+                );
+                dispatcher.commit_failed(&changes, &accepted, reason.clone());
+                self.retry_at = Some(Instant::now() + RETRY_EVERY);
+                refuse_unsaved(actions, &accepted, &reason)
+            }
+        }
+    }
+
+    /// Writes what is left (at exit), waiting for it; returns what may be sent.
+    pub async fn flush(
+        &mut self,
+        dispatcher: &mut Dispatcher,
+        arrivals: &mut CommitsDone,
+    ) -> Vec<Action> {
+        let mut out = Vec::new();
+        // The commit being written, then one with what is left (bounded: a failing
+        // store gets a few tries, not a loop).
+        for _ in 0..4 {
+            if self.writing {
+                match arrivals.recv().await {
+                    Some(written) => out.extend(self.finish(dispatcher, written)),
+                    None => break,
+                }
+            }
+            self.retry_at = None;
+            out.extend(self.stage(dispatcher));
+            if !self.writing {
+                break;
+            }
+        }
+        info!("{} commits written to the data directory", self.commits);
+        out
+    }
+}
+
+/// The actions of a failed commit: `Accepted` for a task that was not saved becomes
+/// `Rejected` (with why), its assignment is not sent; the rest goes as it is.
+fn refuse_unsaved(actions: Vec<Action>, unsaved: &[TaskId], reason: &str) -> Vec<Action> {
+    let unsaved: HashSet<&TaskId> = unsaved.iter().collect();
+    actions
+        .into_iter()
+        .filter_map(|action| match action {
+            Action::Send {
+                peer,
+                msg:
+                    FromControlPlane::Accepted {
+                        request_id,
+                        task_ids,
+                    },
+            } if task_ids.iter().any(|id| unsaved.contains(id)) => Some(Action::Send {
+                peer,
+                msg: FromControlPlane::Rejected {
+                    request_id,
+                    error: TaskError::new(
+                        ErrorKind::Rejected,
+                        format!("not accepted: the control plane could not write its data directory ({reason})"),
+                    ),
+                },
+            }),
+            Action::Send {
+                msg: FromControlPlane::Assign { ref task, .. },
+                ..
+            } if unsaved.contains(&task.id) => None,
+            other => Some(other),
+        })
+        .collect()
+}

@@ -1,0 +1,272 @@
+//! The dispatcher's side of `--data-dir`: what changed since the last commit
+//! ([`Dispatcher::take_changes`]), the snapshot a start resumes from
+//! ([`Dispatcher::restore`]), and what a failed commit undoes
+//! ([`Dispatcher::commit_failed`]).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use tracing::warn;
+
+use super::{Dispatcher, Now, TaskEntry};
+use crate::{
+    control_plane::store::{Changes, Snapshot, StoredTask},
+    protocol::{TaskId, TaskStatus, WorkerId, WorkerSecret},
+};
+
+/// What changed since the last commit (with `durable` only).
+#[derive(Debug, Default)]
+pub(super) struct Changed {
+    /// Tasks put, or (when no longer held) finished: their row goes, their result
+    /// comes.
+    pub tasks: HashSet<TaskId>,
+    /// Dead letters added or removed.
+    pub dead_letters: BTreeSet<u64>,
+    /// Periodic schedules that fired.
+    pub periodic: HashSet<String>,
+    /// Worker identities registered (`Some`) or forgotten.
+    pub workers: HashMap<WorkerId, Option<WorkerSecret>>,
+    /// Results dropped from the cache whose rows a failed commit did not delete.
+    pub dropped_results: Vec<TaskId>,
+    /// Tasks accepted (new) since the last commit.
+    pub accepted: Vec<TaskId>,
+}
+
+/// What a start resumed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// Tasks not final.
+    pub tasks: usize,
+    /// Of those, assigned to a worker when the store was written.
+    pub assigned: usize,
+    /// Finished results.
+    pub results: usize,
+    /// Dead letters.
+    pub dead_letters: usize,
+    /// Worker identities.
+    pub workers: usize,
+}
+
+fn stored(entry: &TaskEntry) -> StoredTask {
+    StoredTask {
+        envelope: entry.envelope.clone(),
+        record: entry.record.clone(),
+        seq: entry.seq,
+        lost: entry.lost,
+        lease: entry.lease,
+        holder: entry.holder.clone(),
+        cancel_requested: entry.cancel_requested,
+    }
+}
+
+impl Dispatcher {
+    pub(super) fn task_changed(&mut self, id: TaskId) {
+        if self.config.durable {
+            self.changed.tasks.insert(id);
+        }
+    }
+
+    pub(super) fn dead_letter_changed(&mut self, key: u64) {
+        if self.config.durable {
+            self.changed.dead_letters.insert(key);
+        }
+    }
+
+    pub(super) fn worker_changed(&mut self, id: &WorkerId, secret: Option<WorkerSecret>) {
+        if self.config.durable {
+            self.changed.workers.insert(id.clone(), secret);
+        }
+    }
+
+    /// Whether anything changed since the last [`Self::take_changes`].
+    pub fn has_changes(&self) -> bool {
+        let c = &self.changed;
+        !(c.tasks.is_empty()
+            && c.dropped_results.is_empty()
+            && c.dead_letters.is_empty()
+            && c.periodic.is_empty()
+            && c.workers.is_empty())
+    }
+
+    /// What changed since the last call, as rows for the store (empty unless durable),
+    /// and which tasks among them are newly accepted.
+    pub fn take_changes(&mut self) -> (Changes, Vec<TaskId>) {
+        let mut changes = Changes::default();
+        if !self.config.durable {
+            return (changes, Vec::new());
+        }
+        let changed = std::mem::take(&mut self.changed);
+        let accepted = changed.accepted;
+        for id in changed.tasks {
+            match self.tasks.get(&id) {
+                Some(entry) => changes.tasks.push((id, Some(stored(entry)))),
+                None => {
+                    changes.tasks.push((id, None));
+                    if let Some(record) = self.cache.peek(&id) {
+                        changes.results.push((id, Some(record.clone())));
+                    }
+                }
+            }
+        }
+        let mut dropped = changed.dropped_results;
+        dropped.extend(self.cache.take_dropped());
+        for id in dropped {
+            if self.cache.peek(&id).is_none() {
+                changes.results.push((id, None));
+            }
+        }
+        for key in changed.dead_letters {
+            let letter = self.dead_letters.get(&key).cloned();
+            changes.dead_letters.push((key, letter));
+        }
+        for name in changed.periodic {
+            if let Some(place) = self.periodic.place(&name) {
+                changes.periodic.push((name, place));
+            }
+        }
+        changes.workers = changed.workers.into_iter().collect();
+        (changes, accepted)
+    }
+
+    /// Resumes from what the store held: tasks back in their queues at their old
+    /// places (or on their schedules), tasks that were assigned held for their worker
+    /// (parked until it registers again with its secret and claims them by lease, or
+    /// until the inactivity limit sends them back to the queue), results in the
+    /// cache, dead letters, periodic places and worker identities.
+    pub fn restore(&mut self, snapshot: Snapshot, now: Now) -> Restored {
+        self.now = now;
+        let mut restored = Restored {
+            results: snapshot.results.len(),
+            dead_letters: snapshot.dead_letters.len(),
+            workers: snapshot.workers.len(),
+            ..Restored::default()
+        };
+        let secrets: HashMap<WorkerId, WorkerSecret> = snapshot.workers.into_iter().collect();
+        let mut held: HashMap<WorkerId, HashSet<TaskId>> = secrets
+            .keys()
+            .map(|w| (w.clone(), HashSet::new()))
+            .collect();
+        for (key, record, envelope) in snapshot.dead_letters {
+            self.dead_letters.insert(key, (record, envelope));
+        }
+        for record in snapshot.results {
+            self.cache.insert(record, now.at);
+        }
+        self.periodic.restore(snapshot.periodic);
+        let mut tasks = snapshot.tasks;
+        tasks.sort_by_key(|t| t.seq);
+        for task in tasks {
+            let id = task.envelope.id;
+            self.next_seq = self.next_seq.max(task.seq.saturating_add(1));
+            self.hold(&task.envelope);
+            let mut entry = TaskEntry {
+                envelope: task.envelope,
+                record: task.record,
+                seq: task.seq,
+                holder: task.holder,
+                due_ms: None,
+                cancel_requested: task.cancel_requested,
+                lost: task.lost,
+                lease: task.lease,
+            };
+            match &entry.holder {
+                Some(worker) => {
+                    restored.assigned += 1;
+                    held.entry(worker.clone()).or_default().insert(id);
+                }
+                None => match entry.record.status {
+                    TaskStatus::Scheduled | TaskStatus::Retrying => {
+                        let hold_ms = entry.envelope.not_before_ms.saturating_sub(now.unix_ms);
+                        let due = self.mono_ms(now).saturating_add(hold_ms);
+                        entry.due_ms = Some(due);
+                        self.scheduled.insert((due, entry.seq), id);
+                    }
+                    _ => {
+                        entry.record.status = TaskStatus::Queued;
+                        self.queues.push(
+                            entry.envelope.priority,
+                            &entry.envelope.name,
+                            entry.seq,
+                            id,
+                        );
+                    }
+                },
+            }
+            self.tasks.insert(id, entry);
+            restored.tasks += 1;
+        }
+        for (worker, ids) in held {
+            let secret = secrets.get(&worker).copied().unwrap_or_else(|| {
+                warn!(%worker, "no stored identity for a worker holding tasks: they go back to the queue after the inactivity limit");
+                WorkerSecret::new()
+            });
+            self.workers.restore_parked(worker, secret, ids, now.at);
+        }
+        // Rows that were evicted while loading are deleted with the first commit.
+        restored
+    }
+
+    /// A commit failed. The tasks it would have accepted (`unsaved`) were never
+    /// durable: they are dropped, and their submitters told so; everything else it
+    /// carried is written again with the next commit, and submissions are refused
+    /// (with `error`) until a commit succeeds.
+    pub fn commit_failed(&mut self, changes: &Changes, unsaved: &[TaskId], error: String) {
+        for id in unsaved {
+            self.forget(*id);
+        }
+        let unsaved: HashSet<&TaskId> = unsaved.iter().collect();
+        for (id, _) in &changes.tasks {
+            if !unsaved.contains(id) {
+                self.changed.tasks.insert(*id);
+            }
+        }
+        for (id, record) in &changes.results {
+            match record {
+                Some(_) => {
+                    self.changed.tasks.insert(*id);
+                }
+                // A row that was to go (evicted from the cache) goes next time.
+                None => self.changed.dropped_results.push(*id),
+            }
+        }
+        self.changed
+            .dead_letters
+            .extend(changes.dead_letters.iter().map(|(k, _)| *k));
+        self.changed
+            .periodic
+            .extend(changes.periodic.iter().map(|(n, _)| n.clone()));
+        for (id, secret) in &changes.workers {
+            self.changed.workers.entry(id.clone()).or_insert(*secret);
+        }
+        self.store_error = Some(error);
+    }
+
+    /// A commit succeeded: submissions are accepted again.
+    pub fn commit_succeeded(&mut self) {
+        self.store_error = None;
+    }
+
+    /// Drops a task as if it had never been accepted.
+    fn forget(&mut self, id: TaskId) {
+        let Some(entry) = self.tasks.get(&id) else {
+            return;
+        };
+        match entry.due_ms {
+            Some(due) => {
+                let seq = entry.seq;
+                self.scheduled.remove(&(due, seq));
+            }
+            None => {
+                self.dequeue(id);
+            }
+        }
+        let Some(entry) = self.tasks.remove(&id) else {
+            return;
+        };
+        if let Some(worker) = &entry.holder {
+            self.workers.release(worker, &id, false);
+        }
+        self.unhold(&entry.envelope);
+        self.waiters.remove(&id);
+        self.changed.tasks.remove(&id);
+    }
+}
