@@ -429,4 +429,34 @@ mod tests {
             assert!(parse_cron(bad).is_err(), "{bad} should be refused");
         }
     }
+
+    #[test]
+    fn a_restored_schedule_keeps_its_place_and_missed_ticks_fire_once() {
+        let mut s = PeriodicScheduler::new();
+        // Stored: next tick at 10 s, 3 runs; the control plane comes back at 55 s, so
+        // the ticks at 10, 20, 30, 40 and 50 s were missed.
+        s.restore([(
+            "beat".to_string(),
+            PeriodicPlace {
+                next_ms: Some(10_000),
+                runs: 3,
+            },
+        )]);
+        let spec = interval(10.0);
+        assert!(s.sync([("beat", &spec)], 55_000).is_empty());
+        assert_eq!(s.due(55_000, |_| false), vec!["beat".to_string()]);
+        assert_eq!(s.last_fired("beat"), Some(10_000));
+        s.submitted("beat", TaskId::new());
+        assert_eq!(
+            s.place("beat"),
+            Some(PeriodicPlace {
+                next_ms: Some(60_000),
+                runs: 4
+            })
+        );
+        assert!(
+            s.due(59_999, |_| false).is_empty(),
+            "once, not once per missed tick"
+        );
+    }
 }

@@ -1086,3 +1086,232 @@ fn only_the_control_planes_own_subworker_registers_under_its_id() {
     assert!(!d.own_worker_registered());
     assert!(d.known_task("add"), "submittable while the child restarts");
 }
+
+/// The record `d` answers for `id` (`None`: unknown).
+fn status_of(d: &mut Dispatcher, client: &PeerId, id: TaskId, now: Now) -> Option<TaskRecord> {
+    d.handle(
+        client,
+        ToControlPlane::Status {
+            request_id: 77,
+            task_id: id,
+            wait: false,
+        },
+        now,
+    );
+    d.take_actions().into_iter().find_map(|a| match a {
+        Action::Send {
+            msg: FromControlPlane::StatusReply { record, .. },
+            ..
+        } => Some(record),
+        _ => None,
+    })?
+}
+
+fn durable() -> DispatcherConfig {
+    DispatcherConfig {
+        durable: true,
+        ..config()
+    }
+}
+
+#[test]
+fn what_a_durable_dispatcher_commits_a_fresh_one_resumes() {
+    use crate::control_plane::store::{redb_store::RedbStore, Store};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (now, mut d, client) = with_client(durable(), vec![]);
+    let sw = Bytes::from_static(b"sw");
+    register(&mut d, &sw, "w1", 1, now);
+    let (running, queued, cancelled) = (
+        task("slow", Priority::Normal),
+        task("add", Priority::Low),
+        task("add", Priority::Normal),
+    );
+    for t in [&running, &queued, &cancelled] {
+        submit(&mut d, &client, (*t).clone(), now);
+    }
+    assert_eq!(assigns(&d.take_actions()).len(), 1);
+    d.handle(
+        &client,
+        ToControlPlane::Cancel {
+            request_id: 2,
+            task_id: cancelled.id,
+        },
+        now,
+    );
+    let secret = d.workers().get(&WorkerId("w1".into())).expect("w1").secret;
+    let (changes, accepted) = d.take_changes();
+    assert_eq!(accepted.len(), 3);
+    {
+        let mut store = RedbStore::open(dir.path()).expect("open");
+        store.commit(&changes).expect("commit");
+    }
+    let store = RedbStore::open(dir.path()).expect("reopen");
+    let mut fresh = dispatcher(durable(), vec![], now);
+    let restored = fresh.restore(store.load().expect("load"), now);
+    assert_eq!(
+        (restored.tasks, restored.assigned, restored.results),
+        (2, 1, 1)
+    );
+    hello(&mut fresh, &client, PeerKind::Client, now);
+    let record = status_of(&mut fresh, &client, cancelled.id, now).expect("its result");
+    assert_eq!(record.status, TaskStatus::Cancelled);
+    let record = status_of(&mut fresh, &client, queued.id, now).expect("still queued");
+    assert_eq!(record.status, TaskStatus::Queued);
+
+    // The worker comes back with its identity and claims its task by the lease: it
+    // keeps it (no second run) and its outcome counts.
+    let sw2 = Bytes::from_static(b"sw2");
+    hello(&mut fresh, &sw2, PeerKind::Subworker, now);
+    fresh.handle(
+        &sw2,
+        registration("w1", Some(secret), running.id, lease_of(running.id)),
+        now,
+    );
+    let actions = fresh.take_actions();
+    assert!(
+        actions.iter().any(|a| matches!(
+            a,
+            Action::Send {
+                msg: FromControlPlane::Registered { .. },
+                ..
+            }
+        )),
+        "{actions:?}"
+    );
+    assert!(
+        assigns(&actions).is_empty(),
+        "its one slot is still taken by the claimed task"
+    );
+    let mut ran = running.clone();
+    ran.delivery_count = 1;
+    fresh.handle(&sw2, ToControlPlane::Outcome(success(&ran, b"1")), now);
+    let record = status_of(&mut fresh, &client, running.id, now).expect("finished");
+    assert_eq!(record.status, TaskStatus::Success);
+    assert_eq!(record.delivery_count, 1);
+}
+
+#[test]
+fn a_periodic_tick_is_one_task_however_often_it_is_fired() {
+    let id = TaskId::for_tick("beat", 60_000);
+    assert_eq!(id, TaskId::for_tick("beat", 60_000));
+    assert_ne!(id, TaskId::for_tick("beat", 70_000));
+    assert_ne!(id, TaskId::for_tick("beat2", 60_000));
+}
+
+/// A store whose commits wait for the test to release them, one by one.
+struct GatedStore(std::sync::mpsc::Receiver<Result<(), String>>);
+
+impl crate::control_plane::store::Store for GatedStore {
+    fn load(
+        &self,
+    ) -> Result<crate::control_plane::store::Snapshot, crate::control_plane::store::StoreError>
+    {
+        Ok(crate::control_plane::store::Snapshot::default())
+    }
+
+    fn commit(
+        &mut self,
+        _changes: &crate::control_plane::store::Changes,
+    ) -> Result<(), crate::control_plane::store::StoreError> {
+        let reason = match self.0.recv() {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(reason)) => reason,
+            Err(e) => e.to_string(),
+        };
+        Err(crate::control_plane::store::StoreError::Database {
+            dir: "test".into(),
+            reason,
+        })
+    }
+
+    fn epoch(&self) -> u64 {
+        1
+    }
+}
+
+fn accepted_ids(actions: &[Action]) -> Vec<u64> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send {
+                msg: FromControlPlane::Accepted { request_id, .. },
+                ..
+            } => Some(*request_id),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_accepted_leaves_before_its_commit_and_a_failed_commit_refuses_its_tasks() {
+    use crate::control_plane::commit::Committer;
+    let (release, gate) = std::sync::mpsc::channel();
+    let (mut committer, mut written) = Committer::new(Box::new(GatedStore(gate)));
+    let (now, mut d, client) = with_client(durable(), vec![]);
+    let sw = Bytes::from_static(b"sw");
+    register(&mut d, &sw, "w1", 1, now);
+    assert!(
+        committer.stage(&mut d).is_empty(),
+        "Registered waits for the identity's commit"
+    );
+    release.send(Ok(())).expect("gate");
+    let sent = committer.finish(&mut d, written.recv().await.expect("written"));
+    assert!(sent.iter().any(|a| matches!(
+        a,
+        Action::Send {
+            msg: FromControlPlane::Registered { .. },
+            ..
+        }
+    )));
+
+    let submit_as = |d: &mut Dispatcher, request_id: u64| {
+        let t = task("add", Priority::Normal);
+        d.handle(
+            &client,
+            ToControlPlane::Submit {
+                request_id,
+                task: t.clone(),
+                wait: false,
+            },
+            now,
+        );
+        t
+    };
+    let first = submit_as(&mut d, 5);
+    assert!(
+        committer.stage(&mut d).is_empty(),
+        "Accepted waits for its commit"
+    );
+    // Arrives while that commit is being written: waits for the next one.
+    let second = submit_as(&mut d, 6);
+    assert!(committer.stage(&mut d).is_empty());
+    release.send(Ok(())).expect("gate");
+    let sent = committer.finish(&mut d, written.recv().await.expect("written"));
+    assert_eq!(accepted_ids(&sent), vec![5]);
+    assert_eq!(assigns(&sent).len(), 1);
+    assert_eq!(assigns(&sent)[0].1.id, first.id);
+
+    // The next commit (the second submission) fails: a full disk.
+    assert!(committer.stage(&mut d).is_empty());
+    release.send(Err("File too large".into())).expect("gate");
+    let sent = committer.finish(&mut d, written.recv().await.expect("written"));
+    assert!(accepted_ids(&sent).is_empty(), "{sent:?}");
+    let refused = sent.iter().any(|a| {
+        matches!(a, Action::Send { msg: FromControlPlane::Rejected { request_id: 6, error }, .. }
+            if error.message.contains("could not write its data directory (data directory test: File too large)"))
+    });
+    assert!(refused, "{sent:?}");
+    assert!(
+        status_of(&mut d, &client, second.id, now).is_none(),
+        "never accepted"
+    );
+    // Meanwhile new submissions are refused, saying why.
+    submit_as(&mut d, 7);
+    let sent = committer.stage(&mut d);
+    let refused = sent.iter().any(|a| {
+        matches!(a, Action::Send { msg: FromControlPlane::Rejected { request_id: 7, error }, .. }
+            if error.message.contains("cannot write its data directory"))
+    });
+    assert!(refused, "{sent:?}");
+    drop(release);
+}
