@@ -162,6 +162,9 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
         let mut registered = false;
         let mut last_heard = Instant::now();
         let mut heartbeat = tokio::time::interval(heartbeat_every);
+        // After a pause, one late tick rather than a burst of them.
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_tick = Instant::now();
 
         loop {
             if give_up_at.is_none() && *stopping.borrow() {
@@ -253,6 +256,16 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
                     }
                 }
                 _ = heartbeat.tick() => {
+                    let gap = last_tick.elapsed();
+                    last_tick = Instant::now();
+                    if gap > heartbeat_every * 2 + Duration::from_millis(500) {
+                        // This process was paused (SIGSTOP, a long stall): the silence
+                        // was ours, not the control plane's. The connection is checked
+                        // (this heartbeat must be answered) before it is replaced, so
+                        // the tasks running here stay here.
+                        info!(worker = %worker_id, "this process was paused for {gap:.1?}; checking the connection before replacing it");
+                        last_heard = Instant::now();
+                    }
                     if let Some(stuck) = executor.longest_overdue() {
                         if stuck.as_secs_f64() > args.hung_task_grace && !restart_after_drain {
                             warn!(

@@ -442,6 +442,55 @@ fn a_frozen_subworker_goes_inactive_its_task_moves_and_it_comes_back() {
     assert_eq!(again, record);
 }
 
+/// A subworker paused (SIGSTOP) for 4.5 s, longer than three missed heartbeat
+/// acknowledgements but less than `--inactive-after`: on resuming it checks its
+/// connection instead of replacing it, and its four running tasks stay with it, each
+/// delivered once (before, it reconnected, they were re-queued and one ran twice).
+#[test]
+fn a_subworker_paused_for_less_than_inactive_after_keeps_its_tasks() {
+    let dir = mytasks_dir();
+    let mut cp = ControlPlane::start(&dir, &[]);
+    let sw = cp.subworker(&dir, "swp", &["--concurrency", "4"]);
+    let rt = runtime();
+    let client = connect(&rt, &cp.base);
+    let ids: Vec<TaskId> = (0..4)
+        .map(|_| {
+            rt.block_on(client.delay(sleep_task(1500)))
+                .expect("accepted")
+        })
+        .collect();
+    let running = poll_async(&rt, Duration::from_secs(10), || async {
+        for id in &ids {
+            let record = client.status(*id).await.ok()??;
+            if record.status != TaskStatus::Running {
+                return None;
+            }
+        }
+        Some(())
+    });
+    assert!(
+        running.is_some(),
+        "the four tasks did not start\n{}",
+        cp.proc.describe()
+    );
+    sw.signal("STOP");
+    std::thread::sleep(Duration::from_millis(4500));
+    sw.signal("CONT");
+    for id in &ids {
+        let record = final_record(&rt, &client, *id);
+        assert_success(&record);
+        assert_eq!(
+            (worker(&record), record.delivery_count),
+            ("swp", 1),
+            "{record:?}\n{}",
+            sw.describe()
+        );
+    }
+    let log = sw.stderr();
+    assert!(log.contains("was paused for"), "{log}");
+    assert!(!log.contains("reconnecting"), "{log}");
+}
+
 #[test]
 fn a_subworker_started_mid_run_takes_work() {
     let dir = mytasks_dir();
