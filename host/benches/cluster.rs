@@ -26,6 +26,9 @@
 //! - (c) on cp+sw only: the wall time of a whole `fastworker submit ... --task-name add
 //!   --args 5 3` process, median of 30 runs, through `--discovery-address` (discovery
 //!   included) and through `--control-plane-address`.
+//!
+//! `BENCH_DATA_DIR=1` gives each control plane a `--data-dir` (every submission,
+//! assignment and result fsynced, group-committed, before its reply goes out).
 
 use std::{
     fs,
@@ -76,6 +79,10 @@ fn start(dir: &Path, with_subworker: bool) -> Setup {
         args.extend(["--task-modules", "mytasks", "--concurrency", "2"]);
     }
     let name = if with_subworker { "cp-sw" } else { "cp-alone" };
+    let data_dir = format!("data-{name}");
+    if durable() {
+        args.extend(["--data-dir", &data_dir]);
+    }
     let mut cp = Proc::spawn(dir, name, &args);
     cp.wait_for(false, "ready on");
     let mut procs = vec![];
@@ -110,7 +117,7 @@ fn start(dir: &Path, with_subworker: bool) -> Setup {
                 subworker_concurrency()
             )
         } else {
-            "cp alone (--task-modules, --concurrency 2)".to_string()
+            "cp alone (--task-modules: its own child subworker, --concurrency 2)".to_string()
         },
         base,
         discovery,
@@ -283,6 +290,11 @@ fn measure_cli(dir: &Path, setup: &Setup) {
     }
 }
 
+/// `BENCH_DATA_DIR=1`: the control planes keep their state on disk.
+fn durable() -> bool {
+    std::env::var("BENCH_DATA_DIR").as_deref() == Ok("1")
+}
+
 /// The subworker's `--concurrency`: 4 unless `BENCH_SUBWORKER_CONCURRENCY` says otherwise.
 fn subworker_concurrency() -> String {
     std::env::var("BENCH_SUBWORKER_CONCURRENCY").unwrap_or_else(|_| "4".to_string())
@@ -301,10 +313,11 @@ fn main() {
         .build()
         .expect("a tokio runtime");
     println!(
-        "fastworker cluster benchmark: {} and {}, {} cores",
+        "fastworker cluster benchmark: {} and {}, {} cores{}",
         env!("CARGO_BIN_EXE_fastworker"),
         plugin.display(),
-        thread::available_parallelism().map_or(0, |n| n.get())
+        thread::available_parallelism().map_or(0, |n| n.get()),
+        if durable() { ", with --data-dir" } else { "" }
     );
 
     {
