@@ -451,6 +451,13 @@ impl Dispatcher {
                 }
                 let secret = match self.workers.get(&reg.worker_id) {
                     Some(_) if own => self.config.own_secret,
+                    // A new process (the host rebooted, say) under an id the data
+                    // directory knew: it holds none of the old one's tasks, which go
+                    // back to the queue.
+                    Some(holder) if holder.from_store && reg.secret.is_none() => {
+                        info!(worker = %reg.worker_id, "a new subworker under an id known from the data directory: the tasks the old one held go back to the queue");
+                        WorkerSecret::new()
+                    }
                     // Known id: only the process holding its secret (the same one
                     // reconnecting, or its restart in place) may take it over.
                     Some(holder) => {
@@ -775,6 +782,11 @@ impl Dispatcher {
         let due = self
             .periodic
             .due(self.now.unix_ms, |id| tasks.contains_key(id));
+        if self.config.durable {
+            self.changed.periodic.extend(self.periodic.take_moved());
+        } else {
+            self.periodic.take_moved();
+        }
         if self.shutting_down {
             return;
         }
@@ -798,9 +810,6 @@ impl Dispatcher {
             task.priority = priority;
             debug!(task = %task.id, %name, "periodic task due");
             self.periodic.submitted(&name, task.id);
-            if self.config.durable {
-                self.changed.periodic.insert(name.clone());
-            }
             self.accept(task);
         }
     }

@@ -113,6 +113,8 @@ pub struct PeriodicScheduler {
     invalid: HashMap<String, PeriodicSpec>,
     /// Places loaded from the store, taken up when each schedule is first seen.
     restored: HashMap<String, PeriodicPlace>,
+    /// Schedules whose place moved since the last [`PeriodicScheduler::take_moved`].
+    moved: std::collections::HashSet<String>,
 }
 
 /// A periodic task's state, for listings.
@@ -210,6 +212,7 @@ impl PeriodicScheduler {
                 following = entry.schedule.after(f);
             }
             entry.next_ms = following;
+            self.moved.insert(name.clone());
             let over_count = entry.spec.repeat_count.is_some_and(|n| entry.runs >= n);
             let over_time = entry
                 .spec
@@ -232,6 +235,7 @@ impl PeriodicScheduler {
 
     /// Records the task submitted for a due tick of `name`.
     pub fn submitted(&mut self, name: &str, id: TaskId) {
+        self.moved.insert(name.to_string());
         if let Some(entry) = self.entries.get_mut(name) {
             entry.runs += 1;
             entry.last_task = Some(id);
@@ -241,6 +245,11 @@ impl PeriodicScheduler {
     /// Takes up places loaded from the store (before the first `sync`).
     pub fn restore(&mut self, places: impl IntoIterator<Item = (String, PeriodicPlace)>) {
         self.restored.extend(places);
+    }
+
+    /// The schedules whose place moved (fired, skipped or ended) since the last call.
+    pub fn take_moved(&mut self) -> Vec<String> {
+        self.moved.drain().collect()
     }
 
     /// Where `name`'s schedule stands, for the store.

@@ -64,6 +64,11 @@ impl ResultCache {
             .unwrap_or_default()
     }
 
+    /// Whether records were dropped since the last [`Self::take_dropped`].
+    pub fn has_dropped(&self) -> bool {
+        self.dropped.as_ref().is_some_and(|d| !d.is_empty())
+    }
+
     fn note_dropped(&mut self, id: TaskId) {
         if let Some(dropped) = &mut self.dropped {
             dropped.push(id);

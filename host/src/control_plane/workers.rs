@@ -52,6 +52,8 @@ pub struct WorkerEntry {
     pub gone_since: Option<Instant>,
     /// Chosen only when no other worker can take a task.
     pub fallback: bool,
+    /// Known from the store and not connected since this start.
+    pub from_store: bool,
     /// Tick of the last assignment (for fair ties).
     last_assigned: u64,
 }
@@ -144,6 +146,7 @@ impl WorkerTable {
                 restarting: false,
                 gone_since: None,
                 fallback: false,
+                from_store: false,
                 last_assigned: 0,
             },
         );
@@ -180,6 +183,7 @@ impl WorkerTable {
                 restarting: true,
                 gone_since: Some(now),
                 fallback: false,
+                from_store: true,
                 last_assigned: 0,
             },
         );

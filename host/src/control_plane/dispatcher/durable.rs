@@ -3,7 +3,10 @@
 //! ([`Dispatcher::restore`]), and what a failed commit undoes
 //! ([`Dispatcher::commit_failed`]).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    time::Duration,
+};
 
 use tracing::warn;
 
@@ -80,11 +83,12 @@ impl Dispatcher {
     /// Whether anything changed since the last [`Self::take_changes`].
     pub fn has_changes(&self) -> bool {
         let c = &self.changed;
-        !(c.tasks.is_empty()
-            && c.dropped_results.is_empty()
-            && c.dead_letters.is_empty()
-            && c.periodic.is_empty()
-            && c.workers.is_empty())
+        self.cache.has_dropped()
+            || !(c.tasks.is_empty()
+                && c.dropped_results.is_empty()
+                && c.dead_letters.is_empty()
+                && c.periodic.is_empty()
+                && c.workers.is_empty())
     }
 
     /// What changed since the last call, as rows for the store (empty unless durable),
@@ -141,15 +145,23 @@ impl Dispatcher {
             ..Restored::default()
         };
         let secrets: HashMap<WorkerId, WorkerSecret> = snapshot.workers.into_iter().collect();
-        let mut held: HashMap<WorkerId, HashSet<TaskId>> = secrets
-            .keys()
-            .map(|w| (w.clone(), HashSet::new()))
-            .collect();
+        // Only workers that held tasks are parked for their return; an idle worker's
+        // identity is simply forgotten (it registers as new).
+        let mut held: HashMap<WorkerId, HashSet<TaskId>> = HashMap::new();
         for (key, record, envelope) in snapshot.dead_letters {
+            // Dead letters are keyed by their task's sequence number: new tasks must
+            // not reuse one.
+            self.next_seq = self.next_seq.max(key.saturating_add(1));
             self.dead_letters.insert(key, (record, envelope));
         }
         for record in snapshot.results {
-            self.cache.insert(record, now.at);
+            // Its time-to-live counts from when it finished, not from this start.
+            let age = Duration::from_millis(
+                now.unix_ms
+                    .saturating_sub(record.completed_ms.unwrap_or(now.unix_ms)),
+            );
+            let stored_at = now.at.checked_sub(age).unwrap_or(now.at);
+            self.cache.insert(record, stored_at);
         }
         self.periodic.restore(snapshot.periodic);
         let mut tasks = snapshot.tasks;
@@ -238,6 +250,22 @@ impl Dispatcher {
             self.changed.workers.entry(id.clone()).or_insert(*secret);
         }
         self.store_error = Some(error);
+    }
+
+    /// While the store cannot be written: drops the tasks accepted since the last
+    /// commit (they are not on disk and will not be soon) and returns their ids, so
+    /// their submitters are told.
+    pub fn drop_unsaved_accepted(&mut self) -> Vec<TaskId> {
+        let unsaved = std::mem::take(&mut self.changed.accepted);
+        for id in &unsaved {
+            self.forget(*id);
+        }
+        unsaved
+    }
+
+    /// Why the store cannot be written, while it cannot.
+    pub fn store_error(&self) -> Option<&str> {
+        self.store_error.as_deref()
     }
 
     /// A commit succeeded: submissions are accepted again.

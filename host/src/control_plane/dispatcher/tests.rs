@@ -1250,9 +1250,16 @@ async fn no_accepted_leaves_before_its_commit_and_a_failed_commit_refuses_its_ta
     let (now, mut d, client) = with_client(durable(), vec![]);
     let sw = Bytes::from_static(b"sw");
     register(&mut d, &sw, "w1", 1, now);
+    let early = committer.stage(&mut d);
     assert!(
-        committer.stage(&mut d).is_empty(),
-        "Registered waits for the identity's commit"
+        !early.iter().any(|a| matches!(
+            a,
+            Action::Send {
+                msg: FromControlPlane::Registered { .. },
+                ..
+            }
+        )),
+        "Registered waits for the identity's commit: {early:?}"
     );
     release.send(Ok(())).expect("gate");
     let sent = committer.finish(&mut d, written.recv().await.expect("written"));
@@ -1278,18 +1285,20 @@ async fn no_accepted_leaves_before_its_commit_and_a_failed_commit_refuses_its_ta
         t
     };
     let first = submit_as(&mut d, 5);
+    let early = committer.stage(&mut d);
     assert!(
-        committer.stage(&mut d).is_empty(),
+        accepted_ids(&early).is_empty(),
         "Accepted waits for its commit"
     );
+    // The assignment does not wait (its lease is written with this commit).
+    assert_eq!(assigns(&early).len(), 1);
+    assert_eq!(assigns(&early)[0].1.id, first.id);
     // Arrives while that commit is being written: waits for the next one.
     let second = submit_as(&mut d, 6);
-    assert!(committer.stage(&mut d).is_empty());
+    assert!(accepted_ids(&committer.stage(&mut d)).is_empty());
     release.send(Ok(())).expect("gate");
     let sent = committer.finish(&mut d, written.recv().await.expect("written"));
     assert_eq!(accepted_ids(&sent), vec![5]);
-    assert_eq!(assigns(&sent).len(), 1);
-    assert_eq!(assigns(&sent)[0].1.id, first.id);
 
     // The next commit (the second submission) fails: a full disk.
     assert!(committer.stage(&mut d).is_empty());
