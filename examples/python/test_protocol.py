@@ -271,12 +271,19 @@ class Checks:
             except fw.Rejected as e:
                 eq(e.kind, "rejected", "dup kind")
                 check("already in use" in e.message, e.message)
-            # an id already used
+            # the same task sent again (same id, same name): the same task, not a second one
+            again = c.submit("add", [1, 2], task_id=ids[0], wait=False)
+            eq(again, ids[0], "a resent submission is acknowledged with its id")
+            rec = c.status(ids[0])
+            eq((rec["status"], rec["result"], rec["attempts"]), ("success", 3, 1),
+               "a resent submission does not run again")
+            # an id already used by another task name
             try:
-                c.submit("add", [1, 1], task_id=ids[0])
-                raise AssertionError("reused id accepted")
+                c.submit("echo", [1], task_id=ids[0])
+                raise AssertionError("reused id accepted for another task")
             except fw.Rejected as e:
                 eq(e.kind, "rejected", "reused id kind")
+                check("already in use" in e.message, e.message)
 
     def check_callback(self):
         router = zmq.Context.instance().socket(zmq.ROUTER)
