@@ -1,7 +1,9 @@
 use bytes::Bytes;
 
 use super::*;
-use crate::protocol::{Announcement, Codec, Hello, Priority, Registration, RunningClaim};
+use crate::protocol::{
+    Announcement, Codec, Hello, Priority, Registration, RunningClaim, PROTOCOL_VERSION,
+};
 
 fn spec(name: &str) -> TaskSpec {
     TaskSpec {
