@@ -10,7 +10,10 @@
 //! Shutdown sequence (Ctrl+C or SIGTERM): tell the control plane it is draining (no new
 //! tasks), finish and report every task it holds, unregister, exit 0. Past
 //! `--shutdown-grace` it unregisters with tasks still running (the control plane hands
-//! them to others) and exits 0; a second Ctrl+C exits at once (130).
+//! them to others) and exits 0; a second Ctrl+C exits at once (130). Where it is in
+//! that life (running, draining to exit, draining to restart) is a [`lifecycle::Lifecycle`].
+
+pub mod lifecycle;
 
 use std::{collections::VecDeque, path::Path, time::Duration};
 
@@ -18,6 +21,7 @@ use anyhow::Context as _;
 use tokio::{sync::mpsc, time::Instant};
 use tracing::{debug, error, info, warn};
 
+use self::lifecycle::{AfterDrain, Lifecycle};
 use crate::{
     cli::SubworkerArgs,
     client::discover,
@@ -43,7 +47,6 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
     if registry.load().task_names().is_empty() {
         warn!("no tasks loaded (--task-modules): this subworker will get no work");
     }
-    let mut restart_after_drain = false;
     let worker_id = WorkerId(args.worker_id.clone());
     // The secret that lets this worker id register again: issued by the control plane
     // in `Registered`, handed to our own restart in place through the environment.
@@ -81,15 +84,13 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
     };
     tokio::pin!(shutdown);
     let grace = Duration::from_secs_f64(args.shutdown_grace.clamp(0.0, 86_400.0));
-    // When a requested stop gives up on the tasks still running.
-    let mut give_up_at: Option<Instant> = None;
-    let mut draining = false;
+    let mut life = Lifecycle::Running;
     let heartbeat_every = Duration::from_secs_f64(args.heartbeat_interval.max(0.05));
     let mut backoff = Duration::from_millis(100);
 
     'connection: loop {
-        if give_up_at.is_none() && *stopping.borrow() {
-            give_up_at = Some(Instant::now() + grace);
+        if *stopping.borrow() {
+            life.stop(Instant::now(), grace);
         }
         let (mut conn, address) = match connect_to_control_plane(&args, &connect_config).await {
             Ok(connected) => connected,
@@ -106,8 +107,7 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
                 } else {
                     warn!("{err:#}; retrying in {backoff:?}");
                 }
-                if wait_or_stop(backoff, &mut shutdown, &mut draining, &executor, give_up_at).await
-                {
+                if wait_or_stop(backoff, &mut shutdown, &mut life, &executor, grace).await {
                     return finish_without_control_plane(&executor, &undelivered);
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -142,7 +142,7 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
             }),
             ToControlPlane::Register(registration),
         ];
-        if draining {
+        if life.draining() {
             greeting.push(ToControlPlane::Draining);
         }
         let mut sent_ok = true;
@@ -150,7 +150,7 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
             sent_ok &= send(&mut conn, &msg).await;
         }
         if !sent_ok {
-            if wait_or_stop(backoff, &mut shutdown, &mut draining, &executor, give_up_at).await {
+            if wait_or_stop(backoff, &mut shutdown, &mut life, &executor, grace).await {
                 return finish_without_control_plane(&executor, &undelivered);
             }
             backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -167,12 +167,12 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
         let mut last_tick = Instant::now();
 
         loop {
-            if give_up_at.is_none() && *stopping.borrow() {
-                give_up_at = Some(Instant::now() + grace);
+            if *stopping.borrow() {
+                life.stop(Instant::now(), grace);
             }
-            if draining && executor.running() == 0 && undelivered.is_empty() && outcomes.is_empty()
-            {
-                if restart_after_drain {
+            let idle = executor.running() == 0 && undelivered.is_empty() && outcomes.is_empty();
+            if let Some(then) = life.after_drain().filter(|_| idle) {
+                if then == AfterDrain::Restart {
                     // Not Unregister: the control plane keeps this worker's entry, so
                     // its tasks stay known (and queue) while the new process starts.
                     let _ = send(&mut conn, &ToControlPlane::Restarting).await;
@@ -192,7 +192,7 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
                         Ok(f) => f,
                         Err(err) => {
                             warn!("connection to the control plane lost: {err}; reconnecting in {backoff:?}");
-                            if wait_or_stop(backoff, &mut shutdown, &mut draining, &executor, give_up_at).await {
+                            if wait_or_stop(backoff, &mut shutdown, &mut life, &executor, grace).await {
                                 return finish_without_control_plane(&executor, &undelivered);
                             }
                             backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -232,7 +232,7 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
                         Ok(FromControlPlane::Rejected { error, .. }) => {
                             if error.message == protocol::HELLO_FIRST {
                                 warn!("the control plane does not know this connection; registering again in {backoff:?}");
-                                if wait_or_stop(backoff, &mut shutdown, &mut draining, &executor, give_up_at).await {
+                                if wait_or_stop(backoff, &mut shutdown, &mut life, &executor, grace).await {
                                     return finish_without_control_plane(&executor, &undelivered);
                                 }
                                 backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -267,14 +267,13 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
                         last_heard = Instant::now();
                     }
                     if let Some(stuck) = executor.longest_overdue() {
-                        if stuck.as_secs_f64() > args.hung_task_grace && !restart_after_drain {
+                        if stuck.as_secs_f64() > args.hung_task_grace && life.takes_tasks() {
                             warn!(
                                 worker = %worker_id,
                                 "{} task(s) ignored their timeout for {stuck:?}: draining, then restarting in place to free their threads",
                                 executor.overdue()
                             );
-                            restart_after_drain = true;
-                            draining = true;
+                            life.restart();
                             if !send(&mut conn, &ToControlPlane::Draining).await {
                                 continue 'connection;
                             }
@@ -301,21 +300,20 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
                         ok &= send(&mut conn, &ToControlPlane::TasksChanged { tasks }).await;
                     }
                     let reloads = plugins.reloads();
-                    if reloads >= args.max_reloads && !draining {
+                    if reloads >= args.max_reloads && life.takes_tasks() {
                         info!(
                             worker = %worker_id,
                             "{reloads} plugin reloads (--max-reloads {}): draining, then restarting in place",
                             args.max_reloads
                         );
-                        restart_after_drain = true;
-                        draining = true;
+                        life.restart();
                         ok &= send(&mut conn, &ToControlPlane::Draining).await;
                     }
                     if !ok {
                         continue 'connection;
                     }
                 }
-                _ = tokio::time::sleep_until(give_up_at.unwrap_or_else(Instant::now)), if give_up_at.is_some() => {
+                _ = tokio::time::sleep_until(life.give_up_at().unwrap_or_else(Instant::now)), if life.give_up_at().is_some() => {
                     warn!(
                         worker = %worker_id,
                         "--shutdown-grace of {grace:?} ran out with {} task(s) running: handing them back to the control plane and exiting",
@@ -326,13 +324,13 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     return Ok(());
                 }
-                _ = &mut shutdown, if !draining => {
+                _ = &mut shutdown, if life.takes_tasks() => {
                     info!(
                         worker = %worker_id,
                         "shutting down: finishing {} running tasks, taking no more",
                         executor.running()
                     );
-                    draining = true;
+                    life.stop(Instant::now(), grace);
                     let _ = send(&mut conn, &ToControlPlane::Draining).await;
                 }
             }
@@ -423,19 +421,19 @@ async fn resolve_address(args: &SubworkerArgs, config: &TransportConfig) -> anyh
 async fn wait_or_stop(
     delay: Duration,
     shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
-    draining: &mut bool,
+    life: &mut Lifecycle,
     executor: &Executor,
-    give_up_at: Option<Instant>,
+    grace: Duration,
 ) -> bool {
-    if !*draining {
+    if life.takes_tasks() {
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.as_mut() => *draining = true,
+            _ = shutdown.as_mut() => life.stop(Instant::now(), grace),
         }
     } else {
         tokio::time::sleep(delay).await;
     }
-    *draining && (executor.running() == 0 || give_up_at.is_some_and(|t| Instant::now() >= t))
+    life.draining() && (executor.running() == 0 || life.gave_up(Instant::now()))
 }
 
 fn finish_without_control_plane(
