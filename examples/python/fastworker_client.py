@@ -512,6 +512,7 @@ def decode(frames):
     elif kind == "assign":
         msg["task"] = read_envelope(r)
         msg["lease"] = bytes(r.take(LEASE_LEN))  # send it back in the Outcome
+        msg["epoch"] = r.u64()  # the control plane's epoch (refuse older ones)
         payload_slot = (msg["task"], "payload")
     elif kind == "cancel_task":
         msg["task_id"] = r.uuid()

@@ -87,6 +87,8 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
     let mut life = Lifecycle::Running;
     let heartbeat_every = Duration::from_secs_f64(args.heartbeat_interval.max(0.05));
     let mut backoff = Duration::from_millis(100);
+    // The newest control-plane epoch seen in an assignment.
+    let mut newest_epoch = 0u64;
 
     'connection: loop {
         if *stopping.borrow() {
@@ -201,9 +203,14 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
                     };
                     last_heard = Instant::now();
                     match protocol::decode::<FromControlPlane>(&frames) {
-                        Ok(FromControlPlane::Assign { task, lease }) => {
-                            debug!(task = %task.id, name = %task.name, "assigned");
-                            executor.start(task, lease);
+                        Ok(FromControlPlane::Assign { task, lease, epoch }) => {
+                            if epoch < newest_epoch {
+                                warn!(task = %task.id, "refusing an assignment of epoch {epoch}: a control plane of epoch {newest_epoch} has taken over");
+                            } else {
+                                newest_epoch = epoch;
+                                debug!(task = %task.id, name = %task.name, epoch, "assigned");
+                                executor.start(task, lease);
+                            }
                         }
                         Ok(FromControlPlane::Registered { secret: issued }) => {
                             secret = Some(issued);

@@ -340,3 +340,102 @@ fn a_full_disk_refuses_new_tasks_clearly_and_loses_none_accepted() {
     }
     assert!(cp.try_exit().is_none(), "{}", cp.describe());
 }
+
+/// A subworker refuses an assignment of an older epoch than one it has seen (it comes
+/// from a control plane that has since been replaced). Driven by a stand-in control
+/// plane on the library's transport, so the epochs are chosen by the test.
+#[test]
+fn a_subworker_refuses_assignments_of_an_older_epoch() {
+    use fastworker::{
+        protocol::{self, FromControlPlane, LeaseToken, ToControlPlane, WorkerSecret},
+        transport::{self, ServerEvent},
+    };
+    let dir = mytasks_dir();
+    let address = free_address();
+    let rt = runtime();
+    let mut server = rt
+        .block_on(transport::bind(
+            std::slice::from_ref(&address),
+            &client_config(),
+        ))
+        .expect("the stand-in binds");
+    let args: Vec<String> = [
+        "subworker",
+        "--worker-id",
+        "swe",
+        "--control-plane-address",
+        &address,
+        "--task-modules",
+        "mytasks",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut sw = Proc::spawn(&dir, "swe", &args);
+    let send = |server: &transport::Server, peer: &transport::PeerId, msg: FromControlPlane| {
+        server
+            .outbox
+            .send(peer, protocol::encode(&msg).expect("encodes"));
+    };
+    let outcomes = rt.block_on(async {
+        let mut peer = None;
+        let mut outcomes = Vec::new();
+        let (newer, older) = (add(1), add(2));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        let mut sent_older_at = None;
+        loop {
+            let event = tokio::time::timeout_at(deadline, server.events.recv()).await;
+            let Ok(Some(event)) = event else { break };
+            let ServerEvent::Message { peer: from, frames } = event else {
+                continue;
+            };
+            match protocol::decode::<ToControlPlane>(&frames) {
+                Ok(ToControlPlane::Register(_)) => {
+                    send(
+                        &server,
+                        &from,
+                        FromControlPlane::Registered {
+                            secret: WorkerSecret::new(),
+                        },
+                    );
+                    for (task, epoch) in [(newer.clone(), 5), (older.clone(), 3)] {
+                        let mut task = task;
+                        task.delivery_count = 1;
+                        send(
+                            &server,
+                            &from,
+                            FromControlPlane::Assign {
+                                task,
+                                lease: LeaseToken::new(),
+                                epoch,
+                            },
+                        );
+                    }
+                    sent_older_at = Some(tokio::time::Instant::now());
+                    peer = Some(from);
+                }
+                Ok(ToControlPlane::Outcome(outcome)) => outcomes.push(outcome.task_id),
+                _ => {}
+            }
+            // A second after both were sent, whatever was going to run has run.
+            if sent_older_at.is_some_and(|at| at.elapsed() > Duration::from_secs(1))
+                || outcomes.len() == 2
+            {
+                break;
+            }
+        }
+        assert!(
+            peer.is_some(),
+            "the subworker never registered\n{}",
+            sw.describe()
+        );
+        (outcomes, newer.id, older.id)
+    });
+    let (outcomes, newer, older) = outcomes;
+    sw.wait_for(true, "refusing an assignment of epoch 3", STARTUP);
+    assert_eq!(
+        outcomes,
+        vec![newer],
+        "only the newer epoch's task ran (older: {older})"
+    );
+}

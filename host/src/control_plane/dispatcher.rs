@@ -138,6 +138,8 @@ struct TaskEntry {
     /// worker's claim) with this token counts. Kept after a lost worker's task goes
     /// back to the queue, so that worker can still answer until someone else takes it.
     lease: Option<LeaseToken>,
+    /// The epoch of the control plane that gave that lease.
+    lease_epoch: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -194,6 +196,9 @@ pub struct Dispatcher {
     changed: durable::Changed,
     /// Why the store cannot be written, while it cannot: submissions are refused.
     store_error: Option<String>,
+    /// This control plane's epoch (from the store; 0 without one), sent with every
+    /// assignment.
+    epoch: u64,
 }
 
 /// The most retries a submission may ask for.
@@ -243,6 +248,7 @@ impl Dispatcher {
             unserved_checked: None,
             changed: durable::Changed::default(),
             store_error: None,
+            epoch: 0,
         }
     }
 
@@ -852,6 +858,7 @@ impl Dispatcher {
                 cancel_requested: false,
                 lost: 0,
                 lease: None,
+                lease_epoch: 0,
             },
         );
         if self.config.durable {
@@ -1075,6 +1082,8 @@ impl Dispatcher {
         entry.holder = Some(worker.clone());
         let lease = LeaseToken::new();
         entry.lease = Some(lease);
+        entry.lease_epoch = self.epoch;
+        let epoch = self.epoch;
         if self.config.durable {
             self.changed.tasks.insert(id);
         }
@@ -1091,6 +1100,7 @@ impl Dispatcher {
                 FromControlPlane::Assign {
                     task: envelope,
                     lease,
+                    epoch,
                 },
             ));
         }

@@ -260,6 +260,7 @@ mod tests {
                 FromControlPlane::Assign {
                     task: envelope(),
                     lease: LeaseToken([7; 16]),
+                    epoch: 3,
                 },
             ),
             (

@@ -575,6 +575,10 @@ pub enum FromControlPlane {
         task: TaskEnvelope,
         /// The lease its outcome must carry.
         lease: LeaseToken,
+        /// The control plane's epoch: raised at every start on a data directory (0
+        /// without one). A subworker refuses an assignment of an older epoch than
+        /// one it has seen (it comes from a control plane that was replaced).
+        epoch: u64,
     },
     /// Stop this running task (to a subworker).
     CancelTask {

@@ -58,6 +58,7 @@ fn stored(entry: &TaskEntry) -> StoredTask {
         lease: entry.lease,
         holder: entry.holder.clone(),
         cancel_requested: entry.cancel_requested,
+        epoch: entry.lease_epoch,
     }
 }
 
@@ -138,6 +139,7 @@ impl Dispatcher {
     /// cache, dead letters, periodic places and worker identities.
     pub fn restore(&mut self, snapshot: Snapshot, now: Now) -> Restored {
         self.now = now;
+        self.epoch = snapshot.epoch;
         let mut restored = Restored {
             results: snapshot.results.len(),
             dead_letters: snapshot.dead_letters.len(),
@@ -179,6 +181,7 @@ impl Dispatcher {
                 cancel_requested: task.cancel_requested,
                 lost: task.lost,
                 lease: task.lease,
+                lease_epoch: task.epoch,
             };
             match &entry.holder {
                 Some(worker) => {

@@ -192,7 +192,7 @@ fn assigns(actions: &[Action]) -> Vec<(PeerId, TaskEnvelope)> {
         .filter_map(|a| match a {
             Action::Send {
                 peer,
-                msg: FromControlPlane::Assign { task, lease },
+                msg: FromControlPlane::Assign { task, lease, .. },
             } => {
                 remember(task.id, *lease);
                 Some((peer.clone(), task.clone()))

@@ -73,6 +73,8 @@ pub struct StoredTask {
     pub holder: Option<WorkerId>,
     /// A cancel was asked for while it ran.
     pub cancel_requested: bool,
+    /// The epoch of the control plane that gave its lease.
+    pub epoch: u64,
 }
 
 /// A periodic schedule's place, as stored.
@@ -158,6 +160,7 @@ struct TaskRow {
     lease: Option<LeaseToken>,
     holder: Option<WorkerId>,
     cancel_requested: bool,
+    epoch: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -196,6 +199,7 @@ fn task_row(task: &StoredTask) -> TaskRow {
         lease: task.lease,
         holder: task.holder.clone(),
         cancel_requested: task.cancel_requested,
+        epoch: task.epoch,
     }
 }
 
@@ -210,5 +214,6 @@ fn from_task_row(row: TaskRow) -> StoredTask {
         lease: row.lease,
         holder: row.holder,
         cancel_requested: row.cancel_requested,
+        epoch: row.epoch,
     }
 }

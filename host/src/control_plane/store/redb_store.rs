@@ -277,6 +277,7 @@ mod tests {
             lease: Some(LeaseToken::new()),
             holder: Some(WorkerId("w".into())),
             cancel_requested: true,
+            epoch: 2,
         }
     }
 
