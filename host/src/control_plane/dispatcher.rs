@@ -199,6 +199,11 @@ pub struct Dispatcher {
     /// This control plane's epoch (from the store; 0 without one), sent with every
     /// assignment.
     epoch: u64,
+    /// Task names the data directory knew as served when this control plane started:
+    /// submittable (they wait for a worker) even before one registers.
+    served_before: HashSet<String>,
+    /// Task names recorded as served in the data directory.
+    served_names: HashSet<String>,
 }
 
 /// The most retries a submission may ask for.
@@ -249,6 +254,8 @@ impl Dispatcher {
             changed: durable::Changed::default(),
             store_error: None,
             epoch: 0,
+            served_before: HashSet::new(),
+            served_names: HashSet::new(),
         }
     }
 
@@ -767,7 +774,10 @@ impl Dispatcher {
         }
         let mut seen = HashSet::with_capacity(tasks.len());
         for task in tasks {
-            if !self.known_task(&task.name) && !self.held_by_name.contains_key(&task.name) {
+            if !self.known_task(&task.name)
+                && !self.held_by_name.contains_key(&task.name)
+                && !self.served_before.contains(&task.name)
+            {
                 let mut known: Vec<&str> = self.own_tasks.keys().map(String::as_str).collect();
                 for w in self.workers.iter() {
                     known.extend(w.tasks.keys().map(String::as_str));

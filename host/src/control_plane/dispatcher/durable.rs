@@ -32,7 +32,12 @@ pub(super) struct Changed {
     pub dropped_results: Vec<TaskId>,
     /// Tasks accepted (new) since the last commit.
     pub accepted: Vec<TaskId>,
+    /// Task names served for the first time.
+    pub names: Vec<String>,
 }
+
+/// The most task names a data directory remembers as served.
+pub const MAX_SERVED_NAMES: usize = 10_000;
 
 /// What a start resumed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -75,6 +80,24 @@ impl Dispatcher {
         }
     }
 
+    /// Worker `id` serves `names`: the new ones are recorded, so that after a restart
+    /// their submissions wait for a worker instead of being refused (at most
+    /// [`MAX_SERVED_NAMES`] are kept).
+    pub(super) fn names_served<'a>(&mut self, names: impl Iterator<Item = &'a str>) {
+        if !self.config.durable {
+            return;
+        }
+        for name in names {
+            if self.served_names.len() >= MAX_SERVED_NAMES {
+                break;
+            }
+            if !self.served_names.contains(name) {
+                self.served_names.insert(name.to_string());
+                self.changed.names.push(name.to_string());
+            }
+        }
+    }
+
     pub(super) fn worker_changed(&mut self, id: &WorkerId, secret: Option<WorkerSecret>) {
         if self.config.durable {
             self.changed.workers.insert(id.clone(), secret);
@@ -87,6 +110,7 @@ impl Dispatcher {
         self.cache.has_dropped()
             || !(c.tasks.is_empty()
                 && c.dropped_results.is_empty()
+                && c.names.is_empty()
                 && c.dead_letters.is_empty()
                 && c.periodic.is_empty()
                 && c.workers.is_empty())
@@ -129,6 +153,11 @@ impl Dispatcher {
             }
         }
         changes.workers = changed.workers.into_iter().collect();
+        changes.names = changed
+            .names
+            .into_iter()
+            .map(|n| (n, self.now.unix_ms))
+            .collect();
         (changes, accepted)
     }
 
@@ -166,6 +195,10 @@ impl Dispatcher {
             self.cache.insert(record, stored_at);
         }
         self.periodic.restore(snapshot.periodic);
+        for (name, _) in snapshot.names {
+            self.served_names.insert(name.clone());
+            self.served_before.insert(name);
+        }
         let mut tasks = snapshot.tasks;
         tasks.sort_by_key(|t| t.seq);
         for task in tasks {
@@ -252,6 +285,9 @@ impl Dispatcher {
         for (id, secret) in &changes.workers {
             self.changed.workers.entry(id.clone()).or_insert(*secret);
         }
+        self.changed
+            .names
+            .extend(changes.names.iter().map(|(n, _)| n.clone()));
         self.store_error = Some(error);
     }
 

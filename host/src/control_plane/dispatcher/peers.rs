@@ -164,6 +164,7 @@ impl Dispatcher {
                 reg.running.len() - running.len()
             );
         }
+        self.names_served(reg.tasks.iter().map(|t| t.name.as_str()));
         let registered = self.workers.register(
             peer.clone(),
             reg.worker_id.clone(),
@@ -201,6 +202,7 @@ impl Dispatcher {
             return;
         }
         if let Some(id) = self.workers.by_peer(peer).cloned() {
+            self.names_served(tasks.iter().map(|t| t.name.as_str()));
             if id.0 == self.config.id {
                 self.own_tasks = tasks.iter().map(|t| (t.name.clone(), t.clone())).collect();
             }

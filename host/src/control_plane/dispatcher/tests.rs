@@ -1159,6 +1159,21 @@ fn what_a_durable_dispatcher_commits_a_fresh_one_resumes() {
     assert_eq!(record.status, TaskStatus::Cancelled);
     let record = status_of(&mut fresh, &client, queued.id, now).expect("still queued");
     assert_eq!(record.status, TaskStatus::Queued);
+    // Before any worker is back, a name the directory knew as served is accepted (it
+    // waits); a name never served is refused.
+    let waits = task("slow", Priority::Normal);
+    submit(&mut fresh, &client, waits.clone(), now);
+    let actions = fresh.take_actions();
+    assert!(
+        actions.iter().any(|a| matches!(a, Action::Send { msg: FromControlPlane::Accepted { task_ids, .. }, .. } if task_ids == &vec![waits.id])),
+        "{actions:?}"
+    );
+    submit(&mut fresh, &client, task("nope", Priority::Normal), now);
+    let actions = fresh.take_actions();
+    assert!(
+        actions.iter().any(|a| matches!(a, Action::Send { msg: FromControlPlane::Rejected { error, .. }, .. } if error.kind == ErrorKind::UnknownTask)),
+        "{actions:?}"
+    );
 
     // The worker comes back with its identity and claims its task by the lease: it
     // keeps it (no second run) and its outcome counts.

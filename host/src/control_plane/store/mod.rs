@@ -1,8 +1,9 @@
 //! What the control plane keeps on disk with `--data-dir`, behind the [`Store`] trait:
 //! the accepted tasks with their state (queued, scheduled, retrying, or assigned with
 //! worker and lease; cancel requests included), finished results (within the result
-//! cache's bounds), dead letters, periodic schedules' next fire times, and subworker
-//! identities (their secrets). [`redb_store::RedbStore`] is the implementation; a
+//! cache's bounds), dead letters, periodic schedules' next fire times, subworker
+//! identities (their secrets), and the task names workers served (so submissions of
+//! them wait for a worker after a restart instead of being refused). [`redb_store::RedbStore`] is the implementation; a
 //! replicated one can follow without touching the dispatcher.
 //!
 //! The dispatcher says what changed ([`Changes`]); the server commits it in one
@@ -101,6 +102,8 @@ pub struct Snapshot {
     pub periodic: Vec<(String, PeriodicPlace)>,
     /// Subworker identities.
     pub workers: Vec<(WorkerId, WorkerSecret)>,
+    /// Task names some worker served, with when that was last recorded (Unix ms).
+    pub names: Vec<(String, u64)>,
 }
 
 /// What changed since the last commit: `Some` puts, `None` deletes.
@@ -116,6 +119,8 @@ pub struct Changes {
     pub periodic: Vec<(String, PeriodicPlace)>,
     /// Subworker identities.
     pub workers: Vec<(WorkerId, Option<WorkerSecret>)>,
+    /// Task names first served (with the Unix ms they were seen).
+    pub names: Vec<(String, u64)>,
 }
 
 impl Changes {
@@ -126,6 +131,7 @@ impl Changes {
             && self.dead_letters.is_empty()
             && self.periodic.is_empty()
             && self.workers.is_empty()
+            && self.names.is_empty()
     }
 
     /// How many rows it writes or deletes.
@@ -135,6 +141,7 @@ impl Changes {
             + self.dead_letters.len()
             + self.periodic.len()
             + self.workers.len()
+            + self.names.len()
     }
 }
 

@@ -26,6 +26,7 @@ const RESULTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("results");
 const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
 const PERIODIC: TableDefinition<&str, &[u8]> = TableDefinition::new("periodic");
 const WORKERS: TableDefinition<&str, &[u8]> = TableDefinition::new("workers");
+const NAMES: TableDefinition<&str, u64> = TableDefinition::new("task_names");
 
 /// The file in the data directory.
 pub const FILE_NAME: &str = "fastworker.redb";
@@ -84,6 +85,7 @@ impl RedbStore {
                 .map_err(|e| fail(e.to_string()))?;
             txn.open_table(PERIODIC).map_err(|e| fail(e.to_string()))?;
             txn.open_table(WORKERS).map_err(|e| fail(e.to_string()))?;
+            txn.open_table(NAMES).map_err(|e| fail(e.to_string()))?;
             epoch
         };
         txn.commit().map_err(|e| fail(e.to_string()))?;
@@ -157,6 +159,13 @@ impl Store for RedbStore {
             snapshot
                 .workers
                 .push((WorkerId(id.value().to_string()), secret));
+        }
+        let names = txn.open_table(NAMES).map_err(|e| self.fail(e))?;
+        for row in names.iter().map_err(|e| self.fail(e))? {
+            let (name, seen) = row.map_err(|e| self.fail(e))?;
+            snapshot
+                .names
+                .push((name.value().to_string(), seen.value()));
         }
         Ok(snapshot)
     }
@@ -235,6 +244,12 @@ impl Store for RedbStore {
                     }
                 }
             }
+            let mut names = txn.open_table(NAMES).map_err(|e| self.fail(e))?;
+            for (name, seen) in &changes.names {
+                names
+                    .insert(name.as_str(), *seen)
+                    .map_err(|e| self.fail(e))?;
+            }
         }
         txn.commit().map_err(|e| self.fail(e))
     }
@@ -305,6 +320,7 @@ mod tests {
                     },
                 )],
                 workers: vec![(WorkerId("w".into()), Some(secret))],
+                names: vec![("add".into(), 5)],
             };
             store.commit(&changes).expect("commit");
             assert!(
@@ -323,6 +339,7 @@ mod tests {
         assert_eq!(snapshot.dead_letters[0].2.payload, task.envelope.payload);
         assert_eq!(snapshot.periodic[0].1.runs, 4);
         assert_eq!(snapshot.workers, vec![(WorkerId("w".into()), secret)]);
+        assert_eq!(snapshot.names, vec![("add".to_string(), 5)]);
 
         // Deletes.
         let mut store = store;
