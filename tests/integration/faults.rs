@@ -250,3 +250,53 @@ fn no_other_process_registers_under_the_control_planes_worker_id() {
         impostor.describe()
     );
 }
+
+/// SIGKILL of a subworker under load: 2,000 `add` tasks over two subworkers with four
+/// slots each, one killed once a quarter are done. Every task ends once as a success
+/// with its own sum; the killed one's tasks are redelivered to the other.
+#[test]
+fn sigkill_of_a_subworker_under_load_loses_nothing() {
+    let dir = crash_dir();
+    let mut cp = ControlPlane::start(&dir, &[]);
+    let mut sw1 = cp.subworker(&dir, "swk1", &["--concurrency", "4"]);
+    let _sw2 = cp.subworker(&dir, "swk2", &["--concurrency", "4"]);
+    let rt = runtime();
+    let client = connect(&rt, &cp.base);
+    let mut ids = Vec::new();
+    for batch in 0..10i64 {
+        let tasks: Vec<TaskEnvelope> = (0..200)
+            .map(|n| task("add", json!([batch * 200 + n, 7])))
+            .collect();
+        ids.extend(rt.block_on(client.submit_batch(tasks)).expect("accepted"));
+    }
+    let quarter = rt
+        .block_on(client.result(ids[499], RESULT_WAIT))
+        .expect("a quarter done");
+    assert!(quarter.is_some());
+    sw1.kill();
+
+    let (tally, records) = collect(&rt, &client, &ids);
+    assert_eq!(
+        (tally.accepted, tally.finished, tally.lost, tally.foreign),
+        (2000, 2000, 0, 0),
+        "{tally:?}\n{}",
+        cp.proc.describe()
+    );
+    for (i, record) in records.iter().enumerate() {
+        assert_eq!(record.status, TaskStatus::Success, "{record:?}");
+        assert_eq!(
+            decode_value::<i64>(record).ok(),
+            Some(i as i64 + 7),
+            "{record:?}"
+        );
+    }
+    let by_killed = records
+        .iter()
+        .filter(|r| r.worker_id.as_ref().is_some_and(|w| w.0 == "swk1"))
+        .count();
+    let redelivered = records.iter().filter(|r| r.delivery_count > 1).count();
+    eprintln!(
+        "{by_killed} finished on the killed subworker before it died; {redelivered} redelivered"
+    );
+    assert!(by_killed > 0, "the killed subworker had taken no work");
+}
