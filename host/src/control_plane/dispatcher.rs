@@ -20,6 +20,8 @@ use bytes::Bytes;
 use tracing::{debug, info, warn};
 
 use super::{
+    dead_letters::DeadLetters,
+    delay_queue::DelayQueue,
     events::{Event, EventLog},
     periodic::{PeriodicScheduler, PeriodicStatus},
     queue::ReadyQueues,
@@ -162,7 +164,7 @@ pub struct Dispatcher {
     config: DispatcherConfig,
     tasks: HashMap<TaskId, TaskEntry>,
     queues: ReadyQueues,
-    scheduled: BTreeMap<(u64, u64), TaskId>,
+    scheduled: DelayQueue,
     workers: WorkerTable,
     /// The tasks the control plane's own subworker said it serves last: still known
     /// (submittable, their defaults applied) while that child restarts.
@@ -180,7 +182,7 @@ pub struct Dispatcher {
     rng_state: u64,
     events: EventLog,
     periodic: PeriodicScheduler,
-    dead_letters: BTreeMap<u64, (TaskRecord, TaskEnvelope)>,
+    dead_letters: DeadLetters,
     /// Rate limit for the warning about unreadable messages.
     malformed_log: LogLimiter,
     /// Payload bytes of the tasks held (not final).
@@ -231,7 +233,7 @@ impl Dispatcher {
             config,
             tasks: HashMap::new(),
             queues: ReadyQueues::new(),
-            scheduled: BTreeMap::new(),
+            scheduled: DelayQueue::new(),
             workers: WorkerTable::new(),
             own_tasks: HashMap::new(),
             origin: now.at,
@@ -245,7 +247,7 @@ impl Dispatcher {
             rng_state: now.unix_ms | 1,
             events: EventLog::new(1000),
             periodic: PeriodicScheduler::new(),
-            dead_letters: BTreeMap::new(),
+            dead_letters: DeadLetters::new(MAX_DEAD_LETTERS),
             malformed_log: LogLimiter::new(Duration::from_secs(1)),
             held_bytes: 0,
             held_by_name: HashMap::new(),
@@ -266,7 +268,7 @@ impl Dispatcher {
 
     /// The dead-lettered tasks, oldest first.
     pub fn dead_letters(&self) -> Vec<TaskRecord> {
-        self.dead_letters.values().map(|(r, _)| r.clone()).collect()
+        self.dead_letters.records()
     }
 
     /// Records an event for the log and the dashboard.
@@ -469,11 +471,7 @@ impl Dispatcher {
     pub fn tick(&mut self, now: Now) {
         self.now = now;
         let mono = self.mono_ms(now);
-        while let Some((&(due, seq), &id)) = self.scheduled.first_key_value() {
-            if due > mono {
-                break;
-            }
-            self.scheduled.remove(&(due, seq));
+        while let Some(id) = self.scheduled.pop_due(mono) {
             if let Some(entry) = self.tasks.get_mut(&id) {
                 entry.due_ms = None;
             }
@@ -622,17 +620,12 @@ impl Dispatcher {
     }
 
     fn replay(&mut self, id: TaskId) -> Result<(), TaskError> {
-        let key = self
-            .dead_letters
-            .iter()
-            .find(|(_, (r, _))| r.task_id == id)
-            .map(|(k, _)| *k)
-            .ok_or_else(|| {
-                TaskError::new(
-                    ErrorKind::Rejected,
-                    format!("task {id} is not a dead letter"),
-                )
-            })?;
+        let key = self.dead_letters.key_of(&id).ok_or_else(|| {
+            TaskError::new(
+                ErrorKind::Rejected,
+                format!("task {id} is not a dead letter"),
+            )
+        })?;
         if self.shutting_down {
             return Err(TaskError::new(
                 ErrorKind::Rejected,
@@ -640,14 +633,19 @@ impl Dispatcher {
             ));
         }
         let cached = self.cache.remove(&id);
-        let envelope = self.dead_letters[&key].1.clone();
+        let Some((_, envelope)) = self.dead_letters.get(key).cloned() else {
+            return Err(TaskError::new(
+                ErrorKind::Rejected,
+                format!("task {id} is not a dead letter"),
+            ));
+        };
         if let Err(err) = self.validate(std::slice::from_ref(&envelope)) {
             if let Some(record) = cached {
                 self.cache.insert(record, self.now.at);
             }
             return Err(err);
         }
-        self.dead_letters.remove(&key);
+        self.dead_letters.remove(key);
         self.dead_letter_changed(key);
         info!(task = %id, "replaying a dead letter");
         self.accept(envelope);
@@ -853,7 +851,7 @@ impl Dispatcher {
         self.hold(&envelope);
         let due = scheduled.then(|| self.mono_ms(self.now).saturating_add(hold_ms));
         if let Some(due) = due {
-            self.scheduled.insert((due, seq), id);
+            self.scheduled.insert(due, seq, id);
         } else {
             self.queues.push(envelope.priority, &envelope.name, seq, id);
         }
@@ -949,7 +947,7 @@ impl Dispatcher {
                     match entry.due_ms {
                         Some(due) => {
                             let seq = entry.seq;
-                            self.scheduled.remove(&(due, seq));
+                            self.scheduled.remove(due, seq);
                         }
                         None => {
                             self.dequeue(id);
@@ -1030,7 +1028,7 @@ impl Dispatcher {
                 // Not started: take it off the schedule or out of its queue.
                 match due {
                     Some(due) => {
-                        self.scheduled.remove(&(due, entry.seq));
+                        self.scheduled.remove(due, entry.seq);
                     }
                     None => {
                         self.dequeue(id);
@@ -1201,7 +1199,7 @@ impl Dispatcher {
                     entry.record.status = TaskStatus::Retrying;
                     entry.record.error = Some(error);
                     entry.due_ms = Some(due);
-                    self.scheduled.insert((due, entry.seq), id);
+                    self.scheduled.insert(due, entry.seq, id);
                 } else {
                     self.finalize(id, TaskStatus::Failure, Some(error), Bytes::new());
                 }
@@ -1245,14 +1243,9 @@ impl Dispatcher {
             let seq = entry.seq;
             self.finalize(task, TaskStatus::Failure, Some(error), Bytes::new());
             if let Some(record) = self.cache.peek(&task).cloned() {
-                self.dead_letters.insert(seq, (record, envelope));
+                let dropped = self.dead_letters.insert(seq, record, envelope);
                 self.dead_letter_changed(seq);
-                while let Some((&oldest, _)) = self
-                    .dead_letters
-                    .first_key_value()
-                    .filter(|_| self.dead_letters.len() > MAX_DEAD_LETTERS)
-                {
-                    self.dead_letters.remove(&oldest);
+                for oldest in dropped {
                     self.dead_letter_changed(oldest);
                 }
             }

@@ -3,13 +3,17 @@
 //! results, tracks subworker health.
 //!
 //! - [`dispatcher`]: the state machine (no I/O).
-//! - [`queue`], [`workers`], [`result_cache`], [`retry`], [`periodic`], [`events`]:
-//!   its parts, each a plain state machine with its own tests.
+//! - [`queue`], [`delay_queue`], [`dead_letters`], [`workers`], [`result_cache`],
+//!   [`retry`], [`periodic`], [`events`]: its parts, each a plain state machine with
+//!   its own tests.
+//! - [`store`] and [`commit`]: `--data-dir` (the durable state and the group commit).
 //! - [`own_worker`]: the child process that runs the control plane's own plugins.
 //! - [`server`]: the event loop that connects the state machine to sockets, the own
 //!   subworker, timers and signals.
 
 pub mod commit;
+pub mod dead_letters;
+pub mod delay_queue;
 pub mod dispatcher;
 pub mod events;
 pub mod own_worker;

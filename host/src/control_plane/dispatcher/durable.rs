@@ -144,7 +144,7 @@ impl Dispatcher {
             }
         }
         for key in changed.dead_letters {
-            let letter = self.dead_letters.get(&key).cloned();
+            let letter = self.dead_letters.get(key).cloned();
             changes.dead_letters.push((key, letter));
         }
         for name in changed.periodic {
@@ -183,7 +183,7 @@ impl Dispatcher {
             // Dead letters are keyed by their task's sequence number: new tasks must
             // not reuse one.
             self.next_seq = self.next_seq.max(key.saturating_add(1));
-            self.dead_letters.insert(key, (record, envelope));
+            self.dead_letters.insert(key, record, envelope);
         }
         for record in snapshot.results {
             // Its time-to-live counts from when it finished, not from this start.
@@ -226,7 +226,7 @@ impl Dispatcher {
                         let hold_ms = entry.envelope.not_before_ms.saturating_sub(now.unix_ms);
                         let due = self.mono_ms(now).saturating_add(hold_ms);
                         entry.due_ms = Some(due);
-                        self.scheduled.insert((due, entry.seq), id);
+                        self.scheduled.insert(due, entry.seq, id);
                     }
                     _ => {
                         entry.record.status = TaskStatus::Queued;
@@ -320,7 +320,7 @@ impl Dispatcher {
         match entry.due_ms {
             Some(due) => {
                 let seq = entry.seq;
-                self.scheduled.remove(&(due, seq));
+                self.scheduled.remove(due, seq);
             }
             None => {
                 self.dequeue(id);

@@ -1,0 +1,72 @@
+//! [`DelayQueue`]: tasks waiting for a time (a countdown, an eta, a retry delay), by
+//! due time on the dispatcher's monotonic clock, ties in submission order.
+
+use std::collections::BTreeMap;
+
+use crate::protocol::TaskId;
+
+/// The tasks not due yet.
+#[derive(Debug, Default)]
+pub struct DelayQueue {
+    by_due: BTreeMap<(u64, u64), TaskId>,
+}
+
+impl DelayQueue {
+    /// Empty.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Holds task `id` (sequence number `seq`) until `due_ms`.
+    pub fn insert(&mut self, due_ms: u64, seq: u64, id: TaskId) {
+        self.by_due.insert((due_ms, seq), id);
+    }
+
+    /// Takes the task held until `due_ms` with sequence number `seq` off; true if it
+    /// was there.
+    pub fn remove(&mut self, due_ms: u64, seq: u64) -> bool {
+        self.by_due.remove(&(due_ms, seq)).is_some()
+    }
+
+    /// The next task due at or before `now_ms`, taken off.
+    pub fn pop_due(&mut self, now_ms: u64) -> Option<TaskId> {
+        let (&(due, _), _) = self.by_due.first_key_value()?;
+        if due > now_ms {
+            return None;
+        }
+        self.by_due.pop_first().map(|(_, id)| id)
+    }
+
+    /// Tasks held.
+    pub fn len(&self) -> usize {
+        self.by_due.len()
+    }
+
+    /// None held.
+    pub fn is_empty(&self) -> bool {
+        self.by_due.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn due_tasks_come_out_in_due_then_submission_order() {
+        let ids: Vec<TaskId> = (0..4).map(|_| TaskId::new()).collect();
+        let mut q = DelayQueue::new();
+        q.insert(200, 1, ids[1]);
+        q.insert(100, 3, ids[3]);
+        q.insert(200, 0, ids[0]);
+        q.insert(300, 2, ids[2]);
+        assert_eq!(q.pop_due(99), None);
+        assert_eq!(q.pop_due(250), Some(ids[3]));
+        assert_eq!(q.pop_due(250), Some(ids[0]));
+        assert_eq!(q.pop_due(250), Some(ids[1]));
+        assert_eq!(q.pop_due(250), None);
+        assert!(q.remove(300, 2));
+        assert!(!q.remove(300, 2));
+        assert!(q.is_empty());
+    }
+}
