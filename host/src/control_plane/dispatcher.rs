@@ -124,26 +124,6 @@ pub enum Action {
     },
 }
 
-#[derive(Debug)]
-struct TaskEntry {
-    envelope: TaskEnvelope,
-    record: TaskRecord,
-    seq: u64,
-    /// The worker running it.
-    holder: Option<WorkerId>,
-    /// When it is due, in the dispatcher's monotonic milliseconds (see `mono_ms`).
-    due_ms: Option<u64>,
-    cancel_requested: bool,
-    /// Times a worker was lost while holding it (retries do not count).
-    lost: u32,
-    /// The lease of its latest assignment: only an outcome (or a reconnecting
-    /// worker's claim) with this token counts. Kept after a lost worker's task goes
-    /// back to the queue, so that worker can still answer until someone else takes it.
-    lease: Option<LeaseToken>,
-    /// The epoch of the control plane that gave that lease.
-    lease_epoch: u64,
-}
-
 #[derive(Debug, Clone)]
 enum Waiter {
     Result(PeerId),
@@ -162,7 +142,7 @@ pub struct PeerInfo {
 /// The control plane's state.
 pub struct Dispatcher {
     config: DispatcherConfig,
-    tasks: HashMap<TaskId, TaskEntry>,
+    tasks: TaskStore,
     queues: ReadyQueues,
     scheduled: DelayQueue,
     workers: WorkerTable,
@@ -185,11 +165,6 @@ pub struct Dispatcher {
     dead_letters: DeadLetters,
     /// Rate limit for the warning about unreadable messages.
     malformed_log: LogLimiter,
-    /// Payload bytes of the tasks held (not final).
-    held_bytes: u64,
-    /// Tasks held (not final), by name: a name that work waits for stays submittable
-    /// while no worker serves it.
-    held_by_name: HashMap<String, usize>,
     /// Names that tasks wait for and no live worker serves, and since when.
     unserved: HashMap<String, Instant>,
     /// When `unserved` was last brought up to date.
@@ -231,7 +206,7 @@ impl Dispatcher {
         }
         Dispatcher {
             config,
-            tasks: HashMap::new(),
+            tasks: TaskStore::default(),
             queues: ReadyQueues::new(),
             scheduled: DelayQueue::new(),
             workers: WorkerTable::new(),
@@ -249,8 +224,6 @@ impl Dispatcher {
             periodic: PeriodicScheduler::new(),
             dead_letters: DeadLetters::new(MAX_DEAD_LETTERS),
             malformed_log: LogLimiter::new(Duration::from_secs(1)),
-            held_bytes: 0,
-            held_by_name: HashMap::new(),
             unserved: HashMap::new(),
             unserved_checked: None,
             changed: durable::Changed::default(),
@@ -516,7 +489,7 @@ impl Dispatcher {
     /// Returns how many there were.
     pub fn abandon_all(&mut self, now: Now, reason: &str) -> usize {
         self.now = now;
-        let ids: Vec<TaskId> = self.tasks.keys().copied().collect();
+        let ids: Vec<TaskId> = self.tasks.ids();
         for id in &ids {
             self.finalize(
                 *id,
@@ -535,7 +508,10 @@ impl Dispatcher {
 
     /// Tasks handed to an executor and not finished.
     pub fn in_flight(&self) -> usize {
-        self.tasks.values().filter(|e| e.holder.is_some()).count()
+        self.tasks
+            .iter()
+            .filter(|(_, e)| e.holder.is_some())
+            .count()
     }
 
     /// Tasks waiting in the queues.
@@ -584,9 +560,7 @@ impl Dispatcher {
             warn!(task = %name, "periodic schedule ignored: {err}");
         }
         let tasks = &self.tasks;
-        let due = self
-            .periodic
-            .due(self.now.unix_ms, |id| tasks.contains_key(id));
+        let due = self.periodic.due(self.now.unix_ms, |id| tasks.contains(id));
         if self.config.durable {
             self.changed.periodic.extend(self.periodic.take_moved());
         } else {
@@ -608,7 +582,7 @@ impl Dispatcher {
             // is the same task, so it never runs twice.
             if let Some(tick) = self.periodic.last_fired(&name) {
                 task.id = TaskId::for_tick(&name, tick);
-                if self.tasks.contains_key(&task.id) || self.cache.peek(&task.id).is_some() {
+                if self.tasks.contains(&task.id) || self.cache.peek(&task.id).is_some() {
                     continue;
                 }
             }
@@ -698,7 +672,7 @@ impl Dispatcher {
             );
         }
         for task in again.iter().filter(|_| wait) {
-            if self.tasks.contains_key(&task.id) {
+            if self.tasks.contains(&task.id) {
                 self.waiters
                     .entry(task.id)
                     .or_default()
@@ -757,14 +731,14 @@ impl Dispatcher {
             }
         }
         if self.tasks.len() + tasks.len() > self.config.max_queued
-            || self.held_bytes + bytes > self.config.max_queued_bytes
+            || self.tasks.bytes() + bytes > self.config.max_queued_bytes
         {
             return Err(TaskError::new(
                 ErrorKind::Rejected,
                 format!(
                     "queue full: {} tasks of {} bytes are held (--max-queued {}, --max-queued-bytes {}); try again later",
                     self.tasks.len(),
-                    self.held_bytes,
+                    self.tasks.bytes(),
                     self.config.max_queued,
                     self.config.max_queued_bytes
                 ),
@@ -773,7 +747,7 @@ impl Dispatcher {
         let mut seen = HashSet::with_capacity(tasks.len());
         for task in tasks {
             if !self.known_task(&task.name)
-                && !self.held_by_name.contains_key(&task.name)
+                && !self.tasks.holds_name(&task.name)
                 && !self.served_before.contains(&task.name)
             {
                 let mut known: Vec<&str> = self.own_tasks.keys().map(String::as_str).collect();
@@ -796,7 +770,7 @@ impl Dispatcher {
                 ));
             }
             if !seen.insert(task.id)
-                || self.tasks.contains_key(&task.id)
+                || self.tasks.contains(&task.id)
                 || self.cache.contains(&task.id, self.now.at)
             {
                 return Err(TaskError::new(
@@ -848,57 +822,26 @@ impl Dispatcher {
             value: Bytes::new(),
         };
         let id = envelope.id;
-        self.hold(&envelope);
         let due = scheduled.then(|| self.mono_ms(self.now).saturating_add(hold_ms));
         if let Some(due) = due {
             self.scheduled.insert(due, seq, id);
         } else {
             self.queues.push(envelope.priority, &envelope.name, seq, id);
         }
-        self.tasks.insert(
-            id,
-            TaskEntry {
-                envelope,
-                record,
-                seq,
-                holder: None,
-                due_ms: due,
-                cancel_requested: false,
-                lost: 0,
-                lease: None,
-                lease_epoch: 0,
-            },
-        );
+        self.tasks.insert(TaskEntry {
+            envelope,
+            record,
+            seq,
+            holder: None,
+            due_ms: due,
+            cancel_requested: false,
+            lost: 0,
+            lease: None,
+            lease_epoch: 0,
+        });
         if self.config.durable {
             self.changed.tasks.insert(id);
             self.changed.accepted.push(id);
-        }
-    }
-
-    /// Counts a task as held (its bytes against `--max-queued-bytes`, its name as one
-    /// that work waits for).
-    fn hold(&mut self, envelope: &TaskEnvelope) {
-        self.held_bytes += envelope.payload.len() as u64;
-        // No new String per task while the name is already held.
-        match self.held_by_name.get_mut(&envelope.name) {
-            Some(n) => *n += 1,
-            None => {
-                self.held_by_name.insert(envelope.name.clone(), 1);
-            }
-        }
-    }
-
-    /// A held task is no longer held.
-    fn unhold(&mut self, envelope: &TaskEnvelope) {
-        self.held_bytes = self
-            .held_bytes
-            .saturating_sub(envelope.payload.len() as u64);
-        if let Some(n) = self.held_by_name.get_mut(&envelope.name) {
-            *n -= 1;
-            if *n == 0 {
-                self.held_by_name.remove(&envelope.name);
-                self.unserved.remove(&envelope.name);
-            }
         }
     }
 
@@ -913,7 +856,7 @@ impl Dispatcher {
             return;
         }
         self.unserved_checked = Some(now);
-        let names: Vec<String> = self.held_by_name.keys().cloned().collect();
+        let names: Vec<String> = self.tasks.names().cloned().collect();
         for name in names {
             if self.known_task(&name) {
                 self.unserved.remove(&name);
@@ -1309,11 +1252,13 @@ impl Dispatcher {
     }
 
     fn finalize(&mut self, id: TaskId, status: TaskStatus, error: Option<TaskError>, value: Bytes) {
-        let Some(mut entry) = self.tasks.remove(&id) else {
+        let Some((mut entry, last_of_name)) = self.tasks.remove(&id) else {
             return;
         };
         self.task_changed(id);
-        self.unhold(&entry.envelope);
+        if last_of_name {
+            self.unserved.remove(&entry.envelope.name);
+        }
         entry.record.status = status;
         entry.record.error = error;
         entry.record.value = value;
@@ -1445,6 +1390,8 @@ fn request_id_of(msg: &ToControlPlane) -> u64 {
 
 mod durable;
 mod peers;
+mod task_store;
 pub use durable::Restored;
+use task_store::{TaskEntry, TaskStore};
 #[cfg(test)]
 mod tests;

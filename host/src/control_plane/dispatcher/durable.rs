@@ -204,7 +204,6 @@ impl Dispatcher {
         for task in tasks {
             let id = task.envelope.id;
             self.next_seq = self.next_seq.max(task.seq.saturating_add(1));
-            self.hold(&task.envelope);
             let mut entry = TaskEntry {
                 envelope: task.envelope,
                 record: task.record,
@@ -239,7 +238,7 @@ impl Dispatcher {
                     }
                 },
             }
-            self.tasks.insert(id, entry);
+            self.tasks.insert(entry);
             restored.tasks += 1;
         }
         for (worker, ids) in held {
@@ -326,13 +325,15 @@ impl Dispatcher {
                 self.dequeue(id);
             }
         }
-        let Some(entry) = self.tasks.remove(&id) else {
+        let Some((entry, last_of_name)) = self.tasks.remove(&id) else {
             return;
         };
+        if last_of_name {
+            self.unserved.remove(&entry.envelope.name);
+        }
         if let Some(worker) = &entry.holder {
             self.workers.release(worker, &id, false);
         }
-        self.unhold(&entry.envelope);
         self.waiters.remove(&id);
         self.changed.tasks.remove(&id);
     }
