@@ -160,9 +160,9 @@ impl PeriodicScheduler {
                 Ok(schedule) => {
                     // Restored from the store: it keeps its place (a tick missed while
                     // the control plane was down fires once, now; see `due`).
-                    let (next_ms, runs) = match self.restored.remove(name) {
-                        Some(place) => (place.next_ms, place.runs),
-                        None => (schedule.first(now_ms), 0),
+                    let (next_ms, runs, last_task) = match self.restored.remove(name) {
+                        Some(place) => (place.next_ms, place.runs, place.last_task),
+                        None => (schedule.first(now_ms), 0, None),
                     };
                     self.entries.insert(
                         name.to_string(),
@@ -171,7 +171,7 @@ impl PeriodicScheduler {
                             schedule,
                             next_ms,
                             runs,
-                            last_task: None,
+                            last_task,
                             skipped: 0,
                             dormant: false,
                             last_fired: None,
@@ -257,6 +257,7 @@ impl PeriodicScheduler {
         self.entries.get(name).map(|e| PeriodicPlace {
             next_ms: e.next_ms,
             runs: e.runs,
+            last_task: e.last_task,
         })
     }
 
@@ -449,18 +450,21 @@ mod tests {
             PeriodicPlace {
                 next_ms: Some(10_000),
                 runs: 3,
+                last_task: None,
             },
         )]);
         let spec = interval(10.0);
         assert!(s.sync([("beat", &spec)], 55_000).is_empty());
         assert_eq!(s.due(55_000, |_| false), vec!["beat".to_string()]);
         assert_eq!(s.last_fired("beat"), Some(10_000));
-        s.submitted("beat", TaskId::new());
+        let run = TaskId::new();
+        s.submitted("beat", run);
         assert_eq!(
             s.place("beat"),
             Some(PeriodicPlace {
                 next_ms: Some(60_000),
-                runs: 4
+                runs: 4,
+                last_task: Some(run),
             })
         );
         assert!(

@@ -314,6 +314,9 @@ impl Dispatcher {
     /// Drops a task as if it had never been accepted.
     fn forget(&mut self, id: TaskId) {
         let Some(entry) = self.tasks.get(&id) else {
+            // Finished (cancelled, say) before its acceptance failed to be written:
+            // its result goes too, so the id is free again.
+            self.cache.remove(&id);
             return;
         };
         match entry.due_ms {

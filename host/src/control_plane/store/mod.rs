@@ -85,6 +85,8 @@ pub struct PeriodicPlace {
     pub next_ms: Option<u64>,
     /// Runs so far.
     pub runs: u64,
+    /// The task of its latest run (a tick is skipped while it has not finished).
+    pub last_task: Option<TaskId>,
 }
 
 /// Everything a store holds, as loaded at start.

@@ -317,6 +317,7 @@ mod tests {
                     PeriodicPlace {
                         next_ms: Some(99),
                         runs: 4,
+                        last_task: Some(TaskId::new()),
                     },
                 )],
                 workers: vec![(WorkerId("w".into()), Some(secret))],
