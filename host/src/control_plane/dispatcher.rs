@@ -788,8 +788,6 @@ impl Dispatcher {
     }
 
     fn accept(&mut self, mut envelope: TaskEnvelope) {
-        envelope.attempt = 1;
-        envelope.delivery_count = 0;
         // How long to hold it: the countdown, or until the eta (read off the wall clock
         // once, here); the later wins. From now on only the monotonic clock counts.
         let hold_ms = envelope
@@ -828,10 +826,14 @@ impl Dispatcher {
         } else {
             self.queues.push(envelope.priority, &envelope.name, seq, id);
         }
+        let not_before_ms = envelope.not_before_ms;
         self.tasks.insert(TaskEntry {
             envelope,
             record,
             seq,
+            attempt: 1,
+            deliveries: 0,
+            not_before_ms,
             holder: None,
             due_ms: due,
             cancel_requested: false,
@@ -1022,14 +1024,7 @@ impl Dispatcher {
         let Some(entry) = self.tasks.get_mut(&id) else {
             return;
         };
-        entry.envelope.delivery_count += 1;
-        // The worker times the attempt from its own start with this (clocks of other
-        // hosts may differ); deadline_ms is the control plane's view, for records.
-        let timeout_ms = timeout
-            .and_then(crate::protocol::secs_to_ms)
-            .filter(|ms| *ms > 0);
-        entry.envelope.timeout_secs = timeout_ms.map(|ms| ms as f64 / 1000.0);
-        entry.envelope.deadline_ms = timeout_ms.map_or(0, |ms| now.unix_ms.saturating_add(ms));
+        entry.deliveries += 1;
         entry.holder = Some(worker.clone());
         let lease = LeaseToken::new();
         entry.lease = Some(lease);
@@ -1039,10 +1034,22 @@ impl Dispatcher {
             self.changed.tasks.insert(id);
         }
         entry.record.status = TaskStatus::Running;
-        entry.record.attempts = entry.envelope.attempt;
-        entry.record.delivery_count = entry.envelope.delivery_count;
+        entry.record.attempts = entry.attempt;
+        entry.record.delivery_count = entry.deliveries;
         entry.record.started_ms = Some(now.unix_ms);
-        let envelope = entry.envelope.clone();
+        // What goes to the worker: the submission with what the control plane decided
+        // for this hand-out. The worker times the attempt from its own start with the
+        // timeout (clocks of other hosts may differ); deadline_ms is the control
+        // plane's view, for records.
+        let timeout_ms = timeout
+            .and_then(crate::protocol::secs_to_ms)
+            .filter(|ms| *ms > 0);
+        let mut envelope = entry.envelope.clone();
+        envelope.attempt = entry.attempt;
+        envelope.delivery_count = entry.deliveries;
+        envelope.not_before_ms = entry.not_before_ms;
+        envelope.timeout_secs = timeout_ms.map(|ms| ms as f64 / 1000.0);
+        envelope.deadline_ms = timeout_ms.map_or(0, |ms| now.unix_ms.saturating_add(ms));
         entry.record.worker_id = Some(worker.clone());
         self.workers.assign(&worker, id);
         if let Some(w) = self.workers.get(&worker) {
@@ -1064,7 +1071,7 @@ impl Dispatcher {
             debug!(task = %id, "outcome for a task no longer running: ignored");
             return;
         };
-        if entry.envelope.delivery_count != outcome.delivery_count {
+        if entry.deliveries != outcome.delivery_count {
             debug!(task = %id, "stale outcome (delivery {}) ignored", outcome.delivery_count);
             return;
         }
@@ -1091,7 +1098,7 @@ impl Dispatcher {
         entry.record.worker_id = Some(from.clone());
         self.workers.release(&from, &id, true);
         let cancel_requested = entry.cancel_requested;
-        let attempt = entry.envelope.attempt;
+        let attempt = entry.attempt;
         if let AttemptResult::Failure(error) = &outcome.result {
             if error.kind == ErrorKind::UnknownTask && !cancel_requested {
                 // The host dropped the task's plugin after it was handed out: it no
@@ -1137,8 +1144,8 @@ impl Dispatcher {
                     let not_before = self.now.unix_ms.saturating_add(delay_ms);
                     let entry = self.tasks.get_mut(&id).expect("checked above");
                     info!(task = %id, attempt, "task failed ({error}); retrying in {delay:?}");
-                    entry.envelope.attempt += 1;
-                    entry.envelope.not_before_ms = not_before;
+                    entry.attempt += 1;
+                    entry.not_before_ms = not_before;
                     entry.record.status = TaskStatus::Retrying;
                     entry.record.error = Some(error);
                     entry.due_ms = Some(due);

@@ -59,6 +59,9 @@ fn stored(entry: &TaskEntry) -> StoredTask {
         envelope: entry.envelope.clone(),
         record: entry.record.clone(),
         seq: entry.seq,
+        attempt: entry.attempt,
+        deliveries: entry.deliveries,
+        not_before_ms: entry.not_before_ms,
         lost: entry.lost,
         lease: entry.lease,
         holder: entry.holder.clone(),
@@ -208,6 +211,9 @@ impl Dispatcher {
                 envelope: task.envelope,
                 record: task.record,
                 seq: task.seq,
+                attempt: task.attempt,
+                deliveries: task.deliveries,
+                not_before_ms: task.not_before_ms,
                 holder: task.holder,
                 due_ms: None,
                 cancel_requested: task.cancel_requested,
@@ -222,7 +228,7 @@ impl Dispatcher {
                 }
                 None => match entry.record.status {
                     TaskStatus::Scheduled | TaskStatus::Retrying => {
-                        let hold_ms = entry.envelope.not_before_ms.saturating_sub(now.unix_ms);
+                        let hold_ms = entry.not_before_ms.saturating_sub(now.unix_ms);
                         let due = self.mono_ms(now).saturating_add(hold_ms);
                         entry.due_ms = Some(due);
                         self.scheduled.insert(due, entry.seq, id);

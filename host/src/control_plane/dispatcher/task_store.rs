@@ -6,14 +6,23 @@ use std::collections::HashMap;
 
 use crate::protocol::{LeaseToken, TaskEnvelope, TaskId, TaskRecord, WorkerId};
 
-/// One held task: what was submitted (with what the control plane has since set on
-/// it: attempt, delivery count, deadline), its record, and its current lease.
+/// One held task: what the client submitted (as accepted: a countdown turned into
+/// `not_before_ms`), kept as it came, and what the control plane decided for it since
+/// (attempt, deliveries, when it may run next, who holds it under which lease). The
+/// envelope a worker gets is built from both at each hand-out.
 #[derive(Debug)]
 pub(super) struct TaskEntry {
+    /// The submission.
     pub envelope: TaskEnvelope,
     pub record: TaskRecord,
     /// Its place in the queues (and its dead-letter key).
     pub seq: u64,
+    /// 1 for the first attempt, 2 for the first retry, ...
+    pub attempt: u32,
+    /// Hand-outs to a worker so far.
+    pub deliveries: u32,
+    /// Unix ms before which it must not run (its eta or countdown, then each retry's).
+    pub not_before_ms: u64,
     /// The worker running it.
     pub holder: Option<WorkerId>,
     /// When it is due, in the dispatcher's monotonic milliseconds (see `mono_ms`).

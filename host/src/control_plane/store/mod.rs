@@ -66,6 +66,12 @@ pub struct StoredTask {
     pub record: TaskRecord,
     /// Its place in the queues.
     pub seq: u64,
+    /// Its current attempt (1 = the first).
+    pub attempt: u32,
+    /// Hand-outs to a worker so far.
+    pub deliveries: u32,
+    /// Unix ms before which it must not run.
+    pub not_before_ms: u64,
     /// Times a worker holding it was lost.
     pub lost: u32,
     /// The lease of its latest assignment.
@@ -165,6 +171,9 @@ struct TaskRow {
     payload: Vec<u8>,
     record: TaskRecord,
     seq: u64,
+    attempt: u32,
+    deliveries: u32,
+    not_before_ms: u64,
     lost: u32,
     lease: Option<LeaseToken>,
     holder: Option<WorkerId>,
@@ -204,6 +213,9 @@ fn task_row(task: &StoredTask) -> TaskRow {
         payload: task.envelope.payload.to_vec(),
         record: task.record.clone(),
         seq: task.seq,
+        attempt: task.attempt,
+        deliveries: task.deliveries,
+        not_before_ms: task.not_before_ms,
         lost: task.lost,
         lease: task.lease,
         holder: task.holder.clone(),
@@ -219,6 +231,9 @@ fn from_task_row(row: TaskRow) -> StoredTask {
         envelope,
         record: row.record,
         seq: row.seq,
+        attempt: row.attempt,
+        deliveries: row.deliveries,
+        not_before_ms: row.not_before_ms,
         lost: row.lost,
         lease: row.lease,
         holder: row.holder,
