@@ -116,6 +116,15 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
                 continue;
             }
         };
+        // Claims first, then what finished since: a task that left `running` before
+        // the claims were read has its outcome in the channel by then (the executor
+        // does both under one lock), so nothing finished is missed and left for the
+        // control plane to run again.
+        let claims = executor.running_claims();
+        while let Ok(mut outcome) = outcomes.try_recv() {
+            outcome.cap_value(args.security.max_payload_size);
+            undelivered.push_back(outcome);
+        }
         let registration = Registration {
             worker_id: worker_id.clone(),
             tasks: registry.load().task_specs(),
@@ -126,8 +135,7 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
             // Tasks finished but not reported yet count as held too, so the control
             // plane (restarted, say) waits for their outcomes instead of handing
             // them to someone else.
-            running: executor
-                .running_claims()
+            running: claims
                 .into_iter()
                 .chain(undelivered.iter().map(|o| RunningClaim {
                     task_id: o.task_id,

@@ -439,3 +439,41 @@ fn a_subworker_refuses_assignments_of_an_older_epoch() {
         "only the newer epoch's task ran (older: {older})"
     );
 }
+
+/// A task that finishes while the control plane is down: its subworker keeps the
+/// outcome, claims the task by its lease when it registers with the restarted control
+/// plane, and reports it; the task is not run again (before: re-queued, run twice).
+#[test]
+fn a_result_finished_while_the_control_plane_is_down_is_reported_not_rerun() {
+    let dir = mytasks_dir();
+    let at = Addresses::new();
+    let flags = ["--data-dir", "data"];
+    let mut cp = at.start(&dir, "control-plane", &flags);
+    let sw = at.subworker(&dir, "swd", &[]);
+    let rt = runtime();
+    let client = connect(&rt, &at.base);
+    let task = TaskEnvelope::new("sleep_ms", Codec::Json, Bytes::from_static(b"[1500]"));
+    let id = rt.block_on(client.delay(task)).expect("accepted");
+    let started = crate::procs::poll_until(Duration::from_secs(10), || {
+        let record = rt.block_on(client.status(id)).ok()??;
+        (record.status == TaskStatus::Running).then_some(())
+    });
+    assert!(started.is_some(), "it never started\n{}", cp.describe());
+    cp.kill();
+    drop(client);
+    // It finishes while nobody listens.
+    std::thread::sleep(Duration::from_millis(2500));
+    let _cp2 = at.start(&dir, "control-plane-2", &flags);
+    let client = connect(&rt, &at.base);
+    let record = rt
+        .block_on(client.result(id, RESULT_WAIT))
+        .expect("result")
+        .expect("known");
+    assert_eq!(record.status, TaskStatus::Success, "{record:?}");
+    assert_eq!(
+        record.delivery_count,
+        1,
+        "run again instead of reported: {record:?}\n{}",
+        sw.describe()
+    );
+}
