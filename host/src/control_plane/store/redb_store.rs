@@ -40,8 +40,12 @@ pub struct RedbStore {
 
 impl RedbStore {
     /// Opens (or creates) the store in `dir`, checks its schema and takes the next
-    /// epoch.
+    /// epoch. A damaged file is an error, not a panic (redb panics on some damage).
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        quietly_catching(dir, "database", || Self::open_unguarded(dir))
+    }
+
+    fn open_unguarded(dir: &Path) -> Result<Self, StoreError> {
         let shown = dir.display().to_string();
         let fail = |reason: String| StoreError::Database {
             dir: shown.clone(),
@@ -116,8 +120,57 @@ impl RedbStore {
     }
 }
 
+/// Runs `f`, turning a panic inside it (redb panics on some damaged files) into an
+/// error naming `what`, without the panic message and backtrace on stderr. For
+/// start-up only: the panic hook is process-wide.
+fn quietly_catching<T>(
+    dir: &Path,
+    what: &str,
+    f: impl FnOnce() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(previous);
+    result.unwrap_or_else(|payload| Err(damaged(dir, what, payload.as_ref())))
+}
+
+/// The error for a panic (with `payload`) while reading `what`.
+fn damaged(dir: &Path, what: &str, payload: &(dyn std::any::Any + Send)) -> StoreError {
+    let reason = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown damage".to_string());
+    StoreError::Corrupt {
+        dir: dir.display().to_string(),
+        what: what.to_string(),
+        reason: format!("the file is damaged ({reason}); restore it from a backup or move it away to start empty"),
+    }
+}
+
 impl Store for RedbStore {
     fn load(&self) -> Result<Snapshot, StoreError> {
+        quietly_catching(&self.dir, "database", || self.load_unguarded())
+    }
+
+    fn commit(&mut self, changes: &Changes) -> Result<(), StoreError> {
+        // Not quietly: this runs while the control plane serves; a panic's message
+        // stays in the log, and the commit counts as failed.
+        let dir = self.dir.clone();
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.commit_unguarded(changes)
+        }))
+        .unwrap_or_else(|payload| Err(damaged(&dir, "database", payload.as_ref())))
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch
+    }
+}
+
+impl RedbStore {
+    fn load_unguarded(&self) -> Result<Snapshot, StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.fail(e))?;
         let mut snapshot = Snapshot {
             epoch: self.epoch,
@@ -170,7 +223,7 @@ impl Store for RedbStore {
         Ok(snapshot)
     }
 
-    fn commit(&mut self, changes: &Changes) -> Result<(), StoreError> {
+    fn commit_unguarded(&mut self, changes: &Changes) -> Result<(), StoreError> {
         if changes.is_empty() {
             return Ok(());
         }
@@ -252,10 +305,6 @@ impl Store for RedbStore {
             }
         }
         txn.commit().map_err(|e| self.fail(e))
-    }
-
-    fn epoch(&self) -> u64 {
-        self.epoch
     }
 }
 
@@ -358,6 +407,34 @@ mod tests {
         let snapshot = store.load().expect("load");
         assert!(snapshot.tasks.is_empty() && snapshot.results.is_empty());
         assert!(snapshot.workers.is_empty());
+    }
+
+    #[test]
+    fn a_damaged_file_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut store = RedbStore::open(dir.path()).expect("open");
+            let tasks: Vec<_> = (0..50)
+                .map(|_| {
+                    let t = stored("add");
+                    (t.envelope.id, Some(t))
+                })
+                .collect();
+            store
+                .commit(&Changes {
+                    tasks,
+                    ..Changes::default()
+                })
+                .expect("commit");
+        }
+        let path = dir.path().join(FILE_NAME);
+        let mut bytes = std::fs::read(&path).expect("read");
+        assert!(bytes.len() > 4112, "{} bytes", bytes.len());
+        bytes[4096..4112].fill(b'X');
+        std::fs::write(&path, bytes).expect("write");
+        let result = RedbStore::open(dir.path()).and_then(|s| s.load());
+        let err = result.expect_err("a damaged file is refused");
+        assert!(err.to_string().contains("data directory"), "{err}");
     }
 
     #[test]
