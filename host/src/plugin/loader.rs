@@ -225,20 +225,26 @@ pub struct PluginLoader {
 }
 
 impl PluginLoader {
-    /// A loader whose shadow copies live in a fresh per-process directory under
-    /// `FASTWORKER_SHADOW_DIR` or the system temp directory. Directories left by
-    /// processes that no longer exist are removed.
+    /// A loader whose shadow copies live in a fresh per-process directory (mode
+    /// 0700) under `FASTWORKER_SHADOW_DIR`, or else under `fastworker-shadow-<uid>` in
+    /// the system temp directory, which must belong to this user and be closed to
+    /// others (another user could otherwise swap a copy before it is loaded).
+    /// Directories left by processes that no longer exist are removed.
     pub fn new() -> Result<Self, LoadError> {
-        let base = std::env::var_os("FASTWORKER_SHADOW_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| std::env::temp_dir().join("fastworker-shadow"));
-        create_dir(&base)?;
+        let base = match std::env::var_os("FASTWORKER_SHADOW_DIR") {
+            Some(dir) => {
+                let dir = PathBuf::from(dir);
+                create_dir(&dir)?;
+                dir
+            }
+            None => private_shadow_base()?,
+        };
         sweep_dead_shadow_dirs(&base);
         let dir = base.join(std::process::id().to_string());
         // Our pid's directory can only be left from before an in-place restart (exec
         // keeps the pid and unmaps everything), so nothing maps those copies now.
         let _ = fs::remove_dir_all(&dir);
-        create_dir(&dir)?;
+        create_private_dir(&dir)?;
         Ok(PluginLoader {
             shadow_dir: dir,
             remove_on_drop: true,
@@ -346,6 +352,63 @@ impl Drop for PluginLoader {
             let _ = fs::remove_dir_all(&self.shadow_dir);
         }
     }
+}
+
+/// `fastworker-shadow-<uid>` in the temp directory: made with mode 0700, and refused
+/// if it is not a directory of this user closed to others (a symlink, another user's
+/// directory, a directory others can write to).
+fn private_shadow_base() -> Result<PathBuf, LoadError> {
+    #[cfg(unix)]
+    {
+        // SAFETY: geteuid(2) cannot fail and touches no memory.
+        let uid = unsafe { libc::geteuid() };
+        let base = std::env::temp_dir().join(format!("fastworker-shadow-{uid}"));
+        if !base.exists() {
+            // A race with another process making it is fine: it is checked below.
+            let _ = create_private_dir(&base);
+        }
+        check_private(&base, uid)?;
+        Ok(base)
+    }
+    #[cfg(not(unix))]
+    {
+        let base = std::env::temp_dir().join("fastworker-shadow");
+        create_dir(&base)?;
+        Ok(base)
+    }
+}
+
+/// `dir` must be a directory (not a symlink) owned by `uid` that no one else can open.
+#[cfg(unix)]
+fn check_private(dir: &Path, uid: u32) -> Result<(), LoadError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = fs::symlink_metadata(dir).map_err(|source| LoadError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    if !meta.is_dir() || meta.uid() != uid || meta.permissions().mode() & 0o077 != 0 {
+        return Err(LoadError::Io {
+            path: dir.to_path_buf(),
+            source: std::io::Error::other(
+                "refusing this shadow directory: it must be a directory of this user that no one else can open (chmod 700, or set FASTWORKER_SHADOW_DIR)",
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Creates `dir` (not its parents) with mode 0700.
+fn create_private_dir(dir: &Path) -> Result<(), LoadError> {
+    let mut builder = fs::DirBuilder::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir).map_err(|source| LoadError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })
 }
 
 fn create_dir(dir: &Path) -> Result<(), LoadError> {
@@ -547,6 +610,29 @@ pub type PluginRef = Arc<LoadedPlugin>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_shadow_directory_others_can_open_or_a_symlink_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        // SAFETY: geteuid(2) cannot fail and touches no memory.
+        let uid = unsafe { libc::geteuid() };
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("shadow");
+        create_private_dir(&dir).expect("made");
+        check_private(&dir, uid).expect("0700 and ours: fine");
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).expect("chmod");
+        let err = check_private(&dir, uid).expect_err("open to others");
+        assert!(err.to_string().contains("no one else can open"), "{err}");
+        let link = root.path().join("link");
+        std::os::unix::fs::symlink(&dir, &link).expect("symlink");
+        assert!(check_private(&link, uid).is_err(), "a symlink is refused");
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).expect("chmod");
+        assert!(
+            check_private(&dir, uid.wrapping_add(1)).is_err(),
+            "another user's"
+        );
+    }
 
     #[test]
     fn sdk_compatibility_follows_semver() {
