@@ -37,6 +37,9 @@ use crate::{
 /// Where a subworker restarting in place finds its worker secret.
 const SECRET_ENV: &str = "FASTWORKER_WORKER_SECRET";
 
+/// Where a subworker restarting in place finds the newest control-plane epoch it saw.
+const EPOCH_ENV: &str = "FASTWORKER_NEWEST_EPOCH";
+
 /// How long to wait for the control plane when (re)connecting.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -87,8 +90,12 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
     let mut life = Lifecycle::Running;
     let heartbeat_every = Duration::from_secs_f64(args.heartbeat_interval.max(0.05));
     let mut backoff = Duration::from_millis(100);
-    // The newest control-plane epoch seen in an assignment.
-    let mut newest_epoch = 0u64;
+    // The newest control-plane epoch seen in an assignment (kept across a restart in
+    // place, like the secret).
+    let mut newest_epoch: u64 = std::env::var(EPOCH_ENV)
+        .ok()
+        .and_then(|e| e.parse().ok())
+        .unwrap_or(0);
 
     'connection: loop {
         if *stopping.borrow() {
@@ -189,7 +196,7 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
                     info!(worker = %worker_id, "all tasks finished and reported; restarting");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     drop(conn);
-                    return Err(restart_in_place(secret));
+                    return Err(restart_in_place(secret, newest_epoch));
                 }
                 let _ = send(&mut conn, &ToControlPlane::Unregister).await;
                 info!(worker = %worker_id, "all tasks finished and reported; unregistered");
@@ -213,7 +220,29 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
                     match protocol::decode::<FromControlPlane>(&frames) {
                         Ok(FromControlPlane::Assign { task, lease, epoch }) => {
                             if epoch < newest_epoch {
-                                warn!(task = %task.id, "refusing an assignment of epoch {epoch}: a control plane of epoch {newest_epoch} has taken over");
+                                let reason = format!(
+                                    "subworker {worker_id} refused this assignment of epoch {epoch}: a control plane of epoch {newest_epoch} has taken over (if this control plane's data directory was replaced, restart the subworker)"
+                                );
+                                warn!(task = %task.id, "{reason}");
+                                // Said, not dropped: the sender learns it is fenced off,
+                                // and the task does not wait for an answer forever.
+                                let refused = TaskOutcome {
+                                    task_id: task.id,
+                                    delivery_count: task.delivery_count,
+                                    lease,
+                                    result: protocol::AttemptResult::Failure(
+                                        crate::task_error::TaskError::new(
+                                            crate::task_error::ErrorKind::Rejected,
+                                            reason,
+                                        ),
+                                    ),
+                                    started_ms: protocol::now_ms(),
+                                    completed_ms: protocol::now_ms(),
+                                    value: bytes::Bytes::new(),
+                                };
+                                if !send(&mut conn, &ToControlPlane::Outcome(refused)).await {
+                                    continue 'connection;
+                                }
                             } else {
                                 newest_epoch = epoch;
                                 debug!(task = %task.id, name = %task.name, epoch, "assigned");
@@ -356,7 +385,7 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
 /// Replaces this process with a fresh copy of itself, same arguments (so the same
 /// worker id). Old plugin versions stay mapped until the process is replaced; this is
 /// how `--max-reloads` bounds that memory. Returns only if the exec failed.
-fn restart_in_place(secret: Option<WorkerSecret>) -> anyhow::Error {
+fn restart_in_place(secret: Option<WorkerSecret>, newest_epoch: u64) -> anyhow::Error {
     #[cfg(unix)]
     {
         use std::os::unix::process::CommandExt;
@@ -378,6 +407,7 @@ fn restart_in_place(secret: Option<WorkerSecret>) -> anyhow::Error {
             // The environment, not argv: other users cannot read it in /proc.
             command.env(SECRET_ENV, secret.to_hex());
         }
+        command.env(EPOCH_ENV, newest_epoch.to_string());
         // Our Unix sockets close on exec; the new process makes its own directory.
         crate::transport::relay::remove_private_dir();
         let err = command.exec();

@@ -414,7 +414,7 @@ fn a_subworker_refuses_assignments_of_an_older_epoch() {
                     sent_older_at = Some(tokio::time::Instant::now());
                     peer = Some(from);
                 }
-                Ok(ToControlPlane::Outcome(outcome)) => outcomes.push(outcome.task_id),
+                Ok(ToControlPlane::Outcome(outcome)) => outcomes.push(outcome),
                 _ => {}
             }
             // A second after both were sent, whatever was going to run has run.
@@ -432,12 +432,27 @@ fn a_subworker_refuses_assignments_of_an_older_epoch() {
         (outcomes, newer.id, older.id)
     });
     let (outcomes, newer, older) = outcomes;
-    sw.wait_for(true, "refusing an assignment of epoch 3", STARTUP);
-    assert_eq!(
-        outcomes,
-        vec![newer],
-        "only the newer epoch's task ran (older: {older})"
-    );
+    sw.wait_for(true, "refused this assignment of epoch 3", STARTUP);
+    assert_eq!(outcomes.len(), 2, "{outcomes:?}");
+    let ran = outcomes
+        .iter()
+        .find(|o| o.task_id == newer)
+        .expect("the newer ran");
+    assert_eq!(ran.result, fastworker::protocol::AttemptResult::Success);
+    let refused = outcomes
+        .iter()
+        .find(|o| o.task_id == older)
+        .expect("the older was answered");
+    match &refused.result {
+        fastworker::protocol::AttemptResult::Failure(error) => {
+            assert_eq!(error.kind, fastworker::task_error::ErrorKind::Rejected);
+            assert!(
+                error.message.contains("epoch 5 has taken over"),
+                "{error:?}"
+            );
+        }
+        other => panic!("the older epoch's task ran: {other:?}"),
+    }
 }
 
 /// A task that finishes while the control plane is down: its subworker keeps the
