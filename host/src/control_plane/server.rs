@@ -299,11 +299,7 @@ pub async fn run(
                 stopping_until = Some(tokio::time::Instant::now() + grace);
             }
         }
-        let ready = match committer.as_mut() {
-            Some(committer) => committer.stage(&mut dispatcher),
-            None => dispatcher.take_actions(),
-        };
-        for action in ready {
+        for action in releasable(&mut committer, &mut dispatcher) {
             perform(action, &server.outbox, &callback_config);
         }
         if ready_pending {
@@ -311,6 +307,12 @@ pub async fn run(
             if registered || started.elapsed() >= OWN_WORKER_STARTUP {
                 if !registered {
                     warn!("the control plane's own subworker has not registered after {OWN_WORKER_STARTUP:?}; its tasks are unknown until it does");
+                }
+                // Periodic tasks its plugins declare are due at once: submitted (and
+                // handed out) before any client's first task.
+                dispatcher.tick(Now::current());
+                for action in releasable(&mut committer, &mut dispatcher) {
+                    perform(action, &server.outbox, &callback_config);
                 }
                 ready_pending = false;
                 println!(
@@ -369,6 +371,15 @@ pub async fn run(
                 return Ok(());
             }
         }
+    }
+}
+
+/// The dispatcher's actions that may go now: all of them without a data directory;
+/// with one, those that need no commit (the rest go when theirs is written).
+fn releasable(committer: &mut Option<Committer>, dispatcher: &mut Dispatcher) -> Vec<Action> {
+    match committer.as_mut() {
+        Some(committer) => committer.stage(dispatcher),
+        None => dispatcher.take_actions(),
     }
 }
 
