@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tracing::{error, info};
 
 use super::{
-    dispatcher::{Action, Dispatcher},
+    dispatcher::{Action, Dispatcher, Unsaved},
     store::{Changes, Store, StoreError},
 };
 use crate::{
@@ -42,7 +42,7 @@ pub const RETRY_EVERY: Duration = Duration::from_millis(500);
 pub struct Written {
     result: Result<(), StoreError>,
     changes: Changes,
-    accepted: Vec<TaskId>,
+    unsaved: Unsaved,
     actions: Vec<Action>,
 }
 
@@ -108,7 +108,7 @@ impl Committer {
             out.append(&mut self.staged);
             return out;
         }
-        let (changes, accepted) = dispatcher.take_changes();
+        let (changes, unsaved) = dispatcher.take_changes();
         let actions = std::mem::take(&mut self.staged);
         let store = self.store.clone();
         let done = self.done.clone();
@@ -122,7 +122,7 @@ impl Committer {
             let _ = done.send(Written {
                 result,
                 changes,
-                accepted,
+                unsaved,
                 actions,
             });
         });
@@ -135,7 +135,7 @@ impl Committer {
         let Written {
             result,
             changes,
-            accepted,
+            unsaved,
             actions,
         } = written;
         match result {
@@ -151,13 +151,14 @@ impl Committer {
                 let reason = err.to_string();
                 error!(
                     "commit failed ({reason}): {} new task(s) refused; submissions are refused until a commit succeeds",
-                    accepted.len()
+                    unsaved.tasks().len()
                 );
-                dispatcher.commit_failed(&changes, &accepted, reason.clone());
+                dispatcher.commit_failed(&changes, &unsaved, reason.clone());
                 self.retry_at = Some(Instant::now() + RETRY_EVERY);
                 // What waits for the next commit may speak of the dropped tasks too.
-                self.staged = refuse_unsaved(std::mem::take(&mut self.staged), &accepted, &reason);
-                refuse_unsaved(actions, &accepted, &reason)
+                self.staged =
+                    refuse_unsaved(std::mem::take(&mut self.staged), unsaved.tasks(), &reason);
+                refuse_unsaved(actions, unsaved.tasks(), &reason)
             }
         }
     }

@@ -619,8 +619,11 @@ impl Dispatcher {
             }
             return Err(err);
         }
-        self.dead_letters.remove(key);
+        let removed = self.dead_letters.remove(key);
         self.dead_letter_changed(key);
+        if let (true, Some((record, envelope))) = (self.config.durable, removed) {
+            self.changed.replayed.push((id, key, record, envelope));
+        }
         info!(task = %id, "replaying a dead letter");
         self.accept(envelope);
         Ok(())
@@ -1398,7 +1401,7 @@ fn request_id_of(msg: &ToControlPlane) -> u64 {
 mod durable;
 mod peers;
 mod task_store;
-pub use durable::Restored;
+pub use durable::{Restored, Unsaved};
 use task_store::{TaskEntry, TaskStore};
 #[cfg(test)]
 mod tests;

@@ -13,7 +13,7 @@ use tracing::warn;
 use super::{Dispatcher, Now, TaskEntry};
 use crate::{
     control_plane::store::{Changes, Snapshot, StoredTask},
-    protocol::{TaskId, TaskStatus, WorkerId, WorkerSecret},
+    protocol::{TaskEnvelope, TaskId, TaskRecord, TaskStatus, WorkerId, WorkerSecret},
 };
 
 /// What changed since the last commit (with `durable` only).
@@ -32,8 +32,29 @@ pub(super) struct Changed {
     pub dropped_results: Vec<TaskId>,
     /// Tasks accepted (new) since the last commit.
     pub accepted: Vec<TaskId>,
+    /// Dead letters replayed since the last commit (so a failed commit can put them
+    /// back).
+    pub replayed: Vec<Replayed>,
     /// Task names served for the first time.
     pub names: Vec<String>,
+}
+
+/// A dead letter taken out to be replayed: its key, final record and envelope.
+pub(super) type Replayed = (TaskId, u64, TaskRecord, TaskEnvelope);
+
+/// What a commit would make durable for the first time: the tasks it accepts, and the
+/// dead letters replayed into them. If it fails, those are undone.
+#[derive(Debug, Default)]
+pub struct Unsaved {
+    accepted: Vec<TaskId>,
+    replayed: Vec<Replayed>,
+}
+
+impl Unsaved {
+    /// The tasks it accepts.
+    pub fn tasks(&self) -> &[TaskId] {
+        &self.accepted
+    }
 }
 
 /// The most task names a data directory remembers as served.
@@ -121,13 +142,16 @@ impl Dispatcher {
 
     /// What changed since the last call, as rows for the store (empty unless durable),
     /// and which tasks among them are newly accepted.
-    pub fn take_changes(&mut self) -> (Changes, Vec<TaskId>) {
+    pub fn take_changes(&mut self) -> (Changes, Unsaved) {
         let mut changes = Changes::default();
         if !self.config.durable {
-            return (changes, Vec::new());
+            return (changes, Unsaved::default());
         }
         let changed = std::mem::take(&mut self.changed);
-        let accepted = changed.accepted;
+        let unsaved = Unsaved {
+            accepted: changed.accepted,
+            replayed: changed.replayed,
+        };
         for id in changed.tasks {
             match self.tasks.get(&id) {
                 Some(entry) => changes.tasks.push((id, Some(stored(entry)))),
@@ -161,7 +185,7 @@ impl Dispatcher {
             .into_iter()
             .map(|n| (n, self.now.unix_ms))
             .collect();
-        (changes, accepted)
+        (changes, unsaved)
     }
 
     /// Resumes from what the store held: tasks back in their queues at their old
@@ -262,11 +286,12 @@ impl Dispatcher {
     /// durable: they are dropped, and their submitters told so; everything else it
     /// carried is written again with the next commit, and submissions are refused
     /// (with `error`) until a commit succeeds.
-    pub fn commit_failed(&mut self, changes: &Changes, unsaved: &[TaskId], error: String) {
-        for id in unsaved {
+    pub fn commit_failed(&mut self, changes: &Changes, unsaved: &Unsaved, error: String) {
+        for id in &unsaved.accepted {
             self.forget(*id);
         }
-        let unsaved: HashSet<&TaskId> = unsaved.iter().collect();
+        self.put_back(&unsaved.replayed);
+        let unsaved: HashSet<&TaskId> = unsaved.accepted.iter().collect();
         for (id, _) in &changes.tasks {
             if !unsaved.contains(id) {
                 self.changed.tasks.insert(*id);
@@ -304,7 +329,23 @@ impl Dispatcher {
         for id in &unsaved {
             self.forget(*id);
         }
+        let replayed = std::mem::take(&mut self.changed.replayed);
+        self.put_back(&replayed);
         unsaved
+    }
+
+    /// Dead letters whose replay was not saved are dead letters again (with their
+    /// result), as if never replayed.
+    fn put_back(&mut self, replayed: &[Replayed]) {
+        for (id, key, record, envelope) in replayed {
+            if self.tasks.contains(id) {
+                continue;
+            }
+            self.dead_letters
+                .insert(*key, record.clone(), envelope.clone());
+            self.dead_letter_changed(*key);
+            self.cache.insert(record.clone(), self.now.at);
+        }
     }
 
     /// Why the store cannot be written, while it cannot.

@@ -1142,7 +1142,7 @@ fn what_a_durable_dispatcher_commits_a_fresh_one_resumes() {
     );
     let secret = d.workers().get(&WorkerId("w1".into())).expect("w1").secret;
     let (changes, accepted) = d.take_changes();
-    assert_eq!(accepted.len(), 3);
+    assert_eq!(accepted.tasks().len(), 3);
     {
         let mut store = RedbStore::open(dir.path()).expect("open");
         store.commit(&changes).expect("commit");
@@ -1339,5 +1339,61 @@ async fn no_accepted_leaves_before_its_commit_and_a_failed_commit_refuses_its_ta
             if error.message.contains("cannot write its data directory"))
     });
     assert!(refused, "{sent:?}");
+    drop(release);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_whose_commit_fails_leaves_the_dead_letter_where_it_was() {
+    use crate::control_plane::commit::Committer;
+    let (release, gate) = std::sync::mpsc::channel();
+    let (mut committer, mut written) = Committer::new(Box::new(GatedStore(gate)));
+    let (now, mut d, client) = with_client(durable(), vec![]);
+    let t = task("add", Priority::Normal);
+    for n in 1..=3u8 {
+        let peer = Bytes::from(vec![n]);
+        register(&mut d, &peer, &format!("sw{n}"), 1, now);
+        if n == 1 {
+            submit(&mut d, &client, t.clone(), now);
+        }
+        d.peer_disconnected(&peer, now);
+    }
+    assert_eq!(d.dead_letters().len(), 1);
+    let good = Bytes::from_static(b"good");
+    register(&mut d, &good, "good", 1, now);
+    committer.stage(&mut d);
+    release.send(Ok(())).expect("gate");
+    committer.finish(&mut d, written.recv().await.expect("written"));
+
+    d.handle(
+        &client,
+        ToControlPlane::Replay {
+            request_id: 9,
+            task_id: t.id,
+        },
+        now,
+    );
+    assert!(d.dead_letters().is_empty(), "taken out to run");
+    committer.stage(&mut d);
+    release.send(Err("File too large".into())).expect("gate");
+    let sent = committer.finish(&mut d, written.recv().await.expect("written"));
+    assert!(
+        sent.iter().any(|a| matches!(
+            a,
+            Action::Send {
+                msg: FromControlPlane::Rejected { request_id: 9, .. },
+                ..
+            }
+        )),
+        "{sent:?}"
+    );
+    let dead = d.dead_letters();
+    assert_eq!(
+        dead.len(),
+        1,
+        "the replay was not saved: still a dead letter"
+    );
+    assert_eq!(dead[0].task_id, t.id);
+    let record = status_of(&mut d, &client, t.id, now).expect("its result is back");
+    assert_eq!(record.status, TaskStatus::Failure);
     drop(release);
 }
