@@ -1,7 +1,7 @@
 //! [`DelayQueue`]: tasks waiting for a time (a countdown, an eta, a retry delay), by
 //! due time on the dispatcher's monotonic clock, ties in submission order.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::protocol::TaskId;
 
@@ -9,6 +9,8 @@ use crate::protocol::TaskId;
 #[derive(Debug, Default)]
 pub struct DelayQueue {
     by_due: BTreeMap<(u64, u64), TaskId>,
+    /// Where each task sits in `by_due`.
+    by_task: HashMap<TaskId, (u64, u64)>,
 }
 
 impl DelayQueue {
@@ -17,15 +19,25 @@ impl DelayQueue {
         Self::default()
     }
 
-    /// Holds task `id` (sequence number `seq`) until `due_ms`.
+    /// Holds task `id` (sequence number `seq`) until `due_ms` (moving it if it was
+    /// held already).
     pub fn insert(&mut self, due_ms: u64, seq: u64, id: TaskId) {
+        self.remove(&id);
         self.by_due.insert((due_ms, seq), id);
+        self.by_task.insert(id, (due_ms, seq));
     }
 
-    /// Takes the task held until `due_ms` with sequence number `seq` off; true if it
-    /// was there.
-    pub fn remove(&mut self, due_ms: u64, seq: u64) -> bool {
-        self.by_due.remove(&(due_ms, seq)).is_some()
+    /// Takes task `id` off; true if it was held.
+    pub fn remove(&mut self, id: &TaskId) -> bool {
+        match self.by_task.remove(id) {
+            Some(key) => self.by_due.remove(&key).is_some(),
+            None => false,
+        }
+    }
+
+    /// Is task `id` held?
+    pub fn contains(&self, id: &TaskId) -> bool {
+        self.by_task.contains_key(id)
     }
 
     /// The next task due at or before `now_ms`, taken off.
@@ -34,7 +46,9 @@ impl DelayQueue {
         if due > now_ms {
             return None;
         }
-        self.by_due.pop_first().map(|(_, id)| id)
+        let (_, id) = self.by_due.pop_first()?;
+        self.by_task.remove(&id);
+        Some(id)
     }
 
     /// Tasks held.
@@ -65,8 +79,10 @@ mod tests {
         assert_eq!(q.pop_due(250), Some(ids[0]));
         assert_eq!(q.pop_due(250), Some(ids[1]));
         assert_eq!(q.pop_due(250), None);
-        assert!(q.remove(300, 2));
-        assert!(!q.remove(300, 2));
+        assert!(!q.contains(&ids[1]));
+        assert!(q.contains(&ids[2]));
+        assert!(q.remove(&ids[2]));
+        assert!(!q.remove(&ids[2]));
         assert!(q.is_empty());
     }
 }

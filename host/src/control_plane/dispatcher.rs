@@ -445,9 +445,6 @@ impl Dispatcher {
         self.now = now;
         let mono = self.mono_ms(now);
         while let Some(id) = self.scheduled.pop_due(mono) {
-            if let Some(entry) = self.tasks.get_mut(&id) {
-                entry.due_ms = None;
-            }
             self.enqueue(id);
         }
         self.fire_periodic();
@@ -838,11 +835,10 @@ impl Dispatcher {
             deliveries: 0,
             not_before_ms,
             holder: None,
-            due_ms: due,
             cancel_requested: false,
             lost: 0,
             lease: None,
-            lease_epoch: 0,
+            epoch: 0,
         });
         if self.config.durable {
             self.changed.tasks.insert(id);
@@ -891,17 +887,7 @@ impl Dispatcher {
                 self.config.unserved_timeout
             );
             for id in waiting {
-                if let Some(entry) = self.tasks.get(&id) {
-                    match entry.due_ms {
-                        Some(due) => {
-                            let seq = entry.seq;
-                            self.scheduled.remove(due, seq);
-                        }
-                        None => {
-                            self.dequeue(id);
-                        }
-                    }
-                }
+                self.withdraw(id);
                 let error = TaskError::new(
                     ErrorKind::UnknownTask,
                     format!(
@@ -958,8 +944,8 @@ impl Dispatcher {
                 None => CancelOutcome::NotFound,
             };
         };
-        match (&entry.holder, entry.due_ms) {
-            (Some(holder), _) => {
+        match &entry.holder {
+            Some(holder) => {
                 entry.cancel_requested = true;
                 if self.config.durable {
                     self.changed.tasks.insert(id);
@@ -972,16 +958,8 @@ impl Dispatcher {
                 }
                 CancelOutcome::Signalled
             }
-            (None, due) => {
-                // Not started: take it off the schedule or out of its queue.
-                match due {
-                    Some(due) => {
-                        self.scheduled.remove(due, entry.seq);
-                    }
-                    None => {
-                        self.dequeue(id);
-                    }
-                }
+            None => {
+                self.withdraw(id);
                 self.finalize(
                     id,
                     TaskStatus::Cancelled,
@@ -1031,7 +1009,7 @@ impl Dispatcher {
         entry.holder = Some(worker.clone());
         let lease = LeaseToken::new();
         entry.lease = Some(lease);
-        entry.lease_epoch = self.epoch;
+        entry.epoch = self.epoch;
         let epoch = self.epoch;
         if self.config.durable {
             self.changed.tasks.insert(id);
@@ -1151,7 +1129,6 @@ impl Dispatcher {
                     entry.not_before_ms = not_before;
                     entry.record.status = TaskStatus::Retrying;
                     entry.record.error = Some(error);
-                    entry.due_ms = Some(due);
                     self.scheduled.insert(due, entry.seq, id);
                 } else {
                     self.finalize(id, TaskStatus::Failure, Some(error), Bytes::new());
@@ -1215,6 +1192,13 @@ impl Dispatcher {
             entry.record.status = TaskStatus::Queued;
             self.queues
                 .push(entry.envelope.priority, &entry.envelope.name, entry.seq, id);
+        }
+    }
+
+    /// Takes a task that waits (not running) off its schedule or out of its queue.
+    fn withdraw(&mut self, id: TaskId) {
+        if !self.scheduled.remove(&id) {
+            self.dequeue(id);
         }
     }
 
@@ -1401,7 +1385,8 @@ fn request_id_of(msg: &ToControlPlane) -> u64 {
 mod durable;
 mod peers;
 mod task_store;
+use super::store::TaskEntry;
 pub use durable::{Restored, Unsaved};
-use task_store::{TaskEntry, TaskStore};
+use task_store::TaskStore;
 #[cfg(test)]
 mod tests;

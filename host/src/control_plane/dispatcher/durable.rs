@@ -10,9 +10,9 @@ use std::{
 
 use tracing::warn;
 
-use super::{Dispatcher, Now, TaskEntry};
+use super::{Dispatcher, Now};
 use crate::{
-    control_plane::store::{Changes, Snapshot, StoredTask},
+    control_plane::store::{Changes, Snapshot},
     protocol::{TaskEnvelope, TaskId, TaskRecord, TaskStatus, WorkerId, WorkerSecret},
 };
 
@@ -73,22 +73,6 @@ pub struct Restored {
     pub dead_letters: usize,
     /// Worker identities.
     pub workers: usize,
-}
-
-fn stored(entry: &TaskEntry) -> StoredTask {
-    StoredTask {
-        envelope: entry.envelope.clone(),
-        record: entry.record.clone(),
-        seq: entry.seq,
-        attempt: entry.attempt,
-        deliveries: entry.deliveries,
-        not_before_ms: entry.not_before_ms,
-        lost: entry.lost,
-        lease: entry.lease,
-        holder: entry.holder.clone(),
-        cancel_requested: entry.cancel_requested,
-        epoch: entry.lease_epoch,
-    }
 }
 
 impl Dispatcher {
@@ -154,7 +138,7 @@ impl Dispatcher {
         };
         for id in changed.tasks {
             match self.tasks.get(&id) {
-                Some(entry) => changes.tasks.push((id, Some(stored(entry)))),
+                Some(entry) => changes.tasks.push((id, Some(entry.clone()))),
                 None => {
                     changes.tasks.push((id, None));
                     if let Some(record) = self.cache.peek(&id) {
@@ -228,23 +212,9 @@ impl Dispatcher {
         }
         let mut tasks = snapshot.tasks;
         tasks.sort_by_key(|t| t.seq);
-        for task in tasks {
-            let id = task.envelope.id;
-            self.next_seq = self.next_seq.max(task.seq.saturating_add(1));
-            let mut entry = TaskEntry {
-                envelope: task.envelope,
-                record: task.record,
-                seq: task.seq,
-                attempt: task.attempt,
-                deliveries: task.deliveries,
-                not_before_ms: task.not_before_ms,
-                holder: task.holder,
-                due_ms: None,
-                cancel_requested: task.cancel_requested,
-                lost: task.lost,
-                lease: task.lease,
-                lease_epoch: task.epoch,
-            };
+        for mut entry in tasks {
+            let id = entry.envelope.id;
+            self.next_seq = self.next_seq.max(entry.seq.saturating_add(1));
             match &entry.holder {
                 Some(worker) => {
                     restored.assigned += 1;
@@ -254,7 +224,6 @@ impl Dispatcher {
                     TaskStatus::Scheduled | TaskStatus::Retrying => {
                         let hold_ms = entry.not_before_ms.saturating_sub(now.unix_ms);
                         let due = self.mono_ms(now).saturating_add(hold_ms);
-                        entry.due_ms = Some(due);
                         self.scheduled.insert(due, entry.seq, id);
                     }
                     _ => {
@@ -360,21 +329,13 @@ impl Dispatcher {
 
     /// Drops a task as if it had never been accepted.
     fn forget(&mut self, id: TaskId) {
-        let Some(entry) = self.tasks.get(&id) else {
+        if !self.tasks.contains(&id) {
             // Finished (cancelled, say) before its acceptance failed to be written:
             // its result goes too, so the id is free again.
             self.cache.remove(&id);
             return;
-        };
-        match entry.due_ms {
-            Some(due) => {
-                let seq = entry.seq;
-                self.scheduled.remove(due, seq);
-            }
-            None => {
-                self.dequeue(id);
-            }
         }
+        self.withdraw(id);
         let Some((entry, last_of_name)) = self.tasks.remove(&id) else {
             return;
         };

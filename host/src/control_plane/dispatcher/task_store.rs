@@ -1,42 +1,10 @@
 //! [`TaskStore`]: the tasks the control plane holds (accepted, not final), each a
-//! [`TaskEntry`]: the task and its lease. It keeps the totals the submission limits
+//! [`TaskEntry`] (the task and its lease, the same type the store keeps). It keeps the totals the submission limits
 //! and the unserved-name check read: payload bytes held, and tasks held per name.
 
 use std::collections::HashMap;
 
-use crate::protocol::{LeaseToken, TaskEnvelope, TaskId, TaskRecord, WorkerId};
-
-/// One held task: what the client submitted (as accepted: a countdown turned into
-/// `not_before_ms`), kept as it came, and what the control plane decided for it since
-/// (attempt, deliveries, when it may run next, who holds it under which lease). The
-/// envelope a worker gets is built from both at each hand-out.
-#[derive(Debug)]
-pub(super) struct TaskEntry {
-    /// The submission.
-    pub envelope: TaskEnvelope,
-    pub record: TaskRecord,
-    /// Its place in the queues (and its dead-letter key).
-    pub seq: u64,
-    /// 1 for the first attempt, 2 for the first retry, ...
-    pub attempt: u32,
-    /// Hand-outs to a worker so far.
-    pub deliveries: u32,
-    /// Unix ms before which it must not run (its eta or countdown, then each retry's).
-    pub not_before_ms: u64,
-    /// The worker running it.
-    pub holder: Option<WorkerId>,
-    /// When it is due, in the dispatcher's monotonic milliseconds (see `mono_ms`).
-    pub due_ms: Option<u64>,
-    pub cancel_requested: bool,
-    /// Times a worker was lost while holding it (retries do not count).
-    pub lost: u32,
-    /// The lease of its latest assignment: only an outcome (or a reconnecting
-    /// worker's claim) with this token counts. Kept after a lost worker's task goes
-    /// back to the queue, so that worker can still answer until someone else takes it.
-    pub lease: Option<LeaseToken>,
-    /// The epoch of the control plane that gave that lease.
-    pub lease_epoch: u64,
-}
+use crate::{control_plane::store::TaskEntry, protocol::TaskId};
 
 /// The held tasks, by id.
 #[derive(Debug, Default)]

@@ -57,26 +57,32 @@ pub enum StoreError {
     },
 }
 
-/// One accepted task that is not final, as stored.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredTask {
-    /// The envelope as the dispatcher holds it (with its payload).
+/// One accepted task that is not final: what the client submitted (as accepted: a
+/// countdown turned into `not_before_ms`), kept as it came, and what the control plane
+/// decided for it since (attempt, deliveries, when it may run next, who holds it under
+/// which lease). The dispatcher holds these, and the store keeps them as they are; the
+/// envelope a worker gets is built from both halves at each hand-out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskEntry {
+    /// The submission (with its payload).
     pub envelope: TaskEnvelope,
     /// Its record (status, attempts, ...; no value).
     pub record: TaskRecord,
-    /// Its place in the queues.
+    /// Its place in the queues (and its dead-letter key).
     pub seq: u64,
-    /// Its current attempt (1 = the first).
+    /// 1 for the first attempt, 2 for the first retry, ...
     pub attempt: u32,
     /// Hand-outs to a worker so far.
     pub deliveries: u32,
-    /// Unix ms before which it must not run.
+    /// Unix ms before which it must not run (its eta or countdown, then each retry's).
     pub not_before_ms: u64,
-    /// Times a worker holding it was lost.
+    /// Times a worker holding it was lost (retries do not count).
     pub lost: u32,
-    /// The lease of its latest assignment.
+    /// The lease of its latest assignment: only an outcome (or a reconnecting worker's
+    /// claim) with this token counts. Kept after a lost worker's task goes back to the
+    /// queue, so that worker can still answer until someone else takes it.
     pub lease: Option<LeaseToken>,
-    /// The worker it is assigned to, if any.
+    /// The worker running it.
     pub holder: Option<WorkerId>,
     /// A cancel was asked for while it ran.
     pub cancel_requested: bool,
@@ -101,7 +107,7 @@ pub struct Snapshot {
     /// This process's epoch (raised when the store was opened).
     pub epoch: u64,
     /// Tasks not final.
-    pub tasks: Vec<StoredTask>,
+    pub tasks: Vec<TaskEntry>,
     /// Final records, oldest completion first.
     pub results: Vec<TaskRecord>,
     /// Dead letters by key (oldest first), with the envelope to replay.
@@ -118,7 +124,7 @@ pub struct Snapshot {
 #[derive(Debug, Default)]
 pub struct Changes {
     /// Tasks not final.
-    pub tasks: Vec<(TaskId, Option<StoredTask>)>,
+    pub tasks: Vec<(TaskId, Option<TaskEntry>)>,
     /// Final records.
     pub results: Vec<(TaskId, Option<TaskRecord>)>,
     /// Dead letters.
@@ -163,22 +169,18 @@ pub trait Store: Send {
     fn epoch(&self) -> u64;
 }
 
-/// The stored form of a task: the envelope and record with the bytes serde skips
-/// (payload, value) carried beside them.
-#[derive(Serialize, Deserialize)]
+/// The stored form of a task: the entry with the payload serde skips beside it
+/// (written from borrows, read into owned values; bincode encodes both alike).
+#[derive(Serialize)]
+struct TaskRowRef<'a> {
+    entry: &'a TaskEntry,
+    payload: &'a [u8],
+}
+
+#[derive(Deserialize)]
 struct TaskRow {
-    envelope: TaskEnvelope,
+    entry: TaskEntry,
     payload: Vec<u8>,
-    record: TaskRecord,
-    seq: u64,
-    attempt: u32,
-    deliveries: u32,
-    not_before_ms: u64,
-    lost: u32,
-    lease: Option<LeaseToken>,
-    holder: Option<WorkerId>,
-    cancel_requested: bool,
-    epoch: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -207,37 +209,15 @@ fn from_record_row(row: RecordRow) -> TaskRecord {
     record
 }
 
-fn task_row(task: &StoredTask) -> TaskRow {
-    TaskRow {
-        envelope: task.envelope.clone(),
-        payload: task.envelope.payload.to_vec(),
-        record: task.record.clone(),
-        seq: task.seq,
-        attempt: task.attempt,
-        deliveries: task.deliveries,
-        not_before_ms: task.not_before_ms,
-        lost: task.lost,
-        lease: task.lease,
-        holder: task.holder.clone(),
-        cancel_requested: task.cancel_requested,
-        epoch: task.epoch,
+fn task_row(task: &TaskEntry) -> TaskRowRef<'_> {
+    TaskRowRef {
+        entry: task,
+        payload: &task.envelope.payload,
     }
 }
 
-fn from_task_row(row: TaskRow) -> StoredTask {
-    let mut envelope = row.envelope;
-    envelope.payload = Bytes::from(row.payload);
-    StoredTask {
-        envelope,
-        record: row.record,
-        seq: row.seq,
-        attempt: row.attempt,
-        deliveries: row.deliveries,
-        not_before_ms: row.not_before_ms,
-        lost: row.lost,
-        lease: row.lease,
-        holder: row.holder,
-        cancel_requested: row.cancel_requested,
-        epoch: row.epoch,
-    }
+fn from_task_row(row: TaskRow) -> TaskEntry {
+    let mut entry = row.entry;
+    entry.envelope.payload = Bytes::from(row.payload);
+    entry
 }

@@ -313,14 +313,14 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::control_plane::store::StoredTask;
+    use crate::control_plane::store::TaskEntry;
     use crate::protocol::{
         Codec, LeaseToken, TaskEnvelope, TaskId, TaskRecord, TaskStatus, WorkerSecret,
     };
 
-    fn stored(name: &str) -> StoredTask {
+    fn stored(name: &str) -> TaskEntry {
         let envelope = TaskEnvelope::new(name, Codec::Json, Bytes::from_static(b"[1,2]"));
-        StoredTask {
+        TaskEntry {
             record: TaskRecord {
                 task_id: envelope.id,
                 name: name.into(),
