@@ -215,7 +215,9 @@ impl Executor {
     }
 }
 
-fn failure(
+/// The outcome of an attempt of `task` (under `lease`, started at `started_ms`) that
+/// failed with `error`.
+pub(crate) fn failure(
     task: &TaskEnvelope,
     lease: LeaseToken,
     error: TaskError,

@@ -226,20 +226,15 @@ pub async fn run(args: SubworkerArgs, plugin_dir: &Path) -> anyhow::Result<()> {
                                 warn!(task = %task.id, "{reason}");
                                 // Said, not dropped: the sender learns it is fenced off,
                                 // and the task does not wait for an answer forever.
-                                let refused = TaskOutcome {
-                                    task_id: task.id,
-                                    delivery_count: task.delivery_count,
+                                let refused = crate::executor::failure(
+                                    &task,
                                     lease,
-                                    result: protocol::AttemptResult::Failure(
-                                        crate::task_error::TaskError::new(
-                                            crate::task_error::ErrorKind::Rejected,
-                                            reason,
-                                        ),
+                                    crate::task_error::TaskError::new(
+                                        crate::task_error::ErrorKind::Rejected,
+                                        reason,
                                     ),
-                                    started_ms: protocol::now_ms(),
-                                    completed_ms: protocol::now_ms(),
-                                    value: bytes::Bytes::new(),
-                                };
+                                    protocol::now_ms(),
+                                );
                                 if !send(&mut conn, &ToControlPlane::Outcome(refused)).await {
                                     continue 'connection;
                                 }

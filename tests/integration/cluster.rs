@@ -37,7 +37,7 @@ use serde_json::{json, Value};
 use tokio::runtime::Runtime;
 
 use crate::{
-    procs::{free_address, mytasks_dir, poll_until, runtime, ControlPlane, Proc, STARTUP},
+    procs::{connect, free_address, mytasks_dir, poll_until, runtime, ControlPlane, Proc, STARTUP},
     support::{client_config, run, Output, TestDir},
 };
 
@@ -46,15 +46,6 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How long a test waits for a submitted task's result.
 const RESULT_WAIT: Duration = Duration::from_secs(30);
-
-fn connect(rt: &Runtime, address: &str) -> Client {
-    rt.block_on(Client::connect_with(
-        address,
-        CLIENT_TIMEOUT,
-        &client_config(),
-    ))
-    .unwrap_or_else(|e| panic!("cannot connect to {address}: {e}"))
-}
 
 /// A task with JSON arguments.
 fn json_task(name: &str, args: Value) -> TaskEnvelope {

@@ -16,11 +16,12 @@ use serde_json::json;
 use tokio::runtime::Runtime;
 
 use crate::{
-    procs::{control_plane_args, free_address, free_port, mytasks_dir, runtime, Proc, STARTUP},
+    procs::{
+        connect, control_plane_args, free_address, free_port, mytasks_dir, runtime, Proc, STARTUP,
+    },
     support::{client_config, TestDir},
 };
 
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
 const RESULT_WAIT: Duration = Duration::from_secs(60);
 
 /// A control plane's fixed addresses, so it can be started again on them.
@@ -68,15 +69,6 @@ impl Addresses {
         proc.wait_for(true, "registered with the control plane", STARTUP);
         proc
     }
-}
-
-fn connect(rt: &Runtime, address: &str) -> Client {
-    rt.block_on(Client::connect_with(
-        address,
-        CLIENT_TIMEOUT,
-        &client_config(),
-    ))
-    .unwrap_or_else(|e| panic!("cannot connect to {address}: {e}"))
 }
 
 fn add(i: i64) -> TaskEnvelope {

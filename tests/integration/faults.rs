@@ -16,25 +16,15 @@ use serde_json::json;
 use tokio::runtime::Runtime;
 
 use crate::{
-    procs::{free_address, poll_until, runtime, ControlPlane, Proc, STARTUP},
-    support::{client_config, plugin_artifact, TestDir},
+    procs::{connect, free_address, poll_until, runtime, ControlPlane, Proc, STARTUP},
+    support::{plugin_artifact, TestDir},
 };
 
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
 const RESULT_WAIT: Duration = Duration::from_secs(60);
 
 /// Tasks of other names submitted around each fault (as many as were lost when the
 /// control plane ran plugins itself).
 const OTHERS: i64 = 35;
-
-fn connect(rt: &Runtime, address: &str) -> Client {
-    rt.block_on(Client::connect_with(
-        address,
-        CLIENT_TIMEOUT,
-        &client_config(),
-    ))
-    .unwrap_or_else(|e| panic!("cannot connect to {address}: {e}"))
-}
 
 fn task(name: &str, args: serde_json::Value) -> TaskEnvelope {
     TaskEnvelope::new(name, Codec::Json, Bytes::from(args.to_string()))

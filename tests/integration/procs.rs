@@ -314,6 +314,17 @@ impl ControlPlane {
     }
 }
 
+/// The library client connected to `address` (with the run's key, if any), or a
+/// failed test.
+pub fn connect(rt: &tokio::runtime::Runtime, address: &str) -> fastworker::client::Client {
+    rt.block_on(fastworker::client::Client::connect_with(
+        address,
+        Duration::from_secs(20),
+        &crate::support::client_config(),
+    ))
+    .unwrap_or_else(|e| panic!("cannot connect to {address}: {e}"))
+}
+
 /// A small runtime for the library client; test bodies stay synchronous so process
 /// guards and bounded polls never block a runtime thread.
 pub fn runtime() -> tokio::runtime::Runtime {

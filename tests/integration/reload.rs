@@ -42,12 +42,9 @@ use fastworker::{
 use tokio::runtime::Runtime;
 
 use crate::{
-    procs::{free_address, poll_until, runtime, ControlPlane, Proc, STARTUP},
+    procs::{connect, free_address, poll_until, runtime, ControlPlane, Proc, STARTUP},
     support::{plugin_artifact, run, TestDir},
 };
-
-/// The library client's connect and request timeout.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How long one submission may wait for its result before it counts as lost.
 const RESULT_WAIT: Duration = Duration::from_secs(30);
@@ -195,15 +192,6 @@ fn add_task(x: i64, y: i64) -> TaskEnvelope {
 
 fn sleep_task(ms: u64) -> TaskEnvelope {
     TaskEnvelope::new("sleep_ms", Codec::Json, Bytes::from(format!("[{ms}]")))
-}
-
-fn connect(rt: &Runtime, address: &str) -> Client {
-    rt.block_on(Client::connect_with(
-        address,
-        CLIENT_TIMEOUT,
-        &crate::support::client_config(),
-    ))
-    .unwrap_or_else(|e| panic!("cannot connect to {address}: {e}"))
 }
 
 /// The version the subworker answers now.
