@@ -31,7 +31,6 @@
 //! assignment and result fsynced, group-committed, before its reply goes out).
 
 use std::{
-    fs,
     path::Path,
     thread,
     time::{Duration, Instant},
@@ -194,13 +193,7 @@ fn ms(d: Duration) -> String {
 /// Runs (a) and (b) on `setup`.
 fn measure_client(rt: &tokio::runtime::Runtime, setup: &Setup) {
     println!("\n== {}", setup.name);
-    let client = rt
-        .block_on(Client::connect_with(
-            &setup.base,
-            TIMEOUT,
-            &support::client_config(),
-        ))
-        .expect("the benchmark connects");
+    let client = support::connect(rt, &setup.base);
     // Warm up: connections, plugin pages, allocator.
     rt.block_on(async {
         for i in 0..200 {
@@ -302,12 +295,7 @@ fn subworker_concurrency() -> String {
 
 fn main() {
     let plugin = plugin_path("mytasks", "cargo build --release -p mytasks");
-    let dir = tempfile::Builder::new()
-        .prefix("fastworker-bench-")
-        .tempdir()
-        .expect("a temp dir");
-    fs::create_dir_all(dir.path().join("plugins")).expect("plugins dir");
-    fs::copy(&plugin, dir.path().join("plugins/mytasks.so")).expect("copy the plugin");
+    let dir = support::dir_with_plugin(&plugin, "mytasks");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -12,32 +12,20 @@
 //! to its "ready" line (which waits for its own subworker), the load-and-restore time
 //! the control plane logs, and a check that every task is still known.
 
-use std::{
-    fs,
-    time::{Duration, Instant},
-};
+use std::{fs, time::Instant};
 
 use bytes::Bytes;
-use fastworker::{
-    client::Client,
-    protocol::{Codec, TaskEnvelope, TaskId, TaskStatus},
-};
+use fastworker::protocol::{Codec, TaskEnvelope, TaskId, TaskStatus};
 
 mod support;
 use support::{free_address, plugin_path, port_of, Proc};
 
 const TASKS: usize = 100_000;
 const BATCH: usize = 1_000;
-const TIMEOUT: Duration = Duration::from_secs(60);
 
 fn main() {
     let plugin = plugin_path("mytasks", "cargo build --release -p mytasks");
-    let dir = tempfile::Builder::new()
-        .prefix("fastworker-bench-")
-        .tempdir()
-        .expect("a temp dir");
-    fs::create_dir_all(dir.path().join("plugins")).expect("plugins dir");
-    fs::copy(&plugin, dir.path().join("plugins/mytasks.so")).expect("copy the plugin");
+    let dir = support::dir_with_plugin(&plugin, "mytasks");
     let base = free_address();
     let discovery = free_address();
     let sub = free_address();
@@ -64,13 +52,7 @@ fn main() {
 
     let mut cp = Proc::spawn(dir.path(), "cp-1", &args);
     cp.wait_for(false, "ready on");
-    let client = rt
-        .block_on(Client::connect_with(
-            &base,
-            TIMEOUT,
-            &support::client_config(),
-        ))
-        .expect("connects");
+    let client = support::connect(&rt, &base);
     let mut ids: Vec<TaskId> = Vec::with_capacity(TASKS);
     let started = Instant::now();
     for _ in 0..TASKS / BATCH {
@@ -109,13 +91,7 @@ fn main() {
         resumed.split("INFO ").nth(1).unwrap_or(&resumed)
     );
 
-    let client = rt
-        .block_on(Client::connect_with(
-            &base,
-            TIMEOUT,
-            &support::client_config(),
-        ))
-        .expect("connects");
+    let client = support::connect(&rt, &base);
     let mut known = 0;
     let mut queued = 0;
     rt.block_on(async {

@@ -95,6 +95,27 @@ pub fn client_config() -> fastworker::transport::TransportConfig {
     }
 }
 
+/// The library client connected to `address` with the run's key (60 s timeout).
+pub fn connect(rt: &tokio::runtime::Runtime, address: &str) -> fastworker::client::Client {
+    rt.block_on(fastworker::client::Client::connect_with(
+        address,
+        Duration::from_secs(60),
+        &client_config(),
+    ))
+    .expect("the benchmark connects")
+}
+
+/// A fresh temp directory holding `plugins/<name>.so`, a copy of `plugin`.
+pub fn dir_with_plugin(plugin: &Path, name: &str) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("fastworker-bench-")
+        .tempdir()
+        .expect("a temp dir");
+    fs::create_dir_all(dir.path().join("plugins")).expect("plugins dir");
+    fs::copy(plugin, dir.path().join(format!("plugins/{name}.so"))).expect("copy the plugin");
+    dir
+}
+
 /// A running `fastworker`, killed and reaped when dropped.
 pub struct Proc {
     name: String,
