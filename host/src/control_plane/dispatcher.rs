@@ -538,7 +538,7 @@ impl Dispatcher {
 
     /// Submits every periodic task that is due (schedules come from the plugins of
     /// every subworker, the control plane's own included).
-    fn fire_periodic(&mut self) {
+    pub(super) fn fire_periodic(&mut self) {
         let mut specs: BTreeMap<&str, &crate::protocol::PeriodicSpec> = BTreeMap::new();
         for spec in self.own_tasks.values() {
             if let Some(p) = &spec.periodic {

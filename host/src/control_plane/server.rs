@@ -308,12 +308,6 @@ pub async fn run(
                 if !registered {
                     warn!("the control plane's own subworker has not registered after {OWN_WORKER_STARTUP:?}; its tasks are unknown until it does");
                 }
-                // Periodic tasks its plugins declare are due at once: submitted (and
-                // handed out) before any client's first task.
-                dispatcher.tick(Now::current());
-                for action in releasable(&mut committer, &mut dispatcher) {
-                    perform(action, &server.outbox, &callback_config);
-                }
                 ready_pending = false;
                 println!(
                     "fastworker control plane `{}` ready on {}; submit with: fastworker submit --control-plane-address {} --task-name add --args 5 3",

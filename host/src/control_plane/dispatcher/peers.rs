@@ -193,6 +193,9 @@ impl Dispatcher {
         self.worker_changed(&reg.worker_id, Some(secret));
         self.actions
             .push(reply(peer, FromControlPlane::Registered { secret }));
+        // A schedule its plugins declare is due at once: submitted with this
+        // registration, not at the next tick (so it never races a client's first task).
+        self.fire_periodic();
     }
 
     /// A subworker's task list changed (a plugin was added, reloaded or removed).

@@ -546,7 +546,7 @@ fn periodic_tasks_fire_from_subworker_schedules_only_once_per_tick() {
             now,
         );
     }
-    d.take_actions();
+    // It fires when the schedule is first seen (the first registration).
     d.tick(now);
     let first = assigns(&d.take_actions());
     assert_eq!(first.len(), 1, "one run at start-up, not one per subworker");
