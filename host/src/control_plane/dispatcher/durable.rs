@@ -191,10 +191,15 @@ impl Dispatcher {
         // identity is simply forgotten (it registers as new).
         let mut held: HashMap<WorkerId, HashSet<TaskId>> = HashMap::new();
         for (key, record, envelope) in snapshot.dead_letters {
-            // Dead letters are keyed by their task's sequence number: new tasks must
-            // not reuse one.
-            self.next_seq = self.next_seq.max(key.saturating_add(1));
-            self.dead_letters.insert(key, record, envelope);
+            for dropped in self.dead_letters.insert(key, record, envelope) {
+                // Past the bound: its row goes with the first commit.
+                self.dead_letter_changed(dropped);
+            }
+        }
+        // Dead letters are keyed by their task's sequence number: new tasks must not
+        // reuse one.
+        if let Some(last) = self.dead_letters.last_key() {
+            self.next_seq = self.next_seq.max(last.saturating_add(1));
         }
         for record in snapshot.results {
             // Its time-to-live counts from when it finished, not from this start.

@@ -147,16 +147,6 @@ impl Changes {
             && self.workers.is_empty()
             && self.names.is_empty()
     }
-
-    /// How many rows it writes or deletes.
-    pub fn len(&self) -> usize {
-        self.tasks.len()
-            + self.results.len()
-            + self.dead_letters.len()
-            + self.periodic.len()
-            + self.workers.len()
-            + self.names.len()
-    }
 }
 
 /// Durable state for one control plane.
