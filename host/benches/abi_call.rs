@@ -27,7 +27,9 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion};
 
 mod support;
-use fastworker::plugin::{call::call_task, CallContext, PluginLoader, PluginRegistry, TaskInfo};
+use fastworker_host::plugin::{
+    call::call_task, CallContext, PluginLoader, PluginRegistry, TaskInfo,
+};
 use fastworker_plugin_sdk::{codec, Codec};
 use support::plugin_path;
 

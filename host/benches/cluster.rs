@@ -37,10 +37,8 @@ use std::{
 };
 
 use bytes::Bytes;
-use fastworker::{
-    client::{decode_value, Client},
-    protocol::{Codec, TaskEnvelope, TaskStatus},
-};
+use fastworker_client::{decode_value, Client};
+use fastworker_protocol::{Codec, TaskEnvelope, TaskStatus};
 
 mod support;
 use support::{fastworker, free_address, plugin_path, port_of, Proc};
@@ -128,7 +126,7 @@ fn add_task(x: i64, y: i64) -> TaskEnvelope {
     TaskEnvelope::new("add", Codec::Json, Bytes::from(format!("[{x},{y}]")))
 }
 
-fn check(record: &fastworker::protocol::TaskRecord, expected: i64) {
+fn check(record: &fastworker_protocol::TaskRecord, expected: i64) {
     assert_eq!(record.status, TaskStatus::Success, "{record:?}");
     let got: i64 = decode_value(record).expect("the result decodes");
     assert_eq!(got, expected, "{record:?}");

@@ -40,10 +40,8 @@ use std::{
 };
 
 use bytes::Bytes;
-use fastworker::{
-    client::{decode_value, Client},
-    protocol::{Codec, TaskEnvelope},
-};
+use fastworker_client::{decode_value, Client};
+use fastworker_protocol::{Codec, TaskEnvelope};
 use tokio::runtime::Runtime;
 
 mod support;

@@ -15,7 +15,7 @@
 use std::{fs, time::Instant};
 
 use bytes::Bytes;
-use fastworker::protocol::{Codec, TaskEnvelope, TaskId, TaskStatus};
+use fastworker_protocol::{Codec, TaskEnvelope, TaskId, TaskStatus};
 
 mod support;
 use support::{free_address, plugin_path, port_of, Proc};

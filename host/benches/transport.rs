@@ -17,7 +17,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fastworker::transport::{self, auth::ClusterKey, ServerEvent, TransportConfig};
+use fastworker_transport::{self as transport, auth::ClusterKey, ServerEvent, TransportConfig};
 use zeromq::{DealerSocket, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
 const ROUND_TRIPS: usize = 5_000;
@@ -151,10 +151,7 @@ fn main() {
         let key = ClusterKey::parse(&ClusterKey::generate()).expect("key");
         guarded(
             "guarded + key",
-            TransportConfig {
-                key: Some(key),
-                ..TransportConfig::default()
-            },
+            TransportConfig::default().with_key(Some(key)),
         )
         .await;
     });

@@ -452,11 +452,9 @@ impl SecurityArgs {
 
     /// What the transport enforces, for a process that only connects.
     pub fn transport_config(&self) -> Result<TransportConfig, KeyError> {
-        Ok(TransportConfig {
-            max_message_bytes: self.max_message_size,
-            key: self.cluster_key()?,
-            ..TransportConfig::default()
-        })
+        Ok(TransportConfig::default()
+            .with_max_message_bytes(self.max_message_size)
+            .with_key(self.cluster_key()?))
     }
 
     /// What the transport enforces, for a process that also listens on `addresses`:

@@ -4,12 +4,23 @@
 use std::{future::Future, io::IsTerminal, process::ExitCode};
 
 use clap::Parser;
-use fastworker::{
-    cli::{Cli, Command, LogLevel},
-    commands,
-    plugin::{LoadError, RegistryError},
+use fastworker_host::{
+    plugin::{watch::SetupError, LoadError, RegistryError},
+    HostError,
 };
 use tracing_subscriber::EnvFilter;
+
+mod cli;
+mod commands;
+
+// Short paths for the library crates, used throughout the commands.
+use fastworker_client as client;
+use fastworker_host::{control_plane, plugin};
+use fastworker_protocol as protocol;
+use fastworker_protocol::task_error;
+use fastworker_transport as transport;
+
+use cli::{Cli, Command, LogLevel};
 
 fn init_logging(level: LogLevel) {
     let level = match level {
@@ -64,6 +75,18 @@ fn one_shot<E: Into<anyhow::Error>>(
     Ok(())
 }
 
+/// abi_stable's full report when a plugin's layout did not match (logged at debug).
+fn layout_report(err: &anyhow::Error) -> Option<&str> {
+    let registry = match err.downcast_ref::<HostError>() {
+        Some(HostError::Plugins(SetupError::Load(registry))) => registry,
+        _ => err.downcast_ref::<RegistryError>()?,
+    };
+    match registry {
+        RegistryError::Load(LoadError::LayoutMismatch { report, .. }) => Some(report),
+        _ => None,
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_level);
@@ -72,13 +95,27 @@ fn main() -> ExitCode {
         Command::List(args) => commands::list::run(&args, &dir).map(|text| print!("{text}")),
         Command::ControlPlane(args) => {
             ignore_file_size_signal();
-            serve(fastworker::control_plane::server::run(
-                args,
-                &dir,
-                cli.log_level,
-            ))
+            commands::serve::control_plane_config(&args, &dir, cli.log_level).and_then(|config| {
+                serve(async move {
+                    fastworker_host::control_plane::server::run(config, |id, endpoint| {
+                        println!(
+                            "fastworker control plane `{id}` ready on {endpoint}; submit with: fastworker submit --control-plane-address {endpoint} --task-name add --args 5 3"
+                        );
+                    })
+                    .await
+                    .map_err(Into::into)
+                })
+            })
         }
-        Command::Subworker(args) => serve(fastworker::subworker::run(args, &dir)),
+        Command::Subworker(args) => {
+            commands::serve::subworker_config(&args, &dir).and_then(|config| {
+                serve(async move {
+                    fastworker_host::subworker::run(config)
+                        .await
+                        .map_err(Into::into)
+                })
+            })
+        }
         Command::Submit(args) => one_shot(async move { commands::submit::run(&args).await }),
         Command::Status(args) => one_shot(async move { commands::task::status(&args).await }),
         Command::Cancel(args) => one_shot(async move { commands::task::cancel(&args).await }),
@@ -88,13 +125,11 @@ fn main() -> ExitCode {
         }
         Command::Keygen(args) => commands::keygen::run(&args).map(|text| print!("{text}")),
     };
-    fastworker::transport::relay::remove_private_dir();
+    transport::relay::remove_private_dir();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            if let Some(RegistryError::Load(LoadError::LayoutMismatch { report, .. })) =
-                err.downcast_ref()
-            {
+            if let Some(report) = layout_report(&err) {
                 tracing::debug!("abi_stable layout report:\n{report}");
             }
             eprintln!("error: {err:#}");

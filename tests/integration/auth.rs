@@ -6,14 +6,12 @@
 use std::{path::PathBuf, time::Duration};
 
 use bytes::Bytes;
-use fastworker::{
-    client::{Client, ClientError},
-    protocol::{
-        self, Codec, FromControlPlane, Hello, PeerKind, Registration, TaskEnvelope, TaskId,
-        ToControlPlane, WorkerId, PROTOCOL_VERSION,
-    },
-    transport::{self, auth::ClusterKey, TransportConfig, TransportError},
+use fastworker_client::{Client, ClientError};
+use fastworker_protocol::{
+    self as protocol, Codec, FromControlPlane, Hello, PeerKind, Registration, TaskEnvelope, TaskId,
+    ToControlPlane, WorkerId, PROTOCOL_VERSION,
 };
+use fastworker_transport::{self as transport, auth::ClusterKey, TransportConfig, TransportError};
 use serde_json::json;
 
 use crate::{
@@ -40,10 +38,7 @@ fn keygen(dir: &TestDir, name: &str) -> PathBuf {
 }
 
 fn keyed(path: &std::path::Path) -> TransportConfig {
-    TransportConfig {
-        key: Some(ClusterKey::load(path).expect("the key loads")),
-        ..Default::default()
-    }
+    TransportConfig::default().with_key(Some(ClusterKey::load(path).expect("the key loads")))
 }
 
 fn submit(dir: &TestDir, cp: &ControlPlane, extra: &[&str]) -> crate::support::Output {
@@ -148,10 +143,9 @@ fn with_a_key_its_holders_work_and_nobody_else_gets_in() {
         "{:?}",
         refused.err()
     );
-    let wrong = TransportConfig {
-        key: Some(ClusterKey::parse(&ClusterKey::generate()).expect("key")),
-        ..Default::default()
-    };
+    let wrong = TransportConfig::default().with_key(Some(
+        ClusterKey::parse(&ClusterKey::generate()).expect("key"),
+    ));
     let refused = rt.block_on(Client::connect_with(
         &cp.base,
         Duration::from_secs(5),
@@ -217,7 +211,7 @@ fn with_a_key_its_holders_work_and_nobody_else_gets_in() {
         .expect("known");
     assert_eq!(
         record.status,
-        fastworker::protocol::TaskStatus::Success,
+        fastworker_protocol::TaskStatus::Success,
         "the stranger's cancel did nothing: {record:?}"
     );
     assert!(
@@ -260,11 +254,11 @@ fn stranger_requests(id: TaskId) -> Vec<(&'static str, ToControlPlane)> {
     vec![
         (
             "hello",
-            ToControlPlane::Hello(Hello {
-                protocol_version: PROTOCOL_VERSION,
-                peer_kind: PeerKind::Client,
-                peer_id: "evil".into(),
-                features: vec![],
+            ToControlPlane::Hello({
+                let mut value = Hello::new(PeerKind::Client, "evil");
+                value.protocol_version = PROTOCOL_VERSION;
+                value.features = vec![];
+                value
             }),
         ),
         (
@@ -292,14 +286,13 @@ fn stranger_requests(id: TaskId) -> Vec<(&'static str, ToControlPlane)> {
         ),
         (
             "register",
-            ToControlPlane::Register(Registration {
-                worker_id: WorkerId("evil".into()),
-                tasks: vec![],
-                concurrency: 64,
-                address: None,
-                pid: 1,
-                secret: None,
-                running: vec![],
+            ToControlPlane::Register({
+                let mut value = Registration::new(WorkerId::new("evil"), vec![], 64);
+                value.address = None;
+                value.pid = 1;
+                value.secret = None;
+                value.running = vec![];
+                value
             }),
         ),
     ]
@@ -315,20 +308,19 @@ fn a_key_holder_cannot_take_over_another_subworkers_id() {
             .await
             .expect("connects with the key");
         for msg in [
-            ToControlPlane::Hello(Hello {
-                protocol_version: PROTOCOL_VERSION,
-                peer_kind: PeerKind::Subworker,
-                peer_id: "sw1".into(),
-                features: vec![],
+            ToControlPlane::Hello({
+                let mut value = Hello::new(PeerKind::Subworker, "sw1");
+                value.protocol_version = PROTOCOL_VERSION;
+                value.features = vec![];
+                value
             }),
-            ToControlPlane::Register(Registration {
-                worker_id: WorkerId("sw1".into()),
-                tasks: vec![],
-                concurrency: 64,
-                address: None,
-                pid: sw.pid(),
-                secret: None,
-                running: vec![],
+            ToControlPlane::Register({
+                let mut value = Registration::new(WorkerId::new("sw1"), vec![], 64);
+                value.address = None;
+                value.pid = sw.pid();
+                value.secret = None;
+                value.running = vec![];
+                value
             }),
         ] {
             conn.sender

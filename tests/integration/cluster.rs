@@ -24,15 +24,13 @@ use std::{
 };
 
 use bytes::Bytes;
-use fastworker::{
-    client::{decode_value, Client, ClientError},
-    protocol::{
-        self, now_ms, Codec, FromControlPlane, Hello, PeerKind, Priority, TaskEnvelope, TaskId,
-        TaskRecord, TaskStatus, ToControlPlane, PROTOCOL_VERSION,
-    },
-    task_error::ErrorKind,
-    transport::{self, Connection},
+use fastworker_client::{decode_value, Client, ClientError};
+use fastworker_protocol::task_error::ErrorKind;
+use fastworker_protocol::{
+    self as protocol, now_ms, Codec, FromControlPlane, Hello, PeerKind, Priority, TaskEnvelope,
+    TaskId, TaskRecord, TaskStatus, ToControlPlane, PROTOCOL_VERSION,
 };
+use fastworker_transport::{self as transport, Connection};
 use serde_json::{json, Value};
 use tokio::runtime::Runtime;
 
@@ -802,11 +800,11 @@ fn bad_frames_get_a_clear_error_and_lose_nothing() {
             }
             other => panic!("version 9: expected Refused, got {other:?}"),
         }
-        let hello = protocol::encode(&ToControlPlane::Hello(Hello {
-            protocol_version: PROTOCOL_VERSION,
-            peer_kind: PeerKind::Client,
-            peer_id: "raw".into(),
-            features: vec![],
+        let hello = protocol::encode(&ToControlPlane::Hello({
+            let mut value = Hello::new(PeerKind::Client, "raw");
+            value.protocol_version = PROTOCOL_VERSION;
+            value.features = vec![];
+            value
         }))
         .unwrap();
         assert!(matches!(

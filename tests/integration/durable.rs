@@ -8,10 +8,8 @@
 use std::{collections::HashMap, time::Duration};
 
 use bytes::Bytes;
-use fastworker::{
-    client::{decode_value, Client},
-    protocol::{Codec, TaskEnvelope, TaskId, TaskRecord, TaskStatus},
-};
+use fastworker_client::{decode_value, Client};
+use fastworker_protocol::{Codec, TaskEnvelope, TaskId, TaskRecord, TaskStatus};
 use serde_json::json;
 use tokio::runtime::Runtime;
 
@@ -338,10 +336,10 @@ fn a_full_disk_refuses_new_tasks_clearly_and_loses_none_accepted() {
 /// plane on the library's transport, so the epochs are chosen by the test.
 #[test]
 fn a_subworker_refuses_assignments_of_an_older_epoch() {
-    use fastworker::{
-        protocol::{self, FromControlPlane, LeaseToken, ToControlPlane, WorkerSecret},
-        transport::{self, ServerEvent},
+    use fastworker_protocol::{
+        self as protocol, FromControlPlane, LeaseToken, ToControlPlane, WorkerSecret,
     };
+    use fastworker_transport::{self as transport, ServerEvent};
     let dir = mytasks_dir();
     let address = free_address();
     let rt = runtime();
@@ -430,14 +428,17 @@ fn a_subworker_refuses_assignments_of_an_older_epoch() {
         .iter()
         .find(|o| o.task_id == newer)
         .expect("the newer ran");
-    assert_eq!(ran.result, fastworker::protocol::AttemptResult::Success);
+    assert_eq!(ran.result, fastworker_protocol::AttemptResult::Success);
     let refused = outcomes
         .iter()
         .find(|o| o.task_id == older)
         .expect("the older was answered");
     match &refused.result {
-        fastworker::protocol::AttemptResult::Failure(error) => {
-            assert_eq!(error.kind, fastworker::task_error::ErrorKind::Rejected);
+        fastworker_protocol::AttemptResult::Failure(error) => {
+            assert_eq!(
+                error.kind,
+                fastworker_protocol::task_error::ErrorKind::Rejected
+            );
             assert!(
                 error.message.contains("epoch 5 has taken over"),
                 "{error:?}"

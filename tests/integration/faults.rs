@@ -7,11 +7,9 @@
 use std::{collections::HashSet, time::Duration};
 
 use bytes::Bytes;
-use fastworker::{
-    client::{decode_value, Client},
-    protocol::{Codec, Priority, TaskEnvelope, TaskId, TaskRecord, TaskStatus},
-    task_error::ErrorKind,
-};
+use fastworker_client::{decode_value, Client};
+use fastworker_protocol::task_error::ErrorKind;
+use fastworker_protocol::{Codec, Priority, TaskEnvelope, TaskId, TaskRecord, TaskStatus};
 use serde_json::json;
 use tokio::runtime::Runtime;
 

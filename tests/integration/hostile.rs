@@ -10,10 +10,8 @@ use std::{
 };
 
 use bytes::Bytes;
-use fastworker::{
-    client::Client,
-    protocol::{Codec, TaskEnvelope},
-};
+use fastworker_client::Client;
+use fastworker_protocol::{Codec, TaskEnvelope};
 use serde_json::json;
 
 use crate::{
@@ -456,10 +454,10 @@ fn clients_subworkers_and_callbacks_survive_a_hostile_server() {
         let task = {
             let mut t =
                 TaskEnvelope::new("add", Codec::Json, Bytes::from(json!([1, 2]).to_string()));
-            t.callback = Some(fastworker::protocol::Callback {
-                address: hostile.address.clone(),
-                data: "x".into(),
-            });
+            t.callback = Some(fastworker_protocol::Callback::new(
+                hostile.address.clone(),
+                "x",
+            ));
             t
         };
         let ok = rt.block_on(async {
@@ -495,18 +493,17 @@ fn documented_limits_are_applied_and_named() {
             .expect("connects");
         // A header over 16 MiB: Rejected naming the limit.
         let mut conn =
-            fastworker::transport::connect(&cp.base, Duration::from_secs(5), &client_config())
+            fastworker_transport::connect(&cp.base, Duration::from_secs(5), &client_config())
                 .await
                 .expect("connects");
         // Say hello first: before its first message a connection may send at most 1 MiB.
-        let hello = fastworker::protocol::encode(&fastworker::protocol::ToControlPlane::Hello(
-            fastworker::protocol::Hello {
-                protocol_version: fastworker::protocol::PROTOCOL_VERSION,
-                peer_kind: fastworker::protocol::PeerKind::Client,
-                peer_id: "limits".into(),
-                features: vec![],
-            },
-        ))
+        let hello = fastworker_protocol::encode(&fastworker_protocol::ToControlPlane::Hello({
+            let mut value =
+                fastworker_protocol::Hello::new(fastworker_protocol::PeerKind::Client, "limits");
+            value.protocol_version = fastworker_protocol::PROTOCOL_VERSION;
+            value.features = vec![];
+            value
+        }))
         .expect("encodes");
         conn.sender.send(hello).await.expect("sent");
         let welcome = tokio::time::timeout(Duration::from_secs(10), conn.receiver.recv())
@@ -514,8 +511,8 @@ fn documented_limits_are_applied_and_named() {
             .expect("an answer")
             .expect("a message");
         assert!(matches!(
-            fastworker::protocol::decode::<fastworker::protocol::FromControlPlane>(&welcome),
-            Ok(fastworker::protocol::FromControlPlane::Welcome(_))
+            fastworker_protocol::decode::<fastworker_protocol::FromControlPlane>(&welcome),
+            Ok(fastworker_protocol::FromControlPlane::Welcome(_))
         ));
         // (Our own encoder refuses to make one, so it is made by hand.)
         let mut header = b"FW\x01".to_vec();
@@ -526,8 +523,8 @@ fn documented_limits_are_applied_and_named() {
             .await
             .expect("an answer")
             .expect("a message");
-        match fastworker::protocol::decode::<fastworker::protocol::FromControlPlane>(&reply) {
-            Ok(fastworker::protocol::FromControlPlane::Rejected { error, .. }) => {
+        match fastworker_protocol::decode::<fastworker_protocol::FromControlPlane>(&reply) {
+            Ok(fastworker_protocol::FromControlPlane::Rejected { error, .. }) => {
                 assert!(error.message.contains("16777216"), "{error}")
             }
             other => panic!("a 17 MiB header: expected Rejected, got {other:?}"),
@@ -536,7 +533,7 @@ fn documented_limits_are_applied_and_named() {
         // A 65 MiB payload: Rejected naming --max-payload-size.
         let big = TaskEnvelope::new("echo", Codec::Json, Bytes::from(vec![b' '; 65 << 20]));
         match client.delay(big).await {
-            Err(fastworker::client::ClientError::Rejected(e)) => {
+            Err(fastworker_client::ClientError::Rejected(e)) => {
                 assert!(e.message.contains("--max-payload-size"), "{e}")
             }
             other => panic!("a 65 MiB payload: expected Rejected, got {other:?}"),
@@ -544,14 +541,14 @@ fn documented_limits_are_applied_and_named() {
         // 100 MiB: over one message; the client refuses before sending.
         let huge = TaskEnvelope::new("echo", Codec::Json, Bytes::from(vec![b' '; 100 << 20]));
         match client.delay(huge).await {
-            Err(fastworker::client::ClientError::TooLarge { limit, .. }) => {
+            Err(fastworker_client::ClientError::TooLarge { limit, .. }) => {
                 assert_eq!(limit, 80 << 20)
             }
             other => panic!("a 100 MiB payload: expected TooLarge, got {other:?}"),
         }
         // A peer that sends 100 MiB anyway is disconnected, and nobody else notices.
         let mut rogue =
-            fastworker::transport::connect(&cp.base, Duration::from_secs(5), &client_config())
+            fastworker_transport::connect(&cp.base, Duration::from_secs(5), &client_config())
                 .await
                 .expect("connects");
         let _ = rogue
@@ -568,7 +565,7 @@ fn documented_limits_are_applied_and_named() {
             Bytes::from(json!(["y".repeat(4096)]).to_string()),
         );
         match client.submit(task, Duration::from_secs(20)).await {
-            Err(fastworker::client::ClientError::TaskFailed { error, .. }) => {
+            Err(fastworker_client::ClientError::TaskFailed { error, .. }) => {
                 assert!(error.message.contains("--max-payload-size"), "{error}")
             }
             other => panic!("an oversized result: expected a failure, got {other:?}"),

@@ -37,7 +37,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fastworker::protocol::{now_ms, TaskId};
+use fastworker_protocol::{now_ms, TaskId};
 use serde_json::{json, Value};
 use tokio::runtime::Runtime;
 use zeromq::{RouterSocket, Socket, SocketRecv};

@@ -5,10 +5,8 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use fastworker::{
-    client::{Client, ClientError},
-    protocol::{Codec, TaskEnvelope},
-};
+use fastworker_client::{Client, ClientError};
+use fastworker_protocol::{Codec, TaskEnvelope};
 use serde_json::json;
 
 use crate::{

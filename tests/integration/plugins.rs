@@ -15,14 +15,14 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use fastworker::{
-    plugin::{call::call_task, CallContext, LoadError, PluginLoader, PluginRegistry, TaskHandle},
-    task_error::{ErrorKind, TaskError},
+use fastworker_host::plugin::{
+    call::call_task, CallContext, LoadError, PluginLoader, PluginRegistry, TaskHandle,
 };
 use fastworker_plugin_sdk::{
     abi::{ABI_VERSION, SDK_VERSION},
     codec, Codec, Value,
 };
+use fastworker_protocol::task_error::{ErrorKind, TaskError};
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::json;
 

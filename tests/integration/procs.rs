@@ -316,8 +316,8 @@ impl ControlPlane {
 
 /// The library client connected to `address` (with the run's key, if any), or a
 /// failed test.
-pub fn connect(rt: &tokio::runtime::Runtime, address: &str) -> fastworker::client::Client {
-    rt.block_on(fastworker::client::Client::connect_with(
+pub fn connect(rt: &tokio::runtime::Runtime, address: &str) -> fastworker_client::Client {
+    rt.block_on(fastworker_client::Client::connect_with(
         address,
         Duration::from_secs(20),
         &crate::support::client_config(),

@@ -34,11 +34,9 @@ use std::{
 };
 
 use bytes::Bytes;
-use fastworker::{
-    client::{decode_value, Client, ClientError},
-    protocol::{now_ms, Codec, TaskEnvelope, TaskRecord, TaskStatus},
-    task_error::ErrorKind,
-};
+use fastworker_client::{decode_value, Client, ClientError};
+use fastworker_protocol::task_error::ErrorKind;
+use fastworker_protocol::{now_ms, Codec, TaskEnvelope, TaskRecord, TaskStatus};
 use tokio::runtime::Runtime;
 
 use crate::{

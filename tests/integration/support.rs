@@ -133,19 +133,18 @@ pub fn suite_key() -> Option<String> {
     static KEY: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     KEY.get_or_init(|| {
         (std::env::var("FASTWORKER_TEST_WITH_KEY").as_deref() == Ok("1"))
-            .then(fastworker::transport::auth::ClusterKey::generate_hex)
+            .then(fastworker_transport::auth::ClusterKey::generate_hex)
     })
     .clone()
 }
 
 /// What the library client in a test connects with: the suite's key, if any.
-pub fn client_config() -> fastworker::transport::TransportConfig {
-    fastworker::transport::TransportConfig {
-        key: suite_key().map(|k| {
-            fastworker::transport::auth::ClusterKey::parse(&k).expect("the suite key parses")
+pub fn client_config() -> fastworker_transport::TransportConfig {
+    fastworker_transport::TransportConfig::default().with_key(
+        suite_key().map(|k| {
+            fastworker_transport::auth::ClusterKey::parse(&k).expect("the suite key parses")
         }),
-        ..Default::default()
-    }
+    )
 }
 
 /// Runs tests that load the machine (or measure rates under load) one at a time: the

@@ -81,23 +81,22 @@ pub fn bench_key() -> Option<String> {
     static KEY: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     KEY.get_or_init(|| {
         (std::env::var("BENCH_WITH_KEY").as_deref() == Ok("1"))
-            .then(fastworker::transport::auth::ClusterKey::generate_hex)
+            .then(fastworker_transport::auth::ClusterKey::generate_hex)
     })
     .clone()
 }
 
 /// What the benchmark's library client connects with: the run's key, if any.
-pub fn client_config() -> fastworker::transport::TransportConfig {
-    fastworker::transport::TransportConfig {
-        key: bench_key()
-            .map(|k| fastworker::transport::auth::ClusterKey::parse(&k).expect("the key parses")),
-        ..Default::default()
-    }
+pub fn client_config() -> fastworker_transport::TransportConfig {
+    fastworker_transport::TransportConfig::default().with_key(
+        bench_key()
+            .map(|k| fastworker_transport::auth::ClusterKey::parse(&k).expect("the key parses")),
+    )
 }
 
 /// The library client connected to `address` with the run's key (60 s timeout).
-pub fn connect(rt: &tokio::runtime::Runtime, address: &str) -> fastworker::client::Client {
-    rt.block_on(fastworker::client::Client::connect_with(
+pub fn connect(rt: &tokio::runtime::Runtime, address: &str) -> fastworker_client::Client {
+    rt.block_on(fastworker_client::Client::connect_with(
         address,
         Duration::from_secs(60),
         &client_config(),

@@ -4,5 +4,6 @@ pub mod connect;
 pub mod keygen;
 pub mod list;
 pub mod render;
+pub mod serve;
 pub mod submit;
 pub mod task;

@@ -1,42 +1,17 @@
 //! Turning task records into what people and scripts read.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::protocol::{Codec, TaskRecord};
+use crate::protocol::{json::StatusJson, TaskRecord};
 
 /// The record's value as JSON: decoded when it is JSON, else its bytes as hex.
 pub fn value_json(record: &TaskRecord) -> Value {
-    if record.value.is_empty() {
-        return Value::Null;
-    }
-    match record.codec {
-        Codec::Json => serde_json::from_slice(&record.value)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&record.value).into_owned())),
-        Codec::Bincode => Value::String(
-            record
-                .value
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>(),
-        ),
-    }
+    crate::protocol::json::value_json(record.codec, &record.value)
 }
 
 /// The whole record as a JSON object.
 pub fn record_json(record: &TaskRecord) -> Value {
-    json!({
-        "task_id": record.task_id.to_string(),
-        "task_name": record.name,
-        "status": record.status.as_str(),
-        "result": value_json(record),
-        "error": record.error.as_ref().map(|e| json!({"kind": e.kind.as_str(), "message": e.message})),
-        "worker_id": record.worker_id.as_ref().map(|w| w.0.clone()),
-        "attempts": record.attempts,
-        "delivery_count": record.delivery_count,
-        "submitted_at": record.submitted_ms,
-        "started_at": record.started_ms,
-        "completed_at": record.completed_ms,
-    })
+    serde_json::to_value(StatusJson::from(record)).unwrap_or(Value::Null)
 }
 
 /// The record for people, one field a line.

@@ -86,16 +86,17 @@ fn build(name: &str, values: Vec<Value>, opts: &SubmitArgs) -> Result<TaskEnvelo
         task.not_before_ms = parse_eta(eta)?;
     }
     task.timeout_secs = opts.timeout;
-    task.retry = RetryOverride {
-        max_retries: opts.max_retries,
-        delay_secs: opts.retry_delay,
-        backoff: opts.retry_backoff,
-        backoff_max_secs: None,
-        jitter: opts.retry_jitter.then_some(true),
-    };
-    task.callback = opts.callback_address.as_ref().map(|address| Callback {
-        address: address.clone(),
-        data: opts.callback_data.clone().unwrap_or_default(),
+    let mut retry = RetryOverride::default();
+    retry.max_retries = opts.max_retries;
+    retry.delay_secs = opts.retry_delay;
+    retry.backoff = opts.retry_backoff;
+    retry.jitter = opts.retry_jitter.then_some(true);
+    task.retry = retry;
+    task.callback = opts.callback_address.as_ref().map(|address| {
+        Callback::new(
+            address.clone(),
+            opts.callback_data.clone().unwrap_or_default(),
+        )
     });
     Ok(task)
 }

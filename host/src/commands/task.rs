@@ -52,6 +52,7 @@ pub async fn cancel(args: &TaskIdArgs) -> Result<String, ClientError> {
             format!("task {id} had already finished: {}", status.as_str()),
         ),
         CancelOutcome::NotFound => return Err(not_found(id)),
+        other => ("unknown", format!("task {id}: {other:?}")),
     };
     Ok(if args.connect.json {
         format!(

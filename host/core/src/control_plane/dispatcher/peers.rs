@@ -1,0 +1,239 @@
+//! Messages about peers and subworkers: `Hello`, `Register`, task-list changes, plugin
+//! events, restarts and `Unregister` (the rest of [`Dispatcher::handle`] is about tasks).
+
+use tracing::{info, warn};
+
+use super::{check_worker_tasks, reply, Dispatcher, Now, PeerInfo};
+use crate::{
+    protocol::{
+        for_people, FromControlPlane, TaskId, TaskSpec, Welcome, WorkerSecret, MAX_ID_BYTES,
+        PROTOCOL_VERSION,
+    },
+    transport::PeerId,
+};
+
+impl Dispatcher {
+    /// `Hello`: checks the peer's id and protocol version, then welcomes it.
+    pub(super) fn hello(&mut self, peer: &PeerId, hello: crate::protocol::Hello) {
+        if hello.peer_id.len() > MAX_ID_BYTES {
+            self.actions.push(reply(
+                peer,
+                FromControlPlane::Refused {
+                    reason: format!("a peer id is at most {MAX_ID_BYTES} bytes"),
+                },
+            ));
+            return;
+        }
+        if hello.protocol_version != PROTOCOL_VERSION {
+            self.actions.push(reply(
+                peer,
+                FromControlPlane::Refused {
+                    reason: format!(
+                        "protocol version {} is not supported (this control plane speaks {PROTOCOL_VERSION})",
+                        hello.protocol_version
+                    ),
+                },
+            ));
+            return;
+        }
+        self.peers.insert(
+            peer.clone(),
+            PeerInfo {
+                kind: hello.peer_kind,
+                id: hello.peer_id,
+            },
+        );
+        let mut welcome = Welcome::new(PROTOCOL_VERSION, self.config.id.clone());
+        welcome.features = vec![
+            "batch".into(),
+            "wait".into(),
+            "cancel".into(),
+            format!("max-payload-size={}", self.config.max_payload_bytes),
+            format!("max-message-size={}", self.config.max_message_bytes),
+        ];
+        self.actions
+            .push(reply(peer, FromControlPlane::Welcome(welcome)));
+    }
+
+    /// A subworker's plugin changed: logged and kept in the event log.
+    pub(super) fn plugin_event(&mut self, peer: &PeerId, event: crate::protocol::PluginEvent) {
+        let worker = self
+            .workers
+            .by_peer(peer)
+            .map(|w| w.0.clone())
+            .unwrap_or_else(|| "unregistered peer".to_string());
+        let message = for_people(&event.message, 1024);
+        let kind = for_people(&event.kind, 32);
+        if kind == "rejected" {
+            warn!(%worker, "{message}");
+        } else {
+            info!(%worker, "{message}");
+        }
+        self.record_event(&format!("plugin.{kind}"), &worker, message);
+    }
+
+    /// `Register`: a subworker joins (or comes back) under its id; see the registration
+    /// rules in docs/PROTOCOL.md §8.1.
+    pub(super) fn register(&mut self, peer: &PeerId, reg: crate::protocol::Registration, now: Now) {
+        if let Err(reason) = check_worker_tasks(&reg.worker_id.0, &reg.tasks) {
+            self.actions
+                .push(reply(peer, FromControlPlane::Refused { reason }));
+            return;
+        }
+        let own = reg.worker_id.0 == self.config.id;
+        if own && reg.secret != Some(self.config.own_secret) {
+            warn!(worker = %reg.worker_id, "refusing a registration under the control plane's own worker id");
+            self.actions.push(reply(
+                peer,
+                FromControlPlane::Refused {
+                    reason: format!(
+                        "worker id `{}` is the control plane's own subworker; choose another --worker-id",
+                        reg.worker_id
+                    ),
+                },
+            ));
+            return;
+        }
+        let secret = match self.workers.get(&reg.worker_id) {
+            Some(_) if own => self.config.own_secret,
+            // A new process (the host rebooted, say) under an id the data
+            // directory knew: it holds none of the old one's tasks, which go
+            // back to the queue.
+            Some(holder) if holder.from_store && reg.secret.is_none() => {
+                info!(worker = %reg.worker_id, "a new subworker under an id known from the data directory: the tasks the old one held go back to the queue");
+                WorkerSecret::new()
+            }
+            // Known id: only the process holding its secret (the same one
+            // reconnecting, or its restart in place) may take it over.
+            Some(holder) => {
+                if reg.secret != Some(holder.secret) {
+                    let live = holder.gone_since.is_none() && self.peers.contains_key(&holder.peer);
+                    warn!(worker = %reg.worker_id, "refusing a registration under an id in use, without its secret");
+                    let reason = if live {
+                        format!(
+                            "worker id `{}` is in use by another subworker; choose a unique --worker-id",
+                            reg.worker_id
+                        )
+                    } else {
+                        format!(
+                            "worker id `{}` belongs to a subworker that is restarting; choose a unique --worker-id or try again after the inactivity limit",
+                            reg.worker_id
+                        )
+                    };
+                    self.actions
+                        .push(reply(peer, FromControlPlane::Refused { reason }));
+                    return;
+                }
+                holder.secret
+            }
+            None if own => self.config.own_secret,
+            None => WorkerSecret::new(),
+        };
+        if own {
+            self.own_tasks = reg
+                .tasks
+                .iter()
+                .map(|t| (t.name.clone(), t.clone()))
+                .collect();
+        }
+        info!(
+            worker = %reg.worker_id,
+            tasks = reg.tasks.len(),
+            concurrency = reg.concurrency,
+            "subworker registered"
+        );
+        // Claims count only with the lease of the task's current assignment.
+        let running: Vec<TaskId> = reg
+            .running
+            .iter()
+            .filter(|claim| {
+                self.tasks
+                    .get(&claim.task_id)
+                    .is_some_and(|e| e.lease == Some(claim.lease))
+            })
+            .map(|claim| claim.task_id)
+            .collect();
+        if running.len() < reg.running.len() {
+            warn!(
+                worker = %reg.worker_id,
+                "{} claimed running task(s) without their current lease: ignored",
+                reg.running.len() - running.len()
+            );
+        }
+        self.names_served(reg.tasks.iter().map(|t| t.name.as_str()));
+        let registered = self.workers.register(
+            peer.clone(),
+            reg.worker_id.clone(),
+            reg.tasks,
+            reg.concurrency,
+            reg.address,
+            reg.pid,
+            secret,
+            &running,
+            now.at,
+        );
+        if own {
+            self.workers.set_fallback(&reg.worker_id);
+        }
+        for task in registered.orphaned {
+            self.worker_lost_task(task, &reg.worker_id);
+        }
+        for task in &running {
+            self.reclaim(*task, &reg.worker_id);
+        }
+        self.record_event(
+            "worker.registered",
+            &reg.worker_id.0,
+            format!("subworker {} registered", reg.worker_id),
+        );
+        self.worker_changed(&reg.worker_id, Some(secret));
+        self.actions
+            .push(reply(peer, FromControlPlane::Registered { secret }));
+        // A schedule its plugins declare is due at once: submitted with this
+        // registration, not at the next tick (so it never races a client's first task).
+        self.fire_periodic();
+    }
+
+    /// A subworker's task list changed (a plugin was added, reloaded or removed).
+    pub(super) fn tasks_changed(&mut self, peer: &PeerId, tasks: Vec<TaskSpec>) {
+        if let Err(reason) = check_worker_tasks("", &tasks) {
+            warn!("ignoring a task list change: {reason}");
+            return;
+        }
+        if let Some(id) = self.workers.by_peer(peer).cloned() {
+            self.names_served(tasks.iter().map(|t| t.name.as_str()));
+            if id.0 == self.config.id {
+                self.own_tasks = tasks.iter().map(|t| (t.name.clone(), t.clone())).collect();
+            }
+            if let Some(worker) = self.workers.get_mut(&id) {
+                info!(worker = %id, tasks = tasks.len(), "subworker task list changed");
+                worker.tasks = tasks.into_iter().map(|t| (t.name.clone(), t)).collect();
+            }
+        }
+    }
+
+    /// A subworker is about to re-execute itself in place.
+    pub(super) fn restarting(&mut self, peer: &PeerId) {
+        if let Some(id) = self.workers.by_peer(peer).cloned() {
+            info!(worker = %id, "subworker restarting in place");
+            if let Some(worker) = self.workers.get_mut(&id) {
+                worker.draining = true;
+                worker.restarting = true;
+            }
+            self.record_event(
+                "worker.restarting",
+                &id.0,
+                format!("subworker {id} restarting in place"),
+            );
+        }
+    }
+
+    /// A subworker leaves; what it held goes back to the queue.
+    pub(super) fn unregister(&mut self, peer: &PeerId) {
+        if let Some(id) = self.workers.by_peer(peer).cloned() {
+            info!(worker = %id, "subworker unregistered");
+            self.remove_worker(&id);
+        }
+        self.peers.remove(peer);
+    }
+}

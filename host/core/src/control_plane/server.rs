@@ -1,0 +1,441 @@
+//! The control plane's event loop: sockets, timers and signals in; the [`Dispatcher`]'s
+//! actions out. Its own `--task-modules` run in a child subworker
+//! ([`own_worker`](super::own_worker)) that registers like any other.
+//!
+//! Start-up: bind, start the own subworker (if there are task modules), and print the
+//! "ready" line once it has registered, so its tasks are known from the first
+//! submission. A child that fails before it ever registered (a missing module, say)
+//! stops the control plane with its error.
+//!
+//! Shutdown sequence (Ctrl+C or SIGTERM): stop accepting new tasks (they are refused
+//! with a clear error), keep dispatching and collecting what was accepted, and exit 0
+//! once nothing is queued or running, or when `--shutdown-grace` runs out (then say how
+//! many tasks were left); then stop the own subworker.
+
+use std::{path::Path, path::PathBuf, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use tokio::{sync::mpsc, time::MissedTickBehavior};
+use tracing::{info, warn};
+
+use crate::probe::probe_reply;
+
+use super::dispatcher::{Action, Dispatcher, DispatcherConfig, Now};
+use super::{
+    commit::{CommitsDone, Committer},
+    own_worker::{ChildCommand, ChildExit, Supervisor},
+    store::{redb_store::RedbStore, Store},
+};
+use crate::{
+    protocol::{self, Announcement, FromControlPlane, ToControlPlane, WorkerSecret},
+    transport::{self, Outbox, PeerId, ServerEvent, TransportConfig},
+    HostError,
+};
+
+/// How long start-up waits for the own subworker to register before saying "ready"
+/// anyway.
+const OWN_WORKER_STARTUP: Duration = Duration::from_secs(30);
+
+/// Builds the command line of the control plane's own subworker, given the address it
+/// connects to and the worker secret it registers with. The binary supplies it: only
+/// the binary knows its own command line.
+pub type OwnWorkerCommand = Arc<dyn Fn(&str, &WorkerSecret) -> ChildCommand + Send + Sync>;
+
+/// The control plane's own subworker: what it runs and how to start it.
+#[derive(Clone)]
+pub struct OwnWorker {
+    /// The task modules it loads (for the log).
+    pub task_modules: Vec<String>,
+    /// How to start it.
+    pub command: OwnWorkerCommand,
+}
+
+impl std::fmt::Debug for OwnWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnWorker")
+            .field("task_modules", &self.task_modules)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything a control plane needs to run.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneConfig {
+    /// Its id (and its own subworker's worker id).
+    pub id: String,
+    /// Where clients and subworkers connect.
+    pub base_address: String,
+    /// An extra endpoint for subworkers, if any (see [`subworker_endpoint`]).
+    pub subworker_address: Option<String>,
+    /// The discovery endpoint.
+    pub discovery_address: String,
+    /// What the sockets enforce (key, message size, connections, handshake time).
+    pub transport: TransportConfig,
+    /// Results kept, at most.
+    pub cache_size: usize,
+    /// How long a result is kept.
+    pub cache_ttl: Duration,
+    /// Bytes of results kept, at most.
+    pub cache_max_bytes: u64,
+    /// Tasks held (queued, scheduled, retrying, running), at most.
+    pub max_queued: usize,
+    /// Bytes of payload held, at most.
+    pub max_queued_bytes: u64,
+    /// How long a task nobody serves waits before it fails.
+    pub unserved_timeout: Duration,
+    /// Silence after which a worker counts as lost.
+    pub inactive_after: Duration,
+    /// Deliveries of one task before it is dead-lettered.
+    pub max_deliveries: u32,
+    /// The largest payload or result accepted, in bytes.
+    pub max_payload_bytes: u64,
+    /// How long a stop waits for running tasks.
+    pub shutdown_grace: Duration,
+    /// Where tasks, results and schedules are kept across restarts, if anywhere.
+    pub data_dir: Option<PathBuf>,
+    /// The own subworker, when the control plane has task modules.
+    pub own_worker: Option<OwnWorker>,
+    /// Where the dashboard would listen, if it is wanted.
+    pub dashboard: Option<(String, u16)>,
+}
+
+/// The subworker endpoint beside `base`: its host with `port` (none for port 0).
+pub fn subworker_endpoint(base: &str, port: u16) -> Option<String> {
+    if port == 0 {
+        return None;
+    }
+    let (host, _) = base.rsplit_once(':')?;
+    Some(format!("{host}:{port}"))
+}
+
+fn send(outbox: &Outbox, peer: &PeerId, msg: &FromControlPlane) {
+    match protocol::encode(msg) {
+        Ok(frames) => outbox.send(peer, frames),
+        Err(err) => warn!("cannot encode a reply: {err}"),
+    }
+}
+
+/// Where a process on this host reaches `endpoint`: a wildcard address becomes loopback.
+fn local_endpoint(endpoint: &str) -> String {
+    endpoint
+        .replacen("tcp://0.0.0.0:", "tcp://127.0.0.1:", 1)
+        .replacen("tcp://[::]:", "tcp://[::1]:", 1)
+        .replacen("tcp://*:", "tcp://127.0.0.1:", 1)
+}
+
+/// Runs the control plane until it is asked to stop. `on_ready` is called once, with
+/// the control plane's id and the endpoint clients use, when it takes tasks (after
+/// its own subworker registered).
+pub async fn run(
+    config: ControlPlaneConfig,
+    on_ready: impl FnOnce(&str, &str),
+) -> Result<(), HostError> {
+    let args = config;
+    let mut on_ready = Some(on_ready);
+    let mut endpoints = vec![args.base_address.clone()];
+    if let Some(e) = &args.subworker_address {
+        if e != &args.base_address {
+            endpoints.push(e.clone());
+        }
+    }
+    let transport_config = args.transport.clone();
+    let mut server = transport::bind(&endpoints, &transport_config)
+        .await
+        .map_err(|e| HostError::transport("control plane cannot start", e))?;
+    let mut discovery = transport::bind(
+        std::slice::from_ref(&args.discovery_address),
+        &transport_config,
+    )
+    .await
+    .map_err(|e| HostError::transport("control plane cannot start its discovery endpoint", e))?;
+
+    let mut announcement = Announcement::new(args.id.clone(), server.endpoints[0].clone());
+    announcement.subworker_address = server.endpoints.get(1).cloned();
+    let own_secret = WorkerSecret::new();
+    let config = DispatcherConfig {
+        id: args.id.clone(),
+        own_secret,
+        inactive_after: args.inactive_after.max(Duration::from_millis(100)),
+        max_deliveries: args.max_deliveries.max(1),
+        cache_size: args.cache_size,
+        cache_ttl: args.cache_ttl,
+        cache_max_bytes: args.cache_max_bytes,
+        max_queued: args.max_queued,
+        max_queued_bytes: args.max_queued_bytes,
+        unserved_timeout: args.unserved_timeout,
+        announcement: announcement.clone(),
+        max_payload_bytes: args.max_payload_bytes,
+        max_message_bytes: transport_config.max_message_bytes,
+        durable: args.data_dir.is_some(),
+    };
+    let mut dispatcher = Dispatcher::new(config, Now::current());
+    let (mut committer, mut commits_done) = match &args.data_dir {
+        Some(dir) => {
+            let (committer, done) = open_store(dir, &mut dispatcher)?;
+            (Some(committer), Some(done))
+        }
+        None => (None, None),
+    };
+
+    info!(
+        id = %args.id,
+        "control plane listening on {} (discovery on {})",
+        server.endpoints.join(", "),
+        discovery.endpoints[0]
+    );
+    let (exit_tx, mut own_exits) = mpsc::unbounded_channel::<ChildExit>();
+    let supervisor = match &args.own_worker {
+        None => {
+            info!("no task modules: every task runs on subworkers");
+            None
+        }
+        Some(own) => {
+            let address = local_endpoint(&server.endpoints[0]);
+            let command = (own.command)(&address, &own_secret);
+            info!(
+                "its own subworker (a child process) runs {} when no other subworker can",
+                own.task_modules.join(" ")
+            );
+            Some(Supervisor::start(command, exit_tx))
+        }
+    };
+    let mut ready_pending = true;
+    let started = tokio::time::Instant::now();
+    if let Some((host, port)) = &args.dashboard {
+        info!("the dashboard is not built yet; nothing listens on http://{host}:{port}");
+    }
+
+    // Callback receivers are the user's own programs: guarded, but without the key.
+    let callback_config = transport_config.clone().with_key(None);
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut announce = tokio::time::interval(Duration::from_secs(2));
+    let mut sweep = tokio::time::interval(Duration::from_secs(60));
+    let mut discovery_peers: Vec<PeerId> = Vec::new();
+    let shutdown = crate::shutdown::shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut stopping_until: Option<tokio::time::Instant> = None;
+    let grace = args.shutdown_grace;
+
+    loop {
+        tokio::select! {
+            event = server.events.recv() => match event {
+                Some(ServerEvent::Message { peer, frames }) => {
+                    match protocol::decode::<ToControlPlane>(&frames) {
+                        Ok(msg) => dispatcher.handle(&peer, msg, Now::current()),
+                        Err(err) => dispatcher.malformed(&peer, &err),
+                    }
+                }
+                Some(ServerEvent::Unauthenticated { peer, .. }) => crate::probe::refuse_unauthenticated(&server.outbox, &peer),
+                Some(ServerEvent::Disconnected(peer)) => dispatcher.peer_disconnected(&peer, Now::current()),
+                None => return Err(HostError::Stopped("the control plane's socket closed".into())),
+            },
+            event = discovery.events.recv() => match event {
+                Some(ServerEvent::Message { peer, frames }) => {
+                    let answer = probe_reply(
+                        &frames,
+                        |request| {
+                            matches!(request, ToControlPlane::Discover).then(|| {
+                                if !discovery_peers.contains(&peer) {
+                                    discovery_peers.push(peer.clone());
+                                }
+                                FromControlPlane::Announce(announcement.clone())
+                            })
+                        },
+                        "this is the discovery endpoint: send Discover",
+                    );
+                    send(&discovery.outbox, &peer, &answer);
+                }
+                Some(ServerEvent::Unauthenticated { peer, .. }) => crate::probe::refuse_unauthenticated(&discovery.outbox, &peer),
+                Some(ServerEvent::Disconnected(peer)) => discovery_peers.retain(|p| p != &peer),
+                None => return Err(HostError::Stopped("the discovery socket closed".into())),
+            },
+            Some(exit) = own_exits.recv() => {
+                if ready_pending && !exit.success {
+                    return Err(HostError::Stopped(format!(
+                        "the control plane's own subworker (which runs --task-modules) failed at start ({}); its error is above",
+                        exit.status
+                    )));
+                }
+                dispatcher.record_event(
+                    "worker.exited",
+                    &args.id,
+                    format!("the control plane's own subworker exited ({}) after {:.1?}; restarting it", exit.status, exit.ran_for),
+                );
+            }
+            _ = tick.tick() => dispatcher.tick(Now::current()),
+            Some(written) = next_commit(&mut commits_done) => {
+                if let Some(committer) = committer.as_mut() {
+                    for action in committer.finish(&mut dispatcher, written) {
+                        perform(action, &server.outbox, &callback_config);
+                    }
+                }
+            }
+            _ = announce.tick() => {
+                let msg = FromControlPlane::Announce(announcement.clone());
+                for peer in &discovery_peers {
+                    send(&discovery.outbox, peer, &msg);
+                }
+            }
+            _ = sweep.tick() => {
+                let swept = dispatcher.sweep_cache(Now::current());
+                if swept > 0 {
+                    info!("swept {swept} expired results");
+                }
+            }
+            _ = &mut shutdown, if stopping_until.is_none() => {
+                info!(
+                    "shutting down: refusing new tasks, finishing {} running and {} queued (at most {:?})",
+                    dispatcher.in_flight(), dispatcher.queued(), grace
+                );
+                dispatcher.begin_shutdown();
+                stopping_until = Some(tokio::time::Instant::now() + grace);
+            }
+        }
+        for action in releasable(&mut committer, &mut dispatcher) {
+            perform(action, &server.outbox, &callback_config);
+        }
+        if ready_pending {
+            let registered = supervisor.is_none() || dispatcher.own_worker_registered();
+            if registered || started.elapsed() >= OWN_WORKER_STARTUP {
+                if !registered {
+                    warn!("the control plane's own subworker has not registered after {OWN_WORKER_STARTUP:?}; its tasks are unknown until it does");
+                }
+                ready_pending = false;
+                if let Some(on_ready) = on_ready.take() {
+                    on_ready(&args.id, &server.endpoints[0]);
+                }
+            }
+        }
+        if let Some(until) = stopping_until {
+            // With a data directory, queued and scheduled tasks wait there for the next
+            // start: only running ones are waited for.
+            let idle =
+                dispatcher.in_flight() == 0 && (committer.is_some() || dispatcher.queued() == 0);
+            if idle || tokio::time::Instant::now() >= until {
+                if !idle {
+                    warn!(
+                        "shutdown grace ran out with {} running and {} queued tasks",
+                        dispatcher.in_flight(),
+                        dispatcher.queued()
+                    );
+                }
+                let left = if committer.is_some() {
+                    0
+                } else {
+                    dispatcher.abandon_all(
+                        Now::current(),
+                        "the control plane shut down before this task finished",
+                    )
+                };
+                if left > 0 {
+                    warn!("{left} tasks (running, queued, scheduled or retrying) end as failures: the control plane is stopping");
+                }
+                let last = match (committer.as_mut(), commits_done.as_mut()) {
+                    (Some(committer), Some(done)) => committer.flush(&mut dispatcher, done).await,
+                    _ => dispatcher.take_actions(),
+                };
+                for action in last {
+                    perform(action, &server.outbox, &callback_config);
+                }
+                if committer.is_some() {
+                    info!(
+                        "kept {} queued, {} scheduled and {} running task(s) in the data directory for the next start",
+                        dispatcher.queued(),
+                        dispatcher.scheduled(),
+                        dispatcher.in_flight()
+                    );
+                }
+                // Give the writer a moment to flush the last replies.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if let Some(supervisor) = supervisor {
+                    tokio::task::spawn_blocking(move || supervisor.stop())
+                        .await
+                        .ok();
+                }
+                info!("control plane stopped");
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The dispatcher's actions that may go now: all of them without a data directory;
+/// with one, those that need no commit (the rest go when theirs is written).
+fn releasable(committer: &mut Option<Committer>, dispatcher: &mut Dispatcher) -> Vec<Action> {
+    match committer.as_mut() {
+        Some(committer) => committer.stage(dispatcher),
+        None => dispatcher.take_actions(),
+    }
+}
+
+/// Opens the data directory and resumes what it holds.
+fn open_store(
+    dir: &Path,
+    dispatcher: &mut Dispatcher,
+) -> Result<(Committer, CommitsDone), HostError> {
+    let started = std::time::Instant::now();
+    let store = RedbStore::open(dir).map_err(|e| HostError::Store(e.to_string()))?;
+    let snapshot = store.load().map_err(|e| HostError::Store(e.to_string()))?;
+    let restored = dispatcher.restore(snapshot, Now::current());
+    info!(
+        epoch = store.epoch(),
+        "data directory {}: resumed {} task(s) ({} assigned), {} result(s), {} dead letter(s), {} worker identit(ies) in {:.1?}",
+        dir.display(),
+        restored.tasks,
+        restored.assigned,
+        restored.results,
+        restored.dead_letters,
+        restored.workers,
+        started.elapsed()
+    );
+    Ok(Committer::new(Box::new(store)))
+}
+
+/// The next written commit, or never without a data directory.
+async fn next_commit(done: &mut Option<CommitsDone>) -> Option<super::commit::Written> {
+    match done {
+        Some(done) => done.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn perform(action: Action, outbox: &Outbox, callbacks: &TransportConfig) {
+    match action {
+        Action::Send { peer, msg } => send(outbox, &peer, &msg),
+        Action::Callback { callback, record } => {
+            tokio::spawn(deliver_callback(callback, record, callbacks.clone()));
+        }
+    }
+}
+
+/// Sends a final record to a callback address: a few tries, never blocking dispatch.
+async fn deliver_callback(
+    callback: crate::protocol::Callback,
+    record: crate::protocol::TaskRecord,
+    config: TransportConfig,
+) {
+    let body = protocol::json::CallbackJson::new(&record, &callback.data);
+    let body = match serde_json::to_vec(&body) {
+        Ok(body) => body,
+        Err(err) => {
+            warn!(task = %record.task_id, "cannot encode the callback body: {err}");
+            return;
+        }
+    };
+    let payload = Bytes::from(body);
+    let mut delay = Duration::from_millis(200);
+    for attempt in 1..=3 {
+        match transport::connect(&callback.address, Duration::from_secs(2), &config).await {
+            Ok(mut conn) => {
+                if conn.sender.send(vec![payload.clone()]).await.is_ok() {
+                    return;
+                }
+            }
+            Err(err) => warn!(attempt, "callback to {} failed: {err}", callback.address),
+        }
+        tokio::time::sleep(delay).await;
+        delay *= 2;
+    }
+    warn!(task = %record.task_id, "callback to {} given up after 3 tries", callback.address);
+}

@@ -1,0 +1,412 @@
+//! [`WorkerTable`]: the subworkers the control plane knows, and the choice of who runs
+//! the next task.
+//!
+//! A subworker's credits are its `--concurrency`: it is never handed more tasks than
+//! it has free slots. Among active, non-draining subworkers that serve a task name and
+//! have a free slot, the least loaded (running / concurrency) wins; ties go to the one
+//! that was handed work longest ago, so equal workers share evenly. A fallback worker
+//! (the control plane's own subworker) is chosen only when no other can take the task.
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::{Duration, Instant},
+};
+
+use crate::{
+    protocol::{TaskId, TaskSpec, WorkerId, WorkerSecret},
+    transport::PeerId,
+};
+
+/// One subworker.
+#[derive(Debug)]
+pub struct WorkerEntry {
+    /// Its id.
+    pub id: WorkerId,
+    /// Its current connection.
+    pub peer: PeerId,
+    /// The tasks it serves.
+    pub tasks: HashMap<String, TaskSpec>,
+    /// Its slots.
+    pub concurrency: u32,
+    /// Tasks it holds now.
+    pub in_flight: HashSet<TaskId>,
+    /// When it last said anything.
+    pub last_seen: Instant,
+    /// Whether it gets work (false after `inactive_after` of silence).
+    pub active: bool,
+    /// It asked for no more work.
+    pub draining: bool,
+    /// Its own status endpoint.
+    pub address: Option<String>,
+    /// Its process id (as it says; for people, never trusted).
+    pub pid: u32,
+    /// What it must show to register again under this id.
+    pub secret: WorkerSecret,
+    /// Tasks handed to it in all.
+    pub assigned_total: u64,
+    /// Tasks it finished in all.
+    pub completed_total: u64,
+    /// It said it is restarting in place; set when its connection then drops.
+    pub restarting: bool,
+    /// When its connection dropped while restarting.
+    pub gone_since: Option<Instant>,
+    /// Chosen only when no other worker can take a task.
+    pub fallback: bool,
+    /// Known from the store and not connected since this start.
+    pub from_store: bool,
+    /// Tick of the last assignment (for fair ties).
+    last_assigned: u64,
+}
+
+impl WorkerEntry {
+    /// Free slots.
+    pub fn free_slots(&self) -> u32 {
+        self.concurrency.saturating_sub(self.in_flight.len() as u32)
+    }
+
+    /// Can it take a task named `name` now?
+    pub fn can_take(&self, name: &str) -> bool {
+        self.active && !self.draining && self.free_slots() > 0 && self.tasks.contains_key(name)
+    }
+
+    /// running / concurrency.
+    pub fn load(&self) -> f64 {
+        self.in_flight.len() as f64 / f64::from(self.concurrency.max(1))
+    }
+}
+
+/// The subworkers, by id, with a peer → id index.
+#[derive(Debug, Default)]
+pub struct WorkerTable {
+    workers: HashMap<WorkerId, WorkerEntry>,
+    by_peer: HashMap<PeerId, WorkerId>,
+    assign_clock: u64,
+}
+
+/// What registering did.
+#[derive(Debug, Default)]
+pub struct Registered {
+    /// Tasks the previous connection of the same worker held that it no longer runs.
+    pub orphaned: Vec<TaskId>,
+}
+
+impl WorkerTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds or refreshes a worker on connection `peer`. A worker that reconnects keeps
+    /// the tasks it says it still runs; the rest of what it held is returned.
+    #[allow(clippy::too_many_arguments)]
+    pub fn register(
+        &mut self,
+        peer: PeerId,
+        id: WorkerId,
+        tasks: Vec<TaskSpec>,
+        concurrency: u32,
+        address: Option<String>,
+        pid: u32,
+        secret: WorkerSecret,
+        still_running: &[TaskId],
+        now: Instant,
+    ) -> Registered {
+        let mut registered = Registered::default();
+        let tasks = tasks.into_iter().map(|t| (t.name.clone(), t)).collect();
+        let mut in_flight = HashSet::new();
+        let mut totals = (0, 0);
+        if let Some(old) = self.workers.remove(&id) {
+            self.by_peer.remove(&old.peer);
+            totals = (old.assigned_total, old.completed_total);
+            for task in old.in_flight {
+                if still_running.contains(&task) {
+                    in_flight.insert(task);
+                } else {
+                    registered.orphaned.push(task);
+                }
+            }
+        }
+        self.by_peer.insert(peer.clone(), id.clone());
+        self.workers.insert(
+            id.clone(),
+            WorkerEntry {
+                id,
+                peer,
+                tasks,
+                concurrency: concurrency.max(1),
+                in_flight,
+                last_seen: now,
+                active: true,
+                draining: false,
+                address,
+                pid,
+                secret,
+                assigned_total: totals.0,
+                completed_total: totals.1,
+                restarting: false,
+                gone_since: None,
+                fallback: false,
+                from_store: false,
+                last_assigned: 0,
+            },
+        );
+        registered
+    }
+
+    /// A worker known from the store, not connected yet: it holds `in_flight` and is
+    /// parked like one restarting in place, so it can register again with `secret`
+    /// and claim its tasks by their leases; past the inactivity limit it is removed
+    /// (see [`Self::overdue_restarts`]) and its tasks go back to the queue.
+    pub fn restore_parked(
+        &mut self,
+        id: WorkerId,
+        secret: WorkerSecret,
+        in_flight: HashSet<TaskId>,
+        now: Instant,
+    ) {
+        self.workers.insert(
+            id.clone(),
+            WorkerEntry {
+                id,
+                peer: PeerId::new(),
+                tasks: HashMap::new(),
+                concurrency: 1,
+                in_flight,
+                last_seen: now,
+                active: false,
+                draining: true,
+                address: None,
+                pid: 0,
+                secret,
+                assigned_total: 0,
+                completed_total: 0,
+                restarting: true,
+                gone_since: Some(now),
+                fallback: false,
+                from_store: true,
+                last_assigned: 0,
+            },
+        );
+    }
+
+    /// The worker on connection `peer`.
+    pub fn by_peer(&self, peer: &PeerId) -> Option<&WorkerId> {
+        self.by_peer.get(peer)
+    }
+
+    /// A worker by id.
+    pub fn get(&self, id: &WorkerId) -> Option<&WorkerEntry> {
+        self.workers.get(id)
+    }
+
+    /// A worker by id, to change.
+    pub fn get_mut(&mut self, id: &WorkerId) -> Option<&mut WorkerEntry> {
+        self.workers.get_mut(id)
+    }
+
+    /// Marks the worker on `peer` as alive now; returns its id.
+    pub fn touch(&mut self, peer: &PeerId, now: Instant) -> Option<WorkerId> {
+        let id = self.by_peer.get(peer)?;
+        let worker = self.workers.get_mut(id)?;
+        worker.last_seen = now;
+        worker.active = true;
+        Some(id.clone())
+    }
+
+    /// Removes a worker; returns what it held.
+    pub fn remove(&mut self, id: &WorkerId) -> Option<WorkerEntry> {
+        let worker = self.workers.remove(id)?;
+        self.by_peer.remove(&worker.peer);
+        Some(worker)
+    }
+
+    /// A restarting worker's connection dropped: keep it (inactive) until it registers
+    /// again. False if the worker is not restarting (the caller removes it).
+    pub fn park_restarting(&mut self, id: &WorkerId, now: Instant) -> bool {
+        let Some(worker) = self.workers.get_mut(id) else {
+            return false;
+        };
+        if !worker.restarting {
+            return false;
+        }
+        self.by_peer.remove(&worker.peer);
+        worker.active = false;
+        worker.gone_since = Some(now);
+        true
+    }
+
+    /// Restarting workers that have been gone for `limit`: they are not coming back.
+    pub fn overdue_restarts(&self, now: Instant, limit: Duration) -> Vec<WorkerId> {
+        self.workers
+            .values()
+            .filter(|w| w.gone_since.is_some_and(|t| now.duration_since(t) >= limit))
+            .map(|w| w.id.clone())
+            .collect()
+    }
+
+    /// Marks workers silent for `inactive_after` inactive; returns their ids.
+    pub fn expire(&mut self, now: Instant, inactive_after: Duration) -> Vec<WorkerId> {
+        let mut expired = Vec::new();
+        for worker in self.workers.values_mut() {
+            if worker.active
+                && worker.gone_since.is_none()
+                && now.duration_since(worker.last_seen) >= inactive_after
+            {
+                worker.active = false;
+                expired.push(worker.id.clone());
+            }
+        }
+        expired
+    }
+
+    /// Does any worker (active or not) serve `name`?
+    pub fn anyone_serves(&self, name: &str) -> bool {
+        self.workers.values().any(|w| w.tasks.contains_key(name))
+    }
+
+    /// The defaults a worker declared for `name`, if any worker serves it.
+    pub fn spec(&self, name: &str) -> Option<&TaskSpec> {
+        self.workers.values().find_map(|w| w.tasks.get(name))
+    }
+
+    /// Marks worker `id` as the fallback: it gets only what no other worker can take.
+    pub fn set_fallback(&mut self, id: &WorkerId) {
+        if let Some(worker) = self.workers.get_mut(id) {
+            worker.fallback = true;
+        }
+    }
+
+    /// The least-loaded worker that can take `name` now (a fallback worker last).
+    pub fn pick(&self, name: &str) -> Option<&WorkerId> {
+        self.workers
+            .values()
+            .filter(|w| w.can_take(name))
+            .min_by(|a, b| {
+                a.fallback
+                    .cmp(&b.fallback)
+                    .then(a.load().total_cmp(&b.load()))
+                    .then(a.in_flight.len().cmp(&b.in_flight.len()))
+                    .then(a.last_assigned.cmp(&b.last_assigned))
+            })
+            .map(|w| &w.id)
+    }
+
+    /// Records that `task` went to worker `id`.
+    pub fn assign(&mut self, id: &WorkerId, task: TaskId) {
+        self.assign_clock += 1;
+        if let Some(worker) = self.workers.get_mut(id) {
+            worker.in_flight.insert(task);
+            worker.assigned_total += 1;
+            worker.last_assigned = self.assign_clock;
+        }
+    }
+
+    /// Records that worker `id` no longer holds `task`.
+    pub fn release(&mut self, id: &WorkerId, task: &TaskId, completed: bool) {
+        if let Some(worker) = self.workers.get_mut(id) {
+            if worker.in_flight.remove(task) && completed {
+                worker.completed_total += 1;
+            }
+        }
+    }
+
+    /// Every worker.
+    pub fn iter(&self) -> impl Iterator<Item = &WorkerEntry> {
+        self.workers.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    use crate::control_plane::test_spec as spec;
+
+    fn table(now: Instant) -> WorkerTable {
+        let mut t = WorkerTable::new();
+        for (i, conc) in [(1u8, 2u32), (2, 2), (3, 1)] {
+            t.register(
+                Bytes::from(vec![i]),
+                WorkerId::new(format!("w{i}")),
+                vec![spec("add")],
+                conc,
+                None,
+                0,
+                WorkerSecret::new(),
+                &[],
+                now,
+            );
+        }
+        t
+    }
+
+    #[test]
+    fn least_loaded_first_and_credits_respected() {
+        let now = Instant::now();
+        let mut t = table(now);
+        let mut counts: HashMap<String, u32> = HashMap::new();
+        for n in 0..5u8 {
+            let id = t.pick("add").cloned().expect("a free worker");
+            t.assign(&id, TaskId::from_bytes([n; 16]));
+            *counts.entry(id.0).or_default() += 1;
+        }
+        assert_eq!(counts["w1"], 2);
+        assert_eq!(counts["w2"], 2);
+        assert_eq!(counts["w3"], 1);
+        assert!(t.pick("add").is_none(), "every slot is taken");
+        assert!(t.pick("other").is_none());
+    }
+
+    #[test]
+    fn a_fallback_worker_gets_only_what_no_other_can_take() {
+        let now = Instant::now();
+        let mut t = table(now);
+        t.set_fallback(&WorkerId::new("w3"));
+        let mut picked = Vec::new();
+        for n in 0..5u8 {
+            let id = t.pick("add").cloned().expect("a free worker");
+            t.assign(&id, TaskId::from_bytes([n; 16]));
+            picked.push(id.0);
+        }
+        assert_eq!(picked[4], "w3", "{picked:?}");
+        assert!(!picked[..4].contains(&"w3".to_string()), "{picked:?}");
+    }
+
+    #[test]
+    fn silent_workers_go_inactive_and_come_back() {
+        let now = Instant::now();
+        let mut t = table(now);
+        let later = now + Duration::from_secs(31);
+        assert_eq!(t.expire(later, Duration::from_secs(30)).len(), 3);
+        assert!(t.pick("add").is_none());
+        t.touch(&Bytes::from(vec![2u8]), later);
+        assert_eq!(t.pick("add").map(|w| w.0.as_str()), Some("w2"));
+    }
+
+    #[test]
+    fn reconnect_keeps_running_tasks_and_returns_the_rest() {
+        let now = Instant::now();
+        let mut t = table(now);
+        let (a, b) = (TaskId::from_bytes([1; 16]), TaskId::from_bytes([2; 16]));
+        let w1 = WorkerId::new("w1");
+        t.assign(&w1, a);
+        t.assign(&w1, b);
+        let r = t.register(
+            Bytes::from_static(b"new"),
+            w1.clone(),
+            vec![spec("add")],
+            2,
+            None,
+            0,
+            WorkerSecret::new(),
+            &[a],
+            now,
+        );
+        assert_eq!(r.orphaned, vec![b]);
+        assert!(t.get(&w1).unwrap().in_flight.contains(&a));
+        assert_eq!(t.by_peer(&Bytes::from_static(b"new")), Some(&w1));
+        assert!(t.by_peer(&Bytes::from(vec![1u8])).is_none());
+    }
+}

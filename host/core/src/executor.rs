@@ -1,0 +1,245 @@
+//! [`Executor`]: runs tasks on this host, against the current plugin registry.
+//!
+//! Each task runs on tokio's blocking pool (plugin code is synchronous and may take
+//! long). A task with a deadline is reported `timed_out` when it passes, and its
+//! context is cancelled so a cooperative task stops; one that ignores that keeps its
+//! thread until it returns (counted by [`Executor::overdue`]) but no longer holds a
+//! slot the control plane knows about.
+//!
+//! Used by the subworker and by the control plane for the tasks it runs itself.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use crate::{
+    plugin::{call::call_task, CallContext},
+    protocol::{
+        now_ms, AttemptResult, LeaseToken, RunningClaim, TaskEnvelope, TaskId, TaskOutcome,
+    },
+    task_error::{ErrorKind, TaskError},
+};
+
+pub use crate::plugin::SharedRegistry;
+
+/// One task running here.
+struct Running {
+    /// Set to cancel it.
+    cancelled: Arc<AtomicBool>,
+    /// The delivery and lease its outcome answers: a task handed out again while it
+    /// still runs here (its lease was given up while this host was silent) keeps
+    /// running once and answers the newest assignment.
+    assignment: Arc<Mutex<(u32, LeaseToken)>>,
+}
+
+/// Runs tasks and reports their outcomes on a channel.
+#[derive(Clone)]
+pub struct Executor {
+    registry: SharedRegistry,
+    running: Arc<Mutex<HashMap<TaskId, Running>>>,
+    overdue: Arc<Mutex<HashMap<TaskId, Instant>>>,
+    outcomes: mpsc::UnboundedSender<TaskOutcome>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding this lock cannot leave the map inconsistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Executor {
+    /// An executor over `registry`, reporting to `outcomes`.
+    pub fn new(registry: SharedRegistry, outcomes: mpsc::UnboundedSender<TaskOutcome>) -> Self {
+        Executor {
+            registry,
+            running: Arc::new(Mutex::new(HashMap::new())),
+            overdue: Arc::new(Mutex::new(HashMap::new())),
+            outcomes,
+        }
+    }
+
+    /// Starts `task` under `lease`; its outcome arrives on the channel. Must be called
+    /// inside a tokio runtime.
+    pub fn start(&self, task: TaskEnvelope, lease: LeaseToken) {
+        let started_ms = now_ms();
+        let handle = self.registry.load().task(&task.name).cloned();
+        let Some(handle) = handle else {
+            let error = TaskError::new(
+                ErrorKind::UnknownTask,
+                format!("no loaded plugin serves task `{}` here", task.name),
+            );
+            let _ = self.outcomes.send(failure(&task, lease, error, started_ms));
+            return;
+        };
+        let Some(codec) = crate::plugin::abi::codec(task.codec) else {
+            let error = TaskError::new(
+                ErrorKind::BadArguments,
+                format!(
+                    "the payload's codec {:?} is not one plugins know",
+                    task.codec
+                ),
+            );
+            let _ = self.outcomes.send(failure(&task, lease, error, started_ms));
+            return;
+        };
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let assignment = Arc::new(Mutex::new((task.delivery_count, lease)));
+        {
+            let mut running = lock(&self.running);
+            if let Some(already) = running.get(&task.id) {
+                *lock(&already.assignment) = (task.delivery_count, lease);
+                debug!(task = %task.id, "handed out again while it runs here: not started twice");
+                return;
+            }
+            running.insert(
+                task.id,
+                Running {
+                    cancelled: cancelled.clone(),
+                    assignment: assignment.clone(),
+                },
+            );
+        }
+        // The deadline runs from this host's own start of the attempt, on its own clock.
+        let deadline_ms = match task.timeout_secs.and_then(crate::protocol::secs_to_ms) {
+            Some(ms) if ms > 0 => started_ms.saturating_add(ms),
+            _ => task.deadline_ms,
+        };
+        let ctx = CallContext {
+            task_id: task.id.to_string(),
+            attempt: task.attempt,
+            deadline_unix_ms: deadline_ms,
+            cancelled: cancelled.clone(),
+        };
+        let this = self.clone();
+        tokio::spawn(async move {
+            let payload = task.payload.clone();
+            let finished = Arc::new(AtomicBool::new(false));
+            let finished_in_call = finished.clone();
+            let overdue = this.overdue.clone();
+            let task_id = task.id;
+            let call = tokio::task::spawn_blocking(move || {
+                let result = call_task(handle.info(), &ctx, codec, &payload);
+                if finished_in_call.swap(true, Ordering::SeqCst) {
+                    // Reported as timed out earlier; the thread is free again now.
+                    lock(&overdue).remove(&task_id);
+                }
+                result
+            });
+            let result = if deadline_ms > 0 {
+                let wait = Duration::from_millis(deadline_ms.saturating_sub(now_ms()));
+                match tokio::time::timeout(wait, call).await {
+                    Ok(joined) => joined,
+                    Err(_) => {
+                        cancelled.store(true, Ordering::SeqCst);
+                        if !finished.swap(true, Ordering::SeqCst) {
+                            lock(&this.overdue).insert(task.id, Instant::now());
+                        }
+                        Ok(Err(TaskError::new(
+                            ErrorKind::TimedOut,
+                            format!("task `{}` ran past its timeout", task.name),
+                        )))
+                    }
+                }
+            } else {
+                call.await
+            };
+            let mut outcome = match result {
+                Ok(Ok(value)) => {
+                    let mut outcome = TaskOutcome::new(
+                        task.id,
+                        task.delivery_count,
+                        lease,
+                        AttemptResult::Success,
+                    );
+                    outcome.started_ms = started_ms;
+                    outcome.completed_ms = now_ms();
+                    outcome.value = value.into();
+                    outcome
+                }
+                // A task that stopped because its context said so is reported as
+                // cancelled or timed out by the SDK inside the plugin (it sees the
+                // same flag and deadline), so its error passes through as it is.
+                Ok(Err(error)) => failure(&task, lease, error, started_ms),
+                Err(join_error) => failure(
+                    &task,
+                    lease,
+                    TaskError::new(
+                        ErrorKind::Internal,
+                        format!("task thread failed: {join_error}"),
+                    ),
+                    started_ms,
+                ),
+            };
+            // Leave `running` and queue the outcome under one lock, so whoever sees
+            // `running() == 0` also sees every outcome already queued (a draining
+            // subworker must not unregister with an outcome still unsent).
+            let mut running = lock(&this.running);
+            running.remove(&task.id);
+            (outcome.delivery_count, outcome.lease) = *lock(&assignment);
+            if this.outcomes.send(outcome).is_err() {
+                debug!(task = %task.id, "outcome dropped: the executor's owner is gone");
+            }
+            drop(running);
+        });
+    }
+
+    /// Cancels a running task. True if it was running here.
+    pub fn cancel(&self, id: &TaskId) -> bool {
+        match lock(&self.running).get(id) {
+            Some(task) => {
+                task.cancelled.store(true, Ordering::SeqCst);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Tasks running now.
+    pub fn running(&self) -> usize {
+        lock(&self.running).len()
+    }
+
+    /// The tasks running now, each with the lease it runs under.
+    pub fn running_claims(&self) -> Vec<RunningClaim> {
+        lock(&self.running)
+            .iter()
+            .map(|(id, r)| RunningClaim::new(*id, lock(&r.assignment).1))
+            .collect()
+    }
+
+    /// Tasks reported timed out whose threads have not returned yet.
+    pub fn overdue(&self) -> usize {
+        lock(&self.overdue).len()
+    }
+
+    /// How long the longest-overdue task has ignored its timeout, if any has.
+    pub fn longest_overdue(&self) -> Option<Duration> {
+        lock(&self.overdue).values().map(Instant::elapsed).max()
+    }
+}
+
+/// The outcome of an attempt of `task` (under `lease`, started at `started_ms`) that
+/// failed with `error`.
+pub(crate) fn failure(
+    task: &TaskEnvelope,
+    lease: LeaseToken,
+    error: TaskError,
+    started_ms: u64,
+) -> TaskOutcome {
+    let mut outcome = TaskOutcome::new(
+        task.id,
+        task.delivery_count,
+        lease,
+        AttemptResult::Failure(error),
+    );
+    outcome.started_ms = started_ms;
+    outcome.completed_ms = now_ms();
+    outcome
+}

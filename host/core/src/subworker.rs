@@ -1,0 +1,578 @@
+//! The subworker: registers with the control plane, runs what it is handed, reports
+//! outcomes, heartbeats, and reconnects when the control plane goes quiet.
+//!
+//! Liveness runs both ways: the subworker heartbeats every `--heartbeat-interval` and
+//! the control plane acknowledges each one. `zeromq` 0.7's DEALER does not reconnect by
+//! itself, so after three missed acknowledgements the subworker opens a new connection
+//! (with backoff), registers again naming the tasks it is still running, and resends
+//! outcomes it could not deliver.
+//!
+//! Shutdown sequence (Ctrl+C or SIGTERM): tell the control plane it is draining (no new
+//! tasks), finish and report every task it holds, unregister, exit 0. Past
+//! `--shutdown-grace` it unregisters with tasks still running (the control plane hands
+//! them to others) and exits 0; a second Ctrl+C exits at once (130). Where it is in
+//! that life (running, draining to exit, draining to restart) is a [`lifecycle::Lifecycle`].
+
+pub mod lifecycle;
+
+use std::{collections::VecDeque, path::PathBuf, time::Duration};
+
+use tokio::{sync::mpsc, time::Instant};
+use tracing::{debug, error, info, warn};
+
+use self::lifecycle::{AfterDrain, Lifecycle};
+use crate::{
+    executor::Executor,
+    plugin::watch::load_and_watch,
+    protocol::{
+        self, FromControlPlane, Hello, PeerKind, PluginEvent, Registration, RunningClaim,
+        TaskOutcome, ToControlPlane, WorkerId, WorkerSecret, PROTOCOL_VERSION,
+    },
+    transport::{self, Connection, ServerEvent, TransportConfig},
+    HostError,
+};
+use fastworker_client::discover;
+
+/// How a subworker finds its control plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlPlaneLocation {
+    /// Connect to this endpoint.
+    Address(String),
+    /// Ask this discovery endpoint where the control plane is, at every (re)connect.
+    Discovery(String),
+}
+
+/// Everything a subworker needs to run.
+#[derive(Debug, Clone)]
+pub struct SubworkerConfig {
+    /// Its worker id.
+    pub worker_id: String,
+    /// Where its control plane is.
+    pub control_plane: ControlPlaneLocation,
+    /// Its own status endpoint, if wanted: where it listens and what that socket
+    /// enforces.
+    pub status_endpoint: Option<(String, TransportConfig)>,
+    /// The task modules it loads.
+    pub task_modules: Vec<String>,
+    /// Where bare module names are looked up.
+    pub plugin_dir: PathBuf,
+    /// Tasks run at once.
+    pub concurrency: u32,
+    /// How often it heartbeats.
+    pub heartbeat_interval: Duration,
+    /// Whether it watches its plugin files and reloads them.
+    pub watch: bool,
+    /// Plugin reloads before it restarts itself in place.
+    pub max_reloads: u64,
+    /// How long past its deadline a task that does not stop may run before the
+    /// subworker restarts in place.
+    pub hung_task_grace: Duration,
+    /// How long a stop waits for running tasks.
+    pub shutdown_grace: Duration,
+    /// What the connection to the control plane enforces (key, message size).
+    pub transport: TransportConfig,
+    /// The largest result sent, in bytes.
+    pub max_payload_bytes: u64,
+}
+
+/// Where a subworker restarting in place finds its worker secret.
+const SECRET_ENV: &str = "FASTWORKER_WORKER_SECRET";
+
+/// Where a subworker restarting in place finds the newest control-plane epoch it saw.
+const EPOCH_ENV: &str = "FASTWORKER_NEWEST_EPOCH";
+
+/// How long to wait for the control plane when (re)connecting.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs a subworker until it is asked to stop.
+pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
+    let mut plugins = load_and_watch(&args.task_modules, &args.plugin_dir, args.watch)?;
+    let registry = plugins.registry.clone();
+    if registry.load().task_names().is_empty() {
+        warn!("no tasks loaded (--task-modules): this subworker will get no work");
+    }
+    let worker_id = WorkerId::new(args.worker_id.clone());
+    // The secret that lets this worker id register again: issued by the control plane
+    // in `Registered`, handed to our own restart in place through the environment.
+    let mut secret = std::env::var(SECRET_ENV)
+        .ok()
+        .and_then(|hex| WorkerSecret::from_hex(&hex));
+
+    let connect_config = args.transport.clone();
+    let status_address = match &args.status_endpoint {
+        Some((address, config)) => Some(serve_status(address, &worker_id, config).await?),
+        None => None,
+    };
+
+    let (outcome_tx, mut outcomes) = mpsc::unbounded_channel::<TaskOutcome>();
+    let executor = Executor::new(registry.clone(), outcome_tx);
+    let mut undelivered: VecDeque<TaskOutcome> = VecDeque::new();
+    // The first stop signal drains (see the module docs); a second one exits at once.
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        crate::shutdown::shutdown_signal().await;
+        let _ = stop_tx.send(true);
+        crate::shutdown::shutdown_signal().await;
+        warn!("a second stop signal: exiting now; the control plane hands this subworker's tasks to others");
+        std::process::exit(130);
+    });
+    let stopping = stop_rx.clone();
+    let shutdown = async move {
+        let _ = stop_rx.changed().await;
+    };
+    tokio::pin!(shutdown);
+    let grace = args.shutdown_grace;
+    let mut life = Lifecycle::Running;
+    let heartbeat_every = args.heartbeat_interval.max(Duration::from_millis(50));
+    let mut backoff = Duration::from_millis(100);
+    // The newest control-plane epoch seen in an assignment (kept across a restart in
+    // place, like the secret).
+    let mut newest_epoch: u64 = std::env::var(EPOCH_ENV)
+        .ok()
+        .and_then(|e| e.parse().ok())
+        .unwrap_or(0);
+
+    'connection: loop {
+        if *stopping.borrow() {
+            life.stop(Instant::now(), grace);
+        }
+        let (mut conn, address) =
+            match connect_to_control_plane(&args.control_plane, &connect_config).await {
+                Ok(connected) => connected,
+                Err(err) => {
+                    if let ConnectError::Transport(transport::TransportError::Refused(reason)) =
+                        &err
+                    {
+                        // Without a key, a refusal is this process's configuration. With
+                        // one, whoever answered could not prove the key: maybe an impostor
+                        // on the port while the control plane restarts, so keep trying.
+                        if connect_config.key.is_none() {
+                            error!("{reason}");
+                            return Err(HostError::Refused(reason.clone()));
+                        }
+                        error!("{reason}; retrying in {backoff:?}");
+                    } else {
+                        warn!("{err}; retrying in {backoff:?}");
+                    }
+                    if wait_or_stop(backoff, &mut shutdown, &mut life, &executor, grace).await {
+                        return finish_without_control_plane(&executor, &undelivered);
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+        // Claims first, then what finished since: a task that left `running` before
+        // the claims were read has its outcome in the channel by then (the executor
+        // does both under one lock), so nothing finished is missed and left for the
+        // control plane to run again.
+        let claims = executor.running_claims();
+        while let Ok(mut outcome) = outcomes.try_recv() {
+            outcome.cap_value(args.max_payload_bytes);
+            undelivered.push_back(outcome);
+        }
+        let mut registration = Registration::new(
+            worker_id.clone(),
+            registry.load().task_specs(),
+            args.concurrency.max(1),
+        );
+        registration.address = status_address.clone();
+        registration.secret = secret;
+        // Tasks finished but not reported yet count as held too, so the control plane
+        // (restarted, say) waits for their outcomes instead of handing them to
+        // someone else.
+        registration.running = claims
+            .into_iter()
+            .chain(
+                undelivered
+                    .iter()
+                    .map(|o| RunningClaim::new(o.task_id, o.lease)),
+            )
+            .collect();
+        let mut greeting = vec![
+            ToControlPlane::Hello(Hello::new(PeerKind::Subworker, worker_id.0.clone())),
+            ToControlPlane::Register(registration),
+        ];
+        if life.draining() {
+            greeting.push(ToControlPlane::Draining);
+        }
+        let mut sent_ok = true;
+        for msg in greeting {
+            sent_ok &= send(&mut conn, &msg).await;
+        }
+        if !sent_ok {
+            if wait_or_stop(backoff, &mut shutdown, &mut life, &executor, grace).await {
+                return finish_without_control_plane(&executor, &undelivered);
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            continue 'connection;
+        }
+        // Registered only once the control plane says so (`Registered`): until then
+        // outcomes wait, and the backoff is not reset, so a peer that accepts the
+        // connection and then drops it cannot make this loop spin.
+        let mut registered = false;
+        let mut last_heard = Instant::now();
+        let mut heartbeat = tokio::time::interval(heartbeat_every);
+        // After a pause, one late tick rather than a burst of them.
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_tick = Instant::now();
+
+        loop {
+            if *stopping.borrow() {
+                life.stop(Instant::now(), grace);
+            }
+            let idle = executor.running() == 0 && undelivered.is_empty() && outcomes.is_empty();
+            if let Some(then) = life.after_drain().filter(|_| idle) {
+                if then == AfterDrain::Restart {
+                    // Not Unregister: the control plane keeps this worker's entry, so
+                    // its tasks stay known (and queue) while the new process starts.
+                    let _ = send(&mut conn, &ToControlPlane::Restarting).await;
+                    info!(worker = %worker_id, "all tasks finished and reported; restarting");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    drop(conn);
+                    return Err(restart_in_place(secret, newest_epoch));
+                }
+                let _ = send(&mut conn, &ToControlPlane::Unregister).await;
+                info!(worker = %worker_id, "all tasks finished and reported; unregistered");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return Ok(());
+            }
+            tokio::select! {
+                frames = conn.receiver.recv() => {
+                    let frames = match frames {
+                        Ok(f) => f,
+                        Err(err) => {
+                            warn!("connection to the control plane lost: {err}; reconnecting in {backoff:?}");
+                            if wait_or_stop(backoff, &mut shutdown, &mut life, &executor, grace).await {
+                                return finish_without_control_plane(&executor, &undelivered);
+                            }
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                            continue 'connection;
+                        }
+                    };
+                    last_heard = Instant::now();
+                    match protocol::decode::<FromControlPlane>(&frames) {
+                        Ok(FromControlPlane::Assign { task, lease, epoch }) => {
+                            if epoch < newest_epoch {
+                                let reason = format!(
+                                    "subworker {worker_id} refused this assignment of epoch {epoch}: a control plane of epoch {newest_epoch} has taken over (if this control plane's data directory was replaced, restart the subworker)"
+                                );
+                                warn!(task = %task.id, "{reason}");
+                                // Said, not dropped: the sender learns it is fenced off,
+                                // and the task does not wait for an answer forever.
+                                let refused = crate::executor::failure(
+                                    &task,
+                                    lease,
+                                    crate::task_error::TaskError::new(
+                                        crate::task_error::ErrorKind::Rejected,
+                                        reason,
+                                    ),
+                                    protocol::now_ms(),
+                                );
+                                if !send(&mut conn, &ToControlPlane::Outcome(refused)).await {
+                                    continue 'connection;
+                                }
+                            } else {
+                                newest_epoch = epoch;
+                                debug!(task = %task.id, name = %task.name, epoch, "assigned");
+                                executor.start(task, lease);
+                            }
+                        }
+                        Ok(FromControlPlane::Registered { secret: issued }) => {
+                            secret = Some(issued);
+                            if !registered {
+                                registered = true;
+                                backoff = Duration::from_millis(100);
+                                info!(worker = %worker_id, "registered with the control plane at {address}");
+                                while let Some(outcome) = undelivered.front() {
+                                    if !send(&mut conn, &ToControlPlane::Outcome(outcome.clone())).await {
+                                        continue 'connection;
+                                    }
+                                    undelivered.pop_front();
+                                }
+                            }
+                        }
+                        Ok(FromControlPlane::CancelTask { task_id }) => {
+                            if executor.cancel(&task_id) {
+                                info!(task = %task_id, "cancel requested");
+                            }
+                        }
+                        Ok(FromControlPlane::Refused { reason }) => {
+                            let reason = protocol::for_people(&reason, 1024);
+                            error!("the control plane refused this subworker: {reason}");
+                            return Err(HostError::Refused(reason));
+                        }
+                        Ok(FromControlPlane::Rejected { error, .. }) => {
+                            if error.message == protocol::HELLO_FIRST {
+                                warn!("the control plane does not know this connection; registering again in {backoff:?}");
+                                if wait_or_stop(backoff, &mut shutdown, &mut life, &executor, grace).await {
+                                    return finish_without_control_plane(&executor, &undelivered);
+                                }
+                                backoff = (backoff * 2).min(Duration::from_secs(5));
+                                continue 'connection;
+                            }
+                            warn!("control plane: {error}");
+                        }
+                        Ok(_) => {}
+                        Err(err) => warn!("unreadable message from the control plane: {err}"),
+                    }
+                }
+                Some(mut outcome) = outcomes.recv() => {
+                    outcome.cap_value(args.max_payload_bytes);
+                    if !registered {
+                        undelivered.push_back(outcome);
+                        continue;
+                    }
+                    if !send(&mut conn, &ToControlPlane::Outcome(outcome.clone())).await {
+                        undelivered.push_back(outcome);
+                        continue 'connection;
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    let gap = last_tick.elapsed();
+                    last_tick = Instant::now();
+                    if gap > heartbeat_every * 2 + Duration::from_millis(500) {
+                        // This process was paused (SIGSTOP, a long stall): the silence
+                        // was ours, not the control plane's. The connection is checked
+                        // (this heartbeat must be answered) before it is replaced, so
+                        // the tasks running here stay here.
+                        info!(worker = %worker_id, "this process was paused for {gap:.1?}; checking the connection before replacing it");
+                        last_heard = Instant::now();
+                    }
+                    if let Some(stuck) = executor.longest_overdue() {
+                        if stuck > args.hung_task_grace && life.takes_tasks() {
+                            warn!(
+                                worker = %worker_id,
+                                "{} task(s) ignored their timeout for {stuck:?}: draining, then restarting in place to free their threads",
+                                executor.overdue()
+                            );
+                            life.restart();
+                            if !send(&mut conn, &ToControlPlane::Draining).await {
+                                continue 'connection;
+                            }
+                        }
+                    }
+                    if last_heard.elapsed() > heartbeat_every * 3 + Duration::from_secs(1) {
+                        warn!("the control plane has been silent for {:?}; reconnecting", last_heard.elapsed());
+                        continue 'connection;
+                    }
+                    let running = executor.running() as u32;
+                    let msg = ToControlPlane::Heartbeat {
+                        running,
+                        free_slots: args.concurrency.max(1).saturating_sub(running),
+                    };
+                    if !send(&mut conn, &msg).await {
+                        continue 'connection;
+                    }
+                }
+                Some(report) = plugins.reports.recv() => {
+                    report.log(&worker_id.0);
+                    let mut ok = send(&mut conn, &ToControlPlane::PluginEvent(PluginEvent::from(&report))).await;
+                    if report.changed_tasks() {
+                        let tasks = registry.load().task_specs();
+                        ok &= send(&mut conn, &ToControlPlane::TasksChanged { tasks }).await;
+                    }
+                    let reloads = plugins.reloads();
+                    if reloads >= args.max_reloads && life.takes_tasks() {
+                        info!(
+                            worker = %worker_id,
+                            "{reloads} plugin reloads (--max-reloads {}): draining, then restarting in place",
+                            args.max_reloads
+                        );
+                        life.restart();
+                        ok &= send(&mut conn, &ToControlPlane::Draining).await;
+                    }
+                    if !ok {
+                        continue 'connection;
+                    }
+                }
+                _ = tokio::time::sleep_until(life.give_up_at().unwrap_or_else(Instant::now)), if life.give_up_at().is_some() => {
+                    warn!(
+                        worker = %worker_id,
+                        "--shutdown-grace of {grace:?} ran out with {} task(s) running: handing them back to the control plane and exiting",
+                        executor.running()
+                    );
+                    // Unregister: the control plane queues what this worker held for others.
+                    let _ = send(&mut conn, &ToControlPlane::Unregister).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    return Ok(());
+                }
+                _ = &mut shutdown, if life.takes_tasks() => {
+                    info!(
+                        worker = %worker_id,
+                        "shutting down: finishing {} running tasks, taking no more",
+                        executor.running()
+                    );
+                    life.stop(Instant::now(), grace);
+                    let _ = send(&mut conn, &ToControlPlane::Draining).await;
+                }
+            }
+        }
+    }
+}
+
+/// Replaces this process with a fresh copy of itself, same arguments (so the same
+/// worker id). Old plugin versions stay mapped until the process is replaced; this is
+/// how `--max-reloads` bounds that memory. Returns only if the exec failed.
+fn restart_in_place(secret: Option<WorkerSecret>, newest_epoch: u64) -> HostError {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        // /proc/self/exe still opens the running binary after a rebuild replaced the
+        // file (current_exe() would then name ".../fastworker (deleted)").
+        let proc_exe = std::path::Path::new("/proc/self/exe");
+        let exe = if proc_exe.exists() {
+            proc_exe.to_path_buf()
+        } else {
+            match std::env::current_exe() {
+                Ok(exe) => exe,
+                Err(err) => return HostError::Restart(err.to_string()),
+            }
+        };
+        info!("restarting in place: {}", exe.display());
+        let mut command = std::process::Command::new(exe);
+        command.args(std::env::args_os().skip(1));
+        if let Some(secret) = secret {
+            // The environment, not argv: other users cannot read it in /proc.
+            command.env(SECRET_ENV, secret.to_hex());
+        }
+        command.env(EPOCH_ENV, newest_epoch.to_string());
+        // Our Unix sockets close on exec; the new process makes its own directory.
+        crate::transport::relay::remove_private_dir();
+        let err = command.exec();
+        HostError::Restart(err.to_string())
+    }
+    #[cfg(not(unix))]
+    {
+        HostError::Restart("it is only supported on Unix; restart this subworker".into())
+    }
+}
+
+async fn send(conn: &mut Connection, msg: &ToControlPlane) -> bool {
+    match protocol::encode(msg) {
+        Ok(frames) => match conn.sender.send(frames).await {
+            Ok(()) => true,
+            Err(err) => {
+                warn!("send to the control plane failed: {err}");
+                false
+            }
+        },
+        Err(err) => {
+            warn!("cannot encode a message: {err}");
+            true
+        }
+    }
+}
+
+/// Why a (re)connect to the control plane failed.
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    /// Discovery did not answer.
+    #[error("cannot find the control plane: {0}")]
+    Discovery(fastworker_client::ClientError),
+    /// The connection failed or was refused.
+    #[error(transparent)]
+    Transport(transport::TransportError),
+}
+
+/// Finds the control plane (directly or through discovery) and connects to it.
+async fn connect_to_control_plane(
+    location: &ControlPlaneLocation,
+    config: &TransportConfig,
+) -> Result<(Connection, String), ConnectError> {
+    let address = match location {
+        ControlPlaneLocation::Address(address) => address.clone(),
+        ControlPlaneLocation::Discovery(discovery) => {
+            let announcement = discover(discovery, CONNECT_TIMEOUT, config)
+                .await
+                .map_err(ConnectError::Discovery)?;
+            announcement
+                .subworker_address
+                .unwrap_or(announcement.base_address)
+        }
+    };
+    let conn = transport::connect(&address, CONNECT_TIMEOUT, config)
+        .await
+        .map_err(ConnectError::Transport)?;
+    Ok((conn, address))
+}
+
+/// Sleeps `delay`, noticing a shutdown request. True when the subworker should exit
+/// now: asked to stop while it holds no tasks.
+async fn wait_or_stop(
+    delay: Duration,
+    shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    life: &mut Lifecycle,
+    executor: &Executor,
+    grace: Duration,
+) -> bool {
+    if life.takes_tasks() {
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.as_mut() => life.stop(Instant::now(), grace),
+        }
+    } else {
+        tokio::time::sleep(delay).await;
+    }
+    life.draining() && (executor.running() == 0 || life.gave_up(Instant::now()))
+}
+
+fn finish_without_control_plane(
+    executor: &Executor,
+    undelivered: &VecDeque<TaskOutcome>,
+) -> Result<(), HostError> {
+    if !undelivered.is_empty() || executor.running() > 0 {
+        warn!(
+            "stopping without a control plane: {} outcomes could not be reported",
+            undelivered.len()
+        );
+    }
+    info!("subworker stopped");
+    Ok(())
+}
+
+/// Binds the subworker's own status endpoint at `address`: it answers `Hello` and
+/// `Ping`, so an operator (or the dashboard) can check it directly.
+async fn serve_status(
+    address: &str,
+    worker_id: &WorkerId,
+    config: &TransportConfig,
+) -> Result<String, HostError> {
+    let mut server = transport::bind(&[address.to_string()], config)
+        .await
+        .map_err(|e| {
+            HostError::transport(
+                format!("subworker {worker_id} cannot use --base-address {address}"),
+                e,
+            )
+        })?;
+    let endpoint = server.endpoints[0].clone();
+    let id = worker_id.0.clone();
+    tokio::spawn(async move {
+        while let Some(event) = server.events.recv().await {
+            let (peer, frames) = match event {
+                ServerEvent::Message { peer, frames } => (peer, frames),
+                ServerEvent::Unauthenticated { peer, .. } => {
+                    crate::probe::refuse_unauthenticated(&server.outbox, &peer);
+                    continue;
+                }
+                ServerEvent::Disconnected(_) => continue,
+            };
+            let answer = crate::probe::probe_reply(
+                &frames,
+                |request| {
+                    matches!(request, ToControlPlane::Hello(_)).then(|| {
+                        let mut welcome = protocol::Welcome::new(PROTOCOL_VERSION, id.clone());
+                        welcome.features = vec!["status".into()];
+                        FromControlPlane::Welcome(welcome)
+                    })
+                },
+                "a subworker's status endpoint answers Hello and Ping only; submit tasks to the control plane",
+            );
+            if let Ok(frames) = protocol::encode(&answer) {
+                server.outbox.send(&peer, frames);
+            }
+        }
+    });
+    info!(worker = %worker_id, "status endpoint on {endpoint}");
+    Ok(endpoint)
+}

@@ -1,0 +1,82 @@
+//! The wire protocol between clients, subworkers and the control plane: data only, no
+//! I/O. `docs/PROTOCOL.md` describes the same thing for people writing a client in
+//! another language.
+//!
+//! A message is a ZeroMQ multipart message. Frame 0 is the header: the bytes `F` `W`,
+//! one byte of [`PROTOCOL_VERSION`], then the message encoded with bincode 1 in its
+//! standard form (fixed-width little-endian integers, u64 lengths, u32 enum tags).
+//! Task payloads and result values are *not* in the header: each travels untouched in
+//! a frame of its own after it, in the order the header lists them, so the control
+//! plane never decodes or re-encodes task data.
+//!
+//! - [`ids`]: `TaskId`, `WorkerId`, leases and worker secrets.
+//! - [`messages`]: the two message enums, one per direction, and what they carry.
+//! - [`frames`]: turning messages into frames and back.
+//! - [`task_error`]: the error a task ends with, as it crosses the wire.
+//! - [`codec`]: how task arguments and results are encoded (shared with plugins).
+//! - [`json`]: the JSON forms people and scripts read (a task's status record, the
+//!   callback body, an event).
+//!
+//! This crate is deliberately only data: no sockets, no runtime, no plugin ABI, so a
+//! client, the host and the plugin SDK can all depend on it.
+
+pub mod codec;
+pub mod frames;
+pub mod ids;
+pub mod json;
+pub mod messages;
+pub mod task_error;
+
+pub use codec::CodecError;
+pub use frames::{decode, encode, ProtocolError};
+pub use ids::{LeaseToken, TaskId, WorkerId, WorkerSecret};
+pub use messages::*;
+pub use task_error::{ErrorKind, TaskError};
+
+/// The protocol version this build speaks. A peer speaking another version is refused
+/// with a message (encoded in this version) that says both numbers.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// The message of the `Rejected` answer to anything but `Hello`, `Ping` or `Discover`
+/// on a connection that has not said `Hello` (a subworker that sees it registers again).
+pub const HELLO_FIRST: &str = "send Hello first";
+
+/// The first two bytes of every header frame.
+pub const MAGIC: [u8; 2] = *b"FW";
+
+/// The longest span any timeout, delay or countdown may have: 10 years.
+pub const MAX_SPAN_SECS: f64 = 10.0 * 365.0 * 24.0 * 3600.0;
+
+/// Seconds, as they arrive from a client or a plugin, to whole milliseconds: `None` for
+/// anything not finite, negative or longer than [`MAX_SPAN_SECS`].
+pub fn secs_to_ms(secs: f64) -> Option<u64> {
+    (secs.is_finite() && (0.0..=MAX_SPAN_SECS).contains(&secs)).then_some((secs * 1000.0) as u64)
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The longest id (a peer id, a worker id, a task name) accepted, in bytes.
+pub const MAX_ID_BYTES: usize = 256;
+
+/// The most tasks one worker may say it serves.
+pub const MAX_TASKS_PER_WORKER: usize = 10_000;
+
+/// `text` made safe to log, keep or print: control characters replaced, and cut to at
+/// most `max` bytes (on a character boundary, marked with `…`).
+pub fn for_people(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max) + 3);
+    for c in text.chars() {
+        if out.len() + c.len_utf8() > max {
+            out.push('…');
+            break;
+        }
+        out.push(if c.is_control() { '?' } else { c });
+    }
+    out
+}

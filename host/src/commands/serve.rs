@@ -1,0 +1,168 @@
+//! `fastworker control-plane` and `fastworker subworker`: the command line turned into
+//! the host library's configs, and the command line of the control plane's own
+//! subworker (only the binary knows it).
+
+use std::{ffi::OsString, path::Path, sync::Arc, time::Duration};
+
+use fastworker_host::{
+    control_plane::{
+        own_worker::ChildCommand,
+        server::{subworker_endpoint, ControlPlaneConfig, OwnWorker},
+    },
+    subworker::{ControlPlaneLocation, SubworkerConfig},
+};
+
+use crate::{
+    cli::{ControlPlaneArgs, LogLevel, SubworkerArgs},
+    protocol::{WorkerSecret, MAX_SPAN_SECS},
+};
+
+/// Seconds from the command line as a `Duration`, within `[min, max]`.
+fn secs(value: f64, min: f64, max: f64) -> Duration {
+    let value = if value.is_finite() { value } else { min };
+    Duration::from_secs_f64(value.clamp(min, max))
+}
+
+/// The control plane's config.
+pub fn control_plane_config(
+    args: &ControlPlaneArgs,
+    plugin_dir: &Path,
+    log_level: LogLevel,
+) -> anyhow::Result<ControlPlaneConfig> {
+    let subworker_address = subworker_endpoint(&args.base_address, args.subworker_port);
+    let mut listening = vec![args.base_address.as_str(), args.discovery_address.as_str()];
+    if let Some(address) = &subworker_address {
+        listening.push(address);
+    }
+    let transport = args
+        .security
+        .listen_config(&args.listen, &listening)
+        .map_err(anyhow::Error::msg)?;
+    let own_worker = if args.task_modules.is_empty() {
+        None
+    } else {
+        let program = std::env::current_exe()
+            .map_err(|e| anyhow::anyhow!("cannot find the fastworker binary: {e}"))?;
+        let args = args.clone();
+        let plugin_dir = plugin_dir.to_path_buf();
+        Some(OwnWorker {
+            task_modules: args.task_modules.clone(),
+            command: Arc::new(move |address: &str, secret: &WorkerSecret| {
+                own_worker_command(&program, &args, &plugin_dir, log_level, address, secret)
+            }),
+        })
+    };
+    Ok(ControlPlaneConfig {
+        id: args.worker_id.clone(),
+        base_address: args.base_address.clone(),
+        subworker_address,
+        discovery_address: args.discovery_address.clone(),
+        transport,
+        cache_size: args.result_cache_size as usize,
+        cache_ttl: Duration::from_secs(args.result_cache_ttl),
+        cache_max_bytes: args.result_cache_max_bytes,
+        max_queued: args.max_queued,
+        max_queued_bytes: args.max_queued_bytes,
+        unserved_timeout: secs(args.unserved_timeout, 0.0, MAX_SPAN_SECS),
+        inactive_after: secs(args.inactive_after, 0.1, MAX_SPAN_SECS),
+        max_deliveries: args.max_deliveries.max(1),
+        max_payload_bytes: args.security.max_payload_size,
+        shutdown_grace: secs(args.shutdown_grace, 0.0, MAX_SPAN_SECS),
+        data_dir: args.data_dir.clone(),
+        own_worker,
+        dashboard: (!args.no_gui).then(|| (args.gui_host.clone(), args.gui_port)),
+    })
+}
+
+/// The command line of the own subworker: the control plane's task flags, its limits,
+/// and its address; the key and the worker secret go in the environment.
+fn own_worker_command(
+    program: &Path,
+    args: &ControlPlaneArgs,
+    plugin_dir: &Path,
+    log_level: LogLevel,
+    address: &str,
+    secret: &WorkerSecret,
+) -> ChildCommand {
+    let mut argv: Vec<OsString> = vec![
+        "--log-level".into(),
+        log_level.as_str().into(),
+        "--plugin-dir".into(),
+        plugin_dir.into(),
+        "subworker".into(),
+        "--worker-id".into(),
+        args.worker_id.clone().into(),
+        "--control-plane-address".into(),
+        address.into(),
+        "--concurrency".into(),
+        args.concurrency.max(1).to_string().into(),
+        "--max-reloads".into(),
+        args.max_reloads.to_string().into(),
+        "--max-message-size".into(),
+        args.security.max_message_size.to_string().into(),
+        "--max-payload-size".into(),
+        args.security.max_payload_size.to_string().into(),
+        "--shutdown-grace".into(),
+        args.shutdown_grace.to_string().into(),
+        "--hung-task-grace".into(),
+        args.hung_task_grace.to_string().into(),
+    ];
+    if args.no_watch {
+        argv.push("--no-watch".into());
+    }
+    argv.push("--task-modules".into());
+    argv.extend(args.task_modules.iter().map(Into::into));
+    let mut env = vec![("FASTWORKER_WORKER_SECRET".to_string(), secret.to_hex())];
+    if let Some(file) = &args.security.auth_key_file {
+        let file = std::path::absolute(file).unwrap_or_else(|_| file.clone());
+        env.push((
+            "FASTWORKER_AUTH_KEY_FILE".into(),
+            file.to_string_lossy().into_owned(),
+        ));
+    }
+    ChildCommand {
+        program: program.to_path_buf(),
+        args: argv,
+        env,
+        inherit: vec!["FASTWORKER_AUTH_KEY".into(), "FASTWORKER_LOG".into()],
+    }
+}
+
+/// The subworker's config.
+pub fn subworker_config(
+    args: &SubworkerArgs,
+    plugin_dir: &Path,
+) -> anyhow::Result<SubworkerConfig> {
+    let control_plane = match (&args.control_plane_address, &args.discovery_address) {
+        (Some(address), _) => ControlPlaneLocation::Address(address.clone()),
+        (None, Some(discovery)) => ControlPlaneLocation::Discovery(discovery.clone()),
+        (None, None) => {
+            anyhow::bail!("either --control-plane-address or --discovery-address is needed")
+        }
+    };
+    let status_endpoint = match &args.base_address {
+        Some(address) => {
+            let config = args
+                .security
+                .listen_config(&args.listen, &[address.as_str()])
+                .map_err(anyhow::Error::msg)?;
+            Some((address.clone(), config))
+        }
+        None => None,
+    };
+    Ok(SubworkerConfig {
+        worker_id: args.worker_id.clone(),
+        control_plane,
+        status_endpoint,
+        task_modules: args.task_modules.clone(),
+        plugin_dir: plugin_dir.to_path_buf(),
+        concurrency: args.concurrency.max(1),
+        heartbeat_interval: secs(args.heartbeat_interval, 0.05, 3600.0),
+        watch: !args.no_watch,
+        max_reloads: args.max_reloads,
+        hung_task_grace: secs(args.hung_task_grace, 0.0, MAX_SPAN_SECS),
+        shutdown_grace: secs(args.shutdown_grace, 0.0, 86_400.0),
+        transport: args.security.transport_config()?,
+        max_payload_bytes: args.security.max_payload_size,
+    })
+}
