@@ -309,7 +309,8 @@ class Checks:
     def check_discover(self):
         a = fw.discover(self.discovery)
         eq(a, {"control_plane_id": "control-plane", "base_address": self.base,
-               "subworker_address": self.sub, "protocol_version": 1}, "announcement")
+               "subworker_address": self.sub, "protocol_version": 2},  # the newest it speaks
+           "announcement")
         eq(fw.submit(a["base_address"], "add", [2, 2]), 4, "submit to the announced address")
 
     def check_discovery_endpoint(self):
@@ -345,15 +346,17 @@ class Checks:
             m = r.recv()
             eq((m["type"], m["request_id"], m["error"]["message"]),
                ("rejected", 0, "not a fastworker message (bad magic)"), "bad magic")
-            r.send([b"FW\x02" + fw.encode_hello("x")[0][3:]])
+            r.send([b"FW\x09" + fw.encode_hello("x")[0][3:]])
             eq(r.recv(), {"type": "refused", "reason":
-                          "protocol version 2 is not supported (this peer speaks 1)"},
+                          "protocol version 9 is not supported (this peer speaks versions 1 to 2;"
+                          " version 1 or later is required)"},
                "other header version")
             hello = bytearray(fw.encode_hello("x")[0])
-            hello[7] = 2  # Hello.protocol_version
+            hello[7] = 9  # Hello.protocol_version, and no protocol-max: speaks 9 only
             eq(r.recv() if r.send([bytes(hello)]) is None else None,
                {"type": "refused", "reason":
-                "protocol version 2 is not supported (this control plane speaks 1)"},
+                "no protocol version in common: this control plane speaks versions 1 to 2,"
+                " the peer 9 to 9"},
                "other Hello version")
             r.send([fw.encode_hello("x")[0] + b"\x00"])
             m = r.recv()
@@ -716,11 +719,18 @@ def _pe_fields():
     return w.parts
 
 
-def wait_ready(address, proc, timeout=20.0, key=None):
+def wait_ready(address, proc, timeout=20.0, key=None, log_path=None):
+    """Until the control plane answers a Ping and (given its log) has printed its
+    "ready" line, which comes once its own subworker registered its tasks."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError("the control plane exited with %s" % proc.returncode)
+        if log_path is not None:
+            with open(log_path) as f:
+                if "ready on" not in f.read():
+                    time.sleep(0.05)
+                    continue
         r = None
         try:
             r = Raw(address, key=key)
@@ -806,10 +816,10 @@ def main(argv):
             keyed = Keyed(kbase, kdiscovery, ksub, key_file)
         except Exception as e:  # noqa: BLE001
             print("      (the keyed control plane did not start: %s)" % e)
-        wait_ready(base, proc)
+        wait_ready(base, proc, log_path=log_path)
         if keyed is not None:
             try:
-                wait_ready(kbase, running[1][0], key=keyed.key)
+                wait_ready(kbase, running[1][0], key=keyed.key, log_path=running[1][2])
             except Exception as e:  # noqa: BLE001
                 print("      (the keyed control plane is not ready: %s)" % e)
                 keyed = None

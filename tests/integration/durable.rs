@@ -380,6 +380,17 @@ fn a_subworker_refuses_assignments_of_an_older_epoch() {
                 continue;
             };
             match protocol::decode::<ToControlPlane>(&frames) {
+                Ok(ToControlPlane::Hello(_)) => {
+                    // A subworker registers once the control plane has welcomed it.
+                    send(
+                        &server,
+                        &from,
+                        FromControlPlane::Welcome(protocol::Welcome::new(
+                            protocol::PROTOCOL_VERSION,
+                            "fake",
+                        )),
+                    );
+                }
                 Ok(ToControlPlane::Register(_)) => {
                     send(
                         &server,

@@ -13,3 +13,4 @@ mod plugins;
 mod procs;
 mod reload;
 mod support;
+mod upgrade;

@@ -26,7 +26,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicU8, Ordering},
         Arc, Mutex,
     },
     time::Duration,
@@ -105,6 +105,8 @@ struct Shared {
     /// Bumped (under the `pending` lock) each time a connection is lost; a queued
     /// message from an older epoch belongs to a caller already told `Disconnected`.
     epoch: AtomicU64,
+    /// The protocol version the last `Welcome` agreed on (the oldest until then).
+    version: AtomicU8,
 }
 
 /// A message queued for the connection task, with the epoch it was queued in.
@@ -133,7 +135,7 @@ pub async fn discover(
     config: &TransportConfig,
 ) -> Result<Announcement, ClientError> {
     let mut conn = transport::connect(discovery_address, timeout, config).await?;
-    let frames = protocol::encode(&ToControlPlane::Discover)
+    let frames = protocol::encode_as(protocol::MIN_PROTOCOL_VERSION, &ToControlPlane::Discover)
         .map_err(|e| ClientError::Unexpected(e.to_string()))?;
     conn.sender.send(frames).await?;
     let answer = tokio::time::timeout(timeout, async {
@@ -173,11 +175,15 @@ impl Client {
             pending: Mutex::new(HashMap::new()),
             waiting: Mutex::new(HashMap::new()),
             epoch: AtomicU64::new(0),
+            version: AtomicU8::new(protocol::MIN_PROTOCOL_VERSION),
         });
-        let hello = protocol::encode(&ToControlPlane::Hello(Hello::new(
-            PeerKind::Client,
-            format!("client-{}", std::process::id()),
-        )))
+        let hello = protocol::encode_as(
+            protocol::MIN_PROTOCOL_VERSION,
+            &ToControlPlane::Hello(Hello::new(
+                PeerKind::Client,
+                format!("client-{}", std::process::id()),
+            )),
+        )
         .map_err(|e| ClientError::Unexpected(e.to_string()))?;
         let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
         let (welcome_tx, welcome_rx) = oneshot::channel();
@@ -260,8 +266,9 @@ impl Client {
         make: impl FnOnce(u64) -> ToControlPlane,
     ) -> Result<FromControlPlane, ClientError> {
         let id = self.shared.next_request.fetch_add(1, Ordering::Relaxed);
-        let frames =
-            protocol::encode(&make(id)).map_err(|e| ClientError::Unexpected(e.to_string()))?;
+        let version = self.shared.version.load(Ordering::SeqCst);
+        let frames = protocol::encode_as(version, &make(id))
+            .map_err(|e| ClientError::Unexpected(e.to_string()))?;
         // What the transport counts: every frame's bytes plus its per-frame overhead.
         let size: u64 = frames
             .iter()
@@ -568,7 +575,12 @@ async fn run_connection(
 ) {
     let mut conn = Some(first);
     let mut backoff = Duration::from_millis(100);
-    let ping = protocol::encode(&ToControlPlane::Ping { nonce: 0 }).unwrap_or_default();
+    // In the oldest version: every control plane reads it, before and after a Welcome.
+    let ping = protocol::encode_as(
+        protocol::MIN_PROTOCOL_VERSION,
+        &ToControlPlane::Ping { nonce: 0 },
+    )
+    .unwrap_or_default();
     loop {
         let mut current = match conn.take() {
             Some(c) => c,
@@ -636,7 +648,17 @@ async fn run_connection(
 
 fn route(shared: &Shared, msg: FromControlPlane) {
     let request_id = match &msg {
-        FromControlPlane::Welcome(_) | FromControlPlane::Refused { .. } => 0,
+        FromControlPlane::Welcome(welcome) => {
+            if (protocol::MIN_PROTOCOL_VERSION..=protocol::max_version())
+                .contains(&welcome.protocol_version)
+            {
+                shared
+                    .version
+                    .store(welcome.protocol_version, Ordering::SeqCst);
+            }
+            0
+        }
+        FromControlPlane::Refused { .. } => 0,
         FromControlPlane::Accepted { request_id, .. }
         | FromControlPlane::Rejected { request_id, .. }
         | FromControlPlane::StatusReply { request_id, .. }

@@ -25,8 +25,8 @@ use crate::{
     executor::Executor,
     plugin::watch::load_and_watch,
     protocol::{
-        self, FromControlPlane, Hello, PeerKind, PluginEvent, Registration, RunningClaim,
-        TaskOutcome, ToControlPlane, WorkerId, WorkerSecret, PROTOCOL_VERSION,
+        self, max_version, FromControlPlane, Hello, PeerKind, PluginEvent, Registration,
+        RunningClaim, TaskOutcome, ToControlPlane, WorkerId, WorkerSecret, MIN_PROTOCOL_VERSION,
     },
     transport::{self, Connection, ServerEvent, TransportConfig},
     HostError,
@@ -188,18 +188,15 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
                     .map(|o| RunningClaim::new(o.task_id, o.lease)),
             )
             .collect();
-        let mut greeting = vec![
-            ToControlPlane::Hello(Hello::new(PeerKind::Subworker, worker_id.0.clone())),
-            ToControlPlane::Register(registration),
-        ];
+        // Hello first, in the oldest version; the rest goes once the `Welcome` says
+        // which version this connection speaks.
+        let mut version = MIN_PROTOCOL_VERSION;
+        let mut after_welcome = vec![ToControlPlane::Register(registration)];
         if life.draining() {
-            greeting.push(ToControlPlane::Draining);
+            after_welcome.push(ToControlPlane::Draining);
         }
-        let mut sent_ok = true;
-        for msg in greeting {
-            sent_ok &= send(&mut conn, &msg).await;
-        }
-        if !sent_ok {
+        let hello = ToControlPlane::Hello(Hello::new(PeerKind::Subworker, worker_id.0.clone()));
+        if !send(&mut conn, version, &hello).await {
             if wait_or_stop(backoff, &mut shutdown, &mut life, &executor, grace).await {
                 return finish_without_control_plane(&executor, &undelivered);
             }
@@ -225,13 +222,13 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
                 if then == AfterDrain::Restart {
                     // Not Unregister: the control plane keeps this worker's entry, so
                     // its tasks stay known (and queue) while the new process starts.
-                    let _ = send(&mut conn, &ToControlPlane::Restarting).await;
+                    let _ = send(&mut conn, version, &ToControlPlane::Restarting).await;
                     info!(worker = %worker_id, "all tasks finished and reported; restarting");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     drop(conn);
                     return Err(restart_in_place(secret, newest_epoch));
                 }
-                let _ = send(&mut conn, &ToControlPlane::Unregister).await;
+                let _ = send(&mut conn, version, &ToControlPlane::Unregister).await;
                 info!(worker = %worker_id, "all tasks finished and reported; unregistered");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 return Ok(());
@@ -268,13 +265,26 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
                                     ),
                                     protocol::now_ms(),
                                 );
-                                if !send(&mut conn, &ToControlPlane::Outcome(refused)).await {
+                                if !send(&mut conn, version, &ToControlPlane::Outcome(refused)).await {
                                     continue 'connection;
                                 }
                             } else {
                                 newest_epoch = epoch;
                                 debug!(task = %task.id, name = %task.name, epoch, "assigned");
                                 executor.start(task, lease);
+                            }
+                        }
+                        Ok(FromControlPlane::Welcome(welcome)) => {
+                            if (MIN_PROTOCOL_VERSION..=max_version()).contains(&welcome.protocol_version) {
+                                version = welcome.protocol_version;
+                            }
+                            debug!(version, "the control plane welcomed this subworker");
+                            let mut ok = true;
+                            for msg in std::mem::take(&mut after_welcome) {
+                                ok &= send(&mut conn, version, &msg).await;
+                            }
+                            if !ok {
+                                continue 'connection;
                             }
                         }
                         Ok(FromControlPlane::Registered { secret: issued }) => {
@@ -284,7 +294,7 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
                                 backoff = Duration::from_millis(100);
                                 info!(worker = %worker_id, "registered with the control plane at {address}");
                                 while let Some(outcome) = undelivered.front() {
-                                    if !send(&mut conn, &ToControlPlane::Outcome(outcome.clone())).await {
+                                    if !send(&mut conn, version, &ToControlPlane::Outcome(outcome.clone())).await {
                                         continue 'connection;
                                     }
                                     undelivered.pop_front();
@@ -322,7 +332,7 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
                         undelivered.push_back(outcome);
                         continue;
                     }
-                    if !send(&mut conn, &ToControlPlane::Outcome(outcome.clone())).await {
+                    if !send(&mut conn, version, &ToControlPlane::Outcome(outcome.clone())).await {
                         undelivered.push_back(outcome);
                         continue 'connection;
                     }
@@ -346,7 +356,7 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
                                 executor.overdue()
                             );
                             life.restart();
-                            if !send(&mut conn, &ToControlPlane::Draining).await {
+                            if !send(&mut conn, version, &ToControlPlane::Draining).await {
                                 continue 'connection;
                             }
                         }
@@ -360,16 +370,16 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
                         running,
                         free_slots: args.concurrency.max(1).saturating_sub(running),
                     };
-                    if !send(&mut conn, &msg).await {
+                    if !send(&mut conn, version, &msg).await {
                         continue 'connection;
                     }
                 }
                 Some(report) = plugins.reports.recv() => {
                     report.log(&worker_id.0);
-                    let mut ok = send(&mut conn, &ToControlPlane::PluginEvent(PluginEvent::from(&report))).await;
+                    let mut ok = send(&mut conn, version, &ToControlPlane::PluginEvent(PluginEvent::from(&report))).await;
                     if report.changed_tasks() {
                         let tasks = registry.load().task_specs();
-                        ok &= send(&mut conn, &ToControlPlane::TasksChanged { tasks }).await;
+                        ok &= send(&mut conn, version, &ToControlPlane::TasksChanged { tasks }).await;
                     }
                     let reloads = plugins.reloads();
                     if reloads >= args.max_reloads && life.takes_tasks() {
@@ -379,7 +389,7 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
                             args.max_reloads
                         );
                         life.restart();
-                        ok &= send(&mut conn, &ToControlPlane::Draining).await;
+                        ok &= send(&mut conn, version, &ToControlPlane::Draining).await;
                     }
                     if !ok {
                         continue 'connection;
@@ -392,7 +402,7 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
                         executor.running()
                     );
                     // Unregister: the control plane queues what this worker held for others.
-                    let _ = send(&mut conn, &ToControlPlane::Unregister).await;
+                    let _ = send(&mut conn, version, &ToControlPlane::Unregister).await;
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     return Ok(());
                 }
@@ -403,7 +413,7 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
                         executor.running()
                     );
                     life.stop(Instant::now(), grace);
-                    let _ = send(&mut conn, &ToControlPlane::Draining).await;
+                    let _ = send(&mut conn, version, &ToControlPlane::Draining).await;
                 }
             }
         }
@@ -447,8 +457,9 @@ fn restart_in_place(secret: Option<WorkerSecret>, newest_epoch: u64) -> HostErro
     }
 }
 
-async fn send(conn: &mut Connection, msg: &ToControlPlane) -> bool {
-    match protocol::encode(msg) {
+/// Sends `msg` in protocol `version`; false when the connection failed.
+async fn send(conn: &mut Connection, version: u8, msg: &ToControlPlane) -> bool {
+    match protocol::encode_as(version, msg) {
         Ok(frames) => match conn.sender.send(frames).await {
             Ok(()) => true,
             Err(err) => {
@@ -559,16 +570,16 @@ async fn serve_status(
             };
             let answer = crate::probe::probe_reply(
                 &frames,
-                |request| {
+                |request, version| {
                     matches!(request, ToControlPlane::Hello(_)).then(|| {
-                        let mut welcome = protocol::Welcome::new(PROTOCOL_VERSION, id.clone());
+                        let mut welcome = protocol::Welcome::new(version, id.clone());
                         welcome.features = vec!["status".into()];
                         FromControlPlane::Welcome(welcome)
                     })
                 },
                 "a subworker's status endpoint answers Hello and Ping only; submit tasks to the control plane",
             );
-            if let Ok(frames) = protocol::encode(&answer) {
+            if let Some(frames) = answer {
                 server.outbox.send(&peer, frames);
             }
         }

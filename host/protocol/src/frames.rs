@@ -1,16 +1,21 @@
-//! Messages to ZeroMQ frames and back.
+//! Messages to ZeroMQ frames and back, in any version this build speaks.
 //!
-//! Decoding is strict: a header that is short, lacks the magic, names another protocol
-//! version, does not decode, has trailing bytes, or is followed by the wrong number of
-//! payload frames is an error, never a panic.
+//! Frame 0 is the header: `F` `W`, one byte naming the version the header is written
+//! in, then the message. Version 1 writes it as bincode ([`crate::v1`], frozen);
+//! version 2 as JSON, which names every field, so a field added later (with a default)
+//! is ignored by a peer that does not know it and defaulted by one that does.
+//!
+//! Decoding is strict: a header that is short, lacks the magic, names a version this
+//! build does not speak, does not decode, has trailing bytes, or is followed by the
+//! wrong number of payload frames is an error, never a panic.
 
-use bincode::Options;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::{
     messages::{FromControlPlane, ToControlPlane},
-    MAGIC, PROTOCOL_VERSION,
+    v1::V1,
+    MAGIC, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 
 /// The largest header accepted.
@@ -27,7 +32,7 @@ pub enum ProtocolError {
     #[error("not a fastworker message (bad magic)")]
     BadMagic,
     /// The header names a protocol version this build does not speak.
-    #[error("protocol version {found} is not supported (this peer speaks {PROTOCOL_VERSION})")]
+    #[error("protocol version {found} is not supported (this peer speaks versions {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}; version {MIN_PROTOCOL_VERSION} or later is required)")]
     UnsupportedVersion {
         /// The version in the header.
         found: u8,
@@ -43,7 +48,7 @@ pub enum ProtocolError {
         /// Frames present.
         found: usize,
     },
-    /// The message could not be encoded (should not happen).
+    /// The message could not be encoded (in that version).
     #[error("cannot encode message: {0}")]
     Encode(String),
     /// The header frame is longer than [`MAX_HEADER_BYTES`].
@@ -54,11 +59,10 @@ pub enum ProtocolError {
     },
 }
 
-fn options() -> impl Options {
-    bincode::DefaultOptions::new()
-        .with_fixint_encoding()
-        .with_limit(MAX_HEADER_BYTES)
-}
+/// A message of either direction: framed, and written in every supported version.
+pub trait Message: Framed + Serialize + DeserializeOwned + V1 {}
+impl Message for ToControlPlane {}
+impl Message for FromControlPlane {}
 
 /// A message whose payloads travel in frames of their own.
 pub trait Framed {
@@ -116,14 +120,26 @@ impl Framed for FromControlPlane {
     }
 }
 
-/// Encodes `msg` as frames: the header, then one frame per payload.
-pub fn encode<M: Serialize + Framed>(msg: &M) -> Result<Vec<Bytes>, ProtocolError> {
-    let body = options()
-        .serialize(msg)
-        .map_err(|e| ProtocolError::Encode(e.to_string()))?;
+/// Encodes `msg` as frames in the newest version this process speaks
+/// ([`crate::max_version`]).
+pub fn encode<M: Message>(msg: &M) -> Result<Vec<Bytes>, ProtocolError> {
+    encode_as(crate::max_version(), msg)
+}
+
+/// Encodes `msg` as frames in protocol `version`: the header, then one frame per
+/// payload.
+pub fn encode_as<M: Message>(version: u8, msg: &M) -> Result<Vec<Bytes>, ProtocolError> {
+    if version > crate::max_version() {
+        return Err(ProtocolError::UnsupportedVersion { found: version });
+    }
+    let body = match version {
+        1 => msg.encode_v1()?,
+        2 => serde_json::to_vec(msg).map_err(|e| ProtocolError::Encode(e.to_string()))?,
+        found => return Err(ProtocolError::UnsupportedVersion { found }),
+    };
     let mut header = BytesMut::with_capacity(3 + body.len());
     header.put_slice(&MAGIC);
-    header.put_u8(PROTOCOL_VERSION);
+    header.put_u8(version);
     header.put_slice(&body);
     let payloads = msg.payloads();
     let mut frames = Vec::with_capacity(1 + payloads.len());
@@ -132,8 +148,14 @@ pub fn encode<M: Serialize + Framed>(msg: &M) -> Result<Vec<Bytes>, ProtocolErro
     Ok(frames)
 }
 
-/// Decodes frames (without any routing identity) into a message.
-pub fn decode<M: DeserializeOwned + Framed>(frames: &[Bytes]) -> Result<M, ProtocolError> {
+/// Decodes frames (without any routing identity) into a message, in whichever
+/// supported version its header names.
+pub fn decode<M: Message>(frames: &[Bytes]) -> Result<M, ProtocolError> {
+    decode_versioned(frames).map(|(_, msg)| msg)
+}
+
+/// Like [`decode`], also returning the version the message was written in.
+pub fn decode_versioned<M: Message>(frames: &[Bytes]) -> Result<(u8, M), ProtocolError> {
     let header = frames.first().ok_or(ProtocolError::Empty)?;
     // bincode's slice reader ignores `with_limit`, so the limit is checked here.
     if header.len() as u64 > MAX_HEADER_BYTES {
@@ -144,12 +166,16 @@ pub fn decode<M: DeserializeOwned + Framed>(frames: &[Bytes]) -> Result<M, Proto
     if header.len() < 3 || header[..2] != MAGIC {
         return Err(ProtocolError::BadMagic);
     }
-    if header[2] != PROTOCOL_VERSION {
-        return Err(ProtocolError::UnsupportedVersion { found: header[2] });
+    let version = header[2];
+    if version > crate::max_version() {
+        return Err(ProtocolError::UnsupportedVersion { found: version });
     }
-    let mut msg: M = options()
-        .deserialize(&header[3..])
-        .map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+    let body = &header[3..];
+    let mut msg: M = match version {
+        1 => M::decode_v1(body)?,
+        2 => serde_json::from_slice(body).map_err(|e| ProtocolError::Malformed(e.to_string()))?,
+        found => return Err(ProtocolError::UnsupportedVersion { found }),
+    };
     let mut slots = msg.payloads_mut();
     let found = frames.len() - 1;
     if slots.len() != found {
@@ -162,7 +188,7 @@ pub fn decode<M: DeserializeOwned + Framed>(frames: &[Bytes]) -> Result<M, Proto
         **slot = frame.clone();
     }
     drop(slots);
-    Ok(msg)
+    Ok((version, msg))
 }
 
 #[cfg(test)]
@@ -189,39 +215,85 @@ mod tests {
     }
 
     fn record() -> TaskRecord {
-        TaskRecord {
-            task_id: fixed_id(1),
-            name: "add".into(),
-            status: TaskStatus::Success,
-            codec: Codec::Json,
-            error: None,
-            worker_id: Some(WorkerId::from("sw1")),
-            attempts: 1,
-            delivery_count: 1,
-            submitted_ms: 1_700_000_000_000,
-            started_ms: Some(1_700_000_000_001),
-            completed_ms: Some(1_700_000_000_002),
-            value: Bytes::from_static(b"8"),
-        }
+        let mut record = TaskRecord::new(fixed_id(1), "add", TaskStatus::Success, Codec::Json);
+        record.worker_id = Some(WorkerId::from("sw1"));
+        record.attempts = 1;
+        record.delivery_count = 1;
+        record.submitted_ms = 1_700_000_000_000;
+        record.started_ms = Some(1_700_000_000_001);
+        record.completed_ms = Some(1_700_000_000_002);
+        record.value = Bytes::from_static(b"8");
+        record
     }
 
+    fn spec() -> TaskSpec {
+        let mut spec = TaskSpec::new("add");
+        spec.max_retries = 2;
+        spec.timeout_secs = Some(5.0);
+        spec.periodic = Some(PeriodicSpec::cron("*/5 * * * *"));
+        spec.doc = "Adds two integers.".into();
+        spec.signature = "add(x: i64, y: i64) -> i64".into();
+        spec
+    }
+
+    fn hello() -> Hello {
+        // As a version-1 build sends it (no `protocol-max=N`).
+        let mut hello = Hello::new(PeerKind::Client, "cli");
+        hello.features = vec![];
+        hello
+    }
+
+    fn registration() -> Registration {
+        let mut registration = Registration::new(WorkerId::from("sw1"), vec![spec()], 4);
+        registration.pid = 42;
+        registration.address = Some("tcp://127.0.0.1:6000".into());
+        registration.secret = Some(WorkerSecret([9; 32]));
+        registration.running = vec![RunningClaim::new(fixed_id(2), LeaseToken([7; 16]))];
+        registration
+    }
+
+    fn outcome() -> TaskOutcome {
+        let mut outcome = TaskOutcome::new(
+            fixed_id(1),
+            1,
+            LeaseToken([7; 16]),
+            AttemptResult::Failure(TaskError::new(ErrorKind::Failed, "boom")),
+        );
+        outcome.started_ms = 1;
+        outcome.completed_ms = 2;
+        outcome
+    }
+
+    fn plugin_event() -> PluginEvent {
+        let mut event = PluginEvent::new(
+            "reloaded",
+            "mytasks",
+            "/p/mytasks.so",
+            "reloaded 0.1.0 -> 0.2.0",
+        );
+        event.old_version = Some("0.1.0".into());
+        event.new_version = Some("0.2.0".into());
+        event
+    }
+
+    /// One example of every message a peer sends, named for its snapshot.
     fn to_cp_examples() -> Vec<(&'static str, ToControlPlane)> {
         vec![
-            (
-                "hello",
-                ToControlPlane::Hello(Hello {
-                    protocol_version: PROTOCOL_VERSION,
-                    peer_kind: PeerKind::Client,
-                    peer_id: "cli".into(),
-                    features: vec![],
-                }),
-            ),
+            ("hello", ToControlPlane::Hello(hello())),
             (
                 "submit",
                 ToControlPlane::Submit {
                     request_id: 7,
                     task: envelope(),
                     wait: true,
+                },
+            ),
+            (
+                "submit_batch",
+                ToControlPlane::SubmitBatch {
+                    request_id: 9,
+                    tasks: vec![envelope()],
+                    wait: false,
                 },
             ),
             (
@@ -233,22 +305,63 @@ mod tests {
                 },
             ),
             (
-                "outcome_failure",
-                ToControlPlane::Outcome(TaskOutcome {
+                "cancel",
+                ToControlPlane::Cancel {
+                    request_id: 10,
                     task_id: fixed_id(1),
-                    delivery_count: 1,
-                    lease: LeaseToken([7; 16]),
-                    result: AttemptResult::Failure(TaskError::new(ErrorKind::Failed, "boom")),
-                    started_ms: 1,
-                    completed_ms: 2,
-                    value: Bytes::new(),
-                }),
+                },
             ),
+            ("register", ToControlPlane::Register(registration())),
+            (
+                "heartbeat",
+                ToControlPlane::Heartbeat {
+                    running: 1,
+                    free_slots: 3,
+                },
+            ),
+            ("outcome_failure", ToControlPlane::Outcome(outcome())),
+            (
+                "tasks_changed",
+                ToControlPlane::TasksChanged {
+                    tasks: vec![spec()],
+                },
+            ),
+            ("draining", ToControlPlane::Draining),
+            ("unregister", ToControlPlane::Unregister),
+            ("ping", ToControlPlane::Ping { nonce: 5 }),
+            ("discover", ToControlPlane::Discover),
+            ("plugin_event", ToControlPlane::PluginEvent(plugin_event())),
+            (
+                "dead_letters",
+                ToControlPlane::DeadLetters { request_id: 11 },
+            ),
+            (
+                "replay",
+                ToControlPlane::Replay {
+                    request_id: 12,
+                    task_id: fixed_id(1),
+                },
+            ),
+            ("restarting", ToControlPlane::Restarting),
+            ("events", ToControlPlane::Events { request_id: 13 }),
         ]
     }
 
+    /// One example of every message the control plane sends.
     fn from_cp_examples() -> Vec<(&'static str, FromControlPlane)> {
+        let mut welcome = Welcome::new(1, "cp");
+        welcome.features = vec!["batch".into()];
+        let mut announcement = Announcement::new("cp", "tcp://127.0.0.1:5555");
+        announcement.subworker_address = Some("tcp://127.0.0.1:5560".into());
+        announcement.protocol_version = 1;
         vec![
+            ("welcome", FromControlPlane::Welcome(welcome)),
+            (
+                "refused",
+                FromControlPlane::Refused {
+                    reason: "no".into(),
+                },
+            ),
             (
                 "accepted",
                 FromControlPlane::Accepted {
@@ -256,7 +369,28 @@ mod tests {
                     task_ids: vec![fixed_id(1)],
                 },
             ),
+            (
+                "rejected",
+                FromControlPlane::Rejected {
+                    request_id: 7,
+                    error: TaskError::new(ErrorKind::Rejected, "queue full"),
+                },
+            ),
             ("result", FromControlPlane::Result(record())),
+            (
+                "status_reply",
+                FromControlPlane::StatusReply {
+                    request_id: 8,
+                    record: Some(record()),
+                },
+            ),
+            (
+                "cancel_reply",
+                FromControlPlane::CancelReply {
+                    request_id: 10,
+                    outcome: CancelOutcome::AlreadyFinished(TaskStatus::Success),
+                },
+            ),
             (
                 "assign",
                 FromControlPlane::Assign {
@@ -266,12 +400,116 @@ mod tests {
                 },
             ),
             (
+                "cancel_task",
+                FromControlPlane::CancelTask {
+                    task_id: fixed_id(1),
+                },
+            ),
+            ("heartbeat_ack", FromControlPlane::HeartbeatAck),
+            ("pong", FromControlPlane::Pong { nonce: 5 }),
+            ("announce", FromControlPlane::Announce(announcement)),
+            (
+                "dead_letter_list",
+                FromControlPlane::DeadLetterList {
+                    request_id: 11,
+                    records: vec![{
+                        let mut r = record();
+                        r.value = Bytes::new();
+                        r
+                    }],
+                },
+            ),
+            (
+                "event_list",
+                FromControlPlane::EventList {
+                    request_id: 13,
+                    events: vec![Event::new(1, "worker.registered", "sw1", "sw1 registered")],
+                },
+            ),
+            (
                 "registered",
                 FromControlPlane::Registered {
                     secret: WorkerSecret([9; 32]),
                 },
             ),
         ]
+    }
+
+    /// Every variant's name: a new variant does not compile until it is named here,
+    /// and the test below fails until it has an example (so a snapshot).
+    fn to_cp_name(msg: &ToControlPlane) -> &'static str {
+        match msg {
+            ToControlPlane::Hello(_) => "hello",
+            ToControlPlane::Submit { .. } => "submit",
+            ToControlPlane::SubmitBatch { .. } => "submit_batch",
+            ToControlPlane::Status { .. } => "status",
+            ToControlPlane::Cancel { .. } => "cancel",
+            ToControlPlane::Register(_) => "register",
+            ToControlPlane::Heartbeat { .. } => "heartbeat",
+            ToControlPlane::Outcome(_) => "outcome_failure",
+            ToControlPlane::TasksChanged { .. } => "tasks_changed",
+            ToControlPlane::Draining => "draining",
+            ToControlPlane::Unregister => "unregister",
+            ToControlPlane::Ping { .. } => "ping",
+            ToControlPlane::Discover => "discover",
+            ToControlPlane::PluginEvent(_) => "plugin_event",
+            ToControlPlane::DeadLetters { .. } => "dead_letters",
+            ToControlPlane::Replay { .. } => "replay",
+            ToControlPlane::Restarting => "restarting",
+            ToControlPlane::Events { .. } => "events",
+        }
+    }
+
+    const TO_CP_VARIANTS: usize = 18;
+
+    fn from_cp_name(msg: &FromControlPlane) -> &'static str {
+        match msg {
+            FromControlPlane::Welcome(_) => "welcome",
+            FromControlPlane::Refused { .. } => "refused",
+            FromControlPlane::Accepted { .. } => "accepted",
+            FromControlPlane::Rejected { .. } => "rejected",
+            FromControlPlane::Result(_) => "result",
+            FromControlPlane::StatusReply { .. } => "status_reply",
+            FromControlPlane::CancelReply { .. } => "cancel_reply",
+            FromControlPlane::Assign { .. } => "assign",
+            FromControlPlane::CancelTask { .. } => "cancel_task",
+            FromControlPlane::HeartbeatAck => "heartbeat_ack",
+            FromControlPlane::Pong { .. } => "pong",
+            FromControlPlane::Announce(_) => "announce",
+            FromControlPlane::DeadLetterList { .. } => "dead_letter_list",
+            FromControlPlane::EventList { .. } => "event_list",
+            FromControlPlane::Registered { .. } => "registered",
+        }
+    }
+
+    const FROM_CP_VARIANTS: usize = 15;
+
+    #[test]
+    fn every_variant_has_an_example() {
+        let to: std::collections::BTreeSet<_> = to_cp_examples()
+            .iter()
+            .map(|(_, m)| to_cp_name(m))
+            .collect();
+        assert_eq!(
+            to.len(),
+            TO_CP_VARIANTS,
+            "an example per ToControlPlane variant"
+        );
+        let from: std::collections::BTreeSet<_> = from_cp_examples()
+            .iter()
+            .map(|(_, m)| from_cp_name(m))
+            .collect();
+        assert_eq!(
+            from.len(),
+            FROM_CP_VARIANTS,
+            "an example per FromControlPlane variant"
+        );
+        for (name, msg) in to_cp_examples() {
+            assert_eq!(name, to_cp_name(&msg));
+        }
+        for (name, msg) in from_cp_examples() {
+            assert_eq!(name, from_cp_name(&msg));
+        }
     }
 
     fn hex(frames: &[Bytes]) -> String {
@@ -303,17 +541,75 @@ mod tests {
     }
 
     #[test]
-    fn messages_match_their_snapshots_and_round_trip() {
-        for (name, msg) in to_cp_examples() {
-            let frames = encode(&msg).unwrap();
-            check_snapshot(name, &frames);
-            assert_eq!(decode::<ToControlPlane>(&frames).unwrap(), msg);
+    fn messages_match_their_snapshots_and_round_trip_in_every_version() {
+        for version in MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION {
+            for (name, msg) in to_cp_examples() {
+                let frames = encode_as(version, &msg).unwrap();
+                check_snapshot(&format!("v{version}_{name}"), &frames);
+                let (found, back) = decode_versioned::<ToControlPlane>(&frames).unwrap();
+                assert_eq!(found, version);
+                if version == 1 {
+                    // Version 1 has no task docs or signatures.
+                    let mut expected = msg.clone();
+                    if let ToControlPlane::Register(r) = &mut expected {
+                        r.tasks = r.tasks.iter().map(without_v2_fields).collect();
+                    }
+                    if let ToControlPlane::TasksChanged { tasks } = &mut expected {
+                        *tasks = tasks.iter().map(without_v2_fields).collect();
+                    }
+                    assert_eq!(back, expected, "{name}");
+                } else {
+                    assert_eq!(back, msg, "{name}");
+                }
+            }
+            for (name, msg) in from_cp_examples() {
+                let frames = encode_as(version, &msg).unwrap();
+                check_snapshot(&format!("v{version}_{name}"), &frames);
+                assert_eq!(decode::<FromControlPlane>(&frames).unwrap(), msg, "{name}");
+            }
         }
-        for (name, msg) in from_cp_examples() {
-            let frames = encode(&msg).unwrap();
-            check_snapshot(name, &frames);
-            assert_eq!(decode::<FromControlPlane>(&frames).unwrap(), msg);
+    }
+
+    fn without_v2_fields(spec: &TaskSpec) -> TaskSpec {
+        let mut spec = spec.clone();
+        spec.doc = String::new();
+        spec.signature = String::new();
+        spec
+    }
+
+    #[test]
+    fn a_version_2_peer_ignores_fields_it_does_not_know_and_defaults_missing_ones() {
+        let frames = encode_as(
+            2,
+            &ToControlPlane::TasksChanged {
+                tasks: vec![spec()],
+            },
+        )
+        .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&frames[0][3..]).unwrap();
+        // A newer peer's field, and an older peer's spec without doc or signature.
+        let mut newer = json.clone();
+        newer["TasksChanged"]["tasks"][0]["added_later"] = serde_json::json!({"x": 1});
+        let mut older = json;
+        let task = older["TasksChanged"]["tasks"][0].as_object_mut().unwrap();
+        task.remove("doc");
+        task.remove("signature");
+        for (body, doc) in [(newer, "Adds two integers."), (older, "")] {
+            let mut header = b"FW\x02".to_vec();
+            header.extend(serde_json::to_vec(&body).unwrap());
+            match decode::<ToControlPlane>(&[Bytes::from(header)]).unwrap() {
+                ToControlPlane::TasksChanged { tasks } => assert_eq!(tasks[0].doc, doc),
+                other => panic!("{other:?}"),
+            }
         }
+    }
+
+    #[test]
+    fn negotiation_picks_the_newest_shared_version_or_none() {
+        assert_eq!(crate::negotiate((1, 2), (1, 1)), Some(1));
+        assert_eq!(crate::negotiate((1, 2), (1, 3)), Some(2));
+        assert_eq!(crate::negotiate((2, 3), (1, 1)), None);
+        assert_eq!(crate::negotiate((1, 1), (2, 2)), None);
     }
 
     #[test]
@@ -338,6 +634,10 @@ mod tests {
         assert_eq!(
             decode::<ToControlPlane>(&[Bytes::from_static(b"FW\x09")]),
             Err(ProtocolError::UnsupportedVersion { found: 9 })
+        );
+        assert_eq!(
+            decode::<ToControlPlane>(&[Bytes::from_static(b"FW\x00")]),
+            Err(ProtocolError::UnsupportedVersion { found: 0 })
         );
         let mut frames = encode(&ToControlPlane::Submit {
             request_id: 1,
@@ -399,13 +699,15 @@ mod tests {
         /// Valid messages with bytes changed, cut or appended: never a panic.
         #[test]
         fn mutated_messages_never_panic(
-            which in 0usize..7,
+            which in 0usize..66,
             at in proptest::num::usize::ANY,
             value in proptest::num::u8::ANY,
             cut in proptest::bool::ANY,
         ) {
             let mut all: Vec<Vec<Bytes>> = to_cp_examples().iter().map(|(_, m)| encode(m).unwrap()).collect();
             all.extend(from_cp_examples().iter().map(|(_, m)| encode(m).unwrap()));
+            all.extend(to_cp_examples().iter().map(|(_, m)| encode_as(1, m).unwrap()));
+            all.extend(from_cp_examples().iter().map(|(_, m)| encode_as(1, m).unwrap()));
             let mut frames = all[which % all.len()].clone();
             let mut header = frames[0].to_vec();
             let at = at % header.len();

@@ -26,16 +26,49 @@ pub mod ids;
 pub mod json;
 pub mod messages;
 pub mod task_error;
+pub mod v1;
 
 pub use codec::CodecError;
-pub use frames::{decode, encode, ProtocolError};
+pub use frames::{decode, decode_versioned, encode, encode_as, Message, ProtocolError};
 pub use ids::{LeaseToken, TaskId, WorkerId, WorkerSecret};
 pub use messages::*;
 pub use task_error::{ErrorKind, TaskError};
 
-/// The protocol version this build speaks. A peer speaking another version is refused
-/// with a message (encoded in this version) that says both numbers.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// The newest protocol version this build speaks (version 2: JSON headers).
+pub const PROTOCOL_VERSION: u8 = 2;
+
+/// The oldest protocol version this build speaks (version 1: bincode headers, the
+/// first authenticated version). Anything older is refused, naming this one.
+pub const MIN_PROTOCOL_VERSION: u8 = 1;
+
+/// The `Hello` feature that carries the newest version its sender speaks, as
+/// `protocol-max=N`: a `Hello` is written in its sender's *oldest* version, with that
+/// version in `protocol_version`, so a peer of any version can read it.
+pub const PROTOCOL_MAX_FEATURE: &str = "protocol-max=";
+
+/// The newest version this process speaks: [`PROTOCOL_VERSION`], unless the
+/// environment variable `FASTWORKER_PROTOCOL_MAX` holds a lower one (not below
+/// [`MIN_PROTOCOL_VERSION`]). Keeping a new build on the previous version is how a
+/// cluster is tested against old peers, or held on the old protocol while it is
+/// upgraded machine by machine. Read once per process.
+pub fn max_version() -> u8 {
+    static MAX: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| {
+        std::env::var("FASTWORKER_PROTOCOL_MAX")
+            .ok()
+            .and_then(|v| v.trim().parse::<u8>().ok())
+            .map_or(PROTOCOL_VERSION, |v| {
+                v.clamp(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION)
+            })
+    })
+}
+
+/// The version two peers use: the newest both speak, or `None` when their ranges do
+/// not overlap.
+pub fn negotiate(ours: (u8, u8), theirs: (u8, u8)) -> Option<u8> {
+    let chosen = ours.1.min(theirs.1);
+    (chosen >= ours.0.max(theirs.0)).then_some(chosen)
+}
 
 /// The message of the `Rejected` answer to anything but `Hello`, `Ping` or `Discover`
 /// on a connection that has not said `Hello` (a subworker that sees it registers again).

@@ -342,6 +342,14 @@ pub struct TaskSpec {
     pub periodic: Option<PeriodicSpec>,
     /// The plugin's priority for the task: what its periodic runs are queued at.
     pub priority: Priority,
+    /// The first line of the task's doc comment ("" when it has none). Since
+    /// version 2.
+    #[serde(default)]
+    pub doc: String,
+    /// The task's signature as written, e.g. `add(x: i64, y: i64) -> i64` ("" when
+    /// unknown). Since version 2.
+    #[serde(default)]
+    pub signature: String,
 }
 
 /// A periodic schedule, as declared by a plugin.
@@ -638,15 +646,36 @@ pub struct Event {
 // and then sets the public fields it wants.
 
 impl Hello {
-    /// A `Hello` from a peer of `peer_kind` called `peer_id`, speaking this build's
-    /// protocol versions.
+    /// A `Hello` from a peer of `peer_kind` called `peer_id`, speaking this process's
+    /// versions: `protocol_version` is the oldest ([`crate::MIN_PROTOCOL_VERSION`], the
+    /// version a `Hello` is written in) and the `protocol-max=N` feature the newest
+    /// ([`crate::max_version`]).
     pub fn new(peer_kind: PeerKind, peer_id: impl Into<String>) -> Self {
         Hello {
-            protocol_version: crate::PROTOCOL_VERSION,
+            protocol_version: crate::MIN_PROTOCOL_VERSION,
             peer_kind,
             peer_id: peer_id.into(),
-            features: Vec::new(),
+            features: vec![format!(
+                "{}{}",
+                crate::PROTOCOL_MAX_FEATURE,
+                crate::max_version()
+            )],
         }
+    }
+
+    /// The versions the sender speaks, oldest and newest (a `Hello` without the
+    /// `protocol-max=N` feature, from a version-1 build, speaks only its own).
+    pub fn versions(&self) -> (u8, u8) {
+        let newest = self
+            .features
+            .iter()
+            .find_map(|f| {
+                f.strip_prefix(crate::PROTOCOL_MAX_FEATURE)?
+                    .parse::<u8>()
+                    .ok()
+            })
+            .unwrap_or(self.protocol_version);
+        (self.protocol_version, newest.max(self.protocol_version))
     }
 }
 
@@ -733,6 +762,8 @@ impl TaskSpec {
             timeout_secs: None,
             periodic: None,
             priority: Priority::Normal,
+            doc: String::new(),
+            signature: String::new(),
         }
     }
 }
@@ -789,7 +820,7 @@ impl Announcement {
             control_plane_id: control_plane_id.into(),
             base_address: base_address.into(),
             subworker_address: None,
-            protocol_version: crate::PROTOCOL_VERSION,
+            protocol_version: crate::max_version(),
         }
     }
 }

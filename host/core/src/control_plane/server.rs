@@ -12,7 +12,7 @@
 //! once nothing is queued or running, or when `--shutdown-grace` runs out (then say how
 //! many tasks were left); then stop the own subworker.
 
-use std::{path::Path, path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::HashMap, path::Path, path::PathBuf, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use tokio::{sync::mpsc, time::MissedTickBehavior};
@@ -108,8 +108,34 @@ pub fn subworker_endpoint(base: &str, port: u16) -> Option<String> {
     Some(format!("{host}:{port}"))
 }
 
-fn send(outbox: &Outbox, peer: &PeerId, msg: &FromControlPlane) {
-    match protocol::encode(msg) {
+/// The protocol version each connected peer speaks: the one its `Welcome` agreed (the
+/// oldest before that, which every build reads).
+#[derive(Debug, Default)]
+struct PeerVersions(HashMap<PeerId, u8>);
+
+impl PeerVersions {
+    fn heard(&mut self, peer: &PeerId, version: u8) {
+        self.0.insert(peer.clone(), version);
+    }
+
+    fn of(&self, peer: &PeerId) -> u8 {
+        self.0
+            .get(peer)
+            .copied()
+            .unwrap_or(protocol::MIN_PROTOCOL_VERSION)
+    }
+
+    fn forget(&mut self, peer: &PeerId) {
+        self.0.remove(peer);
+    }
+}
+
+/// Sends `msg` to `peer` in the version it speaks; a `Welcome` sets that version.
+fn send(outbox: &Outbox, versions: &mut PeerVersions, peer: &PeerId, msg: &FromControlPlane) {
+    if let FromControlPlane::Welcome(welcome) = msg {
+        versions.heard(peer, welcome.protocol_version);
+    }
+    match protocol::encode_as(versions.of(peer), msg) {
         Ok(frames) => outbox.send(peer, frames),
         Err(err) => warn!("cannot encode a reply: {err}"),
     }
@@ -212,6 +238,7 @@ pub async fn run(
     let mut announce = tokio::time::interval(Duration::from_secs(2));
     let mut sweep = tokio::time::interval(Duration::from_secs(60));
     let mut discovery_peers: Vec<PeerId> = Vec::new();
+    let mut versions = PeerVersions::default();
     let shutdown = crate::shutdown::shutdown_signal();
     tokio::pin!(shutdown);
     let mut stopping_until: Option<tokio::time::Instant> = None;
@@ -227,14 +254,17 @@ pub async fn run(
                     }
                 }
                 Some(ServerEvent::Unauthenticated { peer, .. }) => crate::probe::refuse_unauthenticated(&server.outbox, &peer),
-                Some(ServerEvent::Disconnected(peer)) => dispatcher.peer_disconnected(&peer, Now::current()),
+                Some(ServerEvent::Disconnected(peer)) => {
+                    versions.forget(&peer);
+                    dispatcher.peer_disconnected(&peer, Now::current())
+                }
                 None => return Err(HostError::Stopped("the control plane's socket closed".into())),
             },
             event = discovery.events.recv() => match event {
                 Some(ServerEvent::Message { peer, frames }) => {
                     let answer = probe_reply(
                         &frames,
-                        |request| {
+                        |request, _| {
                             matches!(request, ToControlPlane::Discover).then(|| {
                                 if !discovery_peers.contains(&peer) {
                                     discovery_peers.push(peer.clone());
@@ -244,7 +274,9 @@ pub async fn run(
                         },
                         "this is the discovery endpoint: send Discover",
                     );
-                    send(&discovery.outbox, &peer, &answer);
+                    if let Some(frames) = answer {
+                        discovery.outbox.send(&peer, frames);
+                    }
                 }
                 Some(ServerEvent::Unauthenticated { peer, .. }) => crate::probe::refuse_unauthenticated(&discovery.outbox, &peer),
                 Some(ServerEvent::Disconnected(peer)) => discovery_peers.retain(|p| p != &peer),
@@ -267,14 +299,17 @@ pub async fn run(
             Some(written) = next_commit(&mut commits_done) => {
                 if let Some(committer) = committer.as_mut() {
                     for action in committer.finish(&mut dispatcher, written) {
-                        perform(action, &server.outbox, &callback_config);
+                        perform(action, &server.outbox, &mut versions, &callback_config);
                     }
                 }
             }
             _ = announce.tick() => {
+                // In the oldest version, so a peer of any version finds this one.
                 let msg = FromControlPlane::Announce(announcement.clone());
-                for peer in &discovery_peers {
-                    send(&discovery.outbox, peer, &msg);
+                if let Ok(frames) = protocol::encode_as(protocol::MIN_PROTOCOL_VERSION, &msg) {
+                    for peer in &discovery_peers {
+                        discovery.outbox.send(peer, frames.clone());
+                    }
                 }
             }
             _ = sweep.tick() => {
@@ -293,7 +328,7 @@ pub async fn run(
             }
         }
         for action in releasable(&mut committer, &mut dispatcher) {
-            perform(action, &server.outbox, &callback_config);
+            perform(action, &server.outbox, &mut versions, &callback_config);
         }
         if ready_pending {
             let registered = supervisor.is_none() || dispatcher.own_worker_registered();
@@ -336,7 +371,7 @@ pub async fn run(
                     _ => dispatcher.take_actions(),
                 };
                 for action in last {
-                    perform(action, &server.outbox, &callback_config);
+                    perform(action, &server.outbox, &mut versions, &callback_config);
                 }
                 if committer.is_some() {
                     info!(
@@ -400,9 +435,14 @@ async fn next_commit(done: &mut Option<CommitsDone>) -> Option<super::commit::Wr
     }
 }
 
-fn perform(action: Action, outbox: &Outbox, callbacks: &TransportConfig) {
+fn perform(
+    action: Action,
+    outbox: &Outbox,
+    versions: &mut PeerVersions,
+    callbacks: &TransportConfig,
+) {
     match action {
-        Action::Send { peer, msg } => send(outbox, &peer, &msg),
+        Action::Send { peer, msg } => send(outbox, versions, &peer, &msg),
         Action::Callback { callback, record } => {
             tokio::spawn(deliver_callback(callback, record, callbacks.clone()));
         }

@@ -188,6 +188,8 @@ impl PluginRegistry {
                     periodic
                 });
                 spec.priority = super::abi::priority(info.priority);
+                spec.doc = info.doc.clone();
+                spec.signature = info.signature.clone();
                 spec
             })
             .collect()

@@ -6,8 +6,8 @@ use tracing::{info, warn};
 use super::{check_worker_tasks, reply, Dispatcher, Now, PeerInfo};
 use crate::{
     protocol::{
-        for_people, FromControlPlane, TaskId, TaskSpec, Welcome, WorkerSecret, MAX_ID_BYTES,
-        PROTOCOL_VERSION,
+        for_people, max_version, negotiate, FromControlPlane, TaskId, TaskSpec, Welcome,
+        WorkerSecret, MAX_ID_BYTES, MIN_PROTOCOL_VERSION,
     },
     transport::PeerId,
 };
@@ -24,18 +24,20 @@ impl Dispatcher {
             ));
             return;
         }
-        if hello.protocol_version != PROTOCOL_VERSION {
+        let ours = (MIN_PROTOCOL_VERSION, max_version());
+        let theirs = hello.versions();
+        let Some(version) = negotiate(ours, theirs) else {
             self.actions.push(reply(
                 peer,
                 FromControlPlane::Refused {
                     reason: format!(
-                        "protocol version {} is not supported (this control plane speaks {PROTOCOL_VERSION})",
-                        hello.protocol_version
+                        "no protocol version in common: this control plane speaks versions {} to {}, the peer {} to {}",
+                        ours.0, ours.1, theirs.0, theirs.1
                     ),
                 },
             ));
             return;
-        }
+        };
         self.peers.insert(
             peer.clone(),
             PeerInfo {
@@ -43,7 +45,7 @@ impl Dispatcher {
                 id: hello.peer_id,
             },
         );
-        let mut welcome = Welcome::new(PROTOCOL_VERSION, self.config.id.clone());
+        let mut welcome = Welcome::new(version, self.config.id.clone());
         welcome.features = vec![
             "batch".into(),
             "wait".into(),
