@@ -310,3 +310,50 @@ fn a_cluster_is_upgraded_one_process_at_a_time_under_load_without_losing_a_task(
         p.kill();
     }
 }
+
+#[test]
+fn a_client_lists_what_the_cluster_serves_with_docs_and_signatures() {
+    let dir = mytasks_dir();
+    for (cp_build, sw_build) in [
+        (Build::Current, Build::Current),
+        (Build::Current, Build::Previous),
+        (Build::Previous, Build::Current),
+    ] {
+        let at = Cluster::new();
+        let mut cp = at.control_plane(&dir, cp_build, "cp", &[]);
+        let mut sw = at.subworker(&dir, sw_build, "sw");
+        let rt = runtime();
+        let client = connect(&rt, &at.base);
+        let listed = rt.block_on(client.tasks());
+        match cp_build {
+            Build::Previous => assert!(
+                matches!(&listed, Err(fastworker_client::ClientError::Unsupported(m)) if m.contains("version 2")),
+                "{listed:?}"
+            ),
+            Build::Current => {
+                let tasks = listed.expect("the current control plane lists its tasks");
+                let add = tasks
+                    .iter()
+                    .find(|t| t.spec.name == "add")
+                    .expect("add is served");
+                assert_eq!(add.workers, vec![fastworker_protocol::WorkerId::from("sw")]);
+                if sw_build == Build::Current {
+                    assert_eq!(add.spec.doc, "Adds two integers.");
+                    assert!(
+                        add.spec.signature.contains("i64"),
+                        "{:?}",
+                        add.spec.signature
+                    );
+                } else {
+                    // A version-1 subworker's registration has no doc or signature.
+                    assert_eq!(
+                        (add.spec.doc.as_str(), add.spec.signature.as_str()),
+                        ("", "")
+                    );
+                }
+            }
+        }
+        sw.kill();
+        cp.kill();
+    }
+}

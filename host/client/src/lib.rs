@@ -73,6 +73,9 @@ pub enum ClientError {
     /// No answer in time.
     #[error("no answer from the control plane within {0:?}")]
     Timeout(Duration),
+    /// The control plane's protocol version does not have this request.
+    #[error("{0}")]
+    Unsupported(String),
     /// The connection closed before the answer came.
     #[error("the connection to the control plane closed")]
     Disconnected,
@@ -507,6 +510,24 @@ impl Client {
         }
     }
 
+    /// What the cluster serves: each task with its doc, signature and defaults, and the
+    /// workers that serve it, sorted by name. Needs protocol version 2.
+    pub async fn tasks(&self) -> Result<Vec<protocol::ServedTask>, ClientError> {
+        let version = self.shared.version.load(Ordering::SeqCst);
+        if version < 2 {
+            return Err(ClientError::Unsupported(format!(
+                "listing tasks needs protocol version 2; this control plane speaks {version}"
+            )));
+        }
+        match self
+            .request(|request_id| ToControlPlane::Tasks { request_id })
+            .await?
+        {
+            FromControlPlane::TaskList { tasks, .. } => Ok(tasks),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     /// Runs `name` with `args` (a tuple, encoded with bincode) and decodes its result.
     pub async fn call<A: Serialize, R: DeserializeOwned>(
         &self,
@@ -664,7 +685,8 @@ fn route(shared: &Shared, msg: FromControlPlane) {
         | FromControlPlane::StatusReply { request_id, .. }
         | FromControlPlane::CancelReply { request_id, .. }
         | FromControlPlane::DeadLetterList { request_id, .. }
-        | FromControlPlane::EventList { request_id, .. } => *request_id,
+        | FromControlPlane::EventList { request_id, .. }
+        | FromControlPlane::TaskList { request_id, .. } => *request_id,
         FromControlPlane::Result(record) => {
             if let Some(tx) = lock(&shared.waiting).remove(&record.task_id) {
                 let _ = tx.send(record.clone());

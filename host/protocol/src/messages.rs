@@ -518,6 +518,13 @@ pub enum ToControlPlane {
         /// Echoed in the answer.
         request_id: u64,
     },
+    /// What the cluster serves: every task name a connected worker declares, with its
+    /// doc, signature and defaults, and the workers that serve it. Answered with
+    /// `TaskList`. Since version 2.
+    Tasks {
+        /// Echoed in the answer.
+        request_id: u64,
+    },
 }
 
 /// What happened to a plugin file on a subworker.
@@ -624,6 +631,30 @@ pub enum FromControlPlane {
         /// Keep it; show it in the next `Registration`.
         secret: WorkerSecret,
     },
+    /// The answer to `Tasks`, sorted by name. Since version 2.
+    TaskList {
+        /// The request answered.
+        request_id: u64,
+        /// What the cluster serves.
+        tasks: Vec<ServedTask>,
+    },
+}
+
+/// A task a cluster serves, and who serves it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ServedTask {
+    /// The task, as the first of its workers (by id) declares it.
+    pub spec: TaskSpec,
+    /// The workers that serve it, by id.
+    pub workers: Vec<WorkerId>,
+}
+
+impl ServedTask {
+    /// `spec`, served by `workers`.
+    pub fn new(spec: TaskSpec, workers: Vec<WorkerId>) -> Self {
+        ServedTask { spec, workers }
+    }
 }
 
 /// Something that happened on the control plane or a subworker (a plugin reloaded,

@@ -8,8 +8,9 @@
 //! - [`TaskSpec`](crate::TaskSpec) gained `doc` and `signature` in version 2, so
 //!   `Registration` and `ToControlPlane` (its `Register` and `TasksChanged`) are copied.
 //!
-//! [`FromControlPlane`](crate::FromControlPlane) has not changed since version 1 and is
-//! encoded as it is. Whoever changes a type used here adds its frozen copy first.
+//! [`FromControlPlane`](crate::FromControlPlane)'s version-1 variants have not changed,
+//! and the one added since (`TaskList`) is last, so version 1 encodes it as it is and
+//! refuses the new variant. Whoever changes a type used here adds its frozen copy first.
 
 use bincode::Options;
 use serde::{Deserialize, Serialize};
@@ -232,6 +233,7 @@ fn to_v1(msg: &ToControlPlane) -> Option<ToControlPlaneV1> {
         },
         M::Restarting => V::Restarting,
         M::Events { request_id } => V::Events { request_id },
+        M::Tasks { .. } => return None,
     })
 }
 
@@ -332,12 +334,29 @@ impl V1 for ToControlPlane {
     }
 }
 
+/// Whether version 1 has this message: the variants added since are at the end of
+/// the enum, so the earlier ones keep their version-1 tags.
+fn in_v1(msg: &FromControlPlane) -> bool {
+    !matches!(msg, FromControlPlane::TaskList { .. })
+}
+
 impl V1 for FromControlPlane {
     fn encode_v1(&self) -> Result<Vec<u8>, ProtocolError> {
+        if !in_v1(self) {
+            return Err(ProtocolError::Encode(
+                "protocol version 1 has no such message".into(),
+            ));
+        }
         serialize(self)
     }
 
     fn decode_v1(body: &[u8]) -> Result<Self, ProtocolError> {
-        deserialize(body)
+        let msg: FromControlPlane = deserialize(body)?;
+        if !in_v1(&msg) {
+            return Err(ProtocolError::Malformed(
+                "a message protocol version 1 does not have".into(),
+            ));
+        }
+        Ok(msg)
     }
 }

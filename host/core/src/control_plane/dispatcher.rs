@@ -309,6 +309,13 @@ impl Dispatcher {
                     FromControlPlane::EventList { request_id, events },
                 ));
             }
+            ToControlPlane::Tasks { request_id } => {
+                let tasks = self.served_tasks();
+                self.actions.push(reply(
+                    peer,
+                    FromControlPlane::TaskList { request_id, tasks },
+                ));
+            }
             ToControlPlane::DeadLetters { request_id } => {
                 let records = self.dead_letters();
                 self.actions.push(reply(
@@ -643,6 +650,34 @@ impl Dispatcher {
 
     fn spec(&self, name: &str) -> Option<&TaskSpec> {
         self.workers.spec(name).or_else(|| self.own_tasks.get(name))
+    }
+
+    /// What the cluster serves, by name: each task as its first worker (by id)
+    /// declares it, with every worker that serves it; the control plane's own tasks
+    /// count while its own subworker restarts.
+    fn served_tasks(&self) -> Vec<crate::protocol::ServedTask> {
+        let mut by_name: std::collections::BTreeMap<&str, (&TaskSpec, Vec<WorkerId>)> =
+            std::collections::BTreeMap::new();
+        let mut workers: Vec<_> = self.workers.iter().collect();
+        workers.sort_by(|a, b| a.id.cmp(&b.id));
+        for worker in workers {
+            for (name, spec) in &worker.tasks {
+                by_name
+                    .entry(name.as_str())
+                    .or_insert_with(|| (spec, Vec::new()))
+                    .1
+                    .push(worker.id.clone());
+            }
+        }
+        for (name, spec) in &self.own_tasks {
+            by_name
+                .entry(name.as_str())
+                .or_insert_with(|| (spec, vec![WorkerId::new(self.config.id.clone())]));
+        }
+        by_name
+            .into_values()
+            .map(|(spec, workers)| crate::protocol::ServedTask::new(spec.clone(), workers))
+            .collect()
     }
 
     /// Accepts a request's tasks, all or none. Submitting is idempotent by task id: a
