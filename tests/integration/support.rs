@@ -109,7 +109,12 @@ impl TestDir {
     /// `fastworker` with this directory as its working directory, a private shadow
     /// directory, and none of the caller's `FASTWORKER_*` settings.
     pub fn fastworker(&self) -> Command {
-        let mut cmd = Command::new(fastworker_bin());
+        self.fastworker_from(&fastworker_bin())
+    }
+
+    /// [`TestDir::fastworker`] with another `fastworker` binary (an older release).
+    pub fn fastworker_from(&self, binary: &Path) -> Command {
+        let mut cmd = Command::new(binary);
         cmd.current_dir(self.path());
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("FASTWORKER_") {

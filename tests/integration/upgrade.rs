@@ -1,7 +1,11 @@
 //! Protocol compatibility: processes that speak only the previous version (version 1,
-//! the frozen bincode encoding; a build is held there with `FASTWORKER_PROTOCOL_MAX=1`)
-//! and processes that speak the current one work together in every direction, and a
-//! running cluster is upgraded one process at a time without failing or losing a task.
+//! the frozen bincode encoding) and processes that speak the current one work together
+//! in every direction, and a running cluster is upgraded one process at a time without
+//! failing or losing a task.
+//!
+//! A "previous" process is this build held on version 1 (`FASTWORKER_PROTOCOL_MAX=1`),
+//! or, when `FASTWORKER_PREVIOUS_BIN` names one, a `fastworker` binary built from the
+//! last commit before version 2 (`.ci/run` builds it when the history is there).
 
 use std::{
     collections::HashMap,
@@ -37,11 +41,15 @@ enum Build {
 
 impl Build {
     fn command(self, dir: &TestDir) -> std::process::Command {
-        let mut cmd = dir.fastworker();
-        if self == Build::Previous {
-            cmd.env("FASTWORKER_PROTOCOL_MAX", "1");
+        match (self, std::env::var_os("FASTWORKER_PREVIOUS_BIN")) {
+            (Build::Current, _) => dir.fastworker(),
+            (Build::Previous, Some(binary)) => dir.fastworker_from(std::path::Path::new(&binary)),
+            (Build::Previous, None) => {
+                let mut cmd = dir.fastworker();
+                cmd.env("FASTWORKER_PROTOCOL_MAX", "1");
+                cmd
+            }
         }
-        cmd
     }
 }
 
