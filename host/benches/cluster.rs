@@ -29,6 +29,8 @@
 //!
 //! `BENCH_DATA_DIR=1` gives each control plane a `--data-dir` (every submission,
 //! assignment and result fsynced, group-committed, before its reply goes out).
+//! `FASTWORKER_PROTOCOL_MAX=1` runs everything on protocol version 1 (bincode headers)
+//! instead of version 2 (JSON headers).
 
 use std::{
     path::Path,

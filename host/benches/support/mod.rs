@@ -72,6 +72,11 @@ pub fn fastworker(dir: &Path) -> Command {
     if let Some(key) = bench_key() {
         cmd.env("FASTWORKER_AUTH_KEY", key);
     }
+    // FASTWORKER_PROTOCOL_MAX=1 runs every process (and the bench's own client) on
+    // protocol version 1, to compare its headers with version 2's.
+    if let Some(max) = std::env::var_os("FASTWORKER_PROTOCOL_MAX") {
+        cmd.env("FASTWORKER_PROTOCOL_MAX", max);
+    }
     cmd
 }
 
