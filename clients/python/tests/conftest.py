@@ -132,11 +132,12 @@ class Cluster:
                 time.sleep(0.05)
         raise RuntimeError("subworker %s did not register within %.0f s" % (worker_id, timeout))
 
-    def restart_control_plane(self, wait_for: Optional[str] = None) -> None:
+    def restart_control_plane(self, wait_for: Optional[str] = None,
+                              sig: int = signal.SIGTERM) -> None:
         """Stops the control plane and starts a new one on the same addresses (then,
         given a worker id, waits until that subworker registered with it again)."""
         assert self.cp is not None
-        self.cp.stop()
+        self.cp.stop(sig)
         self.start_control_plane(self.address, self.discovery)
         if wait_for is not None:
             self.wait_served(wait_for)
