@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
-"""End-to-end check of docs/PROTOCOL.md with the Python client, against a real control
-plane. No pytest: exit 0 when every check passes, 1 otherwise.
+"""End-to-end check of docs/PROTOCOL.md with the Python package fastworker-client
+(clients/python: its wire module speaks the protocol by hand, version 1 and 2, and its
+Client negotiates version 2), against a real control plane. No pytest: exit 0 when
+every check passes, 1 otherwise.
 
     python3 examples/python/test_protocol.py target/debug/fastworker target/debug/libmytasks.so
 
@@ -23,13 +25,17 @@ import traceback
 import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+PACKAGE = os.path.join(HERE, "..", "..", "clients", "python")
+sys.path.insert(0, PACKAGE)
 
 import zmq  # noqa: E402
 
-import fastworker_client as fw  # noqa: E402
+import fastworker_client as fwc  # noqa: E402
+import fastworker_client.wire as fw  # noqa: E402
 
-SNAPSHOTS = os.path.join(HERE, "..", "..", "host", "src", "protocol", "snapshots")
+SNAPSHOTS = os.path.join(HERE, "..", "..", "host", "protocol", "src", "snapshots")
+CLI = [sys.executable, "-m", "fastworker_client"]
+CLI_ENV = dict(os.environ, PYTHONPATH=os.path.abspath(PACKAGE))
 WAIT = 5.0  # seconds, for any single answer
 
 
@@ -124,8 +130,8 @@ class Checks:
             print("    (snapshots not found at %s; skipped)" % SNAPSHOTS)
             return
 
-        def lines(name):
-            with open(os.path.join(SNAPSHOTS, name + ".hex")) as f:
+        def lines(name, version=1):
+            with open(os.path.join(SNAPSHOTS, "v%d_%s.hex" % (version, name))) as f:
                 return f.read().split("\n")[:-1]
 
         tid = "01010101-0101-0101-0101-010101010101"
@@ -147,7 +153,7 @@ class Checks:
         t = m["task"]
         eq((t["id"], t["name"], t["payload"], t["priority"], m["lease"]),
            (tid, "add", b"[5,3]", "normal", b"\x07" * 16), "assign")
-        if os.path.exists(os.path.join(SNAPSHOTS, "registered.hex")):
+        if os.path.exists(os.path.join(SNAPSHOTS, "v1_registered.hex")):
             eq(fw.decode(frames("registered")), {"type": "registered", "secret": b"\x09" * 32},
                "registered")
         # Registration with a secret and a claim, by hand: the layout of PROTOCOL.md
@@ -157,22 +163,69 @@ class Checks:
                        "02000000" "00" "07000000" "01" + "09" * 32 + "0100000000000000"
                        "1000000000000000" + "01" * 16 + "07" * 16), "registration")
 
+    def check_snapshots_v2(self):
+        """Version 2 (JSON headers): what the package sends and reads, byte for byte."""
+        def lines(name):
+            with open(os.path.join(SNAPSHOTS, "v2_%s.hex" % name)) as f:
+                return f.read().split("\n")[:-1]
+        tid = "01010101-0101-0101-0101-010101010101"
+        task = fw.new_task("add", b"[5,3]", task_id=tid)
+        hx = lambda frames: [f.hex() for f in frames]  # noqa: E731
+        eq(hx(fw.encode_submit_v2(7, task, True)), lines("submit"), "v2 submit")
+        eq(hx(fw.encode_submit_batch_v2(9, [task], False)), lines("submit_batch"), "v2 batch")
+        eq(hx(fw.encode_status_v2(8, tid)), lines("status"), "v2 status")
+        eq(hx(fw.encode_cancel_v2(10, tid)), lines("cancel"), "v2 cancel")
+        eq(hx(fw.encode_dead_letters_v2(11)), lines("dead_letters"), "v2 dead letters")
+        eq(hx(fw.encode_replay_v2(12, tid)), lines("replay"), "v2 replay")
+        eq(hx(fw.encode_events_v2(13)), lines("events"), "v2 events")
+        eq(hx(fw.encode_tasks_v2(14)), lines("tasks"), "v2 tasks")
+        eq(hx(fw.encode_ping_v2(5)), lines("ping"), "v2 ping")
+        eq(hx(fw.encode_unit_v2("Discover")), lines("discover"), "v2 discover")
+        eq(hx(fw.encode_hello_v2("cli")), lines("hello"), "v2 hello")
+        frames = lambda n: [bytes.fromhex(x) for x in lines(n)]  # noqa: E731
+        eq(fw.decode(frames("accepted")),
+           {"type": "accepted", "request_id": 7, "task_ids": [tid]}, "v2 accepted")
+        rec = fw.decode(frames("result"))["record"]
+        eq((rec["status"], rec["worker_id"], rec["result"], rec["completed_ms"]),
+           ("success", "sw1", 8, 1700000000002), "v2 result")
+        eq(fw.decode(frames("cancel_reply")), {"type": "cancel_reply", "request_id": 10,
+                                               "outcome": "already_finished",
+                                               "status": "success"}, "v2 cancel reply")
+        t = fw.decode(frames("task_list"))["tasks"][0]
+        eq((t["spec"]["name"], t["spec"]["doc"], t["spec"]["signature"], t["workers"]),
+           ("add", "Adds two integers.", "add(x: i64, y: i64) -> i64", ["sw1"]), "v2 task list")
+        eq(fw.decode(frames("registered"))["secret"], b"\x09" * 32, "v2 registered")
+        m = fw.decode(frames("assign"))
+        eq((m["task"]["priority"], m["task"]["payload"], m["lease"], m["epoch"]),
+           ("normal", b"[5,3]", b"\x07" * 16, 3), "v2 assign")
+
+    def check_client_negotiates_version_2(self):
+        """The package's Client sends Hello in version 1 with protocol-max=2 and then
+        speaks JSON headers; Tasks (version 2 only) works."""
+        with fwc.Client(self.base, auth_key=False) as c:
+            eq(c.protocol_version, 2, "agreed version")
+            eq(c.call("add", 5, 3), 8, "add over version 2")
+            tasks = {t.name: t for t in c.tasks()}
+            eq(tasks["add"].doc, "Adds two integers.", "doc of add")
+            eq(tasks["add"].workers, ["control-plane"], "workers of add")
+        # a version-1 Hello (no protocol-max) is welcomed in version 1
+        with fw.RawClient(self.base) as c:
+            eq(c.submit("add", [1, 2]), 3, "version-1 client")
+
     # --- client basics --------------------------------------------------------------
     def check_add(self):
         eq(fw.submit(self.base, "add", [5, 3]), 8, "add(5, 3)")
 
     def check_cli_add(self):
         out = subprocess.run(
-            [sys.executable, os.path.join(HERE, "fastworker_client.py"),
-             "--control-plane-address", self.base, "add", "5", "3"],
-            capture_output=True, text=True, timeout=30)
+            CLI + ["--control-plane-address", self.base, "add", "5", "3"],
+            capture_output=True, text=True, timeout=30, env=CLI_ENV)
         eq((out.returncode, out.stdout), (0, "8\n"), "CLI add 5 3 (stderr: %s)" % out.stderr)
 
     def check_cli_discovery(self):
         out = subprocess.run(
-            [sys.executable, os.path.join(HERE, "fastworker_client.py"),
-             "--discovery-address", self.discovery, "add", "-2", "10"],
-            capture_output=True, text=True, timeout=30)
+            CLI + ["--discovery-address", self.discovery, "add", "-2", "10"],
+            capture_output=True, text=True, timeout=30, env=CLI_ENV)
         eq((out.returncode, out.stdout), (0, "8\n"), "CLI via discovery (stderr: %s)" % out.stderr)
 
     def check_echo_nested(self):
@@ -206,7 +259,7 @@ class Checks:
             raise AssertionError("unknown task accepted")
 
     def check_status_and_cancel_running(self):
-        with fw.Client(self.base) as c:
+        with fw.RawClient(self.base) as c:
             tid = c.submit("sleep_ms", [2000], wait=False)
             rec = poll_status(c, tid, lambda r: r and r["status"] == "running")
             eq((rec["name"], rec["worker_id"], rec["attempts"], rec["delivery_count"],
@@ -227,7 +280,7 @@ class Checks:
         eq(fw.cancel(self.base, tid)["outcome"], "already_finished", "fw.cancel")
 
     def check_cancel_queued_and_result_pushed(self):
-        with fw.Client(self.base) as c:
+        with fw.RawClient(self.base) as c:
             first = c.submit("sleep_ms", [1500], wait=False)
             poll_status(c, first, lambda r: r and r["status"] == "running")
             # concurrency 1: the second one waits in the queue
@@ -242,14 +295,14 @@ class Checks:
             eq(c.cancel(first)["outcome"], "signalled", "cancel first")
 
     def check_status_wait(self):
-        with fw.Client(self.base) as c:
+        with fw.RawClient(self.base) as c:
             tid = c.submit("sleep_ms", [300], wait=False)
             rec = c.status(tid, wait=True, timeout=WAIT)
             eq((rec["status"], rec["result"], rec["value"]), ("success", 300, b"300"),
                "status wait")
 
     def check_batch(self):
-        with fw.Client(self.base) as c:
+        with fw.RawClient(self.base) as c:
             tasks = [fw.new_task("add", b"[1,2]"), fw.new_task("add", b"[3,4]", priority="high")]
             ids = c.submit_batch(tasks, wait=True)
             eq(ids, [t["id"] for t in tasks], "batch ids in order")
@@ -292,7 +345,7 @@ class Checks:
             port = router.bind_to_random_port("tcp://127.0.0.1")
             task = fw.new_task("add", b"[20,22]")
             task["callback"] = {"address": "tcp://127.0.0.1:%d" % port, "data": "cb-data"}
-            with fw.Client(self.base) as c:
+            with fw.RawClient(self.base) as c:
                 c.submit_task(task, wait=False)
             check(router.poll(int(WAIT * 1000)), "no callback within %.0f s" % WAIT)
             frames = router.recv_multipart()
@@ -379,7 +432,7 @@ class Checks:
     # --- a subworker written in Python --------------------------------------------------
     def check_subworker(self):
         sw = Raw(self.sub)
-        c = fw.Client(self.base)
+        c = fw.RawClient(self.base)
         try:
             sw.send(fw.encode_hello("py-sw", peer_kind="subworker"))
             sw.send(fw.encode_register("py-sw", [{"name": "py_upper"}], concurrency=1))
@@ -471,7 +524,7 @@ class Checks:
             secret[0] = r["secret"]
             return sw
 
-        c = fw.Client(self.base)
+        c = fw.RawClient(self.base)
         sw = None
         try:
             sw = connect_worker()
@@ -537,7 +590,7 @@ class Checks:
     def check_keyed_client(self):
         k = self._keyed()
         eq(fw.submit(k.base, "add", [5, 3], key=k.key), 8, "keyed add(5, 3)")
-        with fw.Client(k.base, key=k.text) as c:  # the key text works as well
+        with fw.RawClient(k.base, key=k.text) as c:  # the key text works as well
             eq(c.limits, {"max-payload-size": 512 * 1024, "max-message-size": 1024 * 1024},
                "limits in Welcome.features")
             tid = c.submit("sleep_ms", [2000], wait=False)
@@ -554,17 +607,16 @@ class Checks:
         a = fw.discover(k.discovery, key=k.key)
         eq((a["base_address"], a["subworker_address"]), (k.base, k.sub), "keyed discovery")
         # the command line, with the key file named in the environment
-        env = dict(os.environ, FASTWORKER_AUTH_KEY_FILE=k.key_file)
+        env = dict(CLI_ENV, FASTWORKER_AUTH_KEY_FILE=k.key_file)
         env.pop("FASTWORKER_AUTH_KEY", None)
         out = subprocess.run(
-            [sys.executable, os.path.join(HERE, "fastworker_client.py"),
-             "--discovery-address", k.discovery, "add", "5", "3"],
+            CLI + ["--discovery-address", k.discovery, "add", "5", "3"],
             capture_output=True, text=True, timeout=30, env=env)
         eq((out.returncode, out.stdout), (0, "8\n"), "keyed CLI (stderr: %s)" % out.stderr)
 
     def check_keyed_refuses_unkeyed(self):
         k = self._keyed()
-        e = expect_raise(fw.Refused, "unkeyed client", fw.Client, k.base, timeout=WAIT)
+        e = expect_raise(fw.Refused, "unkeyed client", fw.RawClient, k.base, timeout=WAIT)
         check(not isinstance(e, fw.AuthRefused), "an FW Refused, not a handshake Refuse")
         check("cluster key" in str(e), str(e))
         e = expect_raise(fw.Refused, "unkeyed discovery", fw.discover, k.discovery)
@@ -580,16 +632,16 @@ class Checks:
     def check_keyed_wrong_key(self):
         k = self._keyed()
         wrong = os.urandom(32).hex()
-        e = expect_raise(fw.AuthRefused, "wrong key", fw.Client, k.base, key=wrong,
+        e = expect_raise(fw.AuthRefused, "wrong key", fw.RawClient, k.base, key=wrong,
                          timeout=WAIT)
         check("wrong cluster key" in str(e), str(e))
         # the key proven with is the first one: the right key second does not help
-        expect_raise(fw.AuthRefused, "wrong key first", fw.Client, k.base,
+        expect_raise(fw.AuthRefused, "wrong key first", fw.RawClient, k.base,
                      key="%s,%s" % (wrong, k.hex), timeout=WAIT)
         expect_raise(fw.AuthRefused, "wrong key, discovery", fw.discover, k.discovery,
                      key=wrong)
         # a keyed client and a control plane without a key: a Refuse frame too
-        e = expect_raise(fw.AuthRefused, "key for an unkeyed server", fw.Client, self.base,
+        e = expect_raise(fw.AuthRefused, "key for an unkeyed server", fw.RawClient, self.base,
                          key=k.key, timeout=WAIT)
         check("no cluster key" in str(e), str(e))
 
@@ -627,7 +679,7 @@ class Checks:
     def check_keyed_subworker(self):
         k = self._keyed()
         sw = fw.Subworker(k.sub, "py-keyed", [{"name": "py_upper"}], key=k.key, timeout=WAIT)
-        c = fw.Client(k.base, key=k.key)
+        c = fw.RawClient(k.base, key=k.key)
         try:
             eq(len(sw.secret), 32, "secret")
             sw.heartbeat(0, 1)
@@ -686,7 +738,7 @@ class Checks:
 
     def check_keyed_message_size(self):
         k = self._keyed()
-        with fw.Client(k.base, key=k.key) as c:
+        with fw.RawClient(k.base, key=k.key) as c:
             big = fw.new_task("echo", b'["' + b"x" * (1024 * 1024) + b'"]')
             e = expect_raise(fw.MessageTooLarge, "over max-message-size", c.submit_task, big)
             eq(e.limit, 1024 * 1024, "the limit named")

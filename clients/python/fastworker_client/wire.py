@@ -27,6 +27,8 @@ from .errors import (
     MessageTooLarge,
     ProtocolError,
     Refused,
+    Rejected,
+    TaskFailed,
     Timeout,
     rejected,
 )
@@ -1225,7 +1227,7 @@ class RawClient:
         record = self.wait_result(task_id, timeout or self.timeout)
         if record["status"] != "success":
             err = record["error"] or {"kind": "internal", "message": "no error recorded"}
-            raise TaskFailed(task_id, record["status"], err["kind"], err["message"], record)
+            raise TaskFailed(err["kind"], err["message"], task_id, record["status"], record)
         return record["result"]
 
     def status(self, task_id, wait=False, timeout=None):
