@@ -244,12 +244,23 @@ fn generate_task(
         .map(|i| format_ident!("__arg{}", i))
         .collect();
     let types: Vec<_> = arg_types.iter().map(|(_, t)| t).collect();
+    let param_list = arg_types
+        .iter()
+        .map(|(name, ty)| format!("{name}: {}", type_text(ty)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let param_count = arg_types.len();
+    let params = quote!(&::fastworker_plugin_sdk::__private::Params {
+        task: #task_name,
+        list: #param_list,
+        count: #param_count,
+    });
     let decode = if arg_types.is_empty() {
-        quote!(::fastworker_plugin_sdk::__private::decode_no_args(__codec, __payload)?;)
+        quote!(::fastworker_plugin_sdk::__private::decode_no_args(__codec, __payload, #params)?;)
     } else {
         quote!(
             let (#(#arg_idents,)*): (#(#types,)*) =
-                ::fastworker_plugin_sdk::__private::decode_args(__codec, __payload)?;
+                ::fastworker_plugin_sdk::__private::decode_args(__codec, __payload, #params)?;
         )
     };
     let ctx_arg = takes_context.then(|| quote!(__ctx,));
