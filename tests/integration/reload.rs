@@ -404,6 +404,23 @@ fn swap_under_load(how: Swap) {
             && !sw_log.contains(REJECTED),
         "{how:?}: the swap should be one clean reload\n{sw_log}"
     );
+    // The line names both builds by content hash, so a rebuild that kept the crate
+    // version still shows as a new build.
+    let builds = sw_log
+        .split(RELOADED)
+        .nth(1)
+        .and_then(|line| line.split("(build ").nth(1))
+        .and_then(|rest| rest.split_once(';'))
+        .map(|(builds, _)| builds.to_string())
+        .unwrap_or_default();
+    let (old, new) = builds.split_once(" -> ").unwrap_or_default();
+    assert!(
+        old.len() == 8
+            && new.len() == 8
+            && old != new
+            && old.chars().all(|c| c.is_ascii_hexdigit()),
+        "{how:?}: the reload line names both builds: {builds:?}\n{sw_log}"
+    );
 
     // Never backwards. Clocks: all three processes run on this host and stamp with the
     // same realtime clock (`now_ms`, whole ms). The subworker takes `started_ms` in

@@ -45,6 +45,11 @@ pub enum ReloadReport {
         old_version: Option<String>,
         /// The version now serving.
         new_version: String,
+        /// The first 8 hex digits of the replaced file's content hash (blake3), if any:
+        /// a rebuild that kept the crate version still shows as a new build.
+        old_build: Option<String>,
+        /// The same for the file now serving.
+        new_build: String,
         /// Its task names.
         tasks: Vec<String>,
     },
@@ -66,6 +71,11 @@ pub enum ReloadReport {
         /// The one-line reason.
         reason: String,
     },
+}
+
+/// The first 8 hex digits of a content hash: enough to tell two builds apart in a log.
+fn short_build(hash: &str) -> String {
+    hash.chars().take(8).collect()
 }
 
 impl ReloadReport {
@@ -92,12 +102,15 @@ impl std::fmt::Display for ReloadReport {
                 plugin,
                 old_version,
                 new_version,
+                old_build,
+                new_build,
                 tasks,
             } => write!(
                 f,
-                "plugin {plugin} reloaded from {}: {} -> {new_version} (tasks: {})",
+                "plugin {plugin} reloaded from {}: {} -> {new_version} (build {} -> {new_build}; tasks: {})",
                 path.display(),
                 old_version.as_deref().unwrap_or("(new)"),
+                old_build.as_deref().unwrap_or("(new)"),
                 tasks.join(", ")
             ),
             ReloadReport::Retired {
@@ -316,7 +329,10 @@ impl LivePlugins {
                 return None;
             }
         }
-        let old_version = current.plugin_at(path).map(|p| p.version.clone());
+        let old = current.plugin_at(path);
+        let old_version = old.map(|p| p.version.clone());
+        let old_build = old.map(|p| short_build(&p.content_hash));
+        let new_build = short_build(&hash);
         let loaded = self
             .loader
             .load_bytes(path, &bytes)
@@ -345,6 +361,8 @@ impl LivePlugins {
                     plugin,
                     old_version,
                     new_version,
+                    old_build,
+                    new_build,
                     tasks,
                 })
             }

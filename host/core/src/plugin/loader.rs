@@ -65,7 +65,7 @@ pub enum LoadError {
         path: PathBuf,
     },
     /// Built against an SDK whose version this host cannot load.
-    #[error("{path}: built against fastworker-plugin-sdk {found}, incompatible with this host's SDK {expected}")]
+    #[error("{path}: built against fastworker-plugin-sdk {found}, incompatible with this host's SDK {expected}: rebuild the plugin with fastworker-plugin-sdk = \"={expected}\"")]
     IncompatibleSdk {
         /// The file.
         path: PathBuf,
@@ -525,6 +525,15 @@ fn classify(path: &Path, err: LibraryError) -> LoadError {
         },
         LibraryError::AbiInstability(report) => {
             let report = report.to_string();
+            // A plugin built against another release of the SDK: abi_stable reports
+            // the SDK's types as "incompatible package versions" deep in its report.
+            if let Some(found) = other_sdk_version(&report) {
+                return LoadError::IncompatibleSdk {
+                    path,
+                    found,
+                    expected: SDK_VERSION.to_string(),
+                };
+            }
             let summary = summarize_layout_report(&report);
             LoadError::LayoutMismatch {
                 path,
@@ -537,6 +546,24 @@ fn classify(path: &Path, err: LibraryError) -> LoadError {
             reason: first_line(&other.to_string()),
         },
     }
+}
+
+/// The SDK version of a plugin whose layout check failed on package versions: the
+/// first `package:'fastworker-plugin-sdk' version:'V'` in abi_stable's report with a
+/// `V` other than this host's.
+fn other_sdk_version(report: &str) -> Option<String> {
+    if !report.contains("incompatible package versions") {
+        return None;
+    }
+    const MARK: &str = "package:'fastworker-plugin-sdk' version:'";
+    report
+        .match_indices(MARK)
+        .filter_map(|(at, _)| {
+            let rest = &report[at + MARK.len()..];
+            rest.split_once('\'').map(|(version, _)| version)
+        })
+        .find(|version| *version != SDK_VERSION)
+        .map(str::to_string)
 }
 
 fn first_line(text: &str) -> String {

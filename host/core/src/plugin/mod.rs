@@ -23,6 +23,9 @@ pub mod resolve;
 pub mod watch;
 
 pub use call::CallContext;
+/// The `fastworker-plugin-sdk` version this host loads plugins of (a plugin pins it
+/// with `=`).
+pub use fastworker_plugin_sdk::abi::SDK_VERSION;
 pub use live::{LivePlugins, ReloadReport, SharedRegistry};
 pub use loader::{LoadError, LoadedPlugin, PluginLoader, TaskInfo};
 pub use registry::{PluginRegistry, RegistryError, TaskHandle};
