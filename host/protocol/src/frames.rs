@@ -226,6 +226,14 @@ mod tests {
         record
     }
 
+    fn queue_filter() -> QueueFilter {
+        let mut filter = QueueFilter::all();
+        filter.name = Some("add".into());
+        filter.priority = Some(Priority::High);
+        filter.limit = 100;
+        filter
+    }
+
     fn spec() -> TaskSpec {
         let mut spec = TaskSpec::new("add");
         spec.max_retries = 2;
@@ -345,6 +353,20 @@ mod tests {
             ("restarting", ToControlPlane::Restarting),
             ("events", ToControlPlane::Events { request_id: 13 }),
             ("tasks", ToControlPlane::Tasks { request_id: 14 }),
+            (
+                "queued",
+                ToControlPlane::Queued {
+                    request_id: 15,
+                    filter: queue_filter(),
+                },
+            ),
+            (
+                "purge",
+                ToControlPlane::Purge {
+                    request_id: 16,
+                    filter: queue_filter(),
+                },
+            ),
         ]
     }
 
@@ -440,6 +462,25 @@ mod tests {
                     tasks: vec![ServedTask::new(spec(), vec![WorkerId::from("sw1")])],
                 },
             ),
+            (
+                "queued_list",
+                FromControlPlane::QueuedList {
+                    request_id: 15,
+                    tasks: vec![QueuedTask::new(
+                        TaskRecord::new(fixed_id(1), "add", TaskStatus::Scheduled, Codec::Json),
+                        Priority::High,
+                        1_700_000_060_000,
+                    )],
+                    total: 1,
+                },
+            ),
+            (
+                "purged",
+                FromControlPlane::Purged {
+                    request_id: 16,
+                    task_ids: vec![fixed_id(1), fixed_id(2)],
+                },
+            ),
         ]
     }
 
@@ -466,10 +507,12 @@ mod tests {
             ToControlPlane::Restarting => "restarting",
             ToControlPlane::Events { .. } => "events",
             ToControlPlane::Tasks { .. } => "tasks",
+            ToControlPlane::Queued { .. } => "queued",
+            ToControlPlane::Purge { .. } => "purge",
         }
     }
 
-    const TO_CP_VARIANTS: usize = 19;
+    const TO_CP_VARIANTS: usize = 21;
 
     fn from_cp_name(msg: &FromControlPlane) -> &'static str {
         match msg {
@@ -489,10 +532,12 @@ mod tests {
             FromControlPlane::EventList { .. } => "event_list",
             FromControlPlane::Registered { .. } => "registered",
             FromControlPlane::TaskList { .. } => "task_list",
+            FromControlPlane::QueuedList { .. } => "queued_list",
+            FromControlPlane::Purged { .. } => "purged",
         }
     }
 
-    const FROM_CP_VARIANTS: usize = 16;
+    const FROM_CP_VARIANTS: usize = 18;
 
     #[test]
     fn every_variant_has_an_example() {
@@ -597,7 +642,7 @@ mod tests {
     /// The version a message first appeared in.
     fn since(name: &str) -> u8 {
         match name {
-            "tasks" | "task_list" => 2,
+            "tasks" | "task_list" | "queued" | "queued_list" | "purge" | "purged" => 2,
             _ => 1,
         }
     }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::{
-    messages::{Codec, Event, TaskRecord},
+    messages::{Codec, Event, QueuedTask, ServedTask, TaskRecord},
     task_error::TaskError,
 };
 
@@ -182,5 +182,102 @@ mod tests {
             serde_json::json!("01ff")
         );
         assert_eq!(value_json(Codec::Json, b""), Value::Null);
+    }
+}
+
+/// A task a cluster serves, as JSON (`fastworker tasks --json`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct ServedTaskJson {
+    /// Its name.
+    pub name: String,
+    /// Its signature, e.g. `add(x: i64, y: i64) -> i64` ("" when unknown).
+    pub signature: String,
+    /// The first line of its doc comment.
+    pub doc: String,
+    /// The workers that serve it, by id.
+    pub workers: Vec<String>,
+    /// Default retries after a failure.
+    pub max_retries: u32,
+    /// Default first retry delay, seconds.
+    pub retry_delay: f64,
+    /// Default backoff multiplier.
+    pub retry_backoff: f64,
+    /// Default cap on a retry delay, seconds.
+    pub retry_backoff_max: f64,
+    /// Default timeout of one attempt, seconds (`null`: none).
+    pub timeout: Option<f64>,
+    /// Its priority (what periodic runs are queued at).
+    pub priority: &'static str,
+    /// Its periodic schedule: `{"every": 30}` or `{"cron": "*/5 * * * *"}`, else `null`.
+    pub periodic: Option<Value>,
+}
+
+impl From<&ServedTask> for ServedTaskJson {
+    fn from(task: &ServedTask) -> Self {
+        let spec = &task.spec;
+        let periodic = spec.periodic.as_ref().map(|p| {
+            let mut schedule = serde_json::Map::new();
+            if let Some(every) = p.interval_secs {
+                schedule.insert("every".into(), every.into());
+            }
+            if let Some(cron) = &p.cron {
+                schedule.insert("cron".into(), cron.clone().into());
+            }
+            if let Some(count) = p.repeat_count {
+                schedule.insert("repeat_count".into(), count.into());
+            }
+            if let Some(until) = p.repeat_until_unix {
+                schedule.insert("repeat_until".into(), until.into());
+            }
+            Value::Object(schedule)
+        });
+        ServedTaskJson {
+            name: spec.name.clone(),
+            signature: spec.signature.clone(),
+            doc: spec.doc.clone(),
+            workers: task.workers.iter().map(|w| w.to_string()).collect(),
+            max_retries: spec.max_retries,
+            retry_delay: spec.retry_delay_secs,
+            retry_backoff: spec.retry_backoff,
+            retry_backoff_max: spec.retry_backoff_max_secs,
+            timeout: spec.timeout_secs,
+            priority: spec.priority.as_str(),
+            periodic,
+        }
+    }
+}
+
+/// A waiting task as JSON (`fastworker queued --json`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct QueuedJson {
+    /// Its id.
+    pub task_id: String,
+    /// Its name.
+    pub task_name: String,
+    /// `queued`, `scheduled` or `retrying`.
+    pub status: &'static str,
+    /// Its priority.
+    pub priority: &'static str,
+    /// Unix ms before which it does not run (`null`: as soon as a worker is free).
+    pub not_before: Option<u64>,
+    /// Unix ms it was submitted.
+    pub submitted_at: u64,
+    /// Attempts made so far.
+    pub attempts: u32,
+}
+
+impl From<&QueuedTask> for QueuedJson {
+    fn from(task: &QueuedTask) -> Self {
+        QueuedJson {
+            task_id: task.record.task_id.to_string(),
+            task_name: task.record.name.clone(),
+            status: task.record.status.as_str(),
+            priority: task.priority.as_str(),
+            not_before: (task.not_before_ms > 0).then_some(task.not_before_ms),
+            submitted_at: task.record.submitted_ms,
+            attempts: task.record.attempts,
+        }
     }
 }

@@ -525,6 +525,71 @@ pub enum ToControlPlane {
         /// Echoed in the answer.
         request_id: u64,
     },
+    /// The tasks waiting to run (queued, scheduled or retrying; not running), in the
+    /// order they would run, that `filter` selects. Answered with `QueuedList`.
+    /// Since version 2.
+    Queued {
+        /// Echoed in the answer.
+        request_id: u64,
+        /// Which tasks, and how many at most.
+        filter: QueueFilter,
+    },
+    /// Cancels every waiting task that `filter` selects (running ones are left
+    /// alone): they end `cancelled`. Answered with `Purged`. Since version 2.
+    Purge {
+        /// Echoed in the answer.
+        request_id: u64,
+        /// Which tasks (`limit` is ignored: all of them).
+        filter: QueueFilter,
+    },
+}
+
+/// Which waiting tasks a `Queued` or `Purge` request means.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct QueueFilter {
+    /// Only tasks of this name.
+    pub name: Option<String>,
+    /// Only tasks of this priority.
+    pub priority: Option<Priority>,
+    /// At most this many in the answer (0: the control plane's maximum, 10,000).
+    pub limit: u32,
+}
+
+impl QueueFilter {
+    /// Every waiting task (up to the maximum).
+    pub fn all() -> Self {
+        QueueFilter::default()
+    }
+
+    /// Does it select a task named `name` at `priority`?
+    pub fn selects(&self, name: &str, priority: Priority) -> bool {
+        self.name.as_deref().is_none_or(|n| n == name)
+            && self.priority.is_none_or(|p| p == priority)
+    }
+}
+
+/// A task waiting to run, as `QueuedList` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct QueuedTask {
+    /// Its record (status `queued`, `scheduled` or `retrying`; no value).
+    pub record: TaskRecord,
+    /// Its priority.
+    pub priority: Priority,
+    /// Unix ms before which it does not run (0: as soon as a worker is free).
+    pub not_before_ms: u64,
+}
+
+impl QueuedTask {
+    /// `record`, waiting at `priority` until `not_before_ms`.
+    pub fn new(record: TaskRecord, priority: Priority, not_before_ms: u64) -> Self {
+        QueuedTask {
+            record,
+            priority,
+            not_before_ms,
+        }
+    }
 }
 
 /// What happened to a plugin file on a subworker.
@@ -637,6 +702,23 @@ pub enum FromControlPlane {
         request_id: u64,
         /// What the cluster serves.
         tasks: Vec<ServedTask>,
+    },
+    /// The answer to `Queued`: the waiting tasks in the order they would run.
+    /// Since version 2.
+    QueuedList {
+        /// The request answered.
+        request_id: u64,
+        /// The tasks (at most the filter's limit).
+        tasks: Vec<QueuedTask>,
+        /// How many the filter selects in all.
+        total: u64,
+    },
+    /// The answer to `Purge`: the tasks it cancelled. Since version 2.
+    Purged {
+        /// The request answered.
+        request_id: u64,
+        /// The cancelled tasks.
+        task_ids: Vec<TaskId>,
     },
 }
 

@@ -9,8 +9,8 @@
 //!   `Registration` and `ToControlPlane` (its `Register` and `TasksChanged`) are copied.
 //!
 //! [`FromControlPlane`](crate::FromControlPlane)'s version-1 variants have not changed,
-//! and the one added since (`TaskList`) is last, so version 1 encodes it as it is and
-//! refuses the new variant. Whoever changes a type used here adds its frozen copy first.
+//! and the ones added since (`TaskList`, `QueuedList`, `Purged`) are last, so version 1
+//! encodes the others as they are and refuses the new variants. Whoever changes a type used here adds its frozen copy first.
 
 use bincode::Options;
 use serde::{Deserialize, Serialize};
@@ -233,7 +233,7 @@ fn to_v1(msg: &ToControlPlane) -> Option<ToControlPlaneV1> {
         },
         M::Restarting => V::Restarting,
         M::Events { request_id } => V::Events { request_id },
-        M::Tasks { .. } => return None,
+        M::Tasks { .. } | M::Queued { .. } | M::Purge { .. } => return None,
     })
 }
 
@@ -337,7 +337,12 @@ impl V1 for ToControlPlane {
 /// Whether version 1 has this message: the variants added since are at the end of
 /// the enum, so the earlier ones keep their version-1 tags.
 fn in_v1(msg: &FromControlPlane) -> bool {
-    !matches!(msg, FromControlPlane::TaskList { .. })
+    !matches!(
+        msg,
+        FromControlPlane::TaskList { .. }
+            | FromControlPlane::QueuedList { .. }
+            | FromControlPlane::Purged { .. }
+    )
 }
 
 impl V1 for FromControlPlane {

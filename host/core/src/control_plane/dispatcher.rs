@@ -34,8 +34,8 @@ use crate::{
     protocol::{for_people, MAX_ID_BYTES, MAX_TASKS_PER_WORKER},
     protocol::{
         AttemptResult, Callback, CancelOutcome, FromControlPlane, LeaseToken, PeerKind,
-        TaskEnvelope, TaskId, TaskOutcome, TaskRecord, TaskSpec, TaskStatus, ToControlPlane,
-        WorkerId, WorkerSecret,
+        QueueFilter, QueuedTask, TaskEnvelope, TaskId, TaskOutcome, TaskRecord, TaskSpec,
+        TaskStatus, ToControlPlane, WorkerId, WorkerSecret,
     },
     task_error::{ErrorKind, TaskError},
     transport::PeerId,
@@ -189,6 +189,9 @@ pub const MAX_RETRIES: u32 = 10_000;
 /// How many dead letters are kept (the oldest are dropped past this).
 pub const MAX_DEAD_LETTERS: usize = 10_000;
 
+/// The most waiting tasks one `QueuedList` shows (it also says how many there are).
+pub const MAX_QUEUED_LISTED: usize = 10_000;
+
 fn reply(peer: &PeerId, msg: FromControlPlane) -> Action {
     Action::Send {
         peer: peer.clone(),
@@ -314,6 +317,27 @@ impl Dispatcher {
                 self.actions.push(reply(
                     peer,
                     FromControlPlane::TaskList { request_id, tasks },
+                ));
+            }
+            ToControlPlane::Queued { request_id, filter } => {
+                let (tasks, total) = self.waiting(&filter);
+                self.actions.push(reply(
+                    peer,
+                    FromControlPlane::QueuedList {
+                        request_id,
+                        tasks,
+                        total,
+                    },
+                ));
+            }
+            ToControlPlane::Purge { request_id, filter } => {
+                let task_ids = self.purge(&filter);
+                self.actions.push(reply(
+                    peer,
+                    FromControlPlane::Purged {
+                        request_id,
+                        task_ids,
+                    },
                 ));
             }
             ToControlPlane::DeadLetters { request_id } => {
@@ -655,7 +679,7 @@ impl Dispatcher {
     /// What the cluster serves, by name: each task as its first worker (by id)
     /// declares it, with every worker that serves it; the control plane's own tasks
     /// count while its own subworker restarts.
-    fn served_tasks(&self) -> Vec<crate::protocol::ServedTask> {
+    pub fn served_tasks(&self) -> Vec<crate::protocol::ServedTask> {
         let mut by_name: std::collections::BTreeMap<&str, (&TaskSpec, Vec<WorkerId>)> =
             std::collections::BTreeMap::new();
         let mut workers: Vec<_> = self.workers.iter().collect();
@@ -975,6 +999,73 @@ impl Dispatcher {
             peer,
             FromControlPlane::StatusReply { request_id, record },
         ));
+    }
+
+    /// The ids of the waiting tasks (not running) that `filter` selects, in the order
+    /// they would run: due ones by priority then submission, then the scheduled ones
+    /// by time.
+    fn waiting_ids(&self, filter: &QueueFilter) -> Vec<TaskId> {
+        let now_ms = self.now.unix_ms;
+        let mut ids: Vec<_> = self
+            .tasks
+            .iter()
+            .filter(|(_, e)| {
+                e.holder.is_none() && filter.selects(&e.envelope.name, e.envelope.priority)
+            })
+            .map(|(id, e)| {
+                let later = e.not_before_ms > now_ms;
+                let key = (
+                    later,
+                    if later { e.not_before_ms } else { 0 },
+                    e.envelope.priority,
+                    e.seq,
+                );
+                (key, *id)
+            })
+            .collect();
+        ids.sort_unstable_by_key(|a| a.0);
+        ids.into_iter().map(|(_, id)| id).collect()
+    }
+
+    /// `Queued`: the first `filter.limit` (at most [`MAX_QUEUED_LISTED`]) waiting tasks
+    /// it selects, and how many it selects in all.
+    fn waiting(&self, filter: &QueueFilter) -> (Vec<QueuedTask>, u64) {
+        let ids = self.waiting_ids(filter);
+        let limit = match filter.limit {
+            0 => MAX_QUEUED_LISTED,
+            n => (n as usize).min(MAX_QUEUED_LISTED),
+        };
+        let tasks = ids
+            .iter()
+            .take(limit)
+            .map(|id| {
+                let e = &self.tasks[id];
+                QueuedTask::new(e.record.clone(), e.envelope.priority, e.not_before_ms)
+            })
+            .collect();
+        (tasks, ids.len() as u64)
+    }
+
+    /// `Purge`: every waiting task `filter` selects ends cancelled, as if each were
+    /// cancelled on its own (waiters and callbacks are told).
+    fn purge(&mut self, filter: &QueueFilter) -> Vec<TaskId> {
+        let ids = self.waiting_ids(filter);
+        for id in &ids {
+            self.withdraw(*id);
+            self.finalize(
+                *id,
+                TaskStatus::Cancelled,
+                Some(TaskError::new(
+                    ErrorKind::Cancelled,
+                    "purged from the queue before it ran",
+                )),
+                Bytes::new(),
+            );
+        }
+        if !ids.is_empty() {
+            info!("purged {} waiting task(s)", ids.len());
+        }
+        ids
     }
 
     fn cancel(&mut self, id: TaskId) -> CancelOutcome {
@@ -1424,7 +1515,13 @@ fn request_id_of(msg: &ToControlPlane) -> u64 {
         ToControlPlane::Submit { request_id, .. }
         | ToControlPlane::SubmitBatch { request_id, .. }
         | ToControlPlane::Status { request_id, .. }
-        | ToControlPlane::Cancel { request_id, .. } => *request_id,
+        | ToControlPlane::Cancel { request_id, .. }
+        | ToControlPlane::DeadLetters { request_id }
+        | ToControlPlane::Replay { request_id, .. }
+        | ToControlPlane::Events { request_id }
+        | ToControlPlane::Tasks { request_id }
+        | ToControlPlane::Queued { request_id, .. }
+        | ToControlPlane::Purge { request_id, .. } => *request_id,
         _ => 0,
     }
 }
