@@ -18,15 +18,6 @@ pub struct Cli {
     #[arg(long, global = true, env = "FASTWORKER_LOG_LEVEL", default_value = "INFO", value_parser = parse_log_level)]
     pub log_level: LogLevel,
 
-    /// Where bare `--task-modules` names are looked up (`mytasks` → mytasks.so or libmytasks.so).
-    #[arg(
-        long,
-        global = true,
-        env = "FASTWORKER_PLUGIN_DIR",
-        default_value = "./plugins"
-    )]
-    pub plugin_dir: PathBuf,
-
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -69,28 +60,158 @@ fn parse_log_level(s: &str) -> Result<LogLevel, String> {
     }
 }
 
-/// The subcommands.
+/// The subcommands. Each `--help` ends with examples.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the control plane: accept tasks, queue them by priority, dispatch them to subworkers.
+    #[command(after_help = examples::CONTROL_PLANE)]
     ControlPlane(ControlPlaneArgs),
     /// Run a subworker: register with the control plane and run the tasks it hands out.
+    #[command(after_help = examples::SUBWORKER)]
     Subworker(SubworkerArgs),
     /// Submit a task and (by default) wait for its result.
+    #[command(after_help = examples::SUBMIT)]
     Submit(SubmitArgs),
     /// List the tasks the given plugins serve.
+    #[command(after_help = examples::LIST)]
     List(ListArgs),
     /// Show a task's status and result.
+    #[command(after_help = examples::STATUS)]
     Status(TaskIdArgs),
     /// Cancel a task.
+    #[command(after_help = examples::CANCEL)]
     Cancel(TaskIdArgs),
     /// List dead-lettered tasks (their workers kept dying), or replay one.
+    #[command(after_help = examples::DEAD_LETTERS)]
     DeadLetters(DeadLetterArgs),
     /// Show the control plane's recent events: plugin reloads (ok or rejected, with
     /// plugin and versions), subworkers registering, restarting, lost.
+    #[command(after_help = examples::EVENTS)]
     Events(EventArgs),
+    /// List the tasks a running cluster serves: signatures, docs, defaults, workers.
+    #[command(after_help = examples::TASKS)]
+    Tasks(TasksArgs),
+    /// List the tasks waiting to run (queued, scheduled, retrying), or purge them.
+    #[command(after_help = examples::QUEUED)]
+    Queued(QueuedArgs),
     /// Write a new random cluster key to FILE (mode 0600), for --auth-key-file.
+    #[command(after_help = examples::KEYGEN)]
     Keygen(KeygenArgs),
+    /// Create a plugin crate NAME with one task, ready for `cargo build --release`.
+    #[command(after_help = examples::NEW)]
+    New(NewArgs),
+    /// Print shell completions for bash, zsh or fish.
+    #[command(after_help = examples::COMPLETIONS)]
+    Completions(CompletionsArgs),
+}
+
+/// The examples at the end of each command's `--help`.
+mod examples {
+    pub const CONTROL_PLANE: &str = "Examples:
+  fastworker control-plane --task-modules mytasks --data-dir fastworker-data
+  fastworker control-plane --base-address tcp://0.0.0.0:5555 --auth-key-file cluster.key
+  fastworker control-plane --no-gui --concurrency 4 --task-modules ./plugins";
+    pub const SUBWORKER: &str = "Examples:
+  fastworker subworker --worker-id sw1 --control-plane-address tcp://127.0.0.1:5555 \\
+      --base-address tcp://127.0.0.1:5561 --task-modules mytasks
+  fastworker subworker --worker-id sw2 --discovery-address tcp://127.0.0.1:5550 --task-modules ./plugins --concurrency 8";
+    pub const SUBMIT: &str = "Examples:
+  fastworker submit --task-name add --args 5 3
+  fastworker submit --task-name echo --args '{\"a\": [1, 2]}' --json
+  fastworker submit --task-name sleep_ms --args 5000 --priority high --non-blocking
+  fastworker submit --task-name add --args 1 2 --countdown 60 --max-retries 3 --retry-delay 5
+  fastworker submit --batch tasks.jsonl";
+    pub const LIST: &str = "Examples:
+  fastworker list --task-modules mytasks
+  fastworker list --task-modules ./plugins --tree
+  fastworker list --task-modules mytasks --list-periodic";
+    pub const STATUS: &str = "Examples:
+  fastworker status --task-id 7f1c9c1e-2b1a-4f65-9a57-1d0c2f3e4b5a
+  fastworker status --task-id 7f1c9c1e-2b1a-4f65-9a57-1d0c2f3e4b5a --json";
+    pub const CANCEL: &str = "Examples:
+  fastworker cancel --task-id 7f1c9c1e-2b1a-4f65-9a57-1d0c2f3e4b5a";
+    pub const DEAD_LETTERS: &str = "Examples:
+  fastworker dead-letters
+  fastworker dead-letters --replay 7f1c9c1e-2b1a-4f65-9a57-1d0c2f3e4b5a";
+    pub const EVENTS: &str = "Examples:
+  fastworker events
+  fastworker events --json --control-plane-address tcp://127.0.0.1:5555";
+    pub const TASKS: &str = "Examples:
+  fastworker tasks
+  fastworker tasks --json";
+    pub const QUEUED: &str = "Examples:
+  fastworker queued
+  fastworker queued --task-name sleep_ms --priority low --limit 20
+  fastworker queued --purge sleep_ms";
+    pub const KEYGEN: &str = "Examples:
+  fastworker keygen cluster.key";
+    pub const NEW: &str = "Examples:
+  fastworker new greeter && (cd greeter && cargo build --release)
+  fastworker new greeter --sdk-path ../fastworker/plugin-sdk";
+    pub const COMPLETIONS: &str = "Examples:
+  fastworker completions bash > /etc/bash_completion.d/fastworker
+  fastworker completions zsh > \"${fpath[1]}/_fastworker\"
+  fastworker completions fish > ~/.config/fish/completions/fastworker.fish";
+}
+
+/// `fastworker completions`.
+#[derive(Debug, Clone, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// `fastworker tasks`.
+#[derive(Debug, Clone, Args)]
+pub struct TasksArgs {
+    /// Where the control plane is.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// `fastworker queued`.
+#[derive(Debug, Clone, Args)]
+pub struct QueuedArgs {
+    /// Only tasks of this name.
+    #[arg(long)]
+    pub task_name: Option<String>,
+    /// Only tasks of this priority.
+    #[arg(long, value_enum, ignore_case = true)]
+    pub priority: Option<PriorityArg>,
+    /// Show at most this many (the total is always shown).
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+    /// Cancel every waiting task of this name (with --priority: of that priority
+    /// only) instead of listing; running tasks are left alone.
+    #[arg(long, value_name = "TASK_NAME", conflicts_with = "task_name")]
+    pub purge: Option<String>,
+    /// Where the control plane is.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// `fastworker new`.
+#[derive(Debug, Clone, Args)]
+pub struct NewArgs {
+    /// The crate's name (letters, digits, - and _); also its directory unless --path.
+    pub name: String,
+    /// Where to create it (default: ./NAME); must not exist.
+    #[arg(long, value_name = "DIR")]
+    pub path: Option<PathBuf>,
+    /// Depend on the SDK in this directory (a fastworker checkout's plugin-sdk)
+    /// instead of crates.io; still pinned to this host's version.
+    #[arg(long, value_name = "DIR")]
+    pub sdk_path: Option<PathBuf>,
+}
+
+/// Where bare `--task-modules` names are looked up: the commands that load plugins
+/// take it.
+#[derive(Debug, Clone, Args)]
+pub struct PluginDirArgs {
+    /// Where bare `--task-modules` names are looked up (`mytasks` → mytasks.so or libmytasks.so).
+    #[arg(long, env = "FASTWORKER_PLUGIN_DIR", default_value = "./plugins")]
+    pub plugin_dir: PathBuf,
 }
 
 /// `fastworker keygen`.
@@ -252,6 +373,9 @@ pub struct ControlPlaneArgs {
     /// (a child process it supervises) runs when no other subworker can.
     #[arg(long, num_args = 1..)]
     pub task_modules: Vec<String>,
+    /// Where bare names are looked up.
+    #[command(flatten)]
+    pub plugins: PluginDirArgs,
     /// Do not serve the dashboard.
     #[arg(long)]
     pub no_gui: bool,
@@ -294,16 +418,17 @@ pub struct ControlPlaneArgs {
 
 /// `fastworker subworker`.
 #[derive(Debug, Clone, Args)]
+#[command(group(
+    clap::ArgGroup::new("control_plane")
+        .required(true)
+        .args(["control_plane_address", "discovery_address"])
+))]
 pub struct SubworkerArgs {
     /// Unique subworker identifier.
     #[arg(long, env = "FASTWORKER_WORKER_ID")]
     pub worker_id: String,
-    /// Address of the control plane.
-    #[arg(
-        long,
-        env = "FASTWORKER_CONTROL_PLANE_ADDRESS",
-        required_unless_present = "discovery_address"
-    )]
+    /// Address of the control plane (or give --discovery-address).
+    #[arg(long, env = "FASTWORKER_CONTROL_PLANE_ADDRESS")]
     pub control_plane_address: Option<String>,
     /// Base address for this subworker: it answers status queries there.
     #[arg(long, env = "FASTWORKER_BASE_ADDRESS")]
@@ -314,6 +439,9 @@ pub struct SubworkerArgs {
     /// Task modules to load.
     #[arg(long, num_args = 1..)]
     pub task_modules: Vec<String>,
+    /// Where bare names are looked up.
+    #[command(flatten)]
+    pub plugins: PluginDirArgs,
     /// How many tasks this subworker runs at once.
     #[arg(long, env = "FASTWORKER_WORKER_CONCURRENCY", default_value_t = 1)]
     pub concurrency: u32,
@@ -386,6 +514,9 @@ pub struct SubmitArgs {
     /// Multiplier for each later retry delay (default: the task's own, else 2).
     #[arg(long)]
     pub retry_backoff: Option<f64>,
+    /// Seconds no retry delay may exceed (default: the task's own, else 3600).
+    #[arg(long)]
+    pub retry_backoff_max: Option<f64>,
     /// Randomize each retry delay by up to ±25%.
     #[arg(long)]
     pub retry_jitter: bool,
@@ -423,6 +554,9 @@ pub struct ListArgs {
     /// Group tasks by plugin.
     #[arg(long)]
     pub tree: bool,
+    /// Where bare names are looked up.
+    #[command(flatten)]
+    pub plugins: PluginDirArgs,
 }
 
 /// `status` and `cancel`.

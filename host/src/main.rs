@@ -17,7 +17,6 @@ mod commands;
 use fastworker_client as client;
 use fastworker_host::{control_plane, plugin};
 use fastworker_protocol as protocol;
-use fastworker_protocol::task_error;
 use fastworker_transport as transport;
 
 use cli::{Cli, Command, LogLevel};
@@ -62,6 +61,14 @@ fn ignore_file_size_signal() {
     }
 }
 
+/// Writes a command's output to stdout. A reader that went away (`| head`) ends the
+/// output quietly instead of a panic.
+fn emit(bytes: &[u8]) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(bytes).and_then(|()| out.flush());
+}
+
 /// Runs a one-shot client command on a small runtime and prints its output.
 fn one_shot<E: Into<anyhow::Error>>(
     fut: impl Future<Output = Result<String, E>>,
@@ -71,7 +78,7 @@ fn one_shot<E: Into<anyhow::Error>>(
         .build()?
         .block_on(fut)
         .map_err(Into::into)?;
-    print!("{text}");
+    emit(text.as_bytes());
     Ok(())
 }
 
@@ -90,32 +97,27 @@ fn layout_report(err: &anyhow::Error) -> Option<&str> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_level);
-    let dir = cli.plugin_dir.clone();
     let result = match cli.command {
-        Command::List(args) => commands::list::run(&args, &dir).map(|text| print!("{text}")),
+        Command::List(args) => commands::list::run(&args).map(|text| emit(text.as_bytes())),
         Command::ControlPlane(args) => {
             ignore_file_size_signal();
-            commands::serve::control_plane_config(&args, &dir, cli.log_level).and_then(|config| {
+            commands::serve::control_plane_config(&args, cli.log_level).and_then(|config| {
                 serve(async move {
-                    fastworker_host::control_plane::server::run(config, |id, endpoint| {
-                        println!(
-                            "fastworker control plane `{id}` ready on {endpoint}; submit with: fastworker submit --control-plane-address {endpoint} --task-name add --args 5 3"
-                        );
+                    fastworker_host::control_plane::server::run(config, |ready| {
+                        println!("{}", commands::serve::ready_line(ready));
                     })
                     .await
                     .map_err(Into::into)
                 })
             })
         }
-        Command::Subworker(args) => {
-            commands::serve::subworker_config(&args, &dir).and_then(|config| {
-                serve(async move {
-                    fastworker_host::subworker::run(config)
-                        .await
-                        .map_err(Into::into)
-                })
+        Command::Subworker(args) => commands::serve::subworker_config(&args).and_then(|config| {
+            serve(async move {
+                fastworker_host::subworker::run(config)
+                    .await
+                    .map_err(Into::into)
             })
-        }
+        }),
         Command::Submit(args) => one_shot(async move { commands::submit::run(&args).await }),
         Command::Status(args) => one_shot(async move { commands::task::status(&args).await }),
         Command::Cancel(args) => one_shot(async move { commands::task::cancel(&args).await }),
@@ -123,7 +125,17 @@ fn main() -> ExitCode {
         Command::DeadLetters(args) => {
             one_shot(async move { commands::task::dead_letters(&args).await })
         }
-        Command::Keygen(args) => commands::keygen::run(&args).map(|text| print!("{text}")),
+        Command::Keygen(args) => commands::keygen::run(&args).map(|text| emit(text.as_bytes())),
+        Command::New(args) => commands::new::run(&args).map(|text| emit(text.as_bytes())),
+        Command::Tasks(args) => one_shot(async move { commands::cluster::tasks(&args).await }),
+        Command::Queued(args) => one_shot(async move { commands::cluster::queued(&args).await }),
+        Command::Completions(args) => {
+            use clap::CommandFactory;
+            let mut script = Vec::new();
+            clap_complete::generate(args.shell, &mut Cli::command(), "fastworker", &mut script);
+            emit(&script);
+            Ok(())
+        }
     };
     transport::relay::remove_private_dir();
     match result {
@@ -133,7 +145,14 @@ fn main() -> ExitCode {
                 tracing::debug!("abi_stable layout report:\n{report}");
             }
             eprintln!("error: {err:#}");
-            ExitCode::FAILURE
+            if err
+                .downcast_ref::<commands::submit::NotFinished>()
+                .is_some()
+            {
+                ExitCode::from(commands::submit::NotFinished::EXIT_CODE)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

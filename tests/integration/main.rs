@@ -2,6 +2,7 @@
 //! loads the real plugins cargo built (`cargo build --workspace` builds them).
 
 mod auth;
+mod cli;
 mod cluster;
 mod durable;
 mod faults;
@@ -12,5 +13,6 @@ mod netns;
 mod plugins;
 mod procs;
 mod reload;
+mod scaffold;
 mod support;
 mod upgrade;

@@ -61,7 +61,7 @@ pub enum ClientError {
     #[error("{0}")]
     Rejected(TaskError),
     /// The task ended without success.
-    #[error("task {id} ended {status}: {error}", status = .status.as_str())]
+    #[error("{}", failure_line(.id, .status, .error))]
     TaskFailed {
         /// The task.
         id: TaskId,
@@ -73,6 +73,15 @@ pub enum ClientError {
     /// No answer in time.
     #[error("no answer from the control plane within {0:?}")]
     Timeout(Duration),
+    /// The task was accepted but was not final when the wait ended; it keeps its
+    /// place and runs (follow it by its id).
+    #[error("task {id} was accepted and is not finished after {waited:?}")]
+    NotFinal {
+        /// The task.
+        id: TaskId,
+        /// How long the caller waited.
+        waited: Duration,
+    },
     /// The control plane's protocol version does not have this request.
     #[error("{0}")]
     Unsupported(String),
@@ -420,7 +429,7 @@ impl Client {
             Ok(Err(_)) => Err(ClientError::Disconnected),
             Err(_) => {
                 lock(&self.shared.waiting).remove(&id);
-                Err(ClientError::Timeout(wait))
+                Err(ClientError::NotFinal { id, waited: wait })
             }
         }
     }
@@ -437,7 +446,13 @@ impl Client {
         task_id: TaskId,
         wait: Duration,
     ) -> Result<Option<TaskRecord>, ClientError> {
-        self.status_request(task_id, true, wait).await
+        match self.status_request(task_id, true, wait).await {
+            Err(ClientError::Timeout(waited)) => Err(ClientError::NotFinal {
+                id: task_id,
+                waited,
+            }),
+            other => other,
+        }
     }
 
     async fn status_request(
@@ -513,12 +528,7 @@ impl Client {
     /// What the cluster serves: each task with its doc, signature and defaults, and the
     /// workers that serve it, sorted by name. Needs protocol version 2.
     pub async fn tasks(&self) -> Result<Vec<protocol::ServedTask>, ClientError> {
-        let version = self.shared.version.load(Ordering::SeqCst);
-        if version < 2 {
-            return Err(ClientError::Unsupported(format!(
-                "listing tasks needs protocol version 2; this control plane speaks {version}"
-            )));
-        }
+        self.require_version(2, "listing tasks")?;
         match self
             .request(|request_id| ToControlPlane::Tasks { request_id })
             .await?
@@ -526,6 +536,47 @@ impl Client {
             FromControlPlane::TaskList { tasks, .. } => Ok(tasks),
             other => Err(ClientError::Unexpected(format!("{other:?}"))),
         }
+    }
+
+    /// The tasks waiting to run (queued, scheduled or retrying) that `filter` selects,
+    /// in the order they would run, and how many it selects in all. Needs protocol
+    /// version 2.
+    pub async fn queued(
+        &self,
+        filter: protocol::QueueFilter,
+    ) -> Result<(Vec<protocol::QueuedTask>, u64), ClientError> {
+        self.require_version(2, "listing queued tasks")?;
+        match self
+            .request(|request_id| ToControlPlane::Queued { request_id, filter })
+            .await?
+        {
+            FromControlPlane::QueuedList { tasks, total, .. } => Ok((tasks, total)),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Cancels every waiting task `filter` selects (running ones are left alone);
+    /// returns their ids. Needs protocol version 2.
+    pub async fn purge(&self, filter: protocol::QueueFilter) -> Result<Vec<TaskId>, ClientError> {
+        self.require_version(2, "purging queued tasks")?;
+        match self
+            .request(|request_id| ToControlPlane::Purge { request_id, filter })
+            .await?
+        {
+            FromControlPlane::Purged { task_ids, .. } => Ok(task_ids),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// An error unless the connection agreed on protocol version `min` or later.
+    fn require_version(&self, min: u8, what: &str) -> Result<(), ClientError> {
+        let version = self.shared.version.load(Ordering::SeqCst);
+        if version < min {
+            return Err(ClientError::Unsupported(format!(
+                "{what} needs protocol version {min}; this control plane speaks {version}"
+            )));
+        }
+        Ok(())
     }
 
     /// Runs `name` with `args` (a tuple, encoded with bincode) and decodes its result.
@@ -551,6 +602,24 @@ impl Client {
         let payload = protocol::codec::encode(Codec::Bincode, args)?;
         self.delay(TaskEnvelope::new(name, Codec::Bincode, payload))
             .await
+    }
+}
+
+/// One line for a task that ended without success: `task ID failed: MESSAGE`, with the
+/// error kind in parentheses when it says more than the status (`failed (timed_out)`).
+fn failure_line(id: &TaskId, status: &TaskStatus, error: &TaskError) -> String {
+    let (verb, plain_kind) = match status {
+        TaskStatus::Cancelled => ("was cancelled", protocol::ErrorKind::Cancelled),
+        _ => ("failed", protocol::ErrorKind::Failed),
+    };
+    if error.kind == plain_kind {
+        format!("task {id} {verb}: {}", error.message)
+    } else {
+        format!(
+            "task {id} {verb} ({}): {}",
+            error.kind.as_str(),
+            error.message
+        )
     }
 }
 
@@ -686,7 +755,9 @@ fn route(shared: &Shared, msg: FromControlPlane) {
         | FromControlPlane::CancelReply { request_id, .. }
         | FromControlPlane::DeadLetterList { request_id, .. }
         | FromControlPlane::EventList { request_id, .. }
-        | FromControlPlane::TaskList { request_id, .. } => *request_id,
+        | FromControlPlane::TaskList { request_id, .. }
+        | FromControlPlane::QueuedList { request_id, .. }
+        | FromControlPlane::Purged { request_id, .. } => *request_id,
         FromControlPlane::Result(record) => {
             if let Some(tx) = lock(&shared.waiting).remove(&record.task_id) {
                 let _ = tx.send(record.clone());

@@ -1,6 +1,6 @@
 //! `fastworker list`: the tasks a set of plugins serves.
 
-use std::{fmt::Write as _, path::Path};
+use std::fmt::Write as _;
 
 use chrono::TimeZone;
 
@@ -27,7 +27,8 @@ fn next_fire(periodic: &Periodic) -> String {
 }
 
 /// Loads the plugins and renders the listing.
-pub fn run(args: &ListArgs, plugin_dir: &Path) -> anyhow::Result<String> {
+pub fn run(args: &ListArgs) -> anyhow::Result<String> {
+    let plugin_dir = args.plugins.plugin_dir.as_path();
     let loader = PluginLoader::new()?;
     let loaded = load_modules(&loader, &args.task_modules, plugin_dir)?;
     Ok(render(&loaded.registry, args))

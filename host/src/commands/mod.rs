@@ -1,9 +1,21 @@
 //! One module per subcommand: each turns parsed arguments into work and output.
 
+pub mod cluster;
 pub mod connect;
 pub mod keygen;
 pub mod list;
+pub mod new;
 pub mod render;
 pub mod serve;
 pub mod submit;
 pub mod task;
+
+/// The binary as the user started it, for commands we suggest: its path when it was
+/// started by one (`target/debug/fastworker`), else the bare name found on the PATH.
+pub fn program_name() -> String {
+    std::env::args_os()
+        .next()
+        .map(|p| p.to_string_lossy().into_owned())
+        .filter(|p| p.contains(std::path::MAIN_SEPARATOR))
+        .unwrap_or_else(|| "fastworker".to_string())
+}

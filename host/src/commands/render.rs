@@ -9,6 +9,17 @@ pub fn value_json(record: &TaskRecord) -> Value {
     crate::protocol::json::value_json(record.codec, &record.value)
 }
 
+/// Unix milliseconds as a local RFC 3339 time with milliseconds
+/// (`2026-12-04T18:21:57.123+00:00`); out-of-range values as the number.
+pub fn local_time(at_ms: u64) -> String {
+    use chrono::TimeZone;
+    i64::try_from(at_ms)
+        .ok()
+        .and_then(|ms| chrono::Local.timestamp_millis_opt(ms).single())
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, false))
+        .unwrap_or_else(|| at_ms.to_string())
+}
+
 /// The whole record as a JSON object.
 pub fn record_json(record: &TaskRecord) -> Value {
     serde_json::to_value(StatusJson::from(record)).unwrap_or(Value::Null)

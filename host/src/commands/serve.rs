@@ -4,6 +4,8 @@
 
 use std::{ffi::OsString, path::Path, sync::Arc, time::Duration};
 
+use fastworker_host::control_plane::server::Ready;
+
 use fastworker_host::{
     control_plane::{
         own_worker::ChildCommand,
@@ -26,7 +28,6 @@ fn secs(value: f64, min: f64, max: f64) -> Duration {
 /// The control plane's config.
 pub fn control_plane_config(
     args: &ControlPlaneArgs,
-    plugin_dir: &Path,
     log_level: LogLevel,
 ) -> anyhow::Result<ControlPlaneConfig> {
     let subworker_address = subworker_endpoint(&args.base_address, args.subworker_port);
@@ -44,11 +45,10 @@ pub fn control_plane_config(
         let program = std::env::current_exe()
             .map_err(|e| anyhow::anyhow!("cannot find the fastworker binary: {e}"))?;
         let args = args.clone();
-        let plugin_dir = plugin_dir.to_path_buf();
         Some(OwnWorker {
             task_modules: args.task_modules.clone(),
             command: Arc::new(move |address: &str, secret: &WorkerSecret| {
-                own_worker_command(&program, &args, &plugin_dir, log_level, address, secret)
+                own_worker_command(&program, &args, log_level, address, secret)
             }),
         })
     };
@@ -79,7 +79,6 @@ pub fn control_plane_config(
 fn own_worker_command(
     program: &Path,
     args: &ControlPlaneArgs,
-    plugin_dir: &Path,
     log_level: LogLevel,
     address: &str,
     secret: &WorkerSecret,
@@ -87,9 +86,9 @@ fn own_worker_command(
     let mut argv: Vec<OsString> = vec![
         "--log-level".into(),
         log_level.as_str().into(),
-        "--plugin-dir".into(),
-        plugin_dir.into(),
         "subworker".into(),
+        "--plugin-dir".into(),
+        args.plugins.plugin_dir.clone().into(),
         "--worker-id".into(),
         args.worker_id.clone().into(),
         "--control-plane-address".into(),
@@ -129,10 +128,7 @@ fn own_worker_command(
 }
 
 /// The subworker's config.
-pub fn subworker_config(
-    args: &SubworkerArgs,
-    plugin_dir: &Path,
-) -> anyhow::Result<SubworkerConfig> {
+pub fn subworker_config(args: &SubworkerArgs) -> anyhow::Result<SubworkerConfig> {
     let control_plane = match (&args.control_plane_address, &args.discovery_address) {
         (Some(address), _) => ControlPlaneLocation::Address(address.clone()),
         (None, Some(discovery)) => ControlPlaneLocation::Discovery(discovery.clone()),
@@ -155,7 +151,7 @@ pub fn subworker_config(
         control_plane,
         status_endpoint,
         task_modules: args.task_modules.clone(),
-        plugin_dir: plugin_dir.to_path_buf(),
+        plugin_dir: args.plugins.plugin_dir.clone(),
         concurrency: args.concurrency.max(1),
         heartbeat_interval: secs(args.heartbeat_interval, 0.05, 3600.0),
         watch: !args.no_watch,
@@ -165,4 +161,58 @@ pub fn subworker_config(
         transport: args.security.transport_config()?,
         max_payload_bytes: args.security.max_payload_size,
     })
+}
+
+/// The line a control plane prints once it takes tasks: where it is, and a submit
+/// command that works as printed — the binary as it was started (a path, or the bare
+/// name when it was found on the PATH) and a task that is loaded (`add 5 3` when
+/// served, else the first task, with its parameters as placeholders).
+pub fn ready_line(ready: &Ready) -> String {
+    let program = super::program_name();
+    let head = format!(
+        "fastworker control plane `{}` ready on {}",
+        ready.id, ready.endpoint
+    );
+    let example = ready
+        .tasks
+        .iter()
+        .find(|t| t.spec.name == "add")
+        .map(|t| format!("--task-name {} --args 5 3", t.spec.name))
+        .or_else(|| {
+            ready
+                .tasks
+                .iter()
+                .find(|t| t.spec.periodic.is_none())
+                .map(|t| example_args(&t.spec.name, &t.spec.signature))
+        });
+    match example {
+        Some(example) => format!(
+            "{head}; submit with: {program} submit --control-plane-address {} {example}",
+            ready.endpoint
+        ),
+        None => format!(
+            "{head}; no task is served yet: start a subworker with --task-modules, or give the control plane --task-modules"
+        ),
+    }
+}
+
+/// `--task-name NAME --args <x> <y>` from a signature like `(x: i64, y: i64) -> i64`.
+fn example_args(name: &str, signature: &str) -> String {
+    let params = signature
+        .split_once('(')
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map(|(params, _)| params)
+        .unwrap_or("");
+    let placeholders: Vec<String> = params
+        .split(',')
+        .filter_map(|p| p.split(':').next())
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| format!("<{p}>"))
+        .collect();
+    if placeholders.is_empty() {
+        format!("--task-name {name}")
+    } else {
+        format!("--task-name {name} --args {}", placeholders.join(" "))
+    }
 }

@@ -7,36 +7,38 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::Value;
 
+use anyhow::{anyhow, bail};
+
 use super::{connect::connect, render};
 use crate::{
     cli::{PriorityArg, SubmitArgs},
     client::ClientError,
     protocol::{now_ms, Callback, Codec, Priority, RetryOverride, TaskEnvelope},
-    task_error::{ErrorKind, TaskError},
 };
 
-/// One `--args` word as a JSON value: a bool, an int, a float, a JSON array, object
-/// or quoted string, else the word as a string.
-pub fn parse_arg(word: &str) -> Value {
+/// One `--args` word as a JSON value: a bool, an int, a float, `null`, a JSON array,
+/// object or quoted string, else the word as a string. A word that starts like JSON
+/// (`[`, `{`, `"`) must be valid JSON: a typo is an error, not silently a string.
+pub fn parse_arg(word: &str) -> anyhow::Result<Value> {
     match word.to_ascii_lowercase().as_str() {
-        "true" => return Value::Bool(true),
-        "false" => return Value::Bool(false),
+        "true" => return Ok(Value::Bool(true)),
+        "false" => return Ok(Value::Bool(false)),
         _ => {}
     }
     if let Ok(i) = word.parse::<i64>() {
-        return Value::from(i);
+        return Ok(Value::from(i));
     }
     if let Ok(f) = word.parse::<f64>() {
         if f.is_finite() {
-            return Value::from(f);
+            return Ok(Value::from(f));
         }
     }
     if word.starts_with(['[', '{', '"']) || word == "null" {
-        if let Ok(v) = serde_json::from_str(word) {
-            return v;
-        }
+        return serde_json::from_str(word).map_err(|e| {
+            anyhow!("--args `{word}` starts like JSON but is not valid JSON ({e}); quote it for your shell as a JSON string ('\"{word}\"') if it is text")
+        });
     }
-    Value::String(word.to_string())
+    Ok(Value::String(word.to_string()))
 }
 
 impl From<PriorityArg> for Priority {
@@ -50,31 +52,24 @@ impl From<PriorityArg> for Priority {
     }
 }
 
-fn usage(message: String) -> ClientError {
-    ClientError::Rejected(TaskError::new(ErrorKind::Rejected, message))
-}
-
 /// Parses `--eta`: RFC 3339, or Unix seconds. Returns Unix ms.
-pub fn parse_eta(text: &str) -> Result<u64, ClientError> {
+pub fn parse_eta(text: &str) -> anyhow::Result<u64> {
     if let Ok(secs) = text.trim().parse::<f64>() {
         if secs.is_finite() && secs >= 0.0 {
             return Ok((secs * 1000.0) as u64);
         }
     }
-    let time = humantime::parse_rfc3339_weak(text.trim()).map_err(|e| {
-        usage(format!(
-            "--eta `{text}` is neither RFC 3339 nor Unix seconds: {e}"
-        ))
-    })?;
+    let time = humantime::parse_rfc3339_weak(text.trim())
+        .map_err(|e| anyhow!("--eta `{text}` is neither RFC 3339 nor Unix seconds: {e}"))?;
     let since = time
         .duration_since(std::time::UNIX_EPOCH)
-        .map_err(|_| usage(format!("--eta `{text}` is before 1970")))?;
+        .map_err(|_| anyhow!("--eta `{text}` is before 1970"))?;
     Ok(since.as_millis() as u64)
 }
 
 /// Builds the envelope for one task named `name` with JSON `args`, applying the
 /// per-submission options of `args`.
-fn build(name: &str, values: Vec<Value>, opts: &SubmitArgs) -> Result<TaskEnvelope, ClientError> {
+fn build(name: &str, values: Vec<Value>, opts: &SubmitArgs) -> anyhow::Result<TaskEnvelope> {
     let payload = Bytes::from(Value::Array(values).to_string());
     let mut task = TaskEnvelope::new(name, Codec::Json, payload);
     task.priority = opts.priority.into();
@@ -90,6 +85,7 @@ fn build(name: &str, values: Vec<Value>, opts: &SubmitArgs) -> Result<TaskEnvelo
     retry.max_retries = opts.max_retries;
     retry.delay_secs = opts.retry_delay;
     retry.backoff = opts.retry_backoff;
+    retry.backoff_max_secs = opts.retry_backoff_max;
     retry.jitter = opts.retry_jitter.then_some(true);
     task.retry = retry;
     task.callback = opts.callback_address.as_ref().map(|address| {
@@ -102,12 +98,17 @@ fn build(name: &str, values: Vec<Value>, opts: &SubmitArgs) -> Result<TaskEnvelo
 }
 
 /// Builds the envelope `args` describe.
-pub fn envelope(args: &SubmitArgs) -> Result<TaskEnvelope, ClientError> {
+pub fn envelope(args: &SubmitArgs) -> anyhow::Result<TaskEnvelope> {
     let name = args
         .task_name
         .as_deref()
-        .ok_or_else(|| usage("--task-name is required".into()))?;
-    build(name, args.args.iter().map(|w| parse_arg(w)).collect(), args)
+        .ok_or_else(|| anyhow!("--task-name is required"))?;
+    let values = args
+        .args
+        .iter()
+        .map(|w| parse_arg(w))
+        .collect::<anyhow::Result<_>>()?;
+    build(name, values, args)
 }
 
 /// One line of a `--batch` file.
@@ -140,10 +141,7 @@ impl<'de> Deserialize<'de> for PriorityArg {
 }
 
 /// Reads a `--batch` file: one JSON object a line; blank lines and `#` comments skipped.
-pub fn batch_envelopes(
-    text: &str,
-    defaults: &SubmitArgs,
-) -> Result<Vec<TaskEnvelope>, ClientError> {
+pub fn batch_envelopes(text: &str, defaults: &SubmitArgs) -> anyhow::Result<Vec<TaskEnvelope>> {
     let mut tasks = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -151,7 +149,7 @@ pub fn batch_envelopes(
             continue;
         }
         let item: BatchLine =
-            serde_json::from_str(line).map_err(|e| usage(format!("batch line {}: {e}", n + 1)))?;
+            serde_json::from_str(line).map_err(|e| anyhow!("batch line {}: {e}", n + 1))?;
         let mut opts = defaults.clone();
         if let Some(p) = item.priority {
             opts.priority = p;
@@ -169,17 +167,17 @@ pub fn batch_envelopes(
         tasks.push(build(&item.task_name, item.args, &opts)?);
     }
     if tasks.is_empty() {
-        return Err(usage("the batch file holds no tasks".into()));
+        bail!("the batch file holds no tasks");
     }
     Ok(tasks)
 }
 
 /// Runs the command; returns what to print.
-pub async fn run(args: &SubmitArgs) -> Result<String, ClientError> {
+pub async fn run(args: &SubmitArgs) -> anyhow::Result<String> {
     let tasks = match &args.batch {
         Some(path) => {
             let text = std::fs::read_to_string(path)
-                .map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?;
+                .map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
             batch_envelopes(&text, args)?
         }
         None => vec![envelope(args)?],
@@ -219,10 +217,7 @@ pub async fn run(args: &SubmitArgs) -> Result<String, ClientError> {
         }
         if failed > 0 {
             print!("{out}");
-            return Err(usage(format!(
-                "{failed} of {} tasks did not succeed",
-                records.len()
-            )));
+            bail!("{failed} of {} tasks did not succeed", records.len());
         }
         return Ok(out);
     }
@@ -238,7 +233,25 @@ pub async fn run(args: &SubmitArgs) -> Result<String, ClientError> {
             format!("{id}\n")
         });
     }
-    let record = client.submit_record(task, wait).await?;
+    let record = match client.submit_record(task, wait).await {
+        Err(ClientError::NotFinal { id, waited }) => {
+            // Accepted: the task keeps its place. Its id goes to stdout for scripts.
+            if args.connect.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"task_id": id.to_string(), "status": "accepted", "finished": false})
+                );
+            } else {
+                println!("{id}");
+            }
+            let mut follow = format!("{} status --task-id {id}", super::program_name());
+            if let Some(address) = &args.connect.control_plane_address {
+                follow.push_str(&format!(" --control-plane-address {address}"));
+            }
+            return Err(NotFinished { id, waited, follow }.into());
+        }
+        other => other?,
+    };
     if args.connect.json {
         // Scripts get the record on stdout whatever the outcome; the exit code and
         // the error line on stderr still say when it failed.
@@ -250,21 +263,46 @@ pub async fn run(args: &SubmitArgs) -> Result<String, ClientError> {
     Ok(format!("{}\n", render::value_json(&record)))
 }
 
+/// `submit` waited its `--wait` and the task (accepted) is not final yet: the exit
+/// code says so ([`NotFinished::EXIT_CODE`]).
+#[derive(Debug, thiserror::Error)]
+#[error("task {id} was accepted but is not finished after {}; it keeps running. Follow it with: {follow}", humantime::format_duration(*.waited))]
+pub struct NotFinished {
+    /// The task.
+    pub id: crate::protocol::TaskId,
+    /// How long `submit` waited.
+    pub waited: Duration,
+    /// The command that follows it.
+    pub follow: String,
+}
+
+impl NotFinished {
+    /// The exit code of a `submit` whose task is accepted but not finished.
+    pub const EXIT_CODE: u8 = 3;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn args_parse_like_the_original() {
-        assert_eq!(parse_arg("5"), Value::from(5));
-        assert_eq!(parse_arg("-3"), Value::from(-3));
-        assert_eq!(parse_arg("2.5"), Value::from(2.5));
-        assert_eq!(parse_arg("True"), Value::Bool(true));
-        assert_eq!(parse_arg("hello"), Value::from("hello"));
-        assert_eq!(parse_arg("[1,2]"), serde_json::json!([1, 2]));
-        assert_eq!(parse_arg("{\"a\":1}"), serde_json::json!({"a": 1}));
-        assert_eq!(parse_arg("nan"), Value::from("nan"));
-        assert_eq!(parse_arg("[oops"), Value::from("[oops"));
+        let arg = |w: &str| parse_arg(w).unwrap();
+        assert_eq!(arg("5"), Value::from(5));
+        assert_eq!(arg("-3"), Value::from(-3));
+        assert_eq!(arg("2.5"), Value::from(2.5));
+        assert_eq!(arg("True"), Value::Bool(true));
+        assert_eq!(arg("hello"), Value::from("hello"));
+        assert_eq!(arg("[1,2]"), serde_json::json!([1, 2]));
+        assert_eq!(arg("{\"a\":1}"), serde_json::json!({"a": 1}));
+        assert_eq!(arg("null"), Value::Null);
+        assert_eq!(arg("nan"), Value::from("nan"));
+        let err = parse_arg("[oops").unwrap_err().to_string();
+        assert!(
+            err.contains("`[oops` starts like JSON but is not valid JSON"),
+            "{err}"
+        );
+        assert!(parse_arg("{\"a\":").is_err());
     }
 
     #[test]

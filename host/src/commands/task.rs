@@ -1,31 +1,23 @@
 //! `fastworker status` and `fastworker cancel`.
 
+use anyhow::anyhow;
+
 use super::{connect::connect, render};
 use crate::{
     cli::{DeadLetterArgs, EventArgs, TaskIdArgs},
-    client::ClientError,
     protocol::{CancelOutcome, TaskId},
-    task_error::{ErrorKind, TaskError},
 };
 
-fn parse_id(text: &str) -> Result<TaskId, ClientError> {
-    TaskId::parse(text).map_err(|e| {
-        ClientError::Rejected(TaskError::new(
-            ErrorKind::Rejected,
-            format!("`{text}` is not a task id: {e}"),
-        ))
-    })
+fn parse_id(text: &str) -> anyhow::Result<TaskId> {
+    TaskId::parse(text).map_err(|e| anyhow!("`{text}` is not a task id: {e}"))
 }
 
-fn not_found(id: TaskId) -> ClientError {
-    ClientError::Rejected(TaskError::new(
-        ErrorKind::Rejected,
-        format!("task {id} is not known (never submitted, or its result expired)"),
-    ))
+fn not_found(id: TaskId) -> anyhow::Error {
+    anyhow!("task {id} is not known (never submitted, or its result expired)")
 }
 
 /// `status`: the task's record.
-pub async fn status(args: &TaskIdArgs) -> Result<String, ClientError> {
+pub async fn status(args: &TaskIdArgs) -> anyhow::Result<String> {
     let id = parse_id(&args.task_id)?;
     let client = connect(&args.connect).await?;
     let record = client.status(id).await?.ok_or_else(|| not_found(id))?;
@@ -37,7 +29,7 @@ pub async fn status(args: &TaskIdArgs) -> Result<String, ClientError> {
 }
 
 /// `cancel`: cancels the task and says what happened.
-pub async fn cancel(args: &TaskIdArgs) -> Result<String, ClientError> {
+pub async fn cancel(args: &TaskIdArgs) -> anyhow::Result<String> {
     let id = parse_id(&args.task_id)?;
     let client = connect(&args.connect).await?;
     let outcome = client.cancel(id).await?;
@@ -65,7 +57,7 @@ pub async fn cancel(args: &TaskIdArgs) -> Result<String, ClientError> {
 }
 
 /// `dead-letters`: lists them, or replays one.
-pub async fn dead_letters(args: &DeadLetterArgs) -> Result<String, ClientError> {
+pub async fn dead_letters(args: &DeadLetterArgs) -> anyhow::Result<String> {
     let client = connect(&args.connect).await?;
     if let Some(text) = &args.replay {
         let id = parse_id(text)?;
@@ -102,7 +94,7 @@ pub async fn dead_letters(args: &DeadLetterArgs) -> Result<String, ClientError> 
 }
 
 /// `events`: the control plane's recent events, oldest first.
-pub async fn events(args: &EventArgs) -> Result<String, ClientError> {
+pub async fn events(args: &EventArgs) -> anyhow::Result<String> {
     let client = connect(&args.connect).await?;
     let events = client.events().await?;
     if args.connect.json {
@@ -124,6 +116,14 @@ pub async fn events(args: &EventArgs) -> Result<String, ClientError> {
     }
     Ok(events
         .iter()
-        .map(|e| format!("{} {} {}: {}\n", e.at_ms, e.kind, e.subject, e.message))
+        .map(|e| {
+            format!(
+                "{} {} {}: {}\n",
+                render::local_time(e.at_ms),
+                e.kind,
+                e.subject,
+                e.message
+            )
+        })
         .collect())
 }

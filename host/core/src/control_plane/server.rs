@@ -149,12 +149,23 @@ fn local_endpoint(endpoint: &str) -> String {
         .replacen("tcp://*:", "tcp://127.0.0.1:", 1)
 }
 
-/// Runs the control plane until it is asked to stop. `on_ready` is called once, with
-/// the control plane's id and the endpoint clients use, when it takes tasks (after
-/// its own subworker registered).
+/// What a control plane says once it takes tasks.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    /// The control plane's id.
+    pub id: String,
+    /// The endpoint clients use.
+    pub endpoint: String,
+    /// The tasks served then (by its own subworker, or subworkers registered early),
+    /// by name.
+    pub tasks: Vec<crate::protocol::ServedTask>,
+}
+
+/// Runs the control plane until it is asked to stop. `on_ready` is called once, when
+/// it takes tasks (after its own subworker registered).
 pub async fn run(
     config: ControlPlaneConfig,
-    on_ready: impl FnOnce(&str, &str),
+    on_ready: impl FnOnce(&Ready),
 ) -> Result<(), HostError> {
     let args = config;
     let mut on_ready = Some(on_ready);
@@ -338,7 +349,11 @@ pub async fn run(
                 }
                 ready_pending = false;
                 if let Some(on_ready) = on_ready.take() {
-                    on_ready(&args.id, &server.endpoints[0]);
+                    on_ready(&Ready {
+                        id: args.id.clone(),
+                        endpoint: server.endpoints[0].clone(),
+                        tasks: dispatcher.served_tasks(),
+                    });
                 }
             }
         }
