@@ -188,6 +188,53 @@ pub struct TaskDescriptor {
         extern "C" fn(&TaskContext<'_>, Codec, RSlice<'_, u8>) -> RResult<RVec<u8>, TaskError>,
 }
 
+/// How much a log record says, most severe first (`Off`: nothing is logged).
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LogLevel {
+    /// Log nothing.
+    Off = 0,
+    /// Errors.
+    Error = 1,
+    /// Warnings.
+    Warn = 2,
+    /// Information.
+    Info = 3,
+    /// Debugging detail.
+    Debug = 4,
+    /// Tracing detail.
+    Trace = 5,
+}
+
+/// One record a plugin logged through `log` or `tracing`, as the SDK hands it to the
+/// host. Borrowed for the duration of the call.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct LogRecord<'a> {
+    /// How severe.
+    pub level: LogLevel,
+    /// Where it came from (the module path, or the target the author gave).
+    pub target: RStr<'a>,
+    /// The message, with any other fields as ` key=value` after it.
+    pub message: RStr<'a>,
+    /// The task the logging thread was running ("" when none: a thread the task
+    /// started, or code outside a task).
+    pub task_id: RStr<'a>,
+    /// The plugin's name.
+    pub plugin: RStr<'a>,
+    /// The plugin's version.
+    pub plugin_version: RStr<'a>,
+}
+
+/// The host's receiver of plugin log records (a wrapper: abi_stable takes no function
+/// pointer as a parameter of another).
+#[repr(transparent)]
+#[derive(StableAbi, Clone, Copy)]
+pub struct LogSink {
+    /// Called once for each record.
+    pub func: extern "C" fn(&LogRecord<'_>),
+}
+
 /// The root module every plugin exports.
 #[repr(C)]
 #[derive(StableAbi)]
@@ -205,6 +252,12 @@ pub struct PluginModule {
     /// The tasks this plugin serves.
     #[sabi(last_prefix_field)]
     pub tasks: RSlice<'static, TaskDescriptor>,
+    /// Hands the plugin the host's log sink and the most verbose level the host logs:
+    /// from then on what the plugin logs through `log` or `tracing` reaches the host's
+    /// log. Appended after the prefix, so a plugin built before it loads (its
+    /// accessor answers `None`) and an older host ignores it.
+    #[sabi(missing_field(option))]
+    pub install_log: extern "C" fn(LogSink, LogLevel),
 }
 
 impl RootModule for PluginModuleRef {

@@ -30,6 +30,9 @@
 //! - [`codec`]: JSON and bincode encoding, shared with the host and clients.
 //! - [`Value`]: any JSON value, in both codecs.
 //! - [`Context`]: what a running task may ask the host.
+//! - Logging: what a task logs through [`log`] or [`tracing`] (these re-exports, or the
+//!   plugin's own dependencies on them) reaches the host's log with the task's id and
+//!   the plugin's name and version.
 
 pub mod abi;
 pub mod codec;
@@ -38,8 +41,10 @@ mod value;
 
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::logging::install_log;
     pub use crate::runtime::*;
 }
+mod logging;
 mod runtime;
 
 pub use abi::{Codec, ErrorKind, Priority, TaskError};
@@ -49,6 +54,11 @@ pub use value::Value;
 
 #[doc(hidden)]
 pub use abi_stable;
+/// `log`, re-exported: what a task logs with `fastworker_plugin_sdk::log::info!` (or
+/// its own `log` 0.4 dependency) reaches the host's log with the task's id.
+pub use log;
+/// `tracing`, re-exported: events reach the host's log like `log` records.
+pub use tracing;
 
 /// Exports `$root` (a `fn() -> PluginModuleRef`) as the library's root module, with
 /// abi_stable's layout information. `#[plugin]` emits this; call it yourself only to

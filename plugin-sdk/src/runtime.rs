@@ -70,7 +70,9 @@ where
     install_panic_hook();
     let ctx = Context::new(raw);
     IN_TASK.with(|f| f.set(true));
-    let outcome = panic::catch_unwind(AssertUnwindSafe(|| body(&ctx, codec, payload.as_slice())));
+    let outcome = crate::logging::with_task(raw.task_id.as_str(), || {
+        panic::catch_unwind(AssertUnwindSafe(|| body(&ctx, codec, payload.as_slice())))
+    });
     IN_TASK.with(|f| f.set(false));
     match outcome {
         Ok(Ok(bytes)) => RResult::ROk(RVec::from(bytes)),

@@ -576,3 +576,82 @@ fn help_lists_every_subcommand() {
         );
     }
 }
+
+#[test]
+fn what_a_plugin_logs_reaches_the_hosts_log_with_the_task_the_plugin_and_its_version() {
+    let dir = crate::procs::mytasks_dir();
+    let mut cp = crate::procs::ControlPlane::start(&dir, &[]);
+    let mut sw = cp.subworker(&dir, "sw1", &[]);
+    let mut cmd = dir.fastworker();
+    cmd.args([
+        "submit",
+        "--control-plane-address",
+        &cp.base,
+        "--task-name",
+        "log_message",
+        "--args",
+        "hello from the plugin",
+        "--json",
+    ]);
+    let out = run(cmd);
+    assert!(out.status.success(), "{out:?}");
+    let record: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    let task = record["task_id"].as_str().unwrap().to_string();
+    let context = format!("task={task} plugin=mytasks version=0.1.0 from=mytasks::tasks");
+    // `tracing::info!` with a field, and `log::warn!`, each one line on the subworker.
+    sw.wait_for_line(
+        true,
+        &[
+            "INFO",
+            "tracing says: hello from the plugin length=21",
+            &context,
+        ],
+        Duration::from_secs(10),
+    );
+    sw.wait_for_line(
+        true,
+        &["WARN", "log says: hello from the plugin", &context],
+        Duration::from_secs(10),
+    );
+    // At --log-level WARNING the info record is not sent at all; the warning is.
+    drop(sw);
+    let mut quiet = {
+        let args: Vec<String> = [
+            "--log-level",
+            "WARNING",
+            "subworker",
+            "--worker-id",
+            "sw2",
+            "--control-plane-address",
+            &cp.base,
+            "--task-modules",
+            "mytasks",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        crate::procs::Proc::spawn(&dir, "sw2", &args)
+    };
+    cp.wait_registered("sw2");
+    let mut cmd = dir.fastworker();
+    cmd.args([
+        "submit",
+        "--control-plane-address",
+        &cp.base,
+        "--task-name",
+        "log_message",
+        "--args",
+        "quiet please",
+    ]);
+    assert!(run(cmd).status.success());
+    quiet.wait_for_line(
+        true,
+        &["WARN", "log says: quiet please"],
+        Duration::from_secs(10),
+    );
+    assert!(
+        !quiet.stderr().contains("tracing says: quiet please"),
+        "{}",
+        quiet.stderr()
+    );
+}

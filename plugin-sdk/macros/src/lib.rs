@@ -446,8 +446,22 @@ fn expand(attr: TokenStream2, mut module: ItemMod) -> syn::Result<TokenStream2> 
                 plugin_name: ::fastworker_plugin_sdk::abi_stable::std_types::RStr::from_str(#plugin_name),
                 plugin_version: ::fastworker_plugin_sdk::abi_stable::std_types::RStr::from_str(env!("CARGO_PKG_VERSION")),
                 tasks: ::fastworker_plugin_sdk::abi_stable::std_types::RSlice::from_slice(&#tasks_static),
+                install_log: __fastworker_install_log,
             }
             .leak_into_prefix()
+        }
+
+        #[doc(hidden)]
+        extern "C" fn __fastworker_install_log(
+            sink: ::fastworker_plugin_sdk::abi::LogSink,
+            level: ::fastworker_plugin_sdk::abi::LogLevel,
+        ) {
+            ::fastworker_plugin_sdk::__private::install_log(
+                sink,
+                level,
+                #plugin_name,
+                env!("CARGO_PKG_VERSION"),
+            )
         }
 
         ::fastworker_plugin_sdk::export_plugin_module!(__fastworker_root_module);

@@ -44,6 +44,14 @@ pub mod tasks {
         panic!("{message}")
     }
 
+    /// Logs `message` through `tracing` and `log` (both reach the host's log with the
+    /// task id) and returns it.
+    pub fn log_message(message: String) -> String {
+        fastworker_plugin_sdk::tracing::info!(length = message.len(), "tracing says: {message}");
+        fastworker_plugin_sdk::log::warn!("log says: {message}");
+        message
+    }
+
     /// Runs every 30 seconds; returns the Unix time it ran at.
     #[task(every = 30)]
     pub fn heartbeat() -> u64 {

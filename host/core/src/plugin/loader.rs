@@ -304,6 +304,7 @@ impl PluginLoader {
             });
         }
         let tasks = module.tasks().iter().map(task_info).collect();
+        super::plugin_log::install(&module);
         Ok(LoadedPlugin {
             name: module.plugin_name().as_str().to_string(),
             version: module.plugin_version().as_str().to_string(),

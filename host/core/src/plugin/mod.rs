@@ -18,6 +18,7 @@ pub mod abi;
 pub mod call;
 pub mod live;
 pub mod loader;
+mod plugin_log;
 pub mod registry;
 pub mod resolve;
 pub mod watch;
