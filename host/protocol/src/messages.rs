@@ -346,7 +346,7 @@ pub struct TaskSpec {
     /// version 2.
     #[serde(default)]
     pub doc: String,
-    /// The task's signature as written, e.g. `add(x: i64, y: i64) -> i64` ("" when
+    /// The task's signature as written, e.g. `(x: i64, y: i64) -> i64` ("" when
     /// unknown). Since version 2.
     #[serde(default)]
     pub signature: String,
