@@ -448,12 +448,13 @@ fn duplicate_task_name_across_two_plugin_files_is_refused_naming_the_task() {
 
 // ---- fastworker list -----------------------------------------------------------------
 
-const MYTASKS_TASKS: [&str; 7] = [
+const MYTASKS_TASKS: [&str; 8] = [
     "add",
     "echo",
     "fail",
     "hang_ms",
     "heartbeat",
+    "log_message",
     "panic",
     "sleep_ms",
 ];
