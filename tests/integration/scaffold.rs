@@ -109,7 +109,7 @@ fn a_new_plugin_builds_tests_and_is_served_as_it_is() {
     let library = repo().join("target/scaffold/release/libgreeter.so");
     let cp = ControlPlane::start(&dir, &["--task-modules", library.to_str().unwrap()]);
     assert!(
-        cp.proc.stdout().contains("--task-name hello --args <name>"),
+        cp.proc.stdout().contains("--task-name hello --args text"),
         "{}",
         cp.proc.stdout()
     );
@@ -145,13 +145,16 @@ fn a_plugin_built_against_another_sdk_release_is_refused_naming_both_versions() 
     ] {
         copy_tree(&repo().join(from), &copy.join(to));
     }
+    let ours = fastworker_plugin_sdk::abi::SDK_VERSION;
     for manifest in ["plugin-sdk/Cargo.toml", "plugin-sdk/macros/Cargo.toml"] {
         let path = copy.join(manifest);
         let text = std::fs::read_to_string(&path).unwrap();
         let text = text
-            .replacen("version = \"0.1.0\"", "version = \"0.99.0\"", 1)
+            .replacen(&format!("version = \"{ours}\""), "version = \"0.99.0\"", 1)
             .replace(
-                "fastworker-plugin-sdk-macros = { path = \"macros\", version = \"=0.1.0\" }",
+                &format!(
+                    "fastworker-plugin-sdk-macros = {{ path = \"macros\", version = \"={ours}\" }}"
+                ),
                 "fastworker-plugin-sdk-macros = { path = \"macros\", version = \"=0.99.0\" }",
             );
         std::fs::write(&path, text).unwrap();

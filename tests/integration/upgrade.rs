@@ -43,7 +43,21 @@ impl Build {
     fn command(self, dir: &TestDir) -> std::process::Command {
         match (self, std::env::var_os("FASTWORKER_PREVIOUS_BIN")) {
             (Build::Current, _) => dir.fastworker(),
-            (Build::Previous, Some(binary)) => dir.fastworker_from(std::path::Path::new(&binary)),
+            (Build::Previous, Some(binary)) => {
+                // A previous release loads plugins built against its own SDK: its
+                // `mytasks` was built beside its binary, and bare names find it here.
+                let binary = std::path::Path::new(&binary);
+                let plugins = dir.child("plugins-previous");
+                if !plugins.join("mytasks.so").is_file() {
+                    dir.copy_in(
+                        &binary.with_file_name("libmytasks.so"),
+                        "plugins-previous/mytasks.so",
+                    );
+                }
+                let mut cmd = dir.fastworker_from(binary);
+                cmd.env("FASTWORKER_PLUGIN_DIR", plugins);
+                cmd
+            }
             (Build::Previous, None) => {
                 let mut cmd = dir.fastworker();
                 cmd.env("FASTWORKER_PROTOCOL_MAX", "1");
@@ -364,4 +378,37 @@ fn a_client_lists_what_the_cluster_serves_with_docs_and_signatures() {
         sw.kill();
         cp.kill();
     }
+}
+
+/// A plugin built against the SDK of the previous release (0.1, before the root
+/// module's `install_log` field) is refused by the current host in one line that names
+/// both SDK versions and the pin to rebuild with. Needs that build: `.ci/run` builds the
+/// previous release's `mytasks` beside its binary (`FASTWORKER_PREVIOUS_BIN`).
+#[test]
+fn a_plugin_built_with_the_previous_sdk_is_refused_naming_both_versions() {
+    let Some(binary) = std::env::var_os("FASTWORKER_PREVIOUS_BIN") else {
+        eprintln!("SKIPPED: FASTWORKER_PREVIOUS_BIN is not set (.ci/run sets it)");
+        return;
+    };
+    let old_plugin = std::path::Path::new(&binary).with_file_name("libmytasks.so");
+    assert!(
+        old_plugin.is_file(),
+        "{} is missing: build the previous release's mytasks beside its binary",
+        old_plugin.display()
+    );
+    let dir = TestDir::new();
+    dir.copy_in(&old_plugin, "plugins/mytasks.so");
+    let mut list = dir.fastworker();
+    list.args(["list", "--task-modules", "mytasks"]);
+    let out = run(list);
+    assert!(!out.status.success(), "{out:?}");
+    let lines = out.stderr_lines();
+    let ours = fastworker_plugin_sdk::abi::SDK_VERSION;
+    assert!(
+        lines.len() == 1
+            && lines[0].contains("built against fastworker-plugin-sdk 0.1.0")
+            && lines[0].contains(&format!("this host's SDK {ours}"))
+            && lines[0].contains(&format!("fastworker-plugin-sdk = \"={ours}\"")),
+        "{lines:?}"
+    );
 }

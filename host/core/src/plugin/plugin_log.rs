@@ -3,8 +3,8 @@
 //!
 //! A plugin has its own copies of `log` and `tracing` (it is a separate `cdylib`), so
 //! the SDK forwards what it logs through the root module's `install_log`, which the
-//! loader calls with [`receive`] for every plugin it loads. Plugins built before
-//! `install_log` existed load as before, without their logs.
+//! loader calls with [`receive`] for every plugin it loads (every plugin this host
+//! loads has it: it came with SDK 0.2).
 
 use fastworker_plugin_sdk::abi::{LogLevel, LogRecord, LogSink, PluginModuleRef};
 use tracing::level_filters::LevelFilter;
