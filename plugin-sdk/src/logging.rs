@@ -57,12 +57,16 @@ pub fn install_log(sink: LogSink, level: LogLevel, plugin: &'static str, version
     });
 }
 
-/// Runs `f` with `task_id` as the logging thread's task.
+/// Runs `f` with `task_id` as the logging thread's task (restored even if `f` panics).
 pub(crate) fn with_task<R>(task_id: &str, f: impl FnOnce() -> R) -> R {
-    let previous = TASK_ID.with(|t| t.replace(Some((task_id.as_ptr(), task_id.len()))));
-    let result = f();
-    TASK_ID.with(|t| t.set(previous));
-    result
+    struct Restore(Option<(*const u8, usize)>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            TASK_ID.with(|t| t.set(self.0));
+        }
+    }
+    let _restore = Restore(TASK_ID.with(|t| t.replace(Some((task_id.as_ptr(), task_id.len())))));
+    f()
 }
 
 fn enabled(level: LogLevel) -> bool {
@@ -79,8 +83,8 @@ fn emit(level: LogLevel, target: &str, message: &str) {
     }
     let task_id = TASK_ID.with(Cell::get).map_or("", |(ptr, len)| {
         // SAFETY: `with_task` set these from a `&str` that outlives the call it wraps,
-        // and restores the previous value before that borrow ends; this read happens
-        // on the same thread, inside that call.
+        // and restores the previous value (on return or unwind) before that borrow
+        // ends; this read happens on the same thread, inside that call.
         unsafe { std::str::from_utf8_unchecked(std::slice::from_raw_parts(ptr, len)) }
     });
     (installed.sink.func)(&LogRecord {
