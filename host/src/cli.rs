@@ -12,7 +12,7 @@ use crate::transport::{
 
 /// fastworker: a brokerless distributed task host.
 #[derive(Debug, Parser)]
-#[command(name = "fastworker", version, about, long_about = None)]
+#[command(name = "fastworker", version, about, long_about = None, after_help = examples::TOP)]
 pub struct Cli {
     /// How much to log: DEBUG, INFO, WARNING or ERROR.
     #[arg(long, global = true, env = "FASTWORKER_LOG_LEVEL", default_value = "INFO", value_parser = parse_log_level)]
@@ -107,6 +107,14 @@ pub enum Command {
 
 /// The examples at the end of each command's `--help`.
 mod examples {
+    pub const TOP: &str = "Examples:
+  fastworker control-plane --task-modules mytasks --data-dir fastworker-data
+  fastworker subworker --worker-id sw1 --control-plane-address tcp://127.0.0.1:5555 --task-modules mytasks
+  fastworker submit --task-name add --args 5 3
+  fastworker tasks
+  fastworker new greeter
+
+Each command's --help ends with its own examples.";
     pub const CONTROL_PLANE: &str = "Examples:
   fastworker control-plane --task-modules mytasks --data-dir fastworker-data
   fastworker control-plane --base-address tcp://0.0.0.0:5555 --auth-key-file cluster.key
@@ -179,8 +187,8 @@ pub struct QueuedArgs {
     /// Only tasks of this priority.
     #[arg(long, value_enum, ignore_case = true)]
     pub priority: Option<PriorityArg>,
-    /// Show at most this many (the total is always shown).
-    #[arg(long, default_value_t = 100)]
+    /// Show at most this many, 1 to 10000 (the total is always shown).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub limit: u32,
     /// Cancel every waiting task of this name (with --priority: of that priority
     /// only) instead of listing; running tasks are left alone.
@@ -296,21 +304,30 @@ pub struct DeadLetterArgs {
     pub connect: ConnectArgs,
 }
 
+/// Where a control plane announces itself unless told otherwise.
+pub const DEFAULT_DISCOVERY: &str = "tcp://127.0.0.1:5550";
+
+/// Parses seconds: a finite number, 0 or more.
+pub fn parse_secs(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(secs) if (0.0..=1e9).contains(&secs) => Ok(secs),
+        _ => Err(format!(
+            "`{text}` is not a number of seconds (0 or more, e.g. 2.5)"
+        )),
+    }
+}
+
 /// Where a client finds the control plane.
 #[derive(Debug, Clone, Args)]
 pub struct ConnectArgs {
     /// The control plane's discovery address; used when --control-plane-address is not given.
-    #[arg(
-        long,
-        env = "FASTWORKER_DISCOVERY_ADDRESS",
-        default_value = "tcp://127.0.0.1:5550"
-    )]
+    #[arg(long, env = "FASTWORKER_DISCOVERY_ADDRESS", default_value = DEFAULT_DISCOVERY)]
     pub discovery_address: String,
     /// The control plane's address (skips discovery).
     #[arg(long, env = "FASTWORKER_CONTROL_PLANE_ADDRESS")]
     pub control_plane_address: Option<String>,
     /// Seconds to wait for the control plane before giving up.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 5.0, value_parser = parse_secs)]
     pub connect_timeout: f64,
     /// Print machine-readable JSON instead of text.
     #[arg(long)]
@@ -421,13 +438,14 @@ pub struct ControlPlaneArgs {
 #[command(group(
     clap::ArgGroup::new("control_plane")
         .required(true)
+        .multiple(true)
         .args(["control_plane_address", "discovery_address"])
 ))]
 pub struct SubworkerArgs {
     /// Unique subworker identifier.
     #[arg(long, env = "FASTWORKER_WORKER_ID")]
     pub worker_id: String,
-    /// Address of the control plane (or give --discovery-address).
+    /// Address of the control plane (or give --discovery-address; with both, this one).
     #[arg(long, env = "FASTWORKER_CONTROL_PLANE_ADDRESS")]
     pub control_plane_address: Option<String>,
     /// Base address for this subworker: it answers status queries there.
@@ -478,7 +496,7 @@ pub enum PriorityArg {
     Critical,
     /// Second.
     High,
-    /// Third (the default).
+    /// Third.
     Normal,
     /// Last.
     Low,
@@ -490,7 +508,8 @@ pub struct SubmitArgs {
     /// The task to run.
     #[arg(long, required_unless_present = "batch")]
     pub task_name: Option<String>,
-    /// Arguments: each is a bool, an int, a float, a JSON value, else a string.
+    /// Arguments: each is a bool, an int, a float, `null`, JSON when it starts with
+    /// `[`, `{` or `"` (then it must parse), else a string.
     #[arg(long, num_args = 0.., allow_negative_numbers = true)]
     pub args: Vec<String>,
     /// Priority.
@@ -500,7 +519,7 @@ pub struct SubmitArgs {
     #[arg(long)]
     pub non_blocking: bool,
     /// Run no sooner than this many seconds from now.
-    #[arg(long, conflicts_with = "eta")]
+    #[arg(long, conflicts_with = "eta", value_parser = parse_secs)]
     pub countdown: Option<f64>,
     /// Run no sooner than this time: RFC 3339 (`2026-11-27T18:00:00Z`) or Unix seconds.
     #[arg(long)]
@@ -509,19 +528,19 @@ pub struct SubmitArgs {
     #[arg(long)]
     pub max_retries: Option<u32>,
     /// Seconds before the first retry (default: the task's own, else 60).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_secs)]
     pub retry_delay: Option<f64>,
     /// Multiplier for each later retry delay (default: the task's own, else 2).
     #[arg(long)]
     pub retry_backoff: Option<f64>,
     /// Seconds no retry delay may exceed (default: the task's own, else 3600).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_secs)]
     pub retry_backoff_max: Option<f64>,
     /// Randomize each retry delay by up to ±25%.
     #[arg(long)]
     pub retry_jitter: bool,
     /// Seconds one attempt may run (default: the task's own, else none).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_secs)]
     pub timeout: Option<f64>,
     /// When the task ends, send its result to this ZeroMQ address (a DEALER connects
     /// and sends one JSON frame).
@@ -534,8 +553,9 @@ pub struct SubmitArgs {
     /// "priority": "high", "countdown": 5}`), all in one message: all accepted or none.
     #[arg(long, value_name = "FILE", conflicts_with = "task_name")]
     pub batch: Option<std::path::PathBuf>,
-    /// Seconds to wait for the result before giving up (the task keeps its place).
-    #[arg(long, default_value_t = 300.0)]
+    /// Seconds to wait for the result; when they run out the task keeps running, and
+    /// `submit` prints its id and exits 3.
+    #[arg(long, default_value_t = 300.0, value_parser = parse_secs)]
     pub wait: f64,
     /// Where the control plane is.
     #[command(flatten)]

@@ -61,14 +61,6 @@ fn ignore_file_size_signal() {
     }
 }
 
-/// Writes a command's output to stdout. A reader that went away (`| head`) ends the
-/// output quietly instead of a panic.
-fn emit(bytes: &[u8]) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(bytes).and_then(|()| out.flush());
-}
-
 /// Runs a one-shot client command on a small runtime and prints its output.
 fn one_shot<E: Into<anyhow::Error>>(
     fut: impl Future<Output = Result<String, E>>,
@@ -78,7 +70,7 @@ fn one_shot<E: Into<anyhow::Error>>(
         .build()?
         .block_on(fut)
         .map_err(Into::into)?;
-    emit(text.as_bytes());
+    commands::emit(text.as_bytes());
     Ok(())
 }
 
@@ -98,13 +90,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_level);
     let result = match cli.command {
-        Command::List(args) => commands::list::run(&args).map(|text| emit(text.as_bytes())),
+        Command::List(args) => {
+            commands::list::run(&args).map(|text| commands::emit(text.as_bytes()))
+        }
         Command::ControlPlane(args) => {
             ignore_file_size_signal();
             commands::serve::control_plane_config(&args, cli.log_level).and_then(|config| {
                 serve(async move {
                     fastworker_host::control_plane::server::run(config, |ready| {
-                        println!("{}", commands::serve::ready_line(ready));
+                        commands::emit(
+                            format!("{}\n", commands::serve::ready_line(ready)).as_bytes(),
+                        );
                     })
                     .await
                     .map_err(Into::into)
@@ -125,15 +121,17 @@ fn main() -> ExitCode {
         Command::DeadLetters(args) => {
             one_shot(async move { commands::task::dead_letters(&args).await })
         }
-        Command::Keygen(args) => commands::keygen::run(&args).map(|text| emit(text.as_bytes())),
-        Command::New(args) => commands::new::run(&args).map(|text| emit(text.as_bytes())),
+        Command::Keygen(args) => {
+            commands::keygen::run(&args).map(|text| commands::emit(text.as_bytes()))
+        }
+        Command::New(args) => commands::new::run(&args).map(|text| commands::emit(text.as_bytes())),
         Command::Tasks(args) => one_shot(async move { commands::cluster::tasks(&args).await }),
         Command::Queued(args) => one_shot(async move { commands::cluster::queued(&args).await }),
         Command::Completions(args) => {
             use clap::CommandFactory;
             let mut script = Vec::new();
             clap_complete::generate(args.shell, &mut Cli::command(), "fastworker", &mut script);
-            emit(&script);
+            commands::emit(&script);
             Ok(())
         }
     };

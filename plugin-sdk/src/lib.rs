@@ -15,7 +15,7 @@
 //! ```
 //!
 //! Every `pub fn` in the module is a task, named after the function. Its doc comment's
-//! first line is the task's doc. Arguments arrive as a JSON array or a bincode tuple of
+//! first paragraph is the task's doc. Arguments arrive as a JSON array or a bincode tuple of
 //! the parameters in order; the result goes back in the caller's codec. A task may
 //! return `Result<T, E>` with `E: Display`: an `Err` is a task failure with that
 //! message. A panic is caught inside the plugin and comes back as an error. A task may

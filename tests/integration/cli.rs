@@ -177,8 +177,7 @@ fn the_ready_line_suggests_the_binary_as_started_and_a_task_that_is_loaded() {
     let cp = ControlPlane::start(&dir, &["--task-modules", versioned.to_str().unwrap()]);
     let ready = cp.proc.stdout();
     assert!(
-        ready.contains("--task-name add_versioned --args <x>")
-            && !ready.contains("--task-name add "),
+        ready.contains("--task-name add_versioned --args 1") && !ready.contains("--task-name add "),
         "{ready}"
     );
     drop(cp);
@@ -467,7 +466,8 @@ fn queued_lists_waiting_tasks_in_run_order_and_purge_cancels_them() {
         ],
     );
     assert!(
-        out.stdout.contains("purged 3 waiting task(s) of add"),
+        out.stdout
+            .contains("purged 3 waiting tasks of add at priority low: they ended cancelled"),
         "{out:?}"
     );
     for id in &low {
@@ -503,5 +503,120 @@ fn queued_lists_waiting_tasks_in_run_order_and_purge_cancels_them() {
             "--task-id",
             blocker.stdout.trim(),
         ],
+    );
+}
+
+#[test]
+fn a_batch_whose_wait_runs_out_prints_every_id_and_exits_3() {
+    let dir = TestDir::new();
+    let cp = mytasks_plane(&dir);
+    let batch = dir.child("slow.jsonl");
+    std::fs::write(
+        &batch,
+        "{\"task_name\": \"sleep_ms\", \"args\": [1500]}\n{\"task_name\": \"add\", \"args\": [1, 2], \"retry_backoff_max\": 5}\n",
+    )
+    .unwrap();
+    let out = submit(
+        &dir,
+        &cp,
+        &["--batch", batch.to_str().unwrap(), "--wait", "0.3"],
+    );
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let ids = out.stdout_lines();
+    assert_eq!(ids.len(), 2, "{out:?}");
+    assert!(
+        ids.iter()
+            .all(|id| fastworker_protocol::TaskId::parse(id).is_ok()),
+        "{out:?}"
+    );
+    let line = error_line(&out);
+    assert!(
+        line.contains("2 tasks were accepted but not finished after 300ms"),
+        "{line}"
+    );
+    // A bad line says which line of the file, once.
+    std::fs::write(
+        &batch,
+        "{\"task_name\": \"add\", \"args\": [1, 2]}\n{oops}\n",
+    )
+    .unwrap();
+    let out = submit(&dir, &cp, &["--batch", batch.to_str().unwrap()]);
+    assert!(
+        error_line(&out).starts_with("error: batch line 2, column 2: key must be a string"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn seconds_must_be_finite_and_not_negative() {
+    let dir = TestDir::new();
+    for bad in ["inf", "nan", "-1"] {
+        let out = cli(
+            &dir,
+            &[
+                "submit",
+                "--task-name",
+                "add",
+                "--args",
+                "1",
+                "2",
+                &format!("--wait={bad}"),
+            ],
+        );
+        assert_eq!(out.status.code(), Some(2), "{bad}: {out:?}");
+        assert!(
+            out.stderr.contains("is not a number of seconds"),
+            "{bad}: {}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn a_subworker_takes_an_address_from_its_flag_even_with_the_other_in_the_environment() {
+    let dir = crate::procs::mytasks_dir();
+    let mut cp = ControlPlane::start(&dir, &[]);
+    let mut cmd = dir.fastworker();
+    cmd.env("FASTWORKER_DISCOVERY_ADDRESS", &cp.discovery)
+        .args([
+            "subworker",
+            "--worker-id",
+            "sw1",
+            "--control-plane-address",
+            &cp.base,
+            "--task-modules",
+            "mytasks",
+        ]);
+    let _sw = crate::procs::Proc::spawn_command(&dir, "sw1", cmd, None);
+    cp.wait_registered("sw1");
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let dir = TestDir::new();
+    let cp = mytasks_plane(&dir);
+    let mut cmd = dir.fastworker();
+    cmd.args([
+        "submit",
+        "--control-plane-address",
+        &cp.base,
+        "--task-name",
+        "sleep_ms",
+        "--args",
+        "1000",
+        "--wait",
+        "0.2",
+    ]);
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes away before anything is printed
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("panicked"),
+        "{out:?}"
     );
 }

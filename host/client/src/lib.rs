@@ -75,7 +75,7 @@ pub enum ClientError {
     Timeout(Duration),
     /// The task was accepted but was not final when the wait ended; it keeps its
     /// place and runs (follow it by its id).
-    #[error("task {id} was accepted and is not finished after {waited:?}")]
+    #[error("task {id} is not finished after {waited:?}")]
     NotFinal {
         /// The task.
         id: TaskId,
@@ -411,9 +411,25 @@ impl Client {
         // One deadline for the whole batch, not `wait` per task.
         let deadline = tokio::time::Instant::now() + wait;
         let mut records = Vec::with_capacity(receivers.len());
-        for (id, rx) in receivers {
+        let mut receivers = receivers.into_iter();
+        while let Some((id, rx)) = receivers.next() {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            records.push(self.await_record(id, rx, left).await?);
+            match self.await_record(id, rx, left).await {
+                Ok(record) => records.push(record),
+                Err(err) => {
+                    // Nobody waits for the rest any more.
+                    let mut waiting = lock(&self.shared.waiting);
+                    for (rest, _) in receivers {
+                        waiting.remove(&rest);
+                    }
+                    return Err(match err {
+                        ClientError::NotFinal { id, .. } => {
+                            ClientError::NotFinal { id, waited: wait }
+                        }
+                        other => other,
+                    });
+                }
+            }
         }
         Ok(records)
     }
@@ -556,14 +572,25 @@ impl Client {
     }
 
     /// Cancels every waiting task `filter` selects (running ones are left alone);
-    /// returns their ids. Needs protocol version 2.
-    pub async fn purge(&self, filter: protocol::QueueFilter) -> Result<Vec<TaskId>, ClientError> {
+    /// returns how many, and the ids of the first 10,000. Needs protocol version 2.
+    /// Waits at least a minute: with a data directory, cancelling a deep queue is
+    /// written to disk before the answer.
+    pub async fn purge(
+        &self,
+        filter: protocol::QueueFilter,
+    ) -> Result<(u64, Vec<TaskId>), ClientError> {
         self.require_version(2, "purging queued tasks")?;
+        let limit = self.timeout.max(Duration::from_secs(60));
         match self
-            .request(|request_id| ToControlPlane::Purge { request_id, filter })
+            .request_within(limit, |request_id| ToControlPlane::Purge {
+                request_id,
+                filter,
+            })
             .await?
         {
-            FromControlPlane::Purged { task_ids, .. } => Ok(task_ids),
+            FromControlPlane::Purged {
+                total, task_ids, ..
+            } => Ok((total, task_ids)),
             other => Err(ClientError::Unexpected(format!("{other:?}"))),
         }
     }

@@ -478,6 +478,7 @@ mod tests {
                 "purged",
                 FromControlPlane::Purged {
                     request_id: 16,
+                    total: 2,
                     task_ids: vec![fixed_id(1), fixed_id(2)],
                 },
             ),

@@ -191,9 +191,9 @@ mod tests {
 pub struct ServedTaskJson {
     /// Its name.
     pub name: String,
-    /// Its signature, e.g. `add(x: i64, y: i64) -> i64` ("" when unknown).
+    /// Its signature, e.g. `(x: i64, y: i64) -> i64` ("" when unknown).
     pub signature: String,
-    /// The first line of its doc comment.
+    /// The first paragraph of its doc comment, on one line.
     pub doc: String,
     /// The workers that serve it, by id.
     pub workers: Vec<String>,

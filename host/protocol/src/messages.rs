@@ -342,7 +342,7 @@ pub struct TaskSpec {
     pub periodic: Option<PeriodicSpec>,
     /// The plugin's priority for the task: what its periodic runs are queued at.
     pub priority: Priority,
-    /// The first line of the task's doc comment ("" when it has none). Since
+    /// The first paragraph of the task's doc comment, on one line ("" when it has none). Since
     /// version 2.
     #[serde(default)]
     pub doc: String,
@@ -713,11 +713,14 @@ pub enum FromControlPlane {
         /// How many the filter selects in all.
         total: u64,
     },
-    /// The answer to `Purge`: the tasks it cancelled. Since version 2.
+    /// The answer to `Purge`: how many tasks it cancelled, and the ids of the first
+    /// of them (at most 10,000, so the answer stays small). Since version 2.
     Purged {
         /// The request answered.
         request_id: u64,
-        /// The cancelled tasks.
+        /// How many it cancelled.
+        total: u64,
+        /// The first of them, in run order.
         task_ids: Vec<TaskId>,
     },
 }

@@ -47,7 +47,7 @@ pub async fn tasks(args: &TasksArgs) -> anyhow::Result<String> {
             task.priority, task.max_retries, task.retry_delay, task.retry_backoff, task.retry_backoff_max
         );
         if let Some(periodic) = &task.periodic {
-            let _ = writeln!(out, "    periodic: {periodic}");
+            let _ = writeln!(out, "    periodic: {}", schedule_text(periodic));
         }
         let _ = writeln!(out, "    served by: {}", task.workers.join(", "));
     }
@@ -61,21 +61,29 @@ pub async fn queued(args: &QueuedArgs) -> anyhow::Result<String> {
     filter.priority = args.priority.map(Into::into);
     if let Some(name) = &args.purge {
         filter.name = Some(name.clone());
-        let ids = client.purge(filter).await?;
+        let (total, ids) = client.purge(filter).await?;
         if args.connect.json {
             let ids: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
             return Ok(format!(
                 "{}\n",
-                serde_json::json!({"purged": ids.len(), "task_ids": ids})
+                serde_json::json!({"purged": total, "task_ids": ids})
             ));
         }
-        return Ok(format!(
-            "purged {} waiting task(s) of {name}: they ended cancelled\n",
-            ids.len()
-        ));
+        let scope = match args.priority {
+            Some(p) => format!(
+                "{name} at priority {}",
+                crate::protocol::Priority::from(p).as_str()
+            ),
+            None => name.clone(),
+        };
+        return Ok(match total {
+            0 => format!("no waiting task of {scope} to purge\n"),
+            1 => format!("purged 1 waiting task of {scope}: it ended cancelled\n"),
+            n => format!("purged {n} waiting tasks of {scope}: they ended cancelled\n"),
+        });
     }
     filter.name = args.task_name.clone();
-    filter.limit = args.limit.max(1);
+    filter.limit = args.limit;
     let (tasks, total) = client.queued(filter).await?;
     let tasks: Vec<QueuedJson> = tasks.iter().map(QueuedJson::from).collect();
     if args.connect.json {
@@ -100,7 +108,32 @@ pub async fn queued(args: &QueuedArgs) -> anyhow::Result<String> {
         );
     }
     if total > tasks.len() as u64 {
-        let _ = writeln!(out, "... {} of {total} shown (--limit)", tasks.len());
+        let _ = writeln!(
+            out,
+            "... {} of {total} shown (--limit {}, at most 10000)",
+            tasks.len(),
+            args.limit
+        );
     }
     Ok(out)
+}
+
+/// A periodic schedule for people: `every 30 s`, `cron */5 * * * *`, with its limits.
+fn schedule_text(schedule: &serde_json::Value) -> String {
+    let mut text = match (schedule["every"].as_f64(), schedule["cron"].as_str()) {
+        (Some(every), _) => format!("every {every} s"),
+        (None, Some(cron)) => format!("cron {cron}"),
+        (None, None) => "yes".to_string(),
+    };
+    if let Some(count) = schedule["repeat_count"].as_u64() {
+        let _ = write!(text, ", {count} runs at most");
+    }
+    if let Some(until) = schedule["repeat_until"].as_i64() {
+        let _ = write!(
+            text,
+            ", until {}",
+            render::local_time((until.max(0) as u64) * 1000)
+        );
+    }
+    text
 }

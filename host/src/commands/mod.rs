@@ -19,3 +19,11 @@ pub fn program_name() -> String {
         .filter(|p| p.contains(std::path::MAIN_SEPARATOR))
         .unwrap_or_else(|| "fastworker".to_string())
 }
+
+/// Writes a command's output to stdout. A reader that went away (`| head`) ends the
+/// output quietly instead of a panic.
+pub fn emit(bytes: &[u8]) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(bytes).and_then(|()| out.flush());
+}

@@ -23,7 +23,8 @@ pub fn run(args: &NewArgs) -> anyhow::Result<String> {
             dir.display()
         );
     }
-    let sdk = sdk_dependency(args.sdk_path.as_deref())?;
+    let sdk_path = args.sdk_path.clone().or_else(checkout_sdk);
+    let sdk = sdk_dependency(sdk_path.as_deref())?;
     fs::create_dir_all(dir.join("src"))
         .with_context(|| format!("cannot create {}", dir.display()))?;
     let files = [
@@ -37,15 +38,98 @@ pub fn run(args: &NewArgs) -> anyhow::Result<String> {
     }
     let lib = format!("lib{}.so", name.replace('-', "_"));
     let program = super::program_name();
+    let from = match &sdk_path {
+        Some(path) => format!("from {}", path.display()),
+        None => "from crates.io".to_string(),
+    };
     Ok(format!(
-        "created the plugin crate `{name}` in {dir} (fastworker-plugin-sdk ={SDK_VERSION}, one task: hello)\n\
+        "created the plugin crate `{name}` in {dir} (fastworker-plugin-sdk ={SDK_VERSION} {from}; one task: hello)\n\
          \n\
-         build it:   cd {dir} && cargo build --release\n\
+         build it:   (cd {dir} && cargo build --release)\n\
          serve it:   {program} control-plane --task-modules {dir}/target/release/{lib}\n\
          call it:    {program} submit --task-name hello --args world\n",
         dir = dir.display(),
     ))
 }
+
+/// The SDK of the checkout this binary was built from, when it is still there: a
+/// `fastworker` built from source scaffolds plugins against the same SDK without
+/// `--sdk-path` (the SDK is not on crates.io yet).
+fn checkout_sdk() -> Option<PathBuf> {
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()?
+        .join("plugin-sdk");
+    sdk.join("Cargo.toml").is_file().then_some(sdk)
+}
+
+/// Names a plugin crate cannot take: Rust keywords and reserved words, the crates
+/// it depends on, and names cargo refuses.
+const RESERVED: &[&str] = &[
+    "as",
+    "async",
+    "await",
+    "break",
+    "const",
+    "continue",
+    "crate",
+    "dyn",
+    "else",
+    "enum",
+    "extern",
+    "false",
+    "fn",
+    "for",
+    "if",
+    "impl",
+    "in",
+    "let",
+    "loop",
+    "match",
+    "mod",
+    "move",
+    "mut",
+    "pub",
+    "ref",
+    "return",
+    "self",
+    "static",
+    "struct",
+    "super",
+    "trait",
+    "true",
+    "type",
+    "unsafe",
+    "use",
+    "where",
+    "while",
+    "abstract",
+    "become",
+    "box",
+    "do",
+    "final",
+    "macro",
+    "override",
+    "priv",
+    "try",
+    "typeof",
+    "unsized",
+    "virtual",
+    "yield",
+    "gen",
+    "core",
+    "std",
+    "alloc",
+    "proc_macro",
+    "test",
+    "build",
+    "deps",
+    "examples",
+    "incremental",
+    "serde",
+    "fastworker",
+    "fastworker_plugin_sdk",
+    "abi_stable",
+];
 
 /// The crate name: letters, digits, `-` and `_`, starting with a letter.
 fn crate_name(name: &str) -> anyhow::Result<String> {
@@ -60,7 +144,11 @@ fn crate_name(name: &str) -> anyhow::Result<String> {
     if !valid {
         bail!("`{base}` is not a crate name: use letters, digits, - and _, starting with a letter");
     }
-    Ok(base.to_ascii_lowercase())
+    let lower = base.to_ascii_lowercase();
+    if RESERVED.contains(&lower.replace('-', "_").as_str()) {
+        bail!("`{base}` cannot name a plugin crate (a Rust keyword, or a crate it depends on): choose another name");
+    }
+    Ok(lower)
 }
 
 /// The SDK dependency, pinned to the version this host loads: from crates.io, or from
@@ -119,7 +207,7 @@ serde = {{ version = "1", features = ["derive"] }}
 fn lib_rs(name: &str) -> String {
     format!(
         r#"//! The `{name}` fastworker plugin. Every `pub fn` in the module below is a task,
-//! named after the function; the first line of its doc comment is its description.
+//! named after the function; the first paragraph of its doc comment (on one line) is its description.
 //!
 //! Build: `cargo build --release`; serve: `fastworker control-plane --task-modules
 //! target/release/lib{lib}.so` (or a subworker with the same flag); call:
@@ -182,6 +270,9 @@ mod tests {
         assert_eq!(crate_name("some/dir/greeter").unwrap(), "greeter");
         assert!(crate_name("9lives").is_err());
         assert!(crate_name("bad name").is_err());
+        assert!(crate_name("fn").is_err());
+        assert!(crate_name("fastworker-plugin-sdk").is_err());
+        assert!(crate_name("serde").is_err());
     }
 
     #[test]

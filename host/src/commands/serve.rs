@@ -166,25 +166,24 @@ pub fn subworker_config(args: &SubworkerArgs) -> anyhow::Result<SubworkerConfig>
 /// The line a control plane prints once it takes tasks: where it is, and a submit
 /// command that works as printed — the binary as it was started (a path, or the bare
 /// name when it was found on the PATH) and a task that is loaded (`add 5 3` when
-/// served, else the first task, with its parameters as placeholders).
+/// served, else the first task that runs on demand, else the first one, with sample
+/// arguments of its parameters' types).
 pub fn ready_line(ready: &Ready) -> String {
     let program = super::program_name();
     let head = format!(
         "fastworker control plane `{}` ready on {}",
         ready.id, ready.endpoint
     );
-    let example = ready
+    let task = ready
         .tasks
         .iter()
         .find(|t| t.spec.name == "add")
-        .map(|t| format!("--task-name {} --args 5 3", t.spec.name))
-        .or_else(|| {
-            ready
-                .tasks
-                .iter()
-                .find(|t| t.spec.periodic.is_none())
-                .map(|t| example_args(&t.spec.name, &t.spec.signature))
-        });
+        .or_else(|| ready.tasks.iter().find(|t| t.spec.periodic.is_none()))
+        .or_else(|| ready.tasks.first());
+    let example = task.map(|t| match t.spec.name.as_str() {
+        "add" => "--task-name add --args 5 3".to_string(),
+        name => example_args(name, &t.spec.signature),
+    });
     match example {
         Some(example) => format!(
             "{head}; submit with: {program} submit --control-plane-address {} {example}",
@@ -196,23 +195,82 @@ pub fn ready_line(ready: &Ready) -> String {
     }
 }
 
-/// `--task-name NAME --args <x> <y>` from a signature like `(x: i64, y: i64) -> i64`.
+/// `--task-name NAME --args 1 text` from a signature like `(n: u64, s: String) -> T`:
+/// one sample value a parameter of that type takes, quoted for a shell.
 fn example_args(name: &str, signature: &str) -> String {
     let params = signature
         .split_once('(')
-        .and_then(|(_, rest)| rest.split_once(')'))
+        .and_then(|(_, rest)| rest.rsplit_once(") ->").or_else(|| rest.rsplit_once(')')))
         .map(|(params, _)| params)
         .unwrap_or("");
-    let placeholders: Vec<String> = params
-        .split(',')
-        .filter_map(|p| p.split(':').next())
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(|p| format!("<{p}>"))
+    let samples: Vec<&str> = split_params(params)
+        .into_iter()
+        .map(|param| sample_of(param.split_once(':').map_or("", |(_, ty)| ty.trim())))
         .collect();
-    if placeholders.is_empty() {
+    if samples.is_empty() {
         format!("--task-name {name}")
     } else {
-        format!("--task-name {name} --args {}", placeholders.join(" "))
+        format!("--task-name {name} --args {}", samples.join(" "))
+    }
+}
+
+/// The parameters of a list like `a: HashMap<String, u64>, b: (i32, i32)`, split on
+/// the commas that are not inside brackets.
+fn split_params(params: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut depth, mut start) = (0i32, 0);
+    for (i, c) in params.char_indices() {
+        match c {
+            '<' | '(' | '[' | '{' => depth += 1,
+            '>' | ')' | ']' | '}' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(params[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(params[start..].trim());
+    out.retain(|p| !p.is_empty());
+    out
+}
+
+/// A value `--args` turns into something of type `ty`, as a shell word.
+fn sample_of(ty: &str) -> &'static str {
+    let ty = ty.trim_start_matches('&').trim();
+    match ty {
+        "i8" | "i16" | "i32" | "i64" | "i128" | "isize" | "u8" | "u16" | "u32" | "u64" | "u128"
+        | "usize" => "1",
+        "f32" | "f64" => "1.5",
+        "bool" => "true",
+        "String" | "str" | "char" => "text",
+        _ if ty.starts_with("Vec<") || ty.starts_with('[') => "'[]'",
+        _ if ty.starts_with("Option<") => "null",
+        _ => "'{}'",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_arguments_fit_the_parameter_types() {
+        assert_eq!(
+            example_args("add_versioned", "(x: i64) -> String"),
+            "--task-name add_versioned --args 1"
+        );
+        assert_eq!(
+            example_args("greet", "(name: String, loud: bool) -> String"),
+            "--task-name greet --args text true"
+        );
+        assert_eq!(
+            example_args(
+                "count",
+                "(m: HashMap<String, u64>, xs: Vec<(i32, i32)>) -> u64"
+            ),
+            "--task-name count --args '{}' '[]'"
+        );
+        assert_eq!(example_args("tick", "() -> u64"), "--task-name tick");
     }
 }

@@ -122,6 +122,10 @@ struct BatchLine {
     countdown: Option<f64>,
     eta: Option<String>,
     max_retries: Option<u32>,
+    retry_delay: Option<f64>,
+    retry_backoff: Option<f64>,
+    retry_backoff_max: Option<f64>,
+    retry_jitter: Option<bool>,
     timeout: Option<f64>,
 }
 
@@ -148,8 +152,14 @@ pub fn batch_envelopes(text: &str, defaults: &SubmitArgs) -> anyhow::Result<Vec<
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let item: BatchLine =
-            serde_json::from_str(line).map_err(|e| anyhow!("batch line {}: {e}", n + 1))?;
+        let item: BatchLine = serde_json::from_str(line).map_err(|e| {
+            // serde counts lines within the one JSON text: say the file's line instead.
+            let text = e.to_string();
+            let reason = text
+                .rsplit_once(" at line ")
+                .map_or(text.as_str(), |(reason, _)| reason);
+            anyhow!("batch line {}, column {}: {reason}", n + 1, e.column())
+        })?;
         let mut opts = defaults.clone();
         if let Some(p) = item.priority {
             opts.priority = p;
@@ -163,6 +173,10 @@ pub fn batch_envelopes(text: &str, defaults: &SubmitArgs) -> anyhow::Result<Vec<
             opts.countdown = None;
         }
         opts.max_retries = item.max_retries.or(opts.max_retries);
+        opts.retry_delay = item.retry_delay.or(opts.retry_delay);
+        opts.retry_backoff = item.retry_backoff.or(opts.retry_backoff);
+        opts.retry_backoff_max = item.retry_backoff_max.or(opts.retry_backoff_max);
+        opts.retry_jitter = item.retry_jitter.unwrap_or(opts.retry_jitter);
         opts.timeout = item.timeout.or(opts.timeout);
         tasks.push(build(&item.task_name, item.args, &opts)?);
     }
@@ -188,13 +202,23 @@ pub async fn run(args: &SubmitArgs) -> anyhow::Result<String> {
         .map(|t| t.not_before_ms.saturating_sub(now_ms()).max(t.countdown_ms))
         .max()
         .unwrap_or(0);
-    let wait = Duration::from_secs_f64(args.wait.max(0.0)) + Duration::from_millis(delay);
+    let wait = Duration::from_secs_f64(args.wait) + Duration::from_millis(delay);
     if args.batch.is_some() {
         if args.non_blocking {
             let ids = client.submit_batch(tasks).await?;
             return Ok(ids.iter().map(|id| format!("{id}\n")).collect());
         }
-        let records = client.submit_batch_wait(tasks, wait).await?;
+        let ids: Vec<_> = tasks.iter().map(|t| t.id).collect();
+        let records = match client.submit_batch_wait(tasks, wait).await {
+            Err(ClientError::NotFinal { waited, .. }) => {
+                // Accepted, all of them: they keep their places. Their ids go to
+                // stdout for scripts.
+                let lines: String = ids.iter().map(|id| format!("{id}\n")).collect();
+                super::emit(lines.as_bytes());
+                return Err(not_finished(args, ids, waited).into());
+            }
+            other => other?,
+        };
         let mut out = String::new();
         let mut failed = 0;
         for record in &records {
@@ -216,7 +240,7 @@ pub async fn run(args: &SubmitArgs) -> anyhow::Result<String> {
             }
         }
         if failed > 0 {
-            print!("{out}");
+            super::emit(out.as_bytes());
             bail!("{failed} of {} tasks did not succeed", records.len());
         }
         return Ok(out);
@@ -236,26 +260,21 @@ pub async fn run(args: &SubmitArgs) -> anyhow::Result<String> {
     let record = match client.submit_record(task, wait).await {
         Err(ClientError::NotFinal { id, waited }) => {
             // Accepted: the task keeps its place. Its id goes to stdout for scripts.
-            if args.connect.json {
-                println!(
-                    "{}",
-                    serde_json::json!({"task_id": id.to_string(), "status": "accepted", "finished": false})
-                );
+            let line = if args.connect.json {
+                serde_json::json!({"task_id": id.to_string(), "status": "accepted", "finished": false})
+                    .to_string()
             } else {
-                println!("{id}");
-            }
-            let mut follow = format!("{} status --task-id {id}", super::program_name());
-            if let Some(address) = &args.connect.control_plane_address {
-                follow.push_str(&format!(" --control-plane-address {address}"));
-            }
-            return Err(NotFinished { id, waited, follow }.into());
+                id.to_string()
+            };
+            super::emit(format!("{line}\n").as_bytes());
+            return Err(not_finished(args, vec![id], waited).into());
         }
         other => other?,
     };
     if args.connect.json {
         // Scripts get the record on stdout whatever the outcome; the exit code and
         // the error line on stderr still say when it failed.
-        println!("{}", render::record_json(&record));
+        super::emit(format!("{}\n", render::record_json(&record)).as_bytes());
         crate::client::into_success(record)?;
         return Ok(String::new());
     }
@@ -263,22 +282,55 @@ pub async fn run(args: &SubmitArgs) -> anyhow::Result<String> {
     Ok(format!("{}\n", render::value_json(&record)))
 }
 
-/// `submit` waited its `--wait` and the task (accepted) is not final yet: the exit
-/// code says so ([`NotFinished::EXIT_CODE`]).
+/// `submit` waited its `--wait` and its tasks (accepted) are not all final yet: the
+/// exit code says so ([`NotFinished::EXIT_CODE`]).
 #[derive(Debug, thiserror::Error)]
-#[error("task {id} was accepted but is not finished after {}; it keeps running. Follow it with: {follow}", humantime::format_duration(*.waited))]
+#[error("{what} accepted but not finished after {}; {it} keeps running. Follow it with: {follow}", humantime::format_duration(*.waited), what = self.what(), it = if self.ids.len() == 1 { "it" } else { "each" })]
 pub struct NotFinished {
-    /// The task.
-    pub id: crate::protocol::TaskId,
+    /// The tasks.
+    pub ids: Vec<crate::protocol::TaskId>,
     /// How long `submit` waited.
     pub waited: Duration,
-    /// The command that follows it.
+    /// The command that follows the first.
     pub follow: String,
 }
 
 impl NotFinished {
-    /// The exit code of a `submit` whose task is accepted but not finished.
+    /// The exit code of a `submit` whose tasks are accepted but not finished.
     pub const EXIT_CODE: u8 = 3;
+
+    fn what(&self) -> String {
+        match self.ids.as_slice() {
+            [id] => format!("task {id} was"),
+            ids => format!("{} tasks were", ids.len()),
+        }
+    }
+}
+
+/// What to say when the wait ran out: with the command that follows the (first) task,
+/// on the same control plane as this `submit` reached.
+fn not_finished(
+    args: &SubmitArgs,
+    ids: Vec<crate::protocol::TaskId>,
+    waited: Duration,
+) -> NotFinished {
+    let first = ids.first().map(|id| id.to_string()).unwrap_or_default();
+    let mut follow = format!("{} status --task-id {first}", super::program_name());
+    match &args.connect.control_plane_address {
+        Some(address) => follow.push_str(&format!(" --control-plane-address {address}")),
+        None if args.connect.discovery_address != crate::cli::DEFAULT_DISCOVERY => {
+            follow.push_str(&format!(
+                " --discovery-address {}",
+                args.connect.discovery_address
+            ));
+        }
+        None => {}
+    }
+    NotFinished {
+        ids,
+        waited,
+        follow,
+    }
 }
 
 #[cfg(test)]

@@ -147,8 +147,11 @@ fn is_task_attr(attr: &Attribute) -> bool {
     attr.path().is_ident("task")
 }
 
-/// The first non-empty line of the doc comment.
+/// The first paragraph of the doc comment, on one line.
 fn doc_line(attrs: &[Attribute]) -> String {
+    // The first paragraph of the doc comment, its lines joined: a sentence wrapped over
+    // two lines stays whole.
+    let mut words: Vec<String> = Vec::new();
     for attr in attrs {
         if !attr.path().is_ident("doc") {
             continue;
@@ -156,13 +159,17 @@ fn doc_line(attrs: &[Attribute]) -> String {
         if let syn::Meta::NameValue(nv) = &attr.meta {
             if let Ok(text) = lit_str(&nv.value) {
                 let line = text.trim();
-                if !line.is_empty() {
-                    return line.to_string();
+                if line.is_empty() {
+                    if words.is_empty() {
+                        continue;
+                    }
+                    break;
                 }
+                words.push(line.to_string());
             }
         }
     }
-    String::new()
+    words.join(" ")
 }
 
 /// Readable text for a type: `Vec<u8>` rather than `Vec < u8 >`.

@@ -189,7 +189,8 @@ pub const MAX_RETRIES: u32 = 10_000;
 /// How many dead letters are kept (the oldest are dropped past this).
 pub const MAX_DEAD_LETTERS: usize = 10_000;
 
-/// The most waiting tasks one `QueuedList` shows (it also says how many there are).
+/// The most waiting tasks one `QueuedList` shows, and the most ids one `Purged` names
+/// (each also says how many there are in all).
 pub const MAX_QUEUED_LISTED: usize = 10_000;
 
 fn reply(peer: &PeerId, msg: FromControlPlane) -> Action {
@@ -331,11 +332,14 @@ impl Dispatcher {
                 ));
             }
             ToControlPlane::Purge { request_id, filter } => {
-                let task_ids = self.purge(&filter);
+                let mut task_ids = self.purge(&filter);
+                let total = task_ids.len() as u64;
+                task_ids.truncate(MAX_QUEUED_LISTED);
                 self.actions.push(reply(
                     peer,
                     FromControlPlane::Purged {
                         request_id,
+                        total,
                         task_ids,
                     },
                 ));

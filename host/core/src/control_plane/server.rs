@@ -118,11 +118,9 @@ impl PeerVersions {
         self.0.insert(peer.clone(), version);
     }
 
-    fn of(&self, peer: &PeerId) -> u8 {
-        self.0
-            .get(peer)
-            .copied()
-            .unwrap_or(protocol::MIN_PROTOCOL_VERSION)
+    /// The agreed version; `None` before a `Welcome` or after the peer left.
+    fn of(&self, peer: &PeerId) -> Option<u8> {
+        self.0.get(peer).copied()
     }
 
     fn forget(&mut self, peer: &PeerId) {
@@ -135,8 +133,14 @@ fn send(outbox: &Outbox, versions: &mut PeerVersions, peer: &PeerId, msg: &FromC
     if let FromControlPlane::Welcome(welcome) = msg {
         versions.heard(peer, welcome.protocol_version);
     }
-    match protocol::encode_as(versions.of(peer), msg) {
+    let version = versions.of(peer);
+    match protocol::encode_as(version.unwrap_or(protocol::MIN_PROTOCOL_VERSION), msg) {
         Ok(frames) => outbox.send(peer, frames),
+        // A late answer to a peer that has gone (its version is forgotten): nobody
+        // is there to read it.
+        Err(err) if version.is_none() => {
+            tracing::debug!("reply to a peer that left dropped: {err}")
+        }
         Err(err) => warn!("cannot encode a reply: {err}"),
     }
 }

@@ -105,14 +105,20 @@ impl std::fmt::Display for ReloadReport {
                 old_build,
                 new_build,
                 tasks,
-            } => write!(
-                f,
-                "plugin {plugin} reloaded from {}: {} -> {new_version} (build {} -> {new_build}; tasks: {})",
-                path.display(),
-                old_version.as_deref().unwrap_or("(new)"),
-                old_build.as_deref().unwrap_or("(new)"),
-                tasks.join(", ")
-            ),
+            } => match (old_version, old_build) {
+                (Some(old_version), Some(old_build)) => write!(
+                    f,
+                    "plugin {plugin} reloaded from {}: {old_version} -> {new_version} (build {old_build} -> {new_build}; tasks: {})",
+                    path.display(),
+                    tasks.join(", ")
+                ),
+                _ => write!(
+                    f,
+                    "plugin {plugin} reloaded from {}: new, {new_version} (build {new_build}; tasks: {})",
+                    path.display(),
+                    tasks.join(", ")
+                ),
+            },
             ReloadReport::Retired {
                 path,
                 plugin,
