@@ -1,7 +1,7 @@
 //! [`Executor`]: runs tasks on this host, against the current plugin registry.
 //!
-//! Each task runs on tokio's blocking pool (plugin code is synchronous and may take
-//! long). A task with a deadline is reported `timed_out` when it passes, and its
+//! Each task runs on a [`CallPool`](call_pool) thread (plugin code is synchronous and
+//! may take long). A task with a deadline is reported `timed_out` when it passes, and its
 //! context is cancelled so a cooperative task stops; one that ignores that keeps its
 //! thread until it returns (counted by [`Executor::overdue`]) but no longer holds a
 //! slot the control plane knows about.
@@ -30,6 +30,13 @@ use crate::{
 
 pub use crate::plugin::SharedRegistry;
 
+mod call_pool;
+use call_pool::CallPool;
+
+/// The most threads plugin calls may hold at once: the slots a host offers, plus tasks
+/// that ignore their timeout (each keeps its thread until it returns).
+const MAX_CALL_THREADS: usize = 1024;
+
 /// One task running here.
 struct Running {
     /// Set to cancel it.
@@ -47,6 +54,7 @@ pub struct Executor {
     running: Arc<Mutex<HashMap<TaskId, Running>>>,
     overdue: Arc<Mutex<HashMap<TaskId, Instant>>>,
     outcomes: mpsc::UnboundedSender<TaskOutcome>,
+    calls: CallPool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -62,6 +70,7 @@ impl Executor {
             running: Arc::new(Mutex::new(HashMap::new())),
             overdue: Arc::new(Mutex::new(HashMap::new())),
             outcomes,
+            calls: CallPool::new(MAX_CALL_THREADS),
         }
     }
 
@@ -124,7 +133,7 @@ impl Executor {
             let finished_in_call = finished.clone();
             let overdue = this.overdue.clone();
             let task_id = task.id;
-            let call = tokio::task::spawn_blocking(move || {
+            let call = this.calls.spawn(move || {
                 let result = call_task(handle.info(), &ctx, codec, &payload);
                 if finished_in_call.swap(true, Ordering::SeqCst) {
                     // Reported as timed out earlier; the thread is free again now.
@@ -167,12 +176,12 @@ impl Executor {
                 // cancelled or timed out by the SDK inside the plugin (it sees the
                 // same flag and deadline), so its error passes through as it is.
                 Ok(Err(error)) => failure(&task, lease, error, started_ms),
-                Err(join_error) => failure(
+                Err(_) => failure(
                     &task,
                     lease,
                     TaskError::new(
                         ErrorKind::Internal,
-                        format!("task thread failed: {join_error}"),
+                        "the task's thread failed outside the plugin (a panic in the host)",
                     ),
                     started_ms,
                 ),
