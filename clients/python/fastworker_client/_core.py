@@ -19,6 +19,11 @@ from .errors import FastworkerError, ProtocolError, Rejected, rejected
 Frames = List[bytes]
 
 
+
+_DECODE = json.JSONDecoder().raw_decode
+# One encoder for every payload: json.dumps with options builds a new one each call.
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
 class Priority(str, enum.Enum):
     """Task priority, most urgent first."""
 
@@ -70,6 +75,8 @@ class TaskRecord:
             return None
         if self.codec != "json":
             return self.value
+        if self.value.isdigit():  # a non-negative integer, the commonest result
+            return int(self.value)
         return json.loads(self.value)
 
     @classmethod
@@ -246,7 +253,7 @@ def envelope_suffix(fields: Dict[str, Any]) -> str:
 
 def encode_args(args: Sequence[Any]) -> bytes:
     """The JSON payload: an array of the arguments (PROTOCOL.md §12)."""
-    return json.dumps(list(args), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _ENCODE(list(args)).encode("utf-8")
 
 
 class IdMaker:
@@ -382,7 +389,9 @@ class Core:
         """The fast path for a version-2 Result: True when handled."""
         if not header.startswith(b'FW\x02{"Result":'):
             return False
-        r = json.loads(header[13:-1])
+        # raw_decode on text skips json.loads' encoding detection: this runs once
+        # for every result.
+        r = _DECODE(header[13:-1].decode("utf-8"))[0]
         err = r["error"]
         status = wire._LOWER_STATUS.get(r["status"], r["status"])
         record = TaskRecord(r["task_id"], r["name"], status,

@@ -320,12 +320,17 @@ class Client:
                 self._reconnect()
                 return
         if sock in events:
+            # recv and get (RCVMORE) directly: recv_multipart's Python layer cost more
+            # than the rest of handling a result.
+            recv, more = sock.recv, sock.get
             try:
                 for _ in range(100000):
                     try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                        frames = [recv(zmq.NOBLOCK)]
                     except zmq.Again:
                         break
+                    while more(zmq.RCVMORE):
+                        frames.append(recv(zmq.NOBLOCK))
                     self._handle(frames)
             except ProtocolError:
                 self._reconnect()

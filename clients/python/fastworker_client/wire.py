@@ -623,11 +623,16 @@ def parse_handshake(frames):
     return None
 
 
+_PACK_SEQ_COUNT = struct.Struct("<QI").pack
+_PACK_U64 = struct.Struct("<Q").pack
+_UNPACK_U64 = struct.Struct("<Q").unpack_from
+
+
 def seal_tag(session_key, seq, frames):
     """HMAC-SHA256(key, seq u64 LE || frame count u32 LE || per frame: len u64 LE || bytes)."""
-    parts = [struct.pack("<QI", seq, len(frames))]
+    parts = [_PACK_SEQ_COUNT(seq, len(frames))]
     for f in frames:
-        parts.append(struct.pack("<Q", len(f)))
+        parts.append(_PACK_U64(len(f)))
         parts.append(f)
     return hmac.digest(session_key, b"".join(parts), "sha256")
 
@@ -653,9 +658,10 @@ class Session:
         or a replayed (not strictly increasing) sequence number."""
         if len(frames) < 2 or len(frames[-1]) != SEAL_LEN:
             raise ProtocolError("a message without a valid seal")
-        seal, frames = bytes(frames[-1]), [bytes(f) for f in frames[:-1]]
-        seq = struct.unpack("<Q", seal[:8])[0]
-        if not hmac.compare_digest(seal_tag(self.recv_key, seq, frames), seal[8:]):
+        seal = frames[-1]
+        frames = [f if type(f) is bytes else bytes(f) for f in frames[:-1]]
+        seq = _UNPACK_U64(seal)[0]
+        if not hmac.compare_digest(seal_tag(self.recv_key, seq, frames), bytes(seal[8:])):
             raise ProtocolError("a message whose seal does not match")
         if seq <= self.last_seq:
             raise ProtocolError("a replayed message (sequence %d, last %d)"
