@@ -275,6 +275,31 @@ def normalize_id(task_id: Any) -> str:
     return str(uuid.UUID(str(task_id)))
 
 
+class HandleBase:
+    """What the blocking and the asyncio task handles share: the task's state, its id
+    and name, and whether its final record has arrived."""
+
+    def __init__(self, client: Any, state: "TaskState", pushed: bool = True) -> None:
+        self._client = client
+        self._state = state
+        self._pushed = pushed
+
+    @property
+    def id(self) -> str:
+        return self._state.id
+
+    @property
+    def name(self) -> str:
+        return self._state.name
+
+    def __repr__(self) -> str:
+        return "%s(%r, id=%r)" % (type(self).__name__, self._state.name, self._state.id)
+
+    def done(self) -> bool:
+        """Whether its final record has arrived (without waiting)."""
+        return self._state.done
+
+
 # --- the shared state machine ----------------------------------------------------------
 
 class Core:

@@ -14,7 +14,8 @@ import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from . import wire
-from ._core import (CancelResult, Core, Event, Request, ServedTask, TaskRecord, TaskState,
+from ._core import (CancelResult, Core, Event, HandleBase, Request, ServedTask, TaskRecord,
+                    TaskState,
                     check_size, envelope_suffix, hello_frames, normalize_id, parse_reply,
                     resolve_key, task_fields)
 from .client import HEARTBEAT, BatchItem, resolve_address
@@ -22,28 +23,9 @@ from .errors import (AuthRefused, ConnectionError, FastworkerError, NotReady, Pr
                      Refused, TaskNotFound, Timeout, task_failed)
 
 
-class AsyncTaskHandle:
+class AsyncTaskHandle(HandleBase):
     """A submitted task: ``.id``, ``await .result(timeout=)``, ``await .status()``,
     ``await .cancel()``."""
-
-    def __init__(self, client: "AsyncClient", state: TaskState, pushed: bool = True) -> None:
-        self._client = client
-        self._state = state
-        self._pushed = pushed
-
-    @property
-    def id(self) -> str:
-        return self._state.id
-
-    @property
-    def name(self) -> str:
-        return self._state.name
-
-    def __repr__(self) -> str:
-        return "AsyncTaskHandle(%r, id=%r)" % (self._state.name, self._state.id)
-
-    def done(self) -> bool:
-        return self._state.done
 
     async def result(self, timeout: Optional[float] = None) -> Any:
         """Waits (at most ``timeout`` seconds) for the value; raises TaskFailed

@@ -14,9 +14,9 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from . import wire
-from ._core import (SUBMIT_OPTIONS, CancelResult, Core, Event, Request, ServedTask, TaskRecord,
-                    TaskState, check_size, envelope_suffix, hello_frames, normalize_id,
-                    parse_reply, resolve_key, task_fields)
+from ._core import (SUBMIT_OPTIONS, CancelResult, Core, Event, HandleBase, Request,
+                    ServedTask, TaskRecord, TaskState, check_size, envelope_suffix,
+                    hello_frames, normalize_id, parse_reply, resolve_key, task_fields)
 from .errors import (AuthRefused, ConnectionError, FastworkerError, MessageTooLarge, NotReady,
                      ProtocolError, Refused, TaskNotFound, Timeout, rejected, task_failed)
 
@@ -49,28 +49,8 @@ def discover(discovery_address: str, *, auth_key: Any = None, auth_key_file: Opt
     return wire.discover(discovery_address, timeout=timeout, key=key)
 
 
-class TaskHandle:
+class TaskHandle(HandleBase):
     """A submitted task: ``.id``, ``.result(timeout=)``, ``.status()``, ``.cancel()``."""
-
-    def __init__(self, client: "Client", state: TaskState, pushed: bool = True) -> None:
-        self._client = client
-        self._state = state
-        self._pushed = pushed
-
-    @property
-    def id(self) -> str:
-        return self._state.id
-
-    @property
-    def name(self) -> str:
-        return self._state.name
-
-    def __repr__(self) -> str:
-        return "TaskHandle(%r, id=%r)" % (self._state.name, self._state.id)
-
-    def done(self) -> bool:
-        """Whether its final record has arrived (without waiting)."""
-        return self._state.done
 
     def result(self, timeout: Optional[float] = None) -> Any:
         """Waits (at most ``timeout`` seconds; None: as long as it takes) for the task to
