@@ -1156,3 +1156,100 @@ fn tasks_whose_only_worker_is_gone_say_why_and_fail_after_the_unserved_timeout()
     }
     assert!(cp.proc.try_exit().is_none());
 }
+
+/// Pushes the results of a 300-task batch to a raw connection; returns how many
+/// records came in `Result` and in `Results` messages, and every task id seen.
+fn results_of_a_batch(cp: &ControlPlane, features: Vec<String>) -> (usize, usize, Vec<TaskId>) {
+    let rt = runtime();
+    rt.block_on(async {
+        let mut conn = transport::connect(&cp.base, Duration::from_secs(5), &client_config())
+            .await
+            .expect("connect");
+        let mut hello = Hello::new(PeerKind::Client, "raw");
+        hello.features = features;
+        hello.features.push(format!(
+            "{}{PROTOCOL_VERSION}",
+            protocol::PROTOCOL_MAX_FEATURE
+        ));
+        conn.sender
+            .send(protocol::encode_as(1, &ToControlPlane::Hello(hello)).unwrap())
+            .await
+            .unwrap();
+        let tasks: Vec<TaskEnvelope> = (0..300)
+            .map(|i| TaskEnvelope::new("add", Codec::Json, Bytes::from(format!("[{i},1]"))))
+            .collect();
+        // Each value must come with its own record: add(i, 1) = i + 1.
+        let expected: HashMap<TaskId, String> = tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.id, (i + 1).to_string()))
+            .collect();
+        let check = |record: &TaskRecord| {
+            assert_eq!(record.status, TaskStatus::Success, "{record:?}");
+            assert_eq!(
+                std::str::from_utf8(&record.value).unwrap(),
+                expected[&record.task_id],
+                "the value of {}",
+                record.task_id
+            );
+        };
+        let (mut single, mut grouped, mut ids) = (0, 0, Vec::new());
+        let submit = ToControlPlane::SubmitBatch {
+            request_id: 1,
+            tasks,
+            wait: true,
+        };
+        let mut sent = false;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while ids.len() < 300 && Instant::now() < deadline {
+            let frames = tokio::time::timeout(Duration::from_secs(10), conn.receiver.recv())
+                .await
+                .expect("a message in time")
+                .expect("a message");
+            match protocol::decode::<FromControlPlane>(&frames).expect("decodes") {
+                FromControlPlane::Welcome(w) => {
+                    conn.sender
+                        .send(protocol::encode_as(w.protocol_version, &submit).unwrap())
+                        .await
+                        .unwrap();
+                    sent = true;
+                }
+                FromControlPlane::Accepted { task_ids, .. } => assert_eq!(task_ids.len(), 300),
+                FromControlPlane::Result(record) => {
+                    check(&record);
+                    single += 1;
+                    ids.push(record.task_id);
+                }
+                FromControlPlane::Results { records } => {
+                    assert!(records.len() > 1, "a Results of one record");
+                    for record in records {
+                        check(&record);
+                        grouped += 1;
+                        ids.push(record.task_id);
+                    }
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(sent, "no Welcome");
+        (single, grouped, ids)
+    })
+}
+
+#[test]
+fn results_to_a_peer_that_reads_them_share_messages_and_others_get_one_each() {
+    let dir = mytasks_dir();
+    let mut cp = ControlPlane::start(&dir, &[]);
+    let _sw = cp.subworker(&dir, "sw1", &["--concurrency", "16"]);
+    // A peer that says it reads `Results`: every record once, most of them grouped.
+    let (single, grouped, mut ids) =
+        results_of_a_batch(&cp, vec![protocol::RESULTS_BATCH_FEATURE.to_string()]);
+    assert_eq!(single + grouped, 300);
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 300, "each result exactly once");
+    assert!(grouped > 0, "no Results at all ({single} single)");
+    // A peer that does not (an older client): one `Result` each.
+    let (single, grouped, _) = results_of_a_batch(&cp, Vec::new());
+    assert_eq!((single, grouped), (300, 0));
+}

@@ -275,6 +275,16 @@ def normalize_id(task_id: Any) -> str:
     return str(uuid.UUID(str(task_id)))
 
 
+def _record(r: Dict[str, Any], value: bytes) -> "TaskRecord":
+    """A TaskRecord from a version-2 record object and its value frame."""
+    err = r["error"]
+    return TaskRecord(r["task_id"], r["name"], wire._LOWER_STATUS.get(r["status"], r["status"]),
+                      "json" if r["codec"] == "Json" else "bincode",
+                      None if err is None else TaskError(err["kind"], err["message"]),
+                      r["worker_id"], r["attempts"], r["delivery_count"],
+                      r["submitted_ms"], r["started_ms"], r["completed_ms"], value)
+
+
 class HandleBase:
     """What the blocking and the asyncio task handles share: the task's state, its id
     and name, and whether its final record has arrived."""
@@ -416,15 +426,21 @@ class Core:
             return False
         # raw_decode on text skips json.loads' encoding detection: this runs once
         # for every result.
-        r = _DECODE(header[13:-1].decode("utf-8"))[0]
-        err = r["error"]
-        status = wire._LOWER_STATUS.get(r["status"], r["status"])
-        record = TaskRecord(r["task_id"], r["name"], status,
-                            "json" if r["codec"] == "Json" else "bincode",
-                            None if err is None else TaskError(err["kind"], err["message"]),
-                            r["worker_id"], r["attempts"], r["delivery_count"],
-                            r["submitted_ms"], r["started_ms"], r["completed_ms"], value)
-        self.finish_task(record)
+        self.finish_task(_record(_DECODE(header[13:-1].decode("utf-8"))[0], value))
+        return True
+
+    def results_frames(self, frames: Sequence[bytes]) -> bool:
+        """A version-2 Results (several final records, each value in a frame of its
+        own): True when handled."""
+        header = frames[0]
+        if not header.startswith(b'FW\x02{"Results":'):
+            return False
+        records = _DECODE(header[14:-1].decode("utf-8"))[0]["records"]
+        if len(records) != len(frames) - 1:
+            raise ProtocolError("a Results message with %d records and %d value frames"
+                                % (len(records), len(frames) - 1))
+        for r, value in zip(records, frames[1:]):
+            self.finish_task(_record(r, value))
         return True
 
     def dispatch(self, msg: Dict[str, Any]) -> None:

@@ -352,6 +352,8 @@ class AsyncClient:
             frames = self._session.open(frames)
         if len(frames) == 2 and self._core.result_header(frames[0], frames[1]):
             return False
+        if len(frames) > 2 and self._core.results_frames(frames):
+            return False
         msg = wire.decode(frames)
         t = msg["type"]
         if t == "pong":

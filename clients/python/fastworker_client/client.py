@@ -276,6 +276,8 @@ class Client:
             frames = conn.session.open(frames)
         if len(frames) == 2 and self._core.result_header(frames[0], frames[1]):
             return
+        if len(frames) > 2 and self._core.results_frames(frames):
+            return
         msg = wire.decode(frames)
         t = msg["type"]
         if t == "pong":

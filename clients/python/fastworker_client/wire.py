@@ -39,6 +39,7 @@ PROTOCOL_VERSION = 1  # the version a Hello is written in (the oldest this packa
 MIN_PROTOCOL_VERSION = 1
 MAX_PROTOCOL_VERSION = 2  # the newest: JSON headers, Tasks / TaskList
 PROTOCOL_MAX_FEATURE = "protocol-max="
+RESULTS_BATCH_FEATURE = "results-batch"
 MAGIC = b"FW"
 
 # --- enums (index = position) -------------------------------------------------
@@ -1119,8 +1120,9 @@ def negotiated_version(welcome: Mapping[str, Any]) -> int:
 
 
 def hello_features() -> List[str]:
-    """The features of our Hello: the newest version we speak (§0.1)."""
-    return [PROTOCOL_MAX_FEATURE + str(MAX_PROTOCOL_VERSION)]
+    """The features of our Hello: the newest version we speak (§0.1), and that we read
+    Results (several results in one message)."""
+    return [PROTOCOL_MAX_FEATURE + str(MAX_PROTOCOL_VERSION), RESULTS_BATCH_FEATURE]
 
 
 def limits(features: Iterable[str]) -> Dict[str, int]:

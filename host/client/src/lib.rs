@@ -189,12 +189,14 @@ impl Client {
             epoch: AtomicU64::new(0),
             version: AtomicU8::new(protocol::MIN_PROTOCOL_VERSION),
         });
+        let mut hello = Hello::new(PeerKind::Client, format!("client-{}", std::process::id()));
+        // This client reads `Results`: the control plane may group the results it pushes.
+        hello
+            .features
+            .push(protocol::RESULTS_BATCH_FEATURE.to_string());
         let hello = protocol::encode_as(
             protocol::MIN_PROTOCOL_VERSION,
-            &ToControlPlane::Hello(Hello::new(
-                PeerKind::Client,
-                format!("client-{}", std::process::id()),
-            )),
+            &ToControlPlane::Hello(hello),
         )
         .map_err(|e| ClientError::Unexpected(e.to_string()))?;
         let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
@@ -788,6 +790,15 @@ fn route(shared: &Shared, msg: FromControlPlane) {
         FromControlPlane::Result(record) => {
             if let Some(tx) = lock(&shared.waiting).remove(&record.task_id) {
                 let _ = tx.send(record.clone());
+            }
+            return;
+        }
+        FromControlPlane::Results { records } => {
+            let mut waiting = lock(&shared.waiting);
+            for record in records {
+                if let Some(tx) = waiting.remove(&record.task_id) {
+                    let _ = tx.send(record.clone());
+                }
             }
             return;
         }

@@ -98,6 +98,7 @@ impl Framed for FromControlPlane {
     fn payloads(&self) -> Vec<&Bytes> {
         match self {
             FromControlPlane::Result(record) => vec![&record.value],
+            FromControlPlane::Results { records } => records.iter().map(|r| &r.value).collect(),
             FromControlPlane::StatusReply {
                 record: Some(record),
                 ..
@@ -110,6 +111,9 @@ impl Framed for FromControlPlane {
     fn payloads_mut(&mut self) -> Vec<&mut Bytes> {
         match self {
             FromControlPlane::Result(record) => vec![&mut record.value],
+            FromControlPlane::Results { records } => {
+                records.iter_mut().map(|r| &mut r.value).collect()
+            }
             FromControlPlane::StatusReply {
                 record: Some(record),
                 ..
@@ -475,6 +479,19 @@ mod tests {
                 },
             ),
             (
+                "results",
+                FromControlPlane::Results {
+                    records: vec![record(), {
+                        let mut failed = record();
+                        failed.task_id = fixed_id(2);
+                        failed.status = TaskStatus::Failure;
+                        failed.error = Some(TaskError::new(ErrorKind::Failed, "nope"));
+                        failed.value = Bytes::new();
+                        failed
+                    }],
+                },
+            ),
+            (
                 "purged",
                 FromControlPlane::Purged {
                     request_id: 16,
@@ -535,10 +552,11 @@ mod tests {
             FromControlPlane::TaskList { .. } => "task_list",
             FromControlPlane::QueuedList { .. } => "queued_list",
             FromControlPlane::Purged { .. } => "purged",
+            FromControlPlane::Results { .. } => "results",
         }
     }
 
-    const FROM_CP_VARIANTS: usize = 18;
+    const FROM_CP_VARIANTS: usize = 19;
 
     #[test]
     fn every_variant_has_an_example() {
@@ -643,7 +661,7 @@ mod tests {
     /// The version a message first appeared in.
     fn since(name: &str) -> u8 {
         match name {
-            "tasks" | "task_list" | "queued" | "queued_list" | "purge" | "purged" => 2,
+            "tasks" | "task_list" | "queued" | "queued_list" | "purge" | "purged" | "results" => 2,
             _ => 1,
         }
     }

@@ -74,6 +74,11 @@ pub fn negotiate(ours: (u8, u8), theirs: (u8, u8)) -> Option<u8> {
 /// on a connection that has not said `Hello` (a subworker that sees it registers again).
 pub const HELLO_FIRST: &str = "send Hello first";
 
+/// A `Hello` feature: this peer reads `Results` (several final records in one
+/// message), so the control plane may group the results it pushes to it. Since
+/// version 2.
+pub const RESULTS_BATCH_FEATURE: &str = "results-batch";
+
 /// The first two bytes of every header frame.
 pub const MAGIC: [u8; 2] = *b"FW";
 

@@ -713,6 +713,14 @@ pub enum FromControlPlane {
         /// How many the filter selects in all.
         total: u64,
     },
+    /// Several final records pushed at once, in the order they became final: each
+    /// as a `Result` would be, its value in a frame of its own (one per record, in
+    /// order). Sent only to a peer whose `Hello` has the feature `results-batch`, when
+    /// more than one result for it is ready at once. Since version 2.
+    Results {
+        /// The records (their values travel in the frames after the header).
+        records: Vec<TaskRecord>,
+    },
     /// The answer to `Purge`: how many tasks it cancelled, and the ids of the first
     /// of them (at most 10,000, so the answer stays small). Since version 2.
     Purged {

@@ -9,7 +9,7 @@
 //!   `Registration` and `ToControlPlane` (its `Register` and `TasksChanged`) are copied.
 //!
 //! [`FromControlPlane`](crate::FromControlPlane)'s version-1 variants have not changed,
-//! and the ones added since (`TaskList`, `QueuedList`, `Purged`) are last, so version 1
+//! and the ones added since (`TaskList`, `QueuedList`, `Purged`, `Results`) are last, so version 1
 //! encodes the others as they are and refuses the new variants. Whoever changes a type used here adds its frozen copy first.
 
 use bincode::Options;
@@ -342,6 +342,7 @@ fn in_v1(msg: &FromControlPlane) -> bool {
         FromControlPlane::TaskList { .. }
             | FromControlPlane::QueuedList { .. }
             | FromControlPlane::Purged { .. }
+            | FromControlPlane::Results { .. }
     )
 }
 

@@ -12,7 +12,13 @@
 //! once nothing is queued or running, or when `--shutdown-grace` runs out (then say how
 //! many tasks were left); then stop the own subworker.
 
-use std::{collections::HashMap, path::Path, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    path::Path,
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
 
 use bytes::Bytes;
 use tokio::{sync::mpsc, time::MissedTickBehavior};
@@ -27,7 +33,7 @@ use super::{
     store::{redb_store::RedbStore, Store},
 };
 use crate::{
-    protocol::{self, Announcement, FromControlPlane, ToControlPlane, WorkerSecret},
+    protocol::{self, Announcement, FromControlPlane, TaskRecord, ToControlPlane, WorkerSecret},
     transport::{self, Outbox, PeerId, ServerEvent, TransportConfig},
     HostError,
 };
@@ -108,23 +114,46 @@ pub fn subworker_endpoint(base: &str, port: u16) -> Option<String> {
     Some(format!("{host}:{port}"))
 }
 
-/// The protocol version each connected peer speaks: the one its `Welcome` agreed (the
-/// oldest before that, which every build reads).
+/// What each connected peer speaks: the protocol version its `Welcome` agreed (the
+/// oldest before that, which every build reads), and whether it reads `Results`.
 #[derive(Debug, Default)]
-struct PeerVersions(HashMap<PeerId, u8>);
+struct PeerVersions {
+    versions: HashMap<PeerId, u8>,
+    /// Peers whose `Hello` has the feature `results-batch`.
+    batched: HashSet<PeerId>,
+}
 
 impl PeerVersions {
     fn heard(&mut self, peer: &PeerId, version: u8) {
-        self.0.insert(peer.clone(), version);
+        self.versions.insert(peer.clone(), version);
+    }
+
+    /// Notes what a peer's `Hello` says it reads.
+    fn hello(&mut self, peer: &PeerId, hello: &crate::protocol::Hello) {
+        if hello
+            .features
+            .iter()
+            .any(|f| f == protocol::RESULTS_BATCH_FEATURE)
+        {
+            self.batched.insert(peer.clone());
+        } else {
+            self.batched.remove(peer);
+        }
     }
 
     /// The agreed version; `None` before a `Welcome` or after the peer left.
     fn of(&self, peer: &PeerId) -> Option<u8> {
-        self.0.get(peer).copied()
+        self.versions.get(peer).copied()
+    }
+
+    /// May results to `peer` be grouped into `Results` messages?
+    fn batches_results(&self, peer: &PeerId) -> bool {
+        self.batched.contains(peer) && self.of(peer).is_some_and(|v| v >= 2)
     }
 
     fn forget(&mut self, peer: &PeerId) {
-        self.0.remove(peer);
+        self.versions.remove(peer);
+        self.batched.remove(peer);
     }
 }
 
@@ -261,20 +290,20 @@ pub async fn run(
 
     loop {
         tokio::select! {
-            event = server.events.recv() => match event {
-                Some(ServerEvent::Message { peer, frames }) => {
-                    match protocol::decode::<ToControlPlane>(&frames) {
-                        Ok(msg) => dispatcher.handle(&peer, msg, Now::current()),
-                        Err(err) => dispatcher.malformed(&peer, &err),
+            event = server.events.recv() => {
+                let Some(event) = event else {
+                    return Err(HostError::Stopped("the control plane's socket closed".into()));
+                };
+                handle_event(event, &mut dispatcher, &mut versions, &server.outbox);
+                // Under load, more are waiting: handle them before sending what they
+                // produce, so replies and results to one peer can share a message.
+                for _ in 1..EVENTS_PER_ROUND {
+                    match server.events.try_recv() {
+                        Ok(event) => handle_event(event, &mut dispatcher, &mut versions, &server.outbox),
+                        Err(_) => break,
                     }
                 }
-                Some(ServerEvent::Unauthenticated { peer, .. }) => crate::probe::refuse_unauthenticated(&server.outbox, &peer),
-                Some(ServerEvent::Disconnected(peer)) => {
-                    versions.forget(&peer);
-                    dispatcher.peer_disconnected(&peer, Now::current())
-                }
-                None => return Err(HostError::Stopped("the control plane's socket closed".into())),
-            },
+            }
             event = discovery.events.recv() => match event {
                 Some(ServerEvent::Message { peer, frames }) => {
                     let answer = probe_reply(
@@ -313,9 +342,8 @@ pub async fn run(
             _ = tick.tick() => dispatcher.tick(Now::current()),
             Some(written) = next_commit(&mut commits_done) => {
                 if let Some(committer) = committer.as_mut() {
-                    for action in committer.finish(&mut dispatcher, written) {
-                        perform(action, &server.outbox, &mut versions, &callback_config);
-                    }
+                    let actions = committer.finish(&mut dispatcher, written);
+                    perform_all(actions, &server.outbox, &mut versions, &callback_config);
                 }
             }
             _ = announce.tick() => {
@@ -342,9 +370,8 @@ pub async fn run(
                 stopping_until = Some(tokio::time::Instant::now() + grace);
             }
         }
-        for action in releasable(&mut committer, &mut dispatcher) {
-            perform(action, &server.outbox, &mut versions, &callback_config);
-        }
+        let actions = releasable(&mut committer, &mut dispatcher);
+        perform_all(actions, &server.outbox, &mut versions, &callback_config);
         if ready_pending {
             let registered = supervisor.is_none() || dispatcher.own_worker_registered();
             if registered || started.elapsed() >= OWN_WORKER_STARTUP {
@@ -389,9 +416,7 @@ pub async fn run(
                     (Some(committer), Some(done)) => committer.flush(&mut dispatcher, done).await,
                     _ => dispatcher.take_actions(),
                 };
-                for action in last {
-                    perform(action, &server.outbox, &mut versions, &callback_config);
-                }
+                perform_all(last, &server.outbox, &mut versions, &callback_config);
                 if committer.is_some() {
                     info!(
                         "kept {} queued, {} scheduled and {} running task(s) in the data directory for the next start",
@@ -454,18 +479,105 @@ async fn next_commit(done: &mut Option<CommitsDone>) -> Option<super::commit::Wr
     }
 }
 
-fn perform(
-    action: Action,
+/// Events from the base endpoint handled before what they produce is sent.
+const EVENTS_PER_ROUND: usize = 256;
+
+/// The most records one `Results` message carries, and (roughly) the most value bytes.
+const RESULTS_PER_MESSAGE: usize = 256;
+const RESULTS_BYTES_PER_MESSAGE: usize = 1 << 20;
+
+/// One event from the base endpoint: a message for the dispatcher (a `Hello` also
+/// says what its sender reads), a peer that failed the key handshake, or one that left.
+fn handle_event(
+    event: ServerEvent,
+    dispatcher: &mut Dispatcher,
+    versions: &mut PeerVersions,
+    outbox: &Outbox,
+) {
+    match event {
+        ServerEvent::Message { peer, frames } => {
+            match protocol::decode::<ToControlPlane>(&frames) {
+                Ok(msg) => {
+                    if let ToControlPlane::Hello(hello) = &msg {
+                        versions.hello(&peer, hello);
+                    }
+                    dispatcher.handle(&peer, msg, Now::current());
+                }
+                Err(err) => dispatcher.malformed(&peer, &err),
+            }
+        }
+        ServerEvent::Unauthenticated { peer, .. } => {
+            crate::probe::refuse_unauthenticated(outbox, &peer)
+        }
+        ServerEvent::Disconnected(peer) => {
+            versions.forget(&peer);
+            dispatcher.peer_disconnected(&peer, Now::current())
+        }
+    }
+}
+
+/// Carries out `actions` in order, except that the results pushed to a peer that
+/// reads `Results` are held to the end and sent grouped (in the order they became
+/// final); a task's `Accepted` always precedes its `Result` (it was sent in an
+/// earlier action or round).
+fn perform_all(
+    actions: Vec<Action>,
     outbox: &Outbox,
     versions: &mut PeerVersions,
     callbacks: &TransportConfig,
 ) {
-    match action {
-        Action::Send { peer, msg } => send(outbox, versions, &peer, &msg),
-        Action::Callback { callback, record } => {
-            tokio::spawn(deliver_callback(callback, record, callbacks.clone()));
+    let mut grouped: Vec<(PeerId, Vec<TaskRecord>)> = Vec::new();
+    for action in actions {
+        match action {
+            Action::Send {
+                peer,
+                msg: FromControlPlane::Result(record),
+            } if versions.batches_results(&peer) => {
+                match grouped.iter_mut().find(|(p, _)| p == &peer) {
+                    Some((_, records)) => records.push(record),
+                    None => grouped.push((peer, vec![record])),
+                }
+            }
+            Action::Send { peer, msg } => send(outbox, versions, &peer, &msg),
+            Action::Callback { callback, record } => {
+                tokio::spawn(deliver_callback(callback, record, callbacks.clone()));
+            }
         }
     }
+    for (peer, records) in grouped {
+        for msg in group_results(records) {
+            send(outbox, versions, &peer, &msg);
+        }
+    }
+}
+
+/// `records` as messages: a lone one as `Result`, the rest as `Results` of at most
+/// [`RESULTS_PER_MESSAGE`] records and about [`RESULTS_BYTES_PER_MESSAGE`] of values.
+fn group_results(records: Vec<TaskRecord>) -> Vec<FromControlPlane> {
+    let mut messages = Vec::new();
+    let mut current: Vec<TaskRecord> = Vec::new();
+    let mut bytes = 0;
+    let close =
+        |current: &mut Vec<TaskRecord>, messages: &mut Vec<FromControlPlane>| match current.len() {
+            0 => {}
+            1 => messages.extend(current.pop().map(FromControlPlane::Result)),
+            _ => messages.push(FromControlPlane::Results {
+                records: std::mem::take(current),
+            }),
+        };
+    for record in records {
+        if !current.is_empty()
+            && (current.len() >= RESULTS_PER_MESSAGE
+                || bytes + record.value.len() > RESULTS_BYTES_PER_MESSAGE)
+        {
+            close(&mut current, &mut messages);
+            bytes = 0;
+        }
+        bytes += record.value.len();
+        current.push(record);
+    }
+    close(&mut current, &mut messages);
+    messages
 }
 
 /// Sends a final record to a callback address: a few tries, never blocking dispatch.
@@ -497,4 +609,61 @@ async fn deliver_callback(
         delay *= 2;
     }
     warn!(task = %record.task_id, "callback to {} given up after 3 tries", callback.address);
+}
+
+#[cfg(test)]
+mod grouping_tests {
+    use super::*;
+    use crate::protocol::{Codec, TaskId, TaskStatus};
+
+    fn record(value_len: usize) -> TaskRecord {
+        let mut record = TaskRecord::new(TaskId::new(), "add", TaskStatus::Success, Codec::Json);
+        record.value = Bytes::from(vec![b'1'; value_len]);
+        record
+    }
+
+    fn sizes(messages: &[FromControlPlane]) -> Vec<usize> {
+        messages
+            .iter()
+            .map(|m| match m {
+                FromControlPlane::Result(_) => 1,
+                FromControlPlane::Results { records } => records.len(),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn results_are_grouped_by_count_and_bytes_in_order_and_a_lone_one_stays_a_result() {
+        assert!(group_results(Vec::new()).is_empty());
+        let one = group_results(vec![record(1)]);
+        assert!(matches!(one.as_slice(), [FromControlPlane::Result(_)]));
+
+        let records: Vec<_> = (0..600).map(|_| record(1)).collect();
+        let ids: Vec<_> = records.iter().map(|r| r.task_id).collect();
+        let messages = group_results(records);
+        assert_eq!(sizes(&messages), vec![256, 256, 88]);
+        let back: Vec<_> = messages
+            .iter()
+            .flat_map(|m| match m {
+                FromControlPlane::Results { records } => {
+                    records.iter().map(|r| r.task_id).collect::<Vec<_>>()
+                }
+                FromControlPlane::Result(r) => vec![r.task_id],
+                _ => Vec::new(),
+            })
+            .collect();
+        assert_eq!(back, ids, "in the order they became final");
+
+        // 400 KiB values: two fit under 1 MiB, the third starts a new message; a value
+        // larger than the budget travels alone.
+        let messages = group_results(vec![
+            record(400 << 10),
+            record(400 << 10),
+            record(400 << 10),
+            record(2 << 20),
+            record(1),
+        ]);
+        assert_eq!(sizes(&messages), vec![2, 1, 1, 1]);
+    }
 }
