@@ -84,6 +84,11 @@ const EPOCH_ENV: &str = "FASTWORKER_NEWEST_EPOCH";
 /// How long to wait for the control plane when (re)connecting.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The most outcomes one `Outcomes` message reports, and (roughly) the most value
+/// bytes: a message over that closes the group.
+const OUTCOMES_PER_MESSAGE: usize = 256;
+const OUTCOME_BYTES_PER_MESSAGE: usize = 1 << 20;
+
 /// Runs a subworker until it is asked to stop.
 pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
     let mut plugins = load_and_watch(&args.task_modules, &args.plugin_dir, args.watch)?;
@@ -191,6 +196,8 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
         // Hello first, in the oldest version; the rest goes once the `Welcome` says
         // which version this connection speaks.
         let mut version = MIN_PROTOCOL_VERSION;
+        // Whether this control plane reads `Outcomes` (its Welcome says so).
+        let mut groups_outcomes = false;
         let mut after_welcome = vec![ToControlPlane::Register(registration)];
         if life.draining() {
             after_welcome.push(ToControlPlane::Draining);
@@ -278,6 +285,11 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
                             if (MIN_PROTOCOL_VERSION..=max_version()).contains(&welcome.protocol_version) {
                                 version = welcome.protocol_version;
                             }
+                            groups_outcomes = version >= 2
+                                && welcome
+                                    .features
+                                    .iter()
+                                    .any(|f| f == protocol::OUTCOMES_BATCH_FEATURE);
                             debug!(version, "the control plane welcomed this subworker");
                             let mut ok = true;
                             for msg in std::mem::take(&mut after_welcome) {
@@ -326,14 +338,35 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
                         Err(err) => warn!("unreadable message from the control plane: {err}"),
                     }
                 }
-                Some(mut outcome) = outcomes.recv() => {
-                    outcome.cap_value(args.max_payload_bytes);
+                Some(outcome) = outcomes.recv() => {
+                    // Under load more are ready: report them together when the control
+                    // plane reads `Outcomes`.
+                    let mut bytes = outcome.value.len();
+                    let mut ready = vec![outcome];
+                    if groups_outcomes {
+                        while ready.len() < OUTCOMES_PER_MESSAGE && bytes < OUTCOME_BYTES_PER_MESSAGE {
+                            match outcomes.try_recv() {
+                                Ok(more) => {
+                                    bytes += more.value.len();
+                                    ready.push(more);
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    for outcome in &mut ready {
+                        outcome.cap_value(args.max_payload_bytes);
+                    }
                     if !registered {
-                        undelivered.push_back(outcome);
+                        undelivered.extend(ready);
                         continue;
                     }
-                    if !send(&mut conn, version, &ToControlPlane::Outcome(outcome.clone())).await {
-                        undelivered.push_back(outcome);
+                    let msg = match ready.len() {
+                        1 => ToControlPlane::Outcome(ready[0].clone()),
+                        _ => ToControlPlane::Outcomes { outcomes: ready.clone() },
+                    };
+                    if !send(&mut conn, version, &msg).await {
+                        undelivered.extend(ready);
                         continue 'connection;
                     }
                 }

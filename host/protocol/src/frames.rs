@@ -78,6 +78,7 @@ impl Framed for ToControlPlane {
             ToControlPlane::Submit { task, .. } => vec![&task.payload],
             ToControlPlane::SubmitBatch { tasks, .. } => tasks.iter().map(|t| &t.payload).collect(),
             ToControlPlane::Outcome(outcome) => vec![&outcome.value],
+            ToControlPlane::Outcomes { outcomes } => outcomes.iter().map(|o| &o.value).collect(),
             _ => Vec::new(),
         }
     }
@@ -89,6 +90,9 @@ impl Framed for ToControlPlane {
                 tasks.iter_mut().map(|t| &mut t.payload).collect()
             }
             ToControlPlane::Outcome(outcome) => vec![&mut outcome.value],
+            ToControlPlane::Outcomes { outcomes } => {
+                outcomes.iter_mut().map(|o| &mut o.value).collect()
+            }
             _ => Vec::new(),
         }
     }
@@ -371,6 +375,21 @@ mod tests {
                     filter: queue_filter(),
                 },
             ),
+            (
+                "outcomes",
+                ToControlPlane::Outcomes {
+                    outcomes: vec![outcome(), {
+                        let mut success = TaskOutcome::new(
+                            fixed_id(2),
+                            1,
+                            LeaseToken([8; 16]),
+                            AttemptResult::Success,
+                        );
+                        success.value = Bytes::from_static(b"8");
+                        success
+                    }],
+                },
+            ),
         ]
     }
 
@@ -527,10 +546,11 @@ mod tests {
             ToControlPlane::Tasks { .. } => "tasks",
             ToControlPlane::Queued { .. } => "queued",
             ToControlPlane::Purge { .. } => "purge",
+            ToControlPlane::Outcomes { .. } => "outcomes",
         }
     }
 
-    const TO_CP_VARIANTS: usize = 21;
+    const TO_CP_VARIANTS: usize = 22;
 
     fn from_cp_name(msg: &FromControlPlane) -> &'static str {
         match msg {
@@ -661,7 +681,8 @@ mod tests {
     /// The version a message first appeared in.
     fn since(name: &str) -> u8 {
         match name {
-            "tasks" | "task_list" | "queued" | "queued_list" | "purge" | "purged" | "results" => 2,
+            "tasks" | "task_list" | "queued" | "queued_list" | "purge" | "purged" | "results"
+            | "outcomes" => 2,
             _ => 1,
         }
     }

@@ -79,6 +79,10 @@ pub const HELLO_FIRST: &str = "send Hello first";
 /// version 2.
 pub const RESULTS_BATCH_FEATURE: &str = "results-batch";
 
+/// A `Welcome` feature: this control plane reads `Outcomes` (several outcomes in one
+/// message), so a subworker may group the outcomes it reports. Since version 2.
+pub const OUTCOMES_BATCH_FEATURE: &str = "outcomes-batch";
+
 /// The first two bytes of every header frame.
 pub const MAGIC: [u8; 2] = *b"FW";
 

@@ -542,6 +542,13 @@ pub enum ToControlPlane {
         /// Which tasks (`limit` is ignored: all of them).
         filter: QueueFilter,
     },
+    /// Several outcomes reported at once, each as an `Outcome` would be, its value in
+    /// a frame of its own (in order). Sent only to a control plane whose `Welcome` has
+    /// the feature `outcomes-batch`. Since version 2.
+    Outcomes {
+        /// The outcomes (their values travel in the frames after the header).
+        outcomes: Vec<TaskOutcome>,
+    },
 }
 
 /// Which waiting tasks a `Queued` or `Purge` request means.

@@ -233,7 +233,7 @@ fn to_v1(msg: &ToControlPlane) -> Option<ToControlPlaneV1> {
         },
         M::Restarting => V::Restarting,
         M::Events { request_id } => V::Events { request_id },
-        M::Tasks { .. } | M::Queued { .. } | M::Purge { .. } => return None,
+        M::Tasks { .. } | M::Queued { .. } | M::Purge { .. } | M::Outcomes { .. } => return None,
     })
 }
 

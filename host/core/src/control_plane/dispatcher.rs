@@ -409,6 +409,18 @@ impl Dispatcher {
                     debug!(task = %outcome.task_id, "outcome from an unregistered peer ignored");
                 }
             }
+            ToControlPlane::Outcomes { outcomes } => {
+                if let Some(worker) = self.workers.by_peer(peer).cloned() {
+                    for outcome in outcomes {
+                        self.outcome(worker.clone(), outcome);
+                    }
+                } else {
+                    debug!(
+                        count = outcomes.len(),
+                        "outcomes from an unregistered peer ignored"
+                    );
+                }
+            }
             ToControlPlane::TasksChanged { tasks } => self.tasks_changed(peer, tasks),
             ToControlPlane::Draining => {
                 if let Some(id) = self.workers.by_peer(peer).cloned() {

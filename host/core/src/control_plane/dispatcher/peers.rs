@@ -53,6 +53,11 @@ impl Dispatcher {
             format!("max-payload-size={}", self.config.max_payload_bytes),
             format!("max-message-size={}", self.config.max_message_bytes),
         ];
+        if version >= 2 {
+            welcome
+                .features
+                .push(crate::protocol::OUTCOMES_BATCH_FEATURE.into());
+        }
         self.actions
             .push(reply(peer, FromControlPlane::Welcome(welcome)));
     }

@@ -1413,3 +1413,44 @@ async fn a_replay_whose_commit_fails_leaves_the_dead_letter_where_it_was() {
     assert_eq!(record.status, TaskStatus::Failure);
     drop(release);
 }
+
+#[test]
+fn several_outcomes_in_one_message_each_count_as_their_own() {
+    let now = Now::current();
+    let mut d = dispatcher(config(), vec![], now);
+    let sw = Bytes::from_static(b"sw-peer");
+    register(&mut d, &sw, "sw1", 4, now);
+    let client = Bytes::from_static(b"client");
+    hello(&mut d, &client, PeerKind::Client, now);
+    d.take_actions();
+    for _ in 0..3 {
+        submit(&mut d, &client, task("add", Priority::Normal), now);
+    }
+    let assigned = assigns(&d.take_actions());
+    assert_eq!(assigned.len(), 3);
+    let outcomes = vec![
+        success(&assigned[0].1, b"1"),
+        failure(&assigned[1].1),
+        success(&assigned[2].1, b"3"),
+    ];
+    d.handle(&sw, ToControlPlane::Outcomes { outcomes }, now);
+    let finals = results(&d.take_actions());
+    let by_id: HashMap<TaskId, &TaskRecord> = finals.iter().map(|r| (r.task_id, r)).collect();
+    assert_eq!(by_id.len(), 3, "{finals:?}");
+    assert_eq!(by_id[&assigned[0].1.id].value, Bytes::from_static(b"1"));
+    assert_eq!(by_id[&assigned[1].1.id].status, TaskStatus::Failure);
+    assert_eq!(by_id[&assigned[2].1.id].value, Bytes::from_static(b"3"));
+    // From a peer that is not a registered subworker: nothing counts.
+    submit(&mut d, &client, task("add", Priority::Normal), now);
+    let next = assigns(&d.take_actions());
+    let stranger = Bytes::from_static(b"stranger");
+    hello(&mut d, &stranger, PeerKind::Client, now);
+    d.handle(
+        &stranger,
+        ToControlPlane::Outcomes {
+            outcomes: vec![success(&next[0].1, b"9")],
+        },
+        now,
+    );
+    assert!(results(&d.take_actions()).is_empty());
+}
