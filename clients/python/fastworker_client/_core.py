@@ -10,11 +10,11 @@ import json
 import os
 import time
 import uuid
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from . import wire
-from .errors import FastworkerError, ProtocolError, Rejected, rejected
+from .errors import FastworkerError, ProtocolError, rejected, task_failed
 
 Frames = List[bytes]
 
@@ -283,6 +283,22 @@ def _record(r: Dict[str, Any], value: bytes) -> "TaskRecord":
                       None if err is None else TaskError(err["kind"], err["message"]),
                       r["worker_id"], r["attempts"], r["delivery_count"],
                       r["submitted_ms"], r["started_ms"], r["completed_ms"], value)
+
+
+def map_value(state: "TaskState", return_exceptions: bool) -> Any:
+    """What ``map`` yields for a finished task: its value; for a task that failed, its
+    exception, raised (or returned, with ``return_exceptions``)."""
+    if state.exc is not None:
+        exc: BaseException = state.exc
+    else:
+        record = state.record
+        assert record is not None
+        if record.status == "success":
+            return record.result
+        exc = task_failed(record)
+    if return_exceptions:
+        return exc
+    raise exc
 
 
 class HandleBase:

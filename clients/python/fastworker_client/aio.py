@@ -15,9 +15,8 @@ from zmq.utils.monitor import parse_monitor_message
 
 from . import wire
 from ._core import (CancelResult, Core, Event, HandleBase, Request, ServedTask, TaskRecord,
-                    TaskState,
-                    check_size, envelope_suffix, hello_frames, normalize_id, parse_reply,
-                    resolve_key, task_fields)
+                    TaskState, check_size, envelope_suffix, hello_frames, map_value,
+                    normalize_id, parse_reply, resolve_key, task_fields)
 from .client import HEARTBEAT, BatchItem, resolve_address
 from .errors import (AuthRefused, ConnectionError, FastworkerError, NotReady, ProtocolError,
                      Refused, TaskNotFound, Timeout, task_failed)
@@ -495,20 +494,7 @@ class AsyncClient:
                 if not await self._await(head.waiter, timeout):
                     raise Timeout("task %s did not finish within %.1f s" % (head.id, timeout or 0))
             while pending and pending[0].done:
-                s = pending.popleft()
-                if s.exc is not None:
-                    if not return_exceptions:
-                        raise s.exc
-                    yield s.exc
-                else:
-                    rec = s.record
-                    assert rec is not None
-                    if rec.status == "success":
-                        yield rec.result
-                    elif return_exceptions:
-                        yield task_failed(rec)
-                    else:
-                        raise task_failed(rec)
+                yield map_value(pending.popleft(), return_exceptions)
                 if not exhausted and window - len(pending) >= first:
                     break
 

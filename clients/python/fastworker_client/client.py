@@ -14,11 +14,12 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from . import wire
-from ._core import (SUBMIT_OPTIONS, CancelResult, Core, Event, HandleBase, Request,
+from ._core import (CancelResult, Core, Event, HandleBase, Request,
                     ServedTask, TaskRecord, TaskState, check_size, envelope_suffix,
-                    hello_frames, normalize_id, parse_reply, resolve_key, task_fields)
-from .errors import (AuthRefused, ConnectionError, FastworkerError, MessageTooLarge, NotReady,
-                     ProtocolError, Refused, TaskNotFound, Timeout, rejected, task_failed)
+                    hello_frames, map_value, normalize_id, parse_reply, resolve_key,
+                    task_fields)
+from .errors import (AuthRefused, ConnectionError, FastworkerError, NotReady, ProtocolError,
+                     Refused, TaskNotFound, Timeout, task_failed)
 
 DEFAULT_DISCOVERY_ADDRESS = "tcp://127.0.0.1:5550"
 HEARTBEAT = 5.0  # seconds of silence, while waiting, before a Ping; as long again and we reconnect
@@ -456,20 +457,7 @@ class Client:
                     raise Timeout("task %s did not finish within %.1f s" % (head.id, timeout or 0))
             # Hand out every finished one at the head.
             while pending and pending[0].done:
-                s = pending.popleft()
-                if s.exc is not None:
-                    if not return_exceptions:
-                        raise s.exc
-                    yield s.exc
-                else:
-                    rec = s.record
-                    assert rec is not None
-                    if rec.status == "success":
-                        yield rec.result
-                    elif return_exceptions:
-                        yield task_failed(rec)
-                    else:
-                        raise task_failed(rec)
+                yield map_value(pending.popleft(), return_exceptions)
                 if not exhausted and window - len(pending) >= first:
                     break  # refill first
 
