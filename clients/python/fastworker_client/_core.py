@@ -301,6 +301,31 @@ def map_value(state: "TaskState", return_exceptions: bool) -> Any:
     raise exc
 
 
+class CoreView:
+    """What the blocking and the asyncio clients read from their ``_core``."""
+
+    _core: "Core"
+
+    @property
+    def protocol_version(self) -> int:
+        """The protocol version agreed with the control plane (2 for a current one)."""
+        return self._core.version
+
+    @property
+    def limits(self) -> Dict[str, int]:
+        """The control plane's limits from its Welcome (message and payload bytes)."""
+        return dict(self._core.limits)
+
+    @property
+    def control_plane_id(self) -> str:
+        return self._core.control_plane_id
+
+    @property
+    def reconnects(self) -> int:
+        """How many times this client connected again."""
+        return self._core.reconnects
+
+
 class HandleBase:
     """What the blocking and the asyncio task handles share: the task's state, its id
     and name, and whether its final record has arrived."""

@@ -7,15 +7,15 @@ import itertools
 import os
 import time
 from collections import deque
-from typing import Any, AsyncIterator, Deque, Dict, Iterable, List, Optional, Sequence
+from typing import Any, AsyncIterator, Deque, Iterable, List, Optional, Sequence
 
 import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from . import wire
-from ._core import (CancelResult, Core, Event, HandleBase, Request, ServedTask, TaskRecord,
-                    TaskState, check_size, envelope_suffix, hello_frames, map_value,
+from ._core import (CancelResult, Core, CoreView, Event, HandleBase, Request, ServedTask,
+                    TaskRecord, TaskState, check_size, envelope_suffix, hello_frames, map_value,
                     normalize_id, parse_reply, resolve_key, task_fields)
 from .client import HEARTBEAT, BatchItem, resolve_address
 from .errors import (AuthRefused, ConnectionError, FastworkerError, NotReady, ProtocolError,
@@ -54,7 +54,7 @@ class AsyncTaskHandle(HandleBase):
         return await self._client.cancel(self.id)
 
 
-class AsyncClient:
+class AsyncClient(CoreView):
     """The asyncio twin of :class:`fastworker_client.Client`: the same arguments, the
     same methods as coroutines (``map`` is an async generator). Use it as
     ``async with AsyncClient(...) as client:`` (or ``await client.connect()`` /
@@ -94,22 +94,6 @@ class AsyncClient:
         self._closed = False
         self._fatal: Optional[BaseException] = None
         self.address: Optional[str] = None
-
-    @property
-    def protocol_version(self) -> int:
-        return self._core.version
-
-    @property
-    def limits(self) -> Dict[str, int]:
-        return dict(self._core.limits)
-
-    @property
-    def control_plane_id(self) -> str:
-        return self._core.control_plane_id
-
-    @property
-    def reconnects(self) -> int:
-        return self._core.reconnects
 
     # -- callbacks of the core -------------------------------------------------------------
     @staticmethod

@@ -14,7 +14,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from . import wire
-from ._core import (CancelResult, Core, Event, HandleBase, Request,
+from ._core import (CancelResult, Core, CoreView, Event, HandleBase, Request,
                     ServedTask, TaskRecord, TaskState, check_size, envelope_suffix,
                     hello_frames, map_value, normalize_id, parse_reply, resolve_key,
                     task_fields)
@@ -83,7 +83,7 @@ class TaskHandle(HandleBase):
         return self._client.cancel(self.id)
 
 
-class Client:
+class Client(CoreView):
     """A blocking client of a fastworker control plane.
 
     ``Client("tcp://127.0.0.1:5555")`` or ``Client(discovery_address="tcp://...:5550")``;
@@ -131,24 +131,6 @@ class Client:
             self._connect(time.monotonic() + connect_timeout, first=True)
 
     # -- connection ------------------------------------------------------------------------
-    @property
-    def protocol_version(self) -> int:
-        """The protocol version agreed with the control plane (2 for a current one)."""
-        return self._core.version
-
-    @property
-    def limits(self) -> Dict[str, int]:
-        return dict(self._core.limits)
-
-    @property
-    def control_plane_id(self) -> str:
-        return self._core.control_plane_id
-
-    @property
-    def reconnects(self) -> int:
-        """How many times this client connected again."""
-        return self._core.reconnects
-
     def _connect_once(self, deadline: float) -> None:
         address = self.control_plane_address
         if address is None:
