@@ -362,11 +362,16 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
                         continue;
                     }
                     let msg = match ready.len() {
-                        1 => ToControlPlane::Outcome(ready[0].clone()),
-                        _ => ToControlPlane::Outcomes { outcomes: ready.clone() },
+                        1 => ToControlPlane::Outcome(ready.remove(0)),
+                        _ => ToControlPlane::Outcomes { outcomes: ready },
                     };
                     if !send(&mut conn, version, &msg).await {
-                        undelivered.extend(ready);
+                        // Kept for the next connection (moved back, not cloned up front).
+                        match msg {
+                            ToControlPlane::Outcome(outcome) => undelivered.push_back(outcome),
+                            ToControlPlane::Outcomes { outcomes } => undelivered.extend(outcomes),
+                            _ => {}
+                        }
                         continue 'connection;
                     }
                 }

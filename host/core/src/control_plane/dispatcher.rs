@@ -967,7 +967,6 @@ impl Dispatcher {
                 self.config.unserved_timeout
             );
             for id in waiting {
-                self.withdraw(id);
                 let error = TaskError::new(
                     ErrorKind::UnknownTask,
                     format!(
@@ -975,7 +974,7 @@ impl Dispatcher {
                         self.config.unserved_timeout
                     ),
                 );
-                self.finalize(id, TaskStatus::Failure, Some(error), Bytes::new());
+                self.end_waiting(id, TaskStatus::Failure, error);
             }
             self.unserved.remove(&name);
         }
@@ -1067,21 +1066,20 @@ impl Dispatcher {
     fn purge(&mut self, filter: &QueueFilter) -> Vec<TaskId> {
         let ids = self.waiting_ids(filter);
         for id in &ids {
-            self.withdraw(*id);
-            self.finalize(
-                *id,
-                TaskStatus::Cancelled,
-                Some(TaskError::new(
-                    ErrorKind::Cancelled,
-                    "purged from the queue before it ran",
-                )),
-                Bytes::new(),
-            );
+            let error = TaskError::new(ErrorKind::Cancelled, "purged from the queue before it ran");
+            self.end_waiting(*id, TaskStatus::Cancelled, error);
         }
         if !ids.is_empty() {
             info!("purged {} waiting task(s)", ids.len());
         }
         ids
+    }
+
+    /// Ends a task no worker holds: off its queue or schedule, final with `status`
+    /// and `error` (waiters and its callback are told).
+    fn end_waiting(&mut self, id: TaskId, status: TaskStatus, error: TaskError) {
+        self.withdraw(id);
+        self.finalize(id, status, Some(error), Bytes::new());
     }
 
     fn cancel(&mut self, id: TaskId) -> CancelOutcome {
@@ -1106,13 +1104,7 @@ impl Dispatcher {
                 CancelOutcome::Signalled
             }
             None => {
-                self.withdraw(id);
-                self.finalize(
-                    id,
-                    TaskStatus::Cancelled,
-                    Some(cancelled_error()),
-                    Bytes::new(),
-                );
+                self.end_waiting(id, TaskStatus::Cancelled, cancelled_error());
                 CancelOutcome::Cancelled
             }
         }
