@@ -393,15 +393,36 @@ pub struct ControlPlaneArgs {
     /// Where bare names are looked up.
     #[command(flatten)]
     pub plugins: PluginDirArgs,
-    /// Do not serve the dashboard.
+    /// Do not serve the dashboard, the HTTP API or /metrics.
     #[arg(long)]
     pub no_gui: bool,
+    /// Serve the dashboard (FASTWORKER_GUI_ENABLED=false is --no-gui).
+    #[arg(
+        long,
+        env = "FASTWORKER_GUI_ENABLED",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        hide = true
+    )]
+    pub gui_enabled: bool,
     /// Dashboard host.
     #[arg(long, env = "FASTWORKER_GUI_HOST", default_value = "127.0.0.1")]
     pub gui_host: String,
-    /// Dashboard port.
+    /// Dashboard port (0 picks a free one and prints it; a busy port is an error).
     #[arg(long, env = "FASTWORKER_GUI_PORT", default_value_t = 8080)]
     pub gui_port: u16,
+    /// A key every write to the HTTP API (cancel, retry, replay) must carry as
+    /// `Authorization: Bearer KEY`.
+    #[arg(
+        long,
+        env = "FASTWORKER_GUI_API_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    pub gui_api_key: Option<String>,
+    /// The origin allowed to call the HTTP API from a browser page (`*` for any).
+    #[arg(long, env = "FASTWORKER_GUI_CORS_ORIGIN", value_name = "ORIGIN")]
+    pub gui_cors_origin: Option<String>,
     /// How many tasks the control plane's own subworker runs at once.
     #[arg(long, env = "FASTWORKER_WORKER_CONCURRENCY", default_value_t = 1)]
     pub concurrency: u32,

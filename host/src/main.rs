@@ -98,9 +98,11 @@ fn main() -> ExitCode {
             commands::serve::control_plane_config(&args, cli.log_level).and_then(|config| {
                 serve(async move {
                     fastworker_host::control_plane::server::run(config, |ready| {
-                        commands::emit(
-                            format!("{}\n", commands::serve::ready_line(ready)).as_bytes(),
-                        );
+                        let mut text = format!("{}\n", commands::serve::ready_line(ready));
+                        if let Some(url) = &ready.dashboard {
+                            text.push_str(&format!("dashboard: {url}\n"));
+                        }
+                        commands::emit(text.as_bytes());
                     })
                     .await
                     .map_err(Into::into)

@@ -124,6 +124,9 @@ impl TestDir {
         if let Some(key) = suite_key().filter(|_| self.suite_key) {
             cmd.env("FASTWORKER_AUTH_KEY", key);
         }
+        // A control plane serves its dashboard on 8080 by default: tests run many at
+        // once, so each picks a free port unless the test says otherwise.
+        cmd.env("FASTWORKER_GUI_PORT", "0");
         cmd.env("FASTWORKER_SHADOW_DIR", self.shadow_dir())
             .env("NO_COLOR", "1")
             .stdin(Stdio::null());

@@ -30,6 +30,9 @@ pub enum HostError {
     /// subworker failed at start).
     #[error("{0}")]
     Stopped(String),
+    /// The dashboard's HTTP endpoint could not be bound.
+    #[error("{0}")]
+    Dashboard(String),
     /// A subworker could not replace itself with a fresh copy.
     #[error("cannot restart in place: {0}")]
     Restart(String),

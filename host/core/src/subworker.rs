@@ -182,6 +182,7 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
         );
         registration.address = status_address.clone();
         registration.secret = secret;
+        registration.plugins = registry.load().plugin_infos();
         // Tasks finished but not reported yet count as held too, so the control plane
         // (restarted, say) waits for their outcomes instead of handing them to
         // someone else.

@@ -27,7 +27,7 @@ pub fn value_json(codec: Codec, value: &[u8]) -> Value {
 }
 
 /// An error as JSON.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct ErrorJson {
     /// The error kind's name, e.g. `failed`, `timed_out`.
@@ -46,7 +46,7 @@ impl From<&TaskError> for ErrorJson {
 }
 
 /// A task's record as JSON (`fastworker status --json`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct StatusJson {
     /// The task's id.

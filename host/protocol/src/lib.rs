@@ -16,10 +16,12 @@
 //! - [`codec`]: how task arguments and results are encoded (shared with plugins).
 //! - [`json`]: the JSON forms people and scripts read (a task's status record, the
 //!   callback body, an event).
+//! - [`api`]: the JSON of the control plane's HTTP API and its event stream.
 //!
 //! This crate is deliberately only data: no sockets, no runtime, no plugin ABI, so a
 //! client, the host and the plugin SDK can all depend on it.
 
+pub mod api;
 pub mod codec;
 pub mod frames;
 pub mod ids;

@@ -385,6 +385,25 @@ pub struct Registration {
     pub secret: Option<WorkerSecret>,
     /// Tasks it is still running from before a reconnect, each with its lease.
     pub running: Vec<RunningClaim>,
+    /// The plugins it has loaded, for people (the dashboard). Since version 2.
+    #[serde(default)]
+    pub plugins: Vec<PluginInfo>,
+}
+
+/// A plugin a subworker has loaded, as it reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct PluginInfo {
+    /// The plugin's name.
+    pub name: String,
+    /// Its crate version.
+    pub version: String,
+    /// The first 8 hex digits of its file's hash.
+    pub build: String,
+    /// The file it was loaded from.
+    pub path: String,
+    /// The tasks it serves.
+    pub tasks: Vec<String>,
 }
 
 /// A reconnecting worker's claim that it still runs a task.
@@ -615,6 +634,16 @@ pub struct PluginEvent {
     pub new_version: Option<String>,
     /// One line for people.
     pub message: String,
+    /// The build it replaced or retired (8 hex digits of its file's hash). Since
+    /// version 2.
+    #[serde(default)]
+    pub old_build: Option<String>,
+    /// The build now serving. Since version 2.
+    #[serde(default)]
+    pub new_build: Option<String>,
+    /// The tasks the new build serves. Since version 2.
+    #[serde(default)]
+    pub tasks: Vec<String>,
 }
 
 /// Everything a control plane sends.
@@ -933,6 +962,26 @@ impl Registration {
             pid: std::process::id(),
             secret: None,
             running: Vec::new(),
+            plugins: Vec::new(),
+        }
+    }
+}
+
+impl PluginInfo {
+    /// Plugin `name` at `version`, build `build`, loaded from `path`, serving `tasks`.
+    pub fn new(
+        name: impl Into<String>,
+        version: impl Into<String>,
+        build: impl Into<String>,
+        path: impl Into<String>,
+        tasks: Vec<String>,
+    ) -> Self {
+        PluginInfo {
+            name: name.into(),
+            version: version.into(),
+            build: build.into(),
+            path: path.into(),
+            tasks,
         }
     }
 }
@@ -971,6 +1020,9 @@ impl PluginEvent {
             old_version: None,
             new_version: None,
             message: message.into(),
+            old_build: None,
+            new_build: None,
+            tasks: Vec::new(),
         }
     }
 }

@@ -98,6 +98,17 @@ struct RegistrationV1 {
     running: Vec<RunningClaim>,
 }
 
+/// `PluginEvent` as it was in version 1 (without builds and tasks).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct PluginEventV1 {
+    kind: String,
+    plugin: String,
+    path: String,
+    old_version: Option<String>,
+    new_version: Option<String>,
+    message: String,
+}
+
 /// `ToControlPlane` as it was in version 1 (same variants, same order).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 enum ToControlPlaneV1 {
@@ -136,7 +147,7 @@ enum ToControlPlaneV1 {
         nonce: u64,
     },
     Discover,
-    PluginEvent(PluginEvent),
+    PluginEvent(PluginEventV1),
     DeadLetters {
         request_id: u64,
     },
@@ -222,7 +233,14 @@ fn to_v1(msg: &ToControlPlane) -> Option<ToControlPlaneV1> {
         M::Unregister => V::Unregister,
         M::Ping { nonce } => V::Ping { nonce },
         M::Discover => V::Discover,
-        M::PluginEvent(e) => V::PluginEvent(e),
+        M::PluginEvent(e) => V::PluginEvent(PluginEventV1 {
+            kind: e.kind,
+            plugin: e.plugin,
+            path: e.path,
+            old_version: e.old_version,
+            new_version: e.new_version,
+            message: e.message,
+        }),
         M::DeadLetters { request_id } => V::DeadLetters { request_id },
         M::Replay {
             request_id,
@@ -299,7 +317,12 @@ fn from_v1(msg: ToControlPlaneV1) -> ToControlPlane {
         V::Unregister => M::Unregister,
         V::Ping { nonce } => M::Ping { nonce },
         V::Discover => M::Discover,
-        V::PluginEvent(e) => M::PluginEvent(e),
+        V::PluginEvent(e) => {
+            let mut event = PluginEvent::new(e.kind, e.plugin, e.path, e.message);
+            event.old_version = e.old_version;
+            event.new_version = e.new_version;
+            M::PluginEvent(event)
+        }
         V::DeadLetters { request_id } => M::DeadLetters { request_id },
         V::Replay {
             request_id,

@@ -4,7 +4,7 @@
 
 use std::{ffi::OsString, path::Path, sync::Arc, time::Duration};
 
-use fastworker_host::control_plane::server::Ready;
+use fastworker_host::control_plane::{http::HttpConfig, server::Ready};
 
 use fastworker_host::{
     control_plane::{
@@ -52,6 +52,13 @@ pub fn control_plane_config(
             }),
         })
     };
+    let dashboard = (!args.no_gui && args.gui_enabled).then(|| HttpConfig {
+        host: args.gui_host.clone(),
+        port: args.gui_port,
+        api_key: args.gui_api_key.clone().filter(|k| !k.is_empty()),
+        cluster_key: transport.key.clone(),
+        cors_origin: args.gui_cors_origin.clone(),
+    });
     Ok(ControlPlaneConfig {
         id: args.worker_id.clone(),
         base_address: args.base_address.clone(),
@@ -70,7 +77,7 @@ pub fn control_plane_config(
         shutdown_grace: secs(args.shutdown_grace, 0.0, MAX_SPAN_SECS),
         data_dir: args.data_dir.clone(),
         own_worker,
-        dashboard: (!args.no_gui).then(|| (args.gui_host.clone(), args.gui_port)),
+        dashboard,
     })
 }
 

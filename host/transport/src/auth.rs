@@ -122,6 +122,23 @@ impl ClusterKey {
         })
     }
 
+    /// Whether `token` (64 hex digits, as in a key file) is one of these keys: how
+    /// the control plane's HTTP API checks a bearer token when the cluster has a key.
+    /// Compared in constant time.
+    pub fn accepts_hex(&self, token: &str) -> bool {
+        let mut candidate = [0u8; KEY_LEN];
+        if hex::decode_to_slice(token.trim(), &mut candidate).is_err() {
+            return false;
+        }
+        self.keys.iter().fold(false, |found, key| {
+            let diff = key
+                .iter()
+                .zip(candidate.iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+            found | (diff == 0)
+        })
+    }
+
     /// A new random key, as the text of a key file.
     pub fn generate() -> String {
         format!(

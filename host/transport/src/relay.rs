@@ -170,6 +170,9 @@ pub struct Front {
     pub peers: PeerTable,
     /// Rate limits for warnings about peers.
     pub log: LogLimiter,
+    /// Connections refused or closed for what they did (full, no key, a bad
+    /// handshake or seal, a protocol violation), since the start.
+    rejected: AtomicU64,
 }
 
 /// Descriptors kept free for everything else (plugins, files, outgoing connections).
@@ -214,11 +217,19 @@ impl Front {
             inner,
             peers: PeerTable::default(),
             log: LogLimiter::new(LOG_INTERVAL),
+            rejected: AtomicU64::new(0),
         })
     }
 
-    /// Warns about `source` at most once per interval for `what`.
+    /// Connections refused or closed for misbehaving since the start.
+    pub fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
+
+    /// Counts a rejected connection from `source`, and warns about it at most once per
+    /// interval for `what`.
     pub fn warn_peer(&self, source: Option<SocketAddr>, what: &str, message: &str) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
         let ip = source.map_or_else(|| "unknown".to_string(), |s| s.ip().to_string());
         if let Some(quiet) = self.log.allow(&format!("{what}/{ip}")) {
             if quiet > 0 {

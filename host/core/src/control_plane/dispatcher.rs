@@ -23,6 +23,7 @@ use super::{
     dead_letters::DeadLetters,
     delay_queue::DelayQueue,
     events::{Event, EventLog},
+    observe::Observer,
     periodic::{PeriodicScheduler, PeriodicStatus},
     queue::ReadyQueues,
     result_cache::ResultCache,
@@ -103,6 +104,9 @@ pub struct DispatcherConfig {
     /// ([`Dispatcher::take_changes`]), and a shutdown keeps queued tasks for the next
     /// start instead of running them.
     pub durable: bool,
+    /// Whether to record events, timelines and counts for the dashboard, the HTTP
+    /// API and `/metrics` ([`Observer`]).
+    pub observe: bool,
 }
 
 /// Something the caller must do.
@@ -181,6 +185,8 @@ pub struct Dispatcher {
     served_before: HashSet<String>,
     /// Task names recorded as served in the data directory.
     served_names: HashSet<String>,
+    /// What the dashboard sees.
+    observer: Observer,
 }
 
 /// The most retries a submission may ask for.
@@ -208,6 +214,7 @@ impl Dispatcher {
         if config.durable {
             cache.track_evictions();
         }
+        let observe = config.observe;
         Dispatcher {
             config,
             tasks: TaskStore::default(),
@@ -235,6 +242,7 @@ impl Dispatcher {
             epoch: 0,
             served_before: HashSet::new(),
             served_names: HashSet::new(),
+            observer: Observer::new(observe),
         }
     }
 
@@ -252,12 +260,25 @@ impl Dispatcher {
     pub fn record_event(&mut self, kind: &str, subject: &str, message: String) {
         // Bounded: the log keeps 1,000 events, and what peers send must not make each
         // of them megabytes.
-        self.events.push(Event::new(
+        let event = Event::new(
             self.now.unix_ms,
             for_people(kind, 64),
             for_people(subject, MAX_ID_BYTES),
             for_people(&message, 1024),
-        ));
+        );
+        self.observer
+            .event(&event.kind, &event.subject, &event.message, event.at_ms);
+        self.events.push(event);
+    }
+
+    /// What the dashboard sees (events, timelines, counts).
+    pub fn observer(&self) -> &Observer {
+        &self.observer
+    }
+
+    /// The dashboard's events since the last call.
+    pub fn take_feed(&mut self) -> Vec<crate::protocol::api::ApiEvent> {
+        self.observer.take_feed()
     }
 
     /// Recent events.
@@ -511,6 +532,7 @@ impl Dispatcher {
         }
         self.fire_periodic();
         self.check_unserved();
+        self.observer.sample(now.unix_ms);
         for id in self
             .workers
             .overdue_restarts(now.at, self.config.inactive_after)
@@ -907,6 +929,8 @@ impl Dispatcher {
             self.queues.push(envelope.priority, &envelope.name, seq, id);
         }
         let not_before_ms = envelope.not_before_ms;
+        self.observer
+            .submitted(&envelope, scheduled, self.now.unix_ms);
         self.tasks.insert(TaskEntry {
             envelope,
             record,
@@ -1157,6 +1181,17 @@ impl Dispatcher {
         entry.record.attempts = entry.attempt;
         entry.record.delivery_count = entry.deliveries;
         entry.record.started_ms = Some(now.unix_ms);
+        if self.observer.is_on() {
+            let ready_since = entry.record.submitted_ms.max(entry.not_before_ms);
+            self.observer.started(
+                id,
+                &entry.envelope.name,
+                entry.attempt,
+                &worker,
+                now.unix_ms.saturating_sub(ready_since),
+                now.unix_ms,
+            );
+        }
         // What goes to the worker: the submission with what the control plane decided
         // for this hand-out. The worker times the attempt from its own start with the
         // timeout (clocks of other hosts may differ); deadline_ms is the control
@@ -1231,6 +1266,13 @@ impl Dispatcher {
                     self.own_tasks.remove(&name);
                 }
                 if self.known_task(&name) {
+                    self.observer.requeued(
+                        id,
+                        &name,
+                        attempt,
+                        &format!("{from} no longer serves it"),
+                        self.now.unix_ms,
+                    );
                     self.enqueue(id);
                     return;
                 }
@@ -1262,8 +1304,16 @@ impl Dispatcher {
                     let delay_ms = delay.as_millis() as u64;
                     let due = self.mono_ms(self.now).saturating_add(delay_ms);
                     let not_before = self.now.unix_ms.saturating_add(delay_ms);
+                    let served = self.known_task(&self.tasks[&id].envelope.name);
                     let entry = self.tasks.get_mut(&id).expect("checked above");
                     info!(task = %id, attempt, "task failed ({error}); retrying in {delay:?}");
+                    let task = super::observe::TaskRef {
+                        id,
+                        name: &entry.envelope.name,
+                        attempt,
+                        at: self.now.unix_ms,
+                    };
+                    self.observer.retrying(task, &error, delay_ms, served);
                     entry.attempt += 1;
                     entry.not_before_ms = not_before;
                     entry.record.status = TaskStatus::Retrying;
@@ -1328,6 +1378,15 @@ impl Dispatcher {
             return;
         }
         warn!(%task, %worker, "re-queueing a task its worker lost");
+        if let Some(entry) = self.tasks.get(&task) {
+            self.observer.requeued(
+                task,
+                &entry.envelope.name,
+                entry.attempt,
+                &format!("its worker {worker} was lost"),
+                self.now.unix_ms,
+            );
+        }
         self.enqueue(task);
     }
 
@@ -1384,6 +1443,7 @@ impl Dispatcher {
 
     fn remove_worker(&mut self, id: &WorkerId) {
         self.worker_changed(id, None);
+        self.observer.worker_gone(id);
         if let Some(worker) = self.workers.remove(id) {
             for task in worker.in_flight {
                 self.worker_lost_task(task, id);
@@ -1403,6 +1463,15 @@ impl Dispatcher {
         entry.record.error = error;
         entry.record.value = value;
         entry.record.completed_ms = Some(self.now.unix_ms);
+        if self.observer.is_on() {
+            let served = self.known_task(&entry.record.name);
+            self.observer.finished(
+                &entry.record,
+                entry.envelope.clone(),
+                self.now.unix_ms,
+                served,
+            );
+        }
         let record = entry.record;
         for waiter in self.waiters.remove(&id).unwrap_or_default() {
             let action = match waiter {
@@ -1537,8 +1606,10 @@ fn request_id_of(msg: &ToControlPlane) -> u64 {
 mod durable;
 mod peers;
 mod task_store;
+mod view;
 use super::store::TaskEntry;
 pub use durable::{Restored, Unsaved};
 use task_store::TaskStore;
+pub use view::{RetryRefused, StatusContext, TaskQuery};
 #[cfg(test)]
 mod tests;

@@ -4,10 +4,11 @@
 //!
 //! - [`dispatcher`]: the state machine (no I/O).
 //! - [`queue`], [`delay_queue`], [`dead_letters`], [`workers`], [`result_cache`],
-//!   [`retry`], [`periodic`], [`events`]: its parts, each a plain state machine with
+//!   [`retry`], [`periodic`], [`events`], [`observe`]: its parts, each a plain state machine with
 //!   its own tests.
 //! - [`store`] and [`commit`]: `--data-dir` (the durable state and the group commit).
 //! - [`own_worker`]: the child process that runs the control plane's own plugins.
+//! - [`http`]: the dashboard, the JSON API, the event stream and `/metrics`.
 //! - [`server`]: the event loop that connects the state machine to sockets, the own
 //!   subworker, timers and signals.
 
@@ -16,6 +17,9 @@ pub mod dead_letters;
 pub mod delay_queue;
 pub mod dispatcher;
 pub mod events;
+pub mod http;
+pub mod metrics;
+pub mod observe;
 pub mod own_worker;
 pub mod periodic;
 pub mod queue;

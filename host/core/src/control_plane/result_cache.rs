@@ -33,6 +33,19 @@ pub struct ResultCache {
     bytes: u64,
     /// Ids of records dropped (evicted, expired, removed), while someone tracks them.
     dropped: Option<Vec<TaskId>>,
+    /// What lookups found and what was dropped, since the start.
+    stats: CacheStats,
+}
+
+/// The cache's counters since the start (for `/metrics` and `/api/cache`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Lookups ([`ResultCache::get`]) that found a live record.
+    pub hits: u64,
+    /// Lookups that found none (or an expired one).
+    pub misses: u64,
+    /// Records dropped for room or because they expired.
+    pub evictions: u64,
 }
 
 impl ResultCache {
@@ -46,6 +59,7 @@ impl ResultCache {
             max_bytes,
             bytes: 0,
             dropped: None,
+            stats: CacheStats::default(),
         }
     }
 
@@ -89,6 +103,7 @@ impl ResultCache {
             match self.entries.pop_lru() {
                 Some((id, (_, old))) => {
                     self.bytes -= cost(&old);
+                    self.stats.evictions += 1;
                     self.note_dropped(id);
                 }
                 None => break,
@@ -96,6 +111,7 @@ impl ResultCache {
         }
         if let Some((id, (_, evicted))) = self.entries.push(record.task_id, (now, record)) {
             self.bytes -= cost(&evicted);
+            self.stats.evictions += 1;
             self.note_dropped(id);
         }
         self.bytes += size;
@@ -110,13 +126,19 @@ impl ResultCache {
     /// The record of `id`, if stored and not expired; refreshes its recency.
     pub fn get(&mut self, id: &TaskId, now: Instant) -> Option<&TaskRecord> {
         let expired = match self.entries.peek(id) {
-            None => return None,
+            None => {
+                self.stats.misses += 1;
+                return None;
+            }
             Some((stored, _)) => now.duration_since(*stored) >= self.ttl,
         };
         if expired {
+            self.stats.misses += 1;
+            self.stats.evictions += 1;
             self.remove(id);
             return None;
         }
+        self.stats.hits += 1;
         self.entries.get(id).map(|(_, r)| r)
     }
 
@@ -151,6 +173,7 @@ impl ResultCache {
         for id in &expired {
             self.remove(id);
         }
+        self.stats.evictions += expired.len() as u64;
         expired.len()
     }
 
@@ -162,6 +185,21 @@ impl ResultCache {
     /// True when empty.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Lookups and drops since the start.
+    pub fn stats(&self) -> CacheStats {
+        self.stats
+    }
+
+    /// The byte budget.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// How long a record lives.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
     }
 
     /// The capacity.

@@ -27,6 +27,7 @@ use tracing::{info, warn};
 use crate::probe::probe_reply;
 
 use super::dispatcher::{Action, Dispatcher, DispatcherConfig, Now};
+use super::http::calls::{answer, Call, LoopContext};
 use super::{
     commit::{CommitsDone, Committer},
     own_worker::{ChildCommand, ChildExit, Supervisor},
@@ -101,8 +102,8 @@ pub struct ControlPlaneConfig {
     pub data_dir: Option<PathBuf>,
     /// The own subworker, when the control plane has task modules.
     pub own_worker: Option<OwnWorker>,
-    /// Where the dashboard would listen, if it is wanted.
-    pub dashboard: Option<(String, u16)>,
+    /// Where and how the dashboard and the HTTP API are served, if they are.
+    pub dashboard: Option<super::http::HttpConfig>,
 }
 
 /// The subworker endpoint beside `base`: its host with `port` (none for port 0).
@@ -192,6 +193,8 @@ pub struct Ready {
     /// The tasks served then (by its own subworker, or subworkers registered early),
     /// by name.
     pub tasks: Vec<crate::protocol::ServedTask>,
+    /// The dashboard's address (`http://host:port/`), when it is served.
+    pub dashboard: Option<String>,
 }
 
 /// Runs the control plane until it is asked to stop. `on_ready` is called once, when
@@ -237,6 +240,7 @@ pub async fn run(
         max_payload_bytes: args.max_payload_bytes,
         max_message_bytes: transport_config.max_message_bytes,
         durable: args.data_dir.is_some(),
+        observe: args.dashboard.is_some(),
     };
     let mut dispatcher = Dispatcher::new(config, Now::current());
     let (mut committer, mut commits_done) = match &args.data_dir {
@@ -271,9 +275,16 @@ pub async fn run(
     };
     let mut ready_pending = true;
     let started = tokio::time::Instant::now();
-    if let Some((host, port)) = &args.dashboard {
-        info!("the dashboard is not built yet; nothing listens on http://{host}:{port}");
-    }
+    let mut http = match &args.dashboard {
+        Some(config) => Some(super::http::start(config.clone()).await?),
+        None => None,
+    };
+    let mut api_context = LoopContext {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        address: server.endpoints[0].clone(),
+        started: std::time::Instant::now(),
+        rejected_connections: 0,
+    };
 
     // Callback receivers are the user's own programs: guarded, but without the key.
     let callback_config = transport_config.clone().with_key(None);
@@ -340,6 +351,12 @@ pub async fn run(
                 );
             }
             _ = tick.tick() => dispatcher.tick(Now::current()),
+            Some(call) = next_call(&mut http) => {
+                api_context.rejected_connections = server.front.rejected() + discovery.front.rejected();
+                let reply = answer(call.query, &mut dispatcher, &api_context);
+                // The caller may have given up waiting: nothing to do then.
+                let _ = call.reply.send(reply);
+            }
             Some(written) = next_commit(&mut commits_done) => {
                 if let Some(committer) = committer.as_mut() {
                     let actions = committer.finish(&mut dispatcher, written);
@@ -372,6 +389,9 @@ pub async fn run(
         }
         let actions = releasable(&mut committer, &mut dispatcher);
         perform_all(actions, &server.outbox, &mut versions, &callback_config);
+        if let Some(http) = &http {
+            http.hub.publish(dispatcher.take_feed());
+        }
         if ready_pending {
             let registered = supervisor.is_none() || dispatcher.own_worker_registered();
             if registered || started.elapsed() >= OWN_WORKER_STARTUP {
@@ -384,6 +404,7 @@ pub async fn run(
                         id: args.id.clone(),
                         endpoint: server.endpoints[0].clone(),
                         tasks: dispatcher.served_tasks(),
+                        dashboard: http.as_ref().map(|h| h.url.clone()),
                     });
                 }
             }
@@ -469,6 +490,14 @@ fn open_store(
         started.elapsed()
     );
     Ok(Committer::new(Box::new(store)))
+}
+
+/// The next request from the HTTP side, or never without a dashboard.
+async fn next_call(http: &mut Option<super::http::HttpEndpoint>) -> Option<Call> {
+    match http {
+        Some(http) => http.calls.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The next written commit, or never without a data directory.

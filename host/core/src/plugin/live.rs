@@ -74,7 +74,7 @@ pub enum ReloadReport {
 }
 
 /// The first 8 hex digits of a content hash: enough to tell two builds apart in a log.
-fn short_build(hash: &str) -> String {
+pub fn short_build(hash: &str) -> String {
     hash.chars().take(8).collect()
 }
 
@@ -151,7 +151,9 @@ impl From<&ReloadReport> for PluginEvent {
                 plugin,
                 old_version,
                 new_version,
-                ..
+                old_build,
+                new_build,
+                tasks,
             } => {
                 let mut event = PluginEvent::new(
                     "reloaded",
@@ -161,6 +163,9 @@ impl From<&ReloadReport> for PluginEvent {
                 );
                 event.old_version = old_version.clone();
                 event.new_version = Some(new_version.clone());
+                event.old_build = old_build.clone();
+                event.new_build = Some(new_build.clone());
+                event.tasks = tasks.clone();
                 event
             }
             ReloadReport::Retired {

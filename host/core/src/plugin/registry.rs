@@ -162,6 +162,25 @@ impl PluginRegistry {
         self.plugins.values()
     }
 
+    /// The plugins loaded, as a host reports them to the control plane (sorted by
+    /// name).
+    pub fn plugin_infos(&self) -> Vec<crate::protocol::PluginInfo> {
+        let mut infos: Vec<_> = self
+            .plugins()
+            .map(|p| {
+                crate::protocol::PluginInfo::new(
+                    p.name.clone(),
+                    p.version.clone(),
+                    super::live::short_build(&p.content_hash),
+                    p.source.display().to_string(),
+                    p.tasks.iter().map(|t| t.name.clone()).collect(),
+                )
+            })
+            .collect();
+        infos.sort_by(|a, b| a.name.cmp(&b.name));
+        infos
+    }
+
     /// What this registry serves, as a host announces it to the control plane.
     pub fn task_specs(&self) -> Vec<crate::protocol::TaskSpec> {
         self.tasks()

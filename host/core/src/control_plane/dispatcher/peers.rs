@@ -76,6 +76,10 @@ impl Dispatcher {
         } else {
             info!(%worker, "{message}");
         }
+        if let Some(id) = self.workers.by_peer(peer).cloned() {
+            self.observer
+                .plugin_event(&id, &bounded_event(&event), self.now.unix_ms);
+        }
         self.record_event(&format!("plugin.{kind}"), &worker, message);
     }
 
@@ -168,6 +172,8 @@ impl Dispatcher {
             );
         }
         self.names_served(reg.tasks.iter().map(|t| t.name.as_str()));
+        self.observer
+            .worker_plugins(&reg.worker_id, bounded_plugins(reg.plugins));
         let registered = self.workers.register(
             peer.clone(),
             reg.worker_id.clone(),
@@ -243,4 +249,48 @@ impl Dispatcher {
         }
         self.peers.remove(peer);
     }
+}
+
+/// What a subworker says of its plugins, bounded for keeping: at most 64 plugins, each
+/// with at most 1,000 task names, every string cut for people.
+fn bounded_plugins(plugins: Vec<crate::protocol::PluginInfo>) -> Vec<crate::protocol::PluginInfo> {
+    plugins
+        .into_iter()
+        .take(64)
+        .map(|p| {
+            crate::protocol::PluginInfo::new(
+                for_people(&p.name, 128),
+                for_people(&p.version, 64),
+                for_people(&p.build, 64),
+                for_people(&p.path, 512),
+                p.tasks
+                    .iter()
+                    .take(1_000)
+                    .map(|t| for_people(t, crate::protocol::MAX_ID_BYTES))
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// A subworker's plugin event, bounded for keeping like [`bounded_plugins`].
+fn bounded_event(event: &crate::protocol::PluginEvent) -> crate::protocol::PluginEvent {
+    let cut = |s: &Option<String>| s.as_deref().map(|s| for_people(s, 64));
+    let mut bounded = crate::protocol::PluginEvent::new(
+        for_people(&event.kind, 32),
+        for_people(&event.plugin, 128),
+        for_people(&event.path, 512),
+        for_people(&event.message, 1024),
+    );
+    bounded.old_version = cut(&event.old_version);
+    bounded.new_version = cut(&event.new_version);
+    bounded.old_build = cut(&event.old_build);
+    bounded.new_build = cut(&event.new_build);
+    bounded.tasks = event
+        .tasks
+        .iter()
+        .take(1_000)
+        .map(|t| for_people(t, crate::protocol::MAX_ID_BYTES))
+        .collect();
+    bounded
 }

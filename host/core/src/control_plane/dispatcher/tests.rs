@@ -46,6 +46,7 @@ fn config() -> DispatcherConfig {
         max_payload_bytes: 1024,
         max_message_bytes: 4096,
         durable: false,
+        observe: false,
     }
 }
 
@@ -1128,6 +1129,7 @@ fn status_of(d: &mut Dispatcher, client: &PeerId, id: TaskId, now: Now) -> Optio
 fn durable() -> DispatcherConfig {
     DispatcherConfig {
         durable: true,
+        observe: false,
         ..config()
     }
 }

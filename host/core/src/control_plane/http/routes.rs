@@ -1,0 +1,379 @@
+//! The routes: the page and its assets, `/healthz`, `/readyz`, `/metrics`, the JSON
+//! API and the event stream. Every handler checks the bearer token ([`Auth`]), then
+//! asks the event loop and turns its [`Reply`] into a response.
+
+use std::{collections::VecDeque, convert::Infallible, sync::Arc, time::Duration};
+
+use axum::{
+    extract::{rejection::QueryRejection, Path, Query as UrlQuery, State},
+    http::{header, HeaderMap, HeaderValue, Method, StatusCode},
+    response::{
+        sse::{Event, KeepAlive, Sse},
+        IntoResponse, Response,
+    },
+    routing::{get, post},
+    Router,
+};
+use serde::Deserialize;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use super::{
+    auth::{Auth, Refusal},
+    calls::{self, Call, Query, Reply},
+    events::EventHub,
+};
+use crate::{
+    control_plane::dispatcher::TaskQuery,
+    protocol::{api::ApiEvent, TaskId},
+    task_error::{ErrorKind, TaskError},
+};
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct Shared {
+    /// Requests for the event loop.
+    pub calls: mpsc::Sender<Call>,
+    /// The event stream.
+    pub hub: Arc<EventHub>,
+    /// The tokens.
+    pub auth: Auth,
+}
+
+/// How long a request waits for the event loop.
+const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+/// The largest page `/api/tasks` returns.
+const MAX_PAGE: u64 = 1_000;
+
+const INDEX_HTML: &str = include_str!("assets/index.html");
+const APP_JS: &str = include_str!("assets/app.js");
+const APP_CSS: &str = include_str!("assets/app.css");
+
+/// The routes, without CORS.
+pub fn router(shared: Shared) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/assets/app.js", get(app_js))
+        .route("/assets/app.css", get(app_css))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/status", get(status))
+        .route("/api/workers", get(workers))
+        .route("/api/queues", get(queues))
+        .route("/api/tasks", get(tasks))
+        .route("/api/tasks/{id}", get(task))
+        .route("/api/tasks/{id}/cancel", post(cancel))
+        .route("/api/tasks/{id}/retry", post(retry))
+        .route("/api/cache", get(cache))
+        .route("/api/plugins", get(plugins))
+        .route("/api/dead-letters", get(dead_letters))
+        .route("/api/dead-letters/{id}/replay", post(replay))
+        .route("/api/throughput", get(throughput))
+        .route("/api/events", get(events))
+        .fallback(not_found)
+        .with_state(shared)
+}
+
+/// `router` with `FASTWORKER_GUI_CORS_ORIGIN` applied (`*` for any origin).
+pub fn with_cors(router: Router, origin: Option<&str>) -> Router {
+    let Some(origin) = origin.map(str::trim).filter(|o| !o.is_empty()) else {
+        return router;
+    };
+    let allow = if origin == "*" {
+        AllowOrigin::any()
+    } else {
+        match HeaderValue::from_str(origin) {
+            Ok(value) => AllowOrigin::exact(value),
+            Err(_) => {
+                tracing::warn!(
+                    "FASTWORKER_GUI_CORS_ORIGIN {origin:?} is not a valid origin: ignored"
+                );
+                return router;
+            }
+        }
+    };
+    router.layer(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::HeaderName::from_static("last-event-id"),
+            ]),
+    )
+}
+
+impl IntoResponse for Reply {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            [
+                (header::CONTENT_TYPE, self.content_type),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            self.body,
+        )
+            .into_response()
+    }
+}
+
+fn refused(refusal: Refusal) -> Response {
+    let Refusal::Unauthorized(why) = refusal;
+    let mut response = calls::error(
+        StatusCode::UNAUTHORIZED,
+        &TaskError::new(ErrorKind::Rejected, why),
+    )
+    .into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"fastworker\""),
+    );
+    response
+}
+
+fn bad_request(why: String) -> Response {
+    calls::error(
+        StatusCode::BAD_REQUEST,
+        &TaskError::new(ErrorKind::Rejected, why),
+    )
+    .into_response()
+}
+
+/// Sends `query` to the event loop and waits for the answer.
+async fn ask_loop(shared: &Shared, query: Query) -> Response {
+    let (reply, answer) = oneshot::channel();
+    let unavailable = |why: &str| {
+        calls::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &TaskError::new(ErrorKind::Rejected, why),
+        )
+        .into_response()
+    };
+    if shared.calls.send(Call { query, reply }).await.is_err() {
+        return unavailable("the control plane is stopping");
+    }
+    match tokio::time::timeout(ANSWER_WITHIN, answer).await {
+        Ok(Ok(reply)) => reply.into_response(),
+        Ok(Err(_)) => unavailable("the control plane is stopping"),
+        Err(_) => unavailable("the control plane did not answer within 10 s"),
+    }
+}
+
+/// Checks the token, then asks.
+async fn ask(shared: &Shared, headers: &HeaderMap, write: bool, query: Query) -> Response {
+    if let Err(refusal) = shared.auth.check(headers, write) {
+        return refused(refusal);
+    }
+    ask_loop(shared, query).await
+}
+
+/// Asks `query` of task `id` (its text from the path), or answers 400 for a bad id.
+async fn ask_about(
+    shared: &Shared,
+    headers: &HeaderMap,
+    write: bool,
+    id: &str,
+    query: fn(TaskId) -> Query,
+) -> Response {
+    match TaskId::parse(id) {
+        Ok(id) => ask(shared, headers, write, query(id)).await,
+        Err(_) => bad_request(format!("{id:?} is not a task id")),
+    }
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn index() -> Response {
+    asset("text/html; charset=utf-8", INDEX_HTML)
+}
+
+async fn app_js() -> Response {
+    asset("text/javascript; charset=utf-8", APP_JS)
+}
+
+async fn app_css() -> Response {
+    asset("text/css; charset=utf-8", APP_CSS)
+}
+
+async fn not_found() -> Response {
+    calls::error(
+        StatusCode::NOT_FOUND,
+        &TaskError::new(ErrorKind::Rejected, "no such page (see docs/API.md)"),
+    )
+    .into_response()
+}
+
+async fn healthz(State(shared): State<Shared>) -> Response {
+    ask_loop(&shared, Query::Alive).await
+}
+
+async fn readyz(State(shared): State<Shared>) -> Response {
+    ask_loop(&shared, Query::Ready).await
+}
+
+async fn metrics(State(shared): State<Shared>, headers: HeaderMap) -> Response {
+    ask(&shared, &headers, false, Query::Metrics).await
+}
+
+async fn status(State(shared): State<Shared>, headers: HeaderMap) -> Response {
+    ask(&shared, &headers, false, Query::Status).await
+}
+
+async fn workers(State(shared): State<Shared>, headers: HeaderMap) -> Response {
+    ask(&shared, &headers, false, Query::Workers).await
+}
+
+async fn queues(State(shared): State<Shared>, headers: HeaderMap) -> Response {
+    ask(&shared, &headers, false, Query::Queues).await
+}
+
+async fn cache(State(shared): State<Shared>, headers: HeaderMap) -> Response {
+    ask(&shared, &headers, false, Query::Cache).await
+}
+
+async fn plugins(State(shared): State<Shared>, headers: HeaderMap) -> Response {
+    ask(&shared, &headers, false, Query::Plugins).await
+}
+
+async fn dead_letters(State(shared): State<Shared>, headers: HeaderMap) -> Response {
+    ask(&shared, &headers, false, Query::DeadLetters).await
+}
+
+async fn throughput(State(shared): State<Shared>, headers: HeaderMap) -> Response {
+    ask(&shared, &headers, false, Query::Throughput).await
+}
+
+/// `/api/tasks`'s parameters.
+#[derive(Debug, Deserialize)]
+struct TasksParams {
+    limit: Option<u64>,
+    offset: Option<u64>,
+    status: Option<String>,
+    name: Option<String>,
+}
+
+async fn tasks(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    params: Result<UrlQuery<TasksParams>, QueryRejection>,
+) -> Response {
+    let UrlQuery(params) = match params {
+        Ok(params) => params,
+        Err(err) => return bad_request(format!("bad query: {err}")),
+    };
+    let query = TaskQuery {
+        status: params.status.filter(|s| !s.is_empty()),
+        name: params.name.filter(|s| !s.is_empty()),
+        offset: params.offset.unwrap_or(0),
+        limit: params.limit.unwrap_or(50).min(MAX_PAGE),
+    };
+    ask(&shared, &headers, false, Query::Tasks(query)).await
+}
+
+async fn task(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    ask_about(&shared, &headers, false, &id, Query::Task).await
+}
+
+async fn cancel(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    ask_about(&shared, &headers, true, &id, Query::Cancel).await
+}
+
+async fn retry(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    ask_about(&shared, &headers, true, &id, Query::Retry).await
+}
+
+async fn replay(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    ask_about(&shared, &headers, true, &id, Query::Replay).await
+}
+
+/// `/api/events`'s parameters: where to resume when `Last-Event-ID` cannot be sent.
+#[derive(Debug, Deserialize)]
+struct EventsParams {
+    last_event_id: Option<u64>,
+}
+
+/// One reader's place in the stream.
+struct Reader {
+    missed: u64,
+    backlog: VecDeque<Arc<ApiEvent>>,
+    live: broadcast::Receiver<Arc<ApiEvent>>,
+}
+
+fn sse_event(event: &ApiEvent) -> Event {
+    let data = serde_json::to_string(event).unwrap_or_else(|_| "{}".into());
+    Event::default()
+        .id(event.id.to_string())
+        .event(event.kind.as_str())
+        .data(data)
+}
+
+fn lagged(missed: u64) -> Event {
+    Event::default()
+        .event("lagged")
+        .data(format!("{{\"missed\":{missed}}}"))
+}
+
+async fn events(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    params: Result<UrlQuery<EventsParams>, QueryRejection>,
+) -> Response {
+    if let Err(refusal) = shared.auth.check(&headers, false) {
+        return refused(refusal);
+    }
+    let from_header = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let from_query = params.ok().and_then(|UrlQuery(p)| p.last_event_id);
+    let subscription = shared.hub.subscribe(from_header.or(from_query));
+    let reader = Reader {
+        missed: subscription.missed,
+        backlog: subscription.backlog.into(),
+        live: subscription.live,
+    };
+    let stream = futures::stream::unfold(reader, |mut reader| async move {
+        if reader.missed > 0 {
+            let missed = std::mem::take(&mut reader.missed);
+            return Some((Ok::<_, Infallible>(lagged(missed)), reader));
+        }
+        if let Some(event) = reader.backlog.pop_front() {
+            return Some((Ok(sse_event(&event)), reader));
+        }
+        match reader.live.recv().await {
+            Ok(event) => Some((Ok(sse_event(&event)), reader)),
+            Err(broadcast::error::RecvError::Lagged(missed)) => Some((Ok(lagged(missed)), reader)),
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}

@@ -1,0 +1,551 @@
+//! [`Observer`]: what the dispatcher tells the dashboard, the HTTP API and `/metrics`
+//! as tasks move: an event per step (the feed the server publishes on `/api/events`),
+//! the recent tasks' timelines, totals by name and status, wait and run time
+//! histograms, and the plugins each subworker has loaded. Off (every method returns at
+//! once) when the control plane serves no dashboard.
+//!
+//! Memory is bounded: at most [`MAX_TRAILS`] timelines, each of at most
+//! [`MAX_TRAIL_STEPS`] steps, the payloads kept for a retry at most
+//! [`MAX_KEPT_PAYLOAD_BYTES`] in all, at most [`MAX_NAMES`] task names counted.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::protocol::{
+    api::{ApiEvent, ApiPluginEvent, TaskTotals, ThroughputSample, TimelineEntry},
+    json::ErrorJson,
+    PluginEvent, PluginInfo, Priority, TaskEnvelope, TaskError, TaskId, TaskRecord, TaskStatus,
+    WorkerId,
+};
+
+/// The most recent tasks whose timelines are kept.
+pub const MAX_TRAILS: usize = 10_000;
+/// The most steps one timeline keeps (a task retried many times keeps its first and
+/// last steps).
+pub const MAX_TRAIL_STEPS: usize = 64;
+/// Payload bytes kept for final tasks so the dashboard can retry them.
+pub const MAX_KEPT_PAYLOAD_BYTES: u64 = 32 << 20;
+/// The most task names counted by name in `/metrics` (the rest count as `_unknown`).
+pub const MAX_NAMES: usize = 1_000;
+/// The name counted for tasks of names nobody serves, or beyond [`MAX_NAMES`].
+pub const UNKNOWN: &str = "_unknown";
+/// Plugin events kept for `/api/plugins`.
+pub const MAX_PLUGIN_HISTORY: usize = 200;
+
+/// Upper bounds (seconds) of the wait and run time histograms' buckets.
+pub const BUCKETS_SECS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
+];
+
+/// A histogram with [`BUCKETS_SECS`] bounds.
+#[derive(Debug, Clone, Default)]
+pub struct Histogram {
+    /// Observations at or under each bound (not cumulative).
+    pub buckets: [u64; BUCKETS_SECS.len()],
+    /// Observations in all.
+    pub count: u64,
+    /// Their sum, seconds.
+    pub sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, secs: f64) {
+        if let Some(i) = BUCKETS_SECS.iter().position(|b| secs <= *b) {
+            self.buckets[i] += 1;
+        }
+        self.count += 1;
+        self.sum += secs;
+    }
+}
+
+/// One task's recent life.
+#[derive(Debug)]
+struct Trail {
+    priority: Priority,
+    steps: Vec<TimelineEntry>,
+    /// The submission, kept once the task is final (for a retry), within the budget.
+    envelope: Option<TaskEnvelope>,
+}
+
+/// What the dispatcher reports, for the dashboard.
+#[derive(Debug, Default)]
+pub struct Observer {
+    on: bool,
+    feed: Vec<ApiEvent>,
+    order: VecDeque<TaskId>,
+    trails: HashMap<TaskId, Trail>,
+    kept_bytes: u64,
+    totals: TaskTotals,
+    /// Final statuses by task name (`success`, `failure`, `cancelled`, `retrying`).
+    by_name: HashMap<String, [u64; 4]>,
+    wait: Histogram,
+    run: Histogram,
+    reloads: u64,
+    plugins: HashMap<WorkerId, Vec<PluginInfo>>,
+    plugin_history: VecDeque<ApiPluginEvent>,
+    /// Totals per [`SAMPLE_INTERVAL_MS`], the newest last, and the totals at the last
+    /// sample.
+    samples: VecDeque<ThroughputSample>,
+    sampled: Option<(u64, TaskTotals)>,
+}
+
+/// Milliseconds between throughput samples.
+pub const SAMPLE_INTERVAL_MS: u64 = 5_000;
+/// Throughput samples kept (ten minutes).
+pub const MAX_SAMPLES: usize = 120;
+
+/// A task at one moment: which, its name, the attempt, and when (unix ms).
+#[derive(Debug, Clone, Copy)]
+pub struct TaskRef<'a> {
+    /// The task.
+    pub id: TaskId,
+    /// Its name.
+    pub name: &'a str,
+    /// The attempt.
+    pub attempt: u32,
+    /// Unix ms.
+    pub at: u64,
+}
+
+/// The slot of a status in [`Observer::by_name`]'s counts.
+fn slot(status: &str) -> Option<usize> {
+    ["success", "failure", "cancelled", "retrying"]
+        .iter()
+        .position(|s| *s == status)
+}
+
+impl Observer {
+    /// An observer that records (`on`) or ignores everything.
+    pub fn new(on: bool) -> Self {
+        Observer {
+            on,
+            ..Observer::default()
+        }
+    }
+
+    /// Whether it records.
+    pub fn is_on(&self) -> bool {
+        self.on
+    }
+
+    /// The events since the last call, in order.
+    pub fn take_feed(&mut self) -> Vec<ApiEvent> {
+        std::mem::take(&mut self.feed)
+    }
+
+    fn task_event(
+        &mut self,
+        kind: &str,
+        at: u64,
+        id: TaskId,
+        name: &str,
+        attempt: u32,
+    ) -> &mut ApiEvent {
+        let mut event = ApiEvent::new(kind, at);
+        event.task_id = Some(id.to_string());
+        event.task_name = Some(name.to_string());
+        event.attempt = Some(attempt);
+        self.feed.push(event);
+        let last = self.feed.len() - 1;
+        &mut self.feed[last]
+    }
+
+    fn step(&mut self, id: TaskId, entry: TimelineEntry) {
+        if let Some(trail) = self.trails.get_mut(&id) {
+            if trail.steps.len() >= MAX_TRAIL_STEPS {
+                // Keep the first steps and the newest: drop the oldest after the first.
+                trail.steps.remove(1);
+            }
+            trail.steps.push(entry);
+        }
+    }
+
+    /// A task was accepted (`scheduled` when it waits for a countdown or eta).
+    pub fn submitted(&mut self, envelope: &TaskEnvelope, scheduled: bool, at: u64) {
+        if !self.on {
+            return;
+        }
+        self.totals.submitted += 1;
+        let id = envelope.id;
+        let kind = if scheduled { "scheduled" } else { "queued" };
+        self.task_event(&format!("task.{kind}"), at, id, &envelope.name, 1);
+        if let Some(old) = self.trails.remove(&id) {
+            // Queued again under its id (a retry or a replay): a fresh timeline, after
+            // the old one's steps.
+            self.forget_payload(&old);
+            self.order.retain(|t| *t != id);
+            self.insert_trail(id, envelope.priority, old.steps);
+        } else {
+            self.insert_trail(id, envelope.priority, Vec::new());
+        }
+        let step = entry(at, if scheduled { "scheduled" } else { "submitted" }, 1);
+        self.step(id, step);
+    }
+
+    fn insert_trail(&mut self, id: TaskId, priority: Priority, steps: Vec<TimelineEntry>) {
+        while self.order.len() >= MAX_TRAILS {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(old) = self.trails.remove(&oldest) {
+                self.forget_payload(&old);
+            }
+        }
+        self.order.push_back(id);
+        self.trails.insert(
+            id,
+            Trail {
+                priority,
+                steps,
+                envelope: None,
+            },
+        );
+    }
+
+    fn forget_payload(&mut self, trail: &Trail) {
+        if let Some(envelope) = &trail.envelope {
+            self.kept_bytes -= envelope.payload.len() as u64;
+        }
+    }
+
+    /// A task was handed to `worker` for `attempt`, after waiting `waited_ms`.
+    pub fn started(
+        &mut self,
+        id: TaskId,
+        name: &str,
+        attempt: u32,
+        worker: &WorkerId,
+        waited_ms: u64,
+        at: u64,
+    ) {
+        if !self.on {
+            return;
+        }
+        self.wait.observe(waited_ms as f64 / 1000.0);
+        self.task_event("task.started", at, id, name, attempt)
+            .worker_id = Some(worker.0.clone());
+        let mut step = entry(at, "started", attempt);
+        step.worker_id = Some(worker.0.clone());
+        self.step(id, step);
+    }
+
+    /// An attempt failed and the task retries after `delay_ms`.
+    pub fn retrying(&mut self, task: TaskRef<'_>, error: &TaskError, delay_ms: u64, served: bool) {
+        if !self.on {
+            return;
+        }
+        let TaskRef {
+            id,
+            name,
+            attempt,
+            at,
+        } = task;
+        self.totals.retried += 1;
+        self.count(if served { name } else { UNKNOWN }, "retrying");
+        let event = self.task_event("task.retrying", at, id, name, attempt);
+        event.error = Some(ErrorJson::from(error));
+        event.message = Some(format!("retrying in {delay_ms} ms"));
+        let mut step = entry(at, "retrying", attempt);
+        step.message = Some(format!("{} (retry in {delay_ms} ms)", error.message));
+        self.step(id, step);
+    }
+
+    /// A task went back to its queue (its worker was lost, or no longer serves it).
+    pub fn requeued(&mut self, id: TaskId, name: &str, attempt: u32, why: &str, at: u64) {
+        if !self.on {
+            return;
+        }
+        self.task_event("task.requeued", at, id, name, attempt)
+            .message = Some(why.to_string());
+        let mut step = entry(at, "requeued", attempt);
+        step.message = Some(why.to_string());
+        self.step(id, step);
+    }
+
+    /// A task became final; its submission is kept for a retry while the budget
+    /// allows.
+    /// `served`: whether a worker serves its name (else it counts as `_unknown`).
+    pub fn finished(&mut self, record: &TaskRecord, envelope: TaskEnvelope, at: u64, served: bool) {
+        if !self.on {
+            return;
+        }
+        let status = record.status.as_str();
+        match record.status {
+            TaskStatus::Success => self.totals.success += 1,
+            TaskStatus::Failure => self.totals.failure += 1,
+            TaskStatus::Cancelled => self.totals.cancelled += 1,
+            _ => {}
+        }
+        self.count(if served { &record.name } else { UNKNOWN }, status);
+        if let (Some(started), Some(done)) = (record.started_ms, record.completed_ms) {
+            if record.status != TaskStatus::Cancelled || record.worker_id.is_some() {
+                self.run
+                    .observe(done.saturating_sub(started) as f64 / 1000.0);
+            }
+        }
+        let worker = record.worker_id.as_ref().map(|w| w.0.clone());
+        let event = self.task_event(
+            &format!("task.{status}"),
+            at,
+            record.task_id,
+            &record.name,
+            record.attempts.max(1),
+        );
+        event.worker_id = worker.clone();
+        event.error = record.error.as_ref().map(ErrorJson::from);
+        let mut step = entry(at, status_step(record.status), record.attempts.max(1));
+        step.worker_id = worker;
+        step.message = record.error.as_ref().map(|e| e.message.clone());
+        self.step(record.task_id, step);
+        let size = envelope.payload.len() as u64;
+        if self.kept_bytes + size <= MAX_KEPT_PAYLOAD_BYTES {
+            if let Some(trail) = self.trails.get_mut(&record.task_id) {
+                if trail.envelope.is_none() {
+                    trail.envelope = Some(envelope);
+                    self.kept_bytes += size;
+                }
+            }
+        }
+    }
+
+    fn count(&mut self, name: &str, status: &str) {
+        let Some(i) = slot(status) else {
+            return;
+        };
+        if let Some(counts) = self.by_name.get_mut(name) {
+            counts[i] += 1;
+            return;
+        }
+        let key = if self.by_name.len() < MAX_NAMES {
+            name
+        } else {
+            UNKNOWN
+        };
+        self.by_name.entry(key.to_string()).or_default()[i] += 1;
+    }
+
+    /// A worker or plugin event for the feed (`worker.registered`, `plugin.reloaded`).
+    pub fn event(&mut self, kind: &str, subject: &str, message: &str, at: u64) {
+        if !self.on {
+            return;
+        }
+        let mut event = ApiEvent::new(kind, at);
+        event.worker_id = Some(subject.to_string());
+        event.message = Some(message.to_string());
+        self.feed.push(event);
+    }
+
+    /// `worker` registered with these plugins.
+    pub fn worker_plugins(&mut self, worker: &WorkerId, plugins: Vec<PluginInfo>) {
+        if self.on {
+            self.plugins.insert(worker.clone(), plugins);
+        }
+    }
+
+    /// `worker` is gone.
+    pub fn worker_gone(&mut self, worker: &WorkerId) {
+        self.plugins.remove(worker);
+    }
+
+    /// A plugin of `worker` was reloaded, retired or rejected.
+    pub fn plugin_event(&mut self, worker: &WorkerId, event: &PluginEvent, at: u64) {
+        if !self.on {
+            return;
+        }
+        let plugins = self.plugins.entry(worker.clone()).or_default();
+        match event.kind.as_str() {
+            "reloaded" => {
+                self.reloads += 1;
+                plugins.retain(|p| p.path != event.path && p.name != event.plugin);
+                plugins.push(PluginInfo::new(
+                    event.plugin.clone(),
+                    event.new_version.clone().unwrap_or_default(),
+                    event.new_build.clone().unwrap_or_default(),
+                    event.path.clone(),
+                    event.tasks.clone(),
+                ));
+                plugins.sort_by(|a, b| a.name.cmp(&b.name));
+            }
+            "retired" => plugins.retain(|p| p.path != event.path),
+            _ => {}
+        }
+        if self.plugin_history.len() >= MAX_PLUGIN_HISTORY {
+            self.plugin_history.pop_front();
+        }
+        self.plugin_history
+            .push_back(ApiPluginEvent::new(at, worker.0.clone(), event));
+    }
+
+    /// The plugins `worker` has loaded.
+    pub fn plugins_of(&self, worker: &WorkerId) -> &[PluginInfo] {
+        self.plugins.get(worker).map_or(&[], Vec::as_slice)
+    }
+
+    /// Reloads, retirements and rejections, oldest first.
+    pub fn plugin_history(&self) -> impl Iterator<Item = &ApiPluginEvent> {
+        self.plugin_history.iter()
+    }
+
+    /// The recent tasks, newest first.
+    pub fn recent(&self) -> impl Iterator<Item = &TaskId> {
+        self.order.iter().rev()
+    }
+
+    /// A task's timeline and priority, if kept.
+    pub fn timeline(&self, id: &TaskId) -> Option<(Priority, &[TimelineEntry])> {
+        self.trails
+            .get(id)
+            .map(|t| (t.priority, t.steps.as_slice()))
+    }
+
+    /// The submission of a final task, if kept (for a retry).
+    pub fn kept_submission(&self, id: &TaskId) -> Option<&TaskEnvelope> {
+        self.trails.get(id).and_then(|t| t.envelope.as_ref())
+    }
+
+    /// Totals since the start.
+    pub fn totals(&self) -> TaskTotals {
+        self.totals
+    }
+
+    /// Counts by name: `[success, failure, cancelled, retrying]`.
+    pub fn by_name(&self) -> impl Iterator<Item = (&String, &[u64; 4])> {
+        self.by_name.iter()
+    }
+
+    /// How long tasks waited for a worker.
+    pub fn wait(&self) -> &Histogram {
+        &self.wait
+    }
+
+    /// How long attempts ran.
+    pub fn run(&self) -> &Histogram {
+        &self.run
+    }
+
+    /// Plugin reloads seen.
+    pub fn reloads(&self) -> u64 {
+        self.reloads
+    }
+
+    /// Takes a throughput sample if [`SAMPLE_INTERVAL_MS`] passed since the last one
+    /// (called on every tick).
+    pub fn sample(&mut self, at: u64) {
+        if !self.on {
+            return;
+        }
+        let Some((last_at, last)) = self.sampled else {
+            self.sampled = Some((at, self.totals));
+            return;
+        };
+        if at.saturating_sub(last_at) < SAMPLE_INTERVAL_MS {
+            return;
+        }
+        let now = self.totals;
+        let mut sample = ThroughputSample::default();
+        sample.at = at;
+        sample.success = now.success - last.success;
+        sample.failure = now.failure - last.failure;
+        sample.submitted = now.submitted - last.submitted;
+        if self.samples.len() >= MAX_SAMPLES {
+            self.samples.pop_front();
+        }
+        self.samples.push_back(sample);
+        self.sampled = Some((at, now));
+    }
+
+    /// The throughput samples, oldest first.
+    pub fn samples(&self) -> impl Iterator<Item = &ThroughputSample> {
+        self.samples.iter()
+    }
+}
+
+fn entry(at: u64, event: &'static str, attempt: u32) -> TimelineEntry {
+    TimelineEntry::new(at, event, attempt)
+}
+
+fn status_step(status: TaskStatus) -> &'static str {
+    match status {
+        TaskStatus::Success => "success",
+        TaskStatus::Failure => "failure",
+        TaskStatus::Cancelled => "cancelled",
+        _ => "final",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn envelope(name: &str, payload: usize) -> TaskEnvelope {
+        TaskEnvelope::new(
+            name,
+            crate::protocol::Codec::Json,
+            Bytes::from(vec![b'1'; payload]),
+        )
+    }
+
+    #[test]
+    fn a_task_leaves_a_timeline_events_and_counts() {
+        let mut observer = Observer::new(true);
+        let task = envelope("add", 3);
+        let id = task.id;
+        observer.submitted(&task, false, 1);
+        observer.started(id, "add", 1, &WorkerId::from("w"), 4, 2);
+        let mut record = TaskRecord::new(id, "add", TaskStatus::Success, task.codec);
+        record.attempts = 1;
+        record.started_ms = Some(2);
+        record.completed_ms = Some(3);
+        record.worker_id = Some(WorkerId::from("w"));
+        observer.finished(&record, task, 3, true);
+        let kinds: Vec<_> = observer.take_feed().into_iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, ["task.queued", "task.started", "task.success"]);
+        let (_, steps) = observer.timeline(&id).unwrap();
+        let names: Vec<_> = steps.iter().map(|s| s.event).collect();
+        assert_eq!(names, ["submitted", "started", "success"]);
+        assert_eq!(observer.totals().success, 1);
+        assert!(observer.kept_submission(&id).is_some());
+        assert_eq!(observer.wait().count, 1);
+        assert_eq!(observer.run().count, 1);
+    }
+
+    #[test]
+    fn off_it_keeps_nothing_and_trails_and_payloads_are_bounded() {
+        let mut off = Observer::new(false);
+        let task = envelope("add", 3);
+        off.submitted(&task, false, 1);
+        assert!(off.take_feed().is_empty());
+        assert!(off.timeline(&task.id).is_none());
+
+        let mut observer = Observer::new(true);
+        let mut first = None;
+        for i in 0..MAX_TRAILS + 5 {
+            let task = envelope("add", 1);
+            first.get_or_insert(task.id);
+            observer.submitted(&task, false, i as u64);
+        }
+        assert_eq!(observer.recent().count(), MAX_TRAILS);
+        assert!(observer.timeline(&first.unwrap()).is_none());
+
+        // A payload over what is left of the budget is not kept.
+        let big = envelope("add", MAX_KEPT_PAYLOAD_BYTES as usize + 1);
+        let id = big.id;
+        observer.submitted(&big, false, 1);
+        let record = TaskRecord::new(id, "add", TaskStatus::Failure, big.codec);
+        observer.finished(&record, big, 2, true);
+        assert!(observer.kept_submission(&id).is_none());
+    }
+
+    #[test]
+    fn names_beyond_the_limit_count_as_unknown() {
+        let mut observer = Observer::new(true);
+        for i in 0..MAX_NAMES + 3 {
+            observer.count(&format!("t{i}"), "success");
+        }
+        let unknown = observer
+            .by_name()
+            .find(|(n, _)| n.as_str() == "_unknown")
+            .map(|(_, c)| c[0]);
+        assert_eq!(unknown, Some(3));
+    }
+}
