@@ -4,9 +4,11 @@
 mod auth;
 mod cli;
 mod cluster;
+mod dashboard;
 mod durable;
 mod faults;
 mod hostile;
+mod http;
 mod lifecycle;
 mod memory;
 mod netns;

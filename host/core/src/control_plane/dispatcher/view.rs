@@ -345,9 +345,14 @@ impl Dispatcher {
         envelope.delivery_count = 0;
         envelope.countdown_ms = 0;
         envelope.not_before_ms = 0;
-        self.validate(std::slice::from_ref(&envelope))
-            .map_err(RetryRefused::Rejected)?;
+        // The old result goes, or the id would count as in use.
         let cached = self.cache.remove(&id);
+        if let Err(err) = self.validate(std::slice::from_ref(&envelope)) {
+            if let Some(record) = cached {
+                self.cache.insert(record, self.now.at);
+            }
+            return Err(RetryRefused::Rejected(err));
+        }
         if cached.is_some() {
             self.dropped_result(id);
         }
