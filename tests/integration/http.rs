@@ -134,6 +134,13 @@ pub fn request(url: &str, method: &str, headers: &[(&str, &str)], body: Option<&
             }
             bytes.extend(chunk);
         }
+    } else if let Some(length) = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+    {
+        bytes.resize(length, 0);
+        reader.read_exact(&mut bytes).expect("a body");
     } else {
         reader.read_to_end(&mut bytes).expect("a body");
     }
