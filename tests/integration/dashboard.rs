@@ -588,3 +588,53 @@ fn the_port_flags_a_busy_port_and_no_gui() {
     flag.wait_for(false, "ready on", STARTUP);
     assert!(!flag.stdout().contains("dashboard:"));
 }
+
+#[test]
+fn floods_and_garbage_on_the_dashboard_port_never_stop_dispatch() {
+    let _heavy = crate::support::heavy();
+    let dir = mytasks_dir();
+    let mut d = start(&dir, &["--task-modules", "mytasks"], &[]);
+    let address = d
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+
+    // Garbage instead of a request: an error answer, and the process lives on.
+    for garbage in [&b"\x00\xff\x13garbage\r\n\r\n"[..], &[b'A'; 70_000][..]] {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&address).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .expect("a timeout");
+        let _ = stream.write_all(garbage);
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.is_empty() || text.starts_with("HTTP/1.1 4"), "{text}");
+    }
+
+    // More silent connections than the dashboard holds: tasks keep flowing meanwhile,
+    // and the API answers again once the silent ones are dropped (10 s).
+    let silent: Vec<_> = (0..300)
+        .filter_map(|_| std::net::TcpStream::connect(&address).ok())
+        .collect();
+    assert!(silent.len() >= 256, "{} connected", silent.len());
+    let rt = runtime();
+    let client = connect(&rt, &d.cp.base);
+    for i in 0..20 {
+        let record = rt
+            .block_on(client.submit(task("add", json!([i, 1])), WAIT))
+            .expect("dispatch goes on during the flood");
+        let value: Value = serde_json::from_slice(&record.value).expect("a JSON value");
+        assert_eq!(value, json!(i + 1));
+    }
+    let status = get(&d, "api/status");
+    assert_eq!(status.status, 200, "{}", status.body);
+    assert_eq!(
+        status.json()["totals"]["success"].as_u64().map(|n| n >= 20),
+        Some(true)
+    );
+    drop(silent);
+    assert!(d.cp.proc.try_exit().is_none(), "{}", d.cp.proc.describe());
+}

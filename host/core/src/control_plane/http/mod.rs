@@ -5,6 +5,7 @@
 //! - [`events`]: the event stream's hub (bounded per reader, resumable).
 //! - [`auth`]: bearer tokens (`FASTWORKER_GUI_API_KEY`, the cluster key).
 //! - [`routes`]: the routes, the page's assets, CORS.
+//! - [`listener`]: at most 256 connections at once.
 //!
 //! Handlers never touch the dispatcher: each sends a [`calls::Call`] to the event loop
 //! and waits for its [`calls::Reply`].
@@ -12,6 +13,7 @@
 pub mod auth;
 pub mod calls;
 pub mod events;
+pub mod listener;
 pub mod routes;
 
 use std::sync::Arc;
@@ -81,7 +83,7 @@ pub async fn start(config: HttpConfig) -> Result<HttpEndpoint, HostError> {
     });
     let app = routes::with_cors(app, config.cors_origin.as_deref());
     let task = tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, app).await {
+        if let Err(err) = axum::serve(listener::LimitedListener::new(listener), app).await {
             warn!("the dashboard stopped serving: {err}");
         }
     });
