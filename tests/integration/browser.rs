@@ -47,62 +47,95 @@ fn browser_available(test: &str) -> bool {
     here
 }
 
-/// A ChromeDriver process and one browser session; both end when dropped.
-struct Browser {
-    driver: Child,
-    url: String,
-    session: String,
+/// Processes this test started, killed when dropped: Chromium (with every process it
+/// started: it leads its own process group) and ChromeDriver.
+struct Started {
+    chromium: Option<Child>,
+    driver: Option<Child>,
 }
 
-impl Drop for Browser {
+impl Drop for Started {
     fn drop(&mut self) {
-        let _ = std::panic::catch_unwind(|| {
-            request(
-                &format!("{}/session/{}", self.url, self.session),
-                "DELETE",
-                &[],
-                None,
-            )
-        });
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
+        if let Some(mut driver) = self.driver.take() {
+            let _ = driver.kill();
+            let _ = driver.wait();
+        }
+        if let Some(mut chromium) = self.chromium.take() {
+            // SAFETY: kill(2) on the process group Chromium leads (it was started with
+            // process_group(0), so its pid is the group id); no memory is touched.
+            unsafe {
+                libc::kill(-(chromium.id() as i32), libc::SIGKILL);
+            }
+            let _ = chromium.wait();
+        }
     }
+}
+
+/// Headless Chromium started by the test, and a ChromeDriver session attached to it;
+/// all of it ends when dropped.
+struct Browser {
+    url: String,
+    session: String,
+    _started: Started,
 }
 
 impl Browser {
     /// Starts ChromeDriver on a free port and a headless Chromium session whose
     /// profile lives in `dir`.
     fn start(dir: &TestDir) -> Browser {
-        let port = free_port();
-        let mut driver = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver starts");
-        let url = format!("http://127.0.0.1:{port}");
-        let up = poll_until(WAIT, || {
-            std::net::TcpStream::connect(("127.0.0.1", port))
-                .ok()
-                .map(|_| ())
-        });
-        if up.is_none() {
-            let _ = driver.kill();
-            panic!("chromedriver did not listen on {port}");
-        }
+        use std::os::unix::process::CommandExt;
+        let mut started = Started {
+            chromium: None,
+            driver: None,
+        };
+        let debug_port = free_port();
         let profile = dir.child("chromium-profile");
+        started.chromium = Some(
+            Command::new(CHROMIUM)
+                .args([
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--disable-quic",
+                    "--no-first-run",
+                    "--window-size=1280,900",
+                    "--remote-debugging-address=127.0.0.1",
+                    &format!("--remote-debugging-port={debug_port}"),
+                    &format!("--user-data-dir={}", profile.display()),
+                    "about:blank",
+                ])
+                .process_group(0)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("chromium starts"),
+        );
+        let port = free_port();
+        started.driver = Some(
+            Command::new(CHROMEDRIVER)
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("chromedriver starts"),
+        );
+        let url = format!("http://127.0.0.1:{port}");
+        for (what, port) in [("chromium", debug_port), ("chromedriver", port)] {
+            let up = poll_until(WAIT, || {
+                std::net::TcpStream::connect(("127.0.0.1", port))
+                    .ok()
+                    .map(|_| ())
+            });
+            assert!(up.is_some(), "{what} did not listen on {port}");
+        }
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:loggingPrefs": {"browser": "ALL"},
             "goog:chromeOptions": {
-                "binary": CHROMIUM,
-                "args": [
-                    "--headless", "--no-sandbox", "--disable-gpu",
-                    "--disable-background-networking", "--disable-component-update",
-                    "--disable-sync", "--disable-quic", "--no-first-run",
-                    "--window-size=1280,900",
-                    format!("--user-data-dir={}", profile.display()),
-                ]
+                "debuggerAddress": format!("127.0.0.1:{debug_port}"),
             }
         }}});
         let response = request(
@@ -116,17 +149,14 @@ impl Browser {
             .map(str::to_string);
         match session {
             Some(session) => Browser {
-                driver,
                 url,
                 session,
+                _started: started,
             },
-            None => {
-                let _ = driver.kill();
-                panic!(
-                    "no WebDriver session: {} {}",
-                    response.status, response.body
-                );
-            }
+            None => panic!(
+                "no WebDriver session: {} {}",
+                response.status, response.body
+            ),
         }
     }
 
@@ -272,6 +302,15 @@ fn the_page_loads_cleanly_and_a_submitted_task_turns_to_success_live() {
     });
     no_console_errors(&browser);
     browser.screenshot("overview.png");
+    // The console check sees what the page logs (so it can fail).
+    browser.script("console.error('probe from the test');", json!([]));
+    let seen = browser.console();
+    assert!(
+        seen.iter().any(|e| e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("probe from the test"))),
+        "{seen:?}"
+    );
 
     // The tasks view, live: a task submitted now appears and turns to success
     // without a reload (a marker set on the page survives).
