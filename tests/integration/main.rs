@@ -18,4 +18,5 @@ mod procs;
 mod reload;
 mod scaffold;
 mod support;
+mod traces;
 mod upgrade;

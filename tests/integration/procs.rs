@@ -268,12 +268,19 @@ impl ControlPlane {
     /// Starts `fastworker control-plane --no-gui` on free ports with `extra` flags, and
     /// waits for its "ready on" line.
     pub fn start(dir: &TestDir, extra: &[&str]) -> ControlPlane {
+        ControlPlane::start_with(dir, extra, &[])
+    }
+
+    /// [`ControlPlane::start`] with `env` set for the process.
+    pub fn start_with(dir: &TestDir, extra: &[&str], env: &[(&str, &str)]) -> ControlPlane {
         let base = free_address();
         let discovery = free_address();
         let subworker_port = free_port();
         let mut args = control_plane_args(&base, &discovery, &subworker_port.to_string());
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut proc = Proc::spawn(dir, "control-plane", &args);
+        let mut cmd = dir.fastworker();
+        cmd.args(&args).envs(env.iter().copied());
+        let mut proc = Proc::spawn_command(dir, "control-plane", cmd, None);
         proc.wait_for(false, "ready on", STARTUP);
         ControlPlane {
             proc,
@@ -295,6 +302,17 @@ impl ControlPlane {
     /// `--control-plane-address`, `--base-address` on a free port, `--task-modules
     /// mytasks`) plus `extra`, and waits until both sides say it registered.
     pub fn subworker(&mut self, dir: &TestDir, id: &str, extra: &[&str]) -> Proc {
+        self.subworker_with_env(dir, id, extra, &[])
+    }
+
+    /// [`ControlPlane::subworker`] with `env` set for the process.
+    pub fn subworker_with_env(
+        &mut self,
+        dir: &TestDir,
+        id: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Proc {
         let mut args: Vec<String> = vec![
             "subworker".into(),
             "--worker-id".into(),
@@ -307,7 +325,9 @@ impl ControlPlane {
             "mytasks".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut proc = Proc::spawn(dir, id, &args);
+        let mut cmd = dir.fastworker();
+        cmd.args(&args).envs(env.iter().copied());
+        let mut proc = Proc::spawn_command(dir, id, cmd, None);
         proc.wait_for(true, "registered with the control plane", STARTUP);
         self.wait_registered(id);
         proc

@@ -317,9 +317,12 @@ impl Client {
 
     async fn submit_many(
         &self,
-        tasks: Vec<TaskEnvelope>,
+        mut tasks: Vec<TaskEnvelope>,
         wait: bool,
     ) -> Result<Vec<TaskId>, ClientError> {
+        for task in &mut tasks {
+            with_trace(task);
+        }
         let answer = if tasks.len() == 1 {
             let task = tasks.into_iter().next().expect("one task");
             self.request(|request_id| ToControlPlane::Submit {
@@ -369,13 +372,26 @@ impl Client {
         wait: Duration,
     ) -> Result<TaskRecord, ClientError> {
         let id = task.id;
-        let (tx, rx) = oneshot::channel();
-        lock(&self.shared.waiting).insert(id, tx);
-        if let Err(err) = self.submit_many(vec![task], true).await {
-            lock(&self.shared.waiting).remove(&id);
-            return Err(err);
-        }
-        self.await_record(id, rx, wait).await
+        let mut task = task;
+        with_trace(&mut task);
+        // The task's span on the client, from submission to its final record.
+        let span = tracing::debug_span!(
+            target: "fastworker::task",
+            "task",
+            task_id = %id,
+            task_name = %task.name,
+            trace_id = %task.trace.as_ref().and_then(|t| t.trace_id()).unwrap_or(""),
+        );
+        let submit_and_wait = async move {
+            let (tx, rx) = oneshot::channel();
+            lock(&self.shared.waiting).insert(id, tx);
+            if let Err(err) = self.submit_many(vec![task], true).await {
+                lock(&self.shared.waiting).remove(&id);
+                return Err(err);
+            }
+            self.await_record(id, rx, wait).await
+        };
+        tracing::Instrument::instrument(submit_and_wait, span).await
     }
 
     /// Submits tasks in one message, accepted all or none; returns their ids.
@@ -809,5 +825,19 @@ fn route(shared: &Shared, msg: FromControlPlane) {
     };
     if let Some(tx) = lock(&shared.pending).remove(&request_id) {
         let _ = tx.send(msg);
+    }
+}
+
+/// Gives `task` a W3C trace context named by its id when it has no valid one, so its
+/// spans on the control plane and the subworker join the client's trace.
+fn with_trace(task: &mut TaskEnvelope) {
+    if task.trace.as_ref().and_then(|t| t.trace_id()).is_none() {
+        let span_id = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            ^ u64::from_le_bytes(task.id.0.as_bytes()[..8].try_into().unwrap_or([1; 8]));
+        task.trace = Some(fastworker_protocol::TraceContext::for_task(
+            task.id, span_id,
+        ));
     }
 }

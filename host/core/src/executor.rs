@@ -127,13 +127,25 @@ impl Executor {
             cancelled: cancelled.clone(),
         };
         let this = self.clone();
-        tokio::spawn(async move {
+        // The task's span on this host: its id, name, attempt and the trace it
+        // continues (the W3C context it was submitted with). DEBUG: off unless asked.
+        let span = tracing::debug_span!(
+            target: "fastworker::task",
+            "task",
+            task_id = %task.id,
+            task_name = %task.name,
+            attempt = task.attempt,
+            trace_id = %task.trace.as_ref().and_then(|t| t.trace_id()).unwrap_or(""),
+        );
+        let call_span = span.clone();
+        let task_future = async move {
             let payload = task.payload.clone();
             let finished = Arc::new(AtomicBool::new(false));
             let finished_in_call = finished.clone();
             let overdue = this.overdue.clone();
             let task_id = task.id;
             let call = this.calls.spawn(move || {
+                let _in_span = call_span.enter();
                 let result = call_task(handle.info(), &ctx, codec, &payload);
                 if finished_in_call.swap(true, Ordering::SeqCst) {
                     // Reported as timed out earlier; the thread is free again now.
@@ -192,11 +204,17 @@ impl Executor {
             let mut running = lock(&this.running);
             running.remove(&task.id);
             (outcome.delivery_count, outcome.lease) = *lock(&assignment);
+            debug!(target: "fastworker::task", "done: {}", match &outcome.result {
+                AttemptResult::Success => "success".to_string(),
+                AttemptResult::Failure(error) => format!("failure ({error})"),
+                _ => "other".to_string(),
+            });
             if this.outcomes.send(outcome).is_err() {
                 debug!(task = %task.id, "outcome dropped: the executor's owner is gone");
             }
             drop(running);
-        });
+        };
+        tokio::spawn(tracing::Instrument::instrument(task_future, span));
     }
 
     /// Cancels a running task. True if it was running here.

@@ -400,6 +400,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_task_trace_is_named_by_the_task_id_and_bad_ones_are_refused() {
+        let id = crate::TaskId::new();
+        let trace = crate::TraceContext::for_task(id, 0xabc);
+        assert_eq!(trace.trace_id(), Some(id.0.simple().to_string().as_str()));
+        assert!(trace.traceparent.ends_with("-0000000000000abc-01"));
+        for bad in [
+            "",
+            "00-xyz-0000000000000001-01",
+            "00-00000000000000000000000000000000-0000000000000001-01",
+        ] {
+            assert_eq!(crate::TraceContext::new(bad, "").trace_id(), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn an_event_names_its_type_and_a_task_page_flattens_nothing_else() {
         let mut event = ApiEvent::new("task.success", 5);
         event.id = 7;

@@ -187,6 +187,8 @@ pub struct Dispatcher {
     served_names: HashSet<String>,
     /// What the dashboard sees.
     observer: Observer,
+    /// Each task's `tracing` span, while it is held.
+    spans: super::task_spans::TaskSpans,
 }
 
 /// The most retries a submission may ask for.
@@ -243,6 +245,7 @@ impl Dispatcher {
             served_before: HashSet::new(),
             served_names: HashSet::new(),
             observer: Observer::new(observe),
+            spans: super::task_spans::TaskSpans::default(),
         }
     }
 
@@ -900,6 +903,16 @@ impl Dispatcher {
     }
 
     fn accept(&mut self, mut envelope: TaskEnvelope) {
+        // A task without a trace context (the CLI's, a Python client's) gets one
+        // named by its id, so its spans on every process share a trace.
+        if envelope.trace.as_ref().and_then(|t| t.trace_id()).is_none() {
+            let span_id = self.next_unit().to_bits();
+            envelope.trace = Some(crate::protocol::TraceContext::for_task(
+                envelope.id,
+                span_id,
+            ));
+        }
+        self.spans.open(&envelope);
         // How long to hold it: the countdown, or until the eta (read off the wall clock
         // once, here); the later wins. From now on only the monotonic clock counts.
         let hold_ms = envelope
@@ -1206,6 +1219,10 @@ impl Dispatcher {
         envelope.timeout_secs = timeout_ms.map(|ms| ms as f64 / 1000.0);
         envelope.deadline_ms = timeout_ms.map_or(0, |ms| now.unix_ms.saturating_add(ms));
         entry.record.worker_id = Some(worker.clone());
+        self.spans.step(
+            &id,
+            format_args!("handed to {worker} (attempt {})", envelope.attempt),
+        );
         self.workers.assign(&worker, id);
         if let Some(w) = self.workers.get(&worker) {
             self.actions.push(reply(
@@ -1307,6 +1324,10 @@ impl Dispatcher {
                     let served = self.known_task(&self.tasks[&id].envelope.name);
                     let entry = self.tasks.get_mut(&id).expect("checked above");
                     info!(task = %id, attempt, "task failed ({error}); retrying in {delay:?}");
+                    self.spans.step(
+                        &id,
+                        format_args!("attempt {attempt} failed ({error}); retrying in {delay:?}"),
+                    );
                     let task = super::observe::TaskRef {
                         id,
                         name: &entry.envelope.name,
@@ -1463,6 +1484,7 @@ impl Dispatcher {
         entry.record.error = error;
         entry.record.value = value;
         entry.record.completed_ms = Some(self.now.unix_ms);
+        self.spans.close(&id, status.as_str());
         if self.observer.is_on() {
             let served = self.known_task(&entry.record.name);
             self.observer.finished(

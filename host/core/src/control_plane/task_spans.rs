@@ -1,0 +1,55 @@
+//! [`TaskSpans`]: one `tracing` span per task on the control plane, open from its
+//! submission to its final status, named `task` under the target `fastworker::task`
+//! with the task's id, name and trace id (from the W3C trace context it carries). Its
+//! steps are logged inside it. The spans are at DEBUG level: off (and free) unless the
+//! log level or a tracing layer asks for them (`--log-level debug`, or
+//! `FASTWORKER_LOG=info,fastworker::task=debug`).
+
+use std::collections::HashMap;
+
+use tracing::{debug, Span};
+
+use crate::protocol::{TaskEnvelope, TaskId};
+
+/// The open spans, by task.
+#[derive(Debug, Default)]
+pub struct TaskSpans {
+    open: HashMap<TaskId, Span>,
+}
+
+impl TaskSpans {
+    /// Opens the span of a task just accepted (nothing is kept when spans are off).
+    pub fn open(&mut self, task: &TaskEnvelope) {
+        let trace_id = task.trace.as_ref().and_then(|t| t.trace_id()).unwrap_or("");
+        let span = tracing::debug_span!(
+            target: "fastworker::task",
+            "task",
+            task_id = %task.id,
+            task_name = %task.name,
+            trace_id = %trace_id,
+            status = tracing::field::Empty,
+        );
+        if span.is_disabled() {
+            return;
+        }
+        span.in_scope(
+            || debug!(target: "fastworker::task", priority = task.priority.as_str(), "accepted"),
+        );
+        self.open.insert(task.id, span);
+    }
+
+    /// Logs a step of task `id` inside its span.
+    pub fn step(&self, id: &TaskId, what: std::fmt::Arguments<'_>) {
+        if let Some(span) = self.open.get(id) {
+            span.in_scope(|| debug!(target: "fastworker::task", "{what}"));
+        }
+    }
+
+    /// Closes the span of a task that became final with `status`.
+    pub fn close(&mut self, id: &TaskId, status: &str) {
+        if let Some(span) = self.open.remove(id) {
+            span.record("status", status);
+            span.in_scope(|| debug!(target: "fastworker::task", "final: {status}"));
+        }
+    }
+}
