@@ -293,13 +293,23 @@ fn the_page_loads_cleanly_and_a_submitted_task_turns_to_success_live() {
     browser.wait_text("[data-stat=\"active-workers\"]", "2 workers", |t| t == "2");
     let rt = runtime();
     let client = connect(&rt, &d.cp.base);
-    for i in 0..20 {
+    // Tasks over a few seconds, so the throughput chart has points to draw.
+    for i in 0..60 {
         rt.block_on(client.submit(task("add", json!([i, i])), WAIT))
             .expect("add");
+        std::thread::sleep(Duration::from_millis(50));
     }
     browser.wait_text("[data-stat=\"success-total\"]", "counted", |t| {
-        t.parse::<u64>().is_ok_and(|n| n >= 20)
+        t.parse::<u64>().is_ok_and(|n| n >= 60)
     });
+    poll_until(WAIT, || {
+        let drawn = browser.script(
+            "return document.querySelectorAll('svg#chart-throughput path').length;",
+            json!([]),
+        );
+        (drawn.as_u64() > Some(0)).then_some(())
+    })
+    .expect("the throughput chart draws its samples");
     no_console_errors(&browser);
     browser.screenshot("overview.png");
     // The console check sees what the page logs (so it can fail).

@@ -325,7 +325,7 @@ pub struct ThroughputSample {
 pub struct ApiThroughput {
     /// Seconds between samples.
     pub interval_secs: u64,
-    /// The samples (at most 120: ten minutes).
+    /// The samples (at most 300: five minutes).
     pub samples: Vec<ThroughputSample>,
 }
 

@@ -89,9 +89,9 @@ pub struct Observer {
 }
 
 /// Milliseconds between throughput samples.
-pub const SAMPLE_INTERVAL_MS: u64 = 5_000;
-/// Throughput samples kept (ten minutes).
-pub const MAX_SAMPLES: usize = 120;
+pub const SAMPLE_INTERVAL_MS: u64 = 1_000;
+/// Throughput samples kept (five minutes).
+pub const MAX_SAMPLES: usize = 300;
 
 /// A task at one moment: which, its name, the attempt, and when (unix ms).
 #[derive(Debug, Clone, Copy)]

@@ -245,6 +245,7 @@ impl Dispatcher {
     pub(super) fn unregister(&mut self, peer: &PeerId) {
         if let Some(id) = self.workers.by_peer(peer).cloned() {
             info!(worker = %id, "subworker unregistered");
+            self.record_event("worker.left", &id.0, format!("subworker {id} unregistered"));
             self.remove_worker(&id);
         }
         self.peers.remove(peer);
