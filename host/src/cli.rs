@@ -18,9 +18,31 @@ pub struct Cli {
     #[arg(long, global = true, env = "FASTWORKER_LOG_LEVEL", default_value = "INFO", value_parser = parse_log_level)]
     pub log_level: LogLevel,
 
+    /// Export each task's spans to this OpenTelemetry collector (OTLP over HTTP/JSON,
+    /// e.g. http://127.0.0.1:4318). Needs a binary built with `--features otlp`.
+    #[arg(
+        long,
+        global = true,
+        env = "FASTWORKER_OTLP_ENDPOINT",
+        value_name = "URL"
+    )]
+    pub otlp_endpoint: Option<String>,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Command {
+    /// The name spans are exported under: `fastworker-<command>`.
+    pub fn service_name(&self) -> &'static str {
+        match self {
+            Command::ControlPlane(_) => "fastworker-control-plane",
+            Command::Subworker(_) => "fastworker-subworker",
+            Command::Submit(_) => "fastworker-submit",
+            _ => "fastworker",
+        }
+    }
 }
 
 /// Log verbosity, with the original's names.

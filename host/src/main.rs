@@ -12,6 +12,8 @@ use tracing_subscriber::EnvFilter;
 
 mod cli;
 mod commands;
+#[cfg(feature = "otlp")]
+mod otlp;
 
 // Short paths for the library crates, used throughout the commands.
 use fastworker_client as client;
@@ -21,7 +23,21 @@ use fastworker_transport as transport;
 
 use cli::{Cli, Command, LogLevel};
 
-fn init_logging(level: LogLevel) {
+/// What keeps span export running until the process ends (nothing without
+/// `--otlp-endpoint`); the last spans are flushed when it is dropped.
+struct Export {
+    #[cfg(feature = "otlp")]
+    _exporter: Option<otlp::Exporter>,
+}
+
+/// Logs to stderr at `level` (or as `FASTWORKER_LOG` says); with `--otlp-endpoint`,
+/// every task span also goes to that collector.
+fn init_logging(
+    level: LogLevel,
+    otlp_endpoint: Option<&str>,
+    service: &'static str,
+) -> anyhow::Result<Export> {
+    use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt, Layer};
     let level = match level {
         LogLevel::Debug => "debug",
         LogLevel::Info => "info",
@@ -30,12 +46,36 @@ fn init_logging(level: LogLevel) {
     };
     let filter =
         EnvFilter::try_from_env("FASTWORKER_LOG").unwrap_or_else(|_| EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
-        .init();
+        .with_filter(filter);
+    #[cfg(feature = "otlp")]
+    {
+        let (export, layer) = match otlp_endpoint {
+            Some(endpoint) => {
+                let (export, layer) = otlp::start(endpoint, service)?;
+                let only_tasks = tracing_subscriber::filter::Targets::new()
+                    .with_target("fastworker::task", tracing::Level::DEBUG);
+                (Some(export), Some(layer.with_filter(only_tasks)))
+            }
+            None => (None, None),
+        };
+        tracing_subscriber::registry().with(fmt).with(layer).init();
+        Ok(Export { _exporter: export })
+    }
+    #[cfg(not(feature = "otlp"))]
+    {
+        let _ = service;
+        tracing_subscriber::registry().with(fmt).init();
+        match otlp_endpoint {
+            Some(_) => anyhow::bail!(
+                "--otlp-endpoint: this fastworker was built without OTLP export; build it with `cargo build --features otlp`"
+            ),
+            None => Ok(Export {}),
+        }
+    }
 }
 
 /// Runs a long-lived service on the multi-threaded runtime. When the service returns,
@@ -88,26 +128,37 @@ fn layout_report(err: &anyhow::Error) -> Option<&str> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_level);
+    let _export = match init_logging(
+        cli.log_level,
+        cli.otlp_endpoint.as_deref(),
+        cli.command.service_name(),
+    ) {
+        Ok(export) => export,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = match cli.command {
         Command::List(args) => {
             commands::list::run(&args).map(|text| commands::emit(text.as_bytes()))
         }
         Command::ControlPlane(args) => {
             ignore_file_size_signal();
-            commands::serve::control_plane_config(&args, cli.log_level).and_then(|config| {
-                serve(async move {
-                    fastworker_host::control_plane::server::run(config, |ready| {
-                        let mut text = format!("{}\n", commands::serve::ready_line(ready));
-                        if let Some(url) = &ready.dashboard {
-                            text.push_str(&format!("dashboard: {url}\n"));
-                        }
-                        commands::emit(text.as_bytes());
+            commands::serve::control_plane_config(&args, cli.log_level, cli.otlp_endpoint.clone())
+                .and_then(|config| {
+                    serve(async move {
+                        fastworker_host::control_plane::server::run(config, |ready| {
+                            let mut text = format!("{}\n", commands::serve::ready_line(ready));
+                            if let Some(url) = &ready.dashboard {
+                                text.push_str(&format!("dashboard: {url}\n"));
+                            }
+                            commands::emit(text.as_bytes());
+                        })
+                        .await
+                        .map_err(Into::into)
                     })
-                    .await
-                    .map_err(Into::into)
                 })
-            })
         }
         Command::Subworker(args) => commands::serve::subworker_config(&args).and_then(|config| {
             serve(async move {

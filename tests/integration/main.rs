@@ -13,6 +13,7 @@ mod http;
 mod lifecycle;
 mod memory;
 mod netns;
+mod otlp;
 mod plugins;
 mod procs;
 mod reload;

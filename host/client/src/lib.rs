@@ -37,6 +37,8 @@ use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
+pub mod propagation;
+
 pub use fastworker_protocol as protocol;
 pub use fastworker_transport as transport;
 pub use fastworker_transport::{auth::ClusterKey, TransportConfig};
@@ -320,7 +322,12 @@ impl Client {
         mut tasks: Vec<TaskEnvelope>,
         wait: bool,
     ) -> Result<Vec<TaskId>, ClientError> {
+        // Tasks submitted without waiting continue the caller's trace, if any.
+        let current = propagation::inject(&tracing::Span::current());
         for task in &mut tasks {
+            if task.trace.as_ref().and_then(|t| t.trace_id()).is_none() {
+                task.trace = current.clone();
+            }
             with_trace(task);
         }
         let answer = if tasks.len() == 1 {
@@ -373,15 +380,22 @@ impl Client {
     ) -> Result<TaskRecord, ClientError> {
         let id = task.id;
         let mut task = task;
-        with_trace(&mut task);
-        // The task's span on the client, from submission to its final record.
+        // The task's span on the client, from submission to its final record; the
+        // task carries its context (or one named by its id) to the other processes.
         let span = tracing::debug_span!(
             target: "fastworker::task",
             "task",
             task_id = %id,
             task_name = %task.name,
-            trace_id = %task.trace.as_ref().and_then(|t| t.trace_id()).unwrap_or(""),
+            trace_id = tracing::field::Empty,
         );
+        if task.trace.as_ref().and_then(|t| t.trace_id()).is_none() {
+            task.trace = propagation::inject(&span);
+        }
+        with_trace(&mut task);
+        if let Some(trace_id) = task.trace.as_ref().and_then(|t| t.trace_id()) {
+            span.record("trace_id", trace_id);
+        }
         let submit_and_wait = async move {
             let (tx, rx) = oneshot::channel();
             lock(&self.shared.waiting).insert(id, tx);

@@ -137,6 +137,9 @@ impl Executor {
             attempt = task.attempt,
             trace_id = %task.trace.as_ref().and_then(|t| t.trace_id()).unwrap_or(""),
         );
+        if let Some(trace) = &task.trace {
+            fastworker_client::propagation::link(&span, trace);
+        }
         let call_span = span.clone();
         let task_future = async move {
             let payload = task.payload.clone();

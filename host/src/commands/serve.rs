@@ -29,6 +29,7 @@ fn secs(value: f64, min: f64, max: f64) -> Duration {
 pub fn control_plane_config(
     args: &ControlPlaneArgs,
     log_level: LogLevel,
+    otlp_endpoint: Option<String>,
 ) -> anyhow::Result<ControlPlaneConfig> {
     let subworker_address = subworker_endpoint(&args.base_address, args.subworker_port);
     let mut listening = vec![args.base_address.as_str(), args.discovery_address.as_str()];
@@ -48,7 +49,13 @@ pub fn control_plane_config(
         Some(OwnWorker {
             task_modules: args.task_modules.clone(),
             command: Arc::new(move |address: &str, secret: &WorkerSecret| {
-                own_worker_command(&program, &args, log_level, address, secret)
+                let mut command = own_worker_command(&program, &args, log_level, address, secret);
+                if let Some(endpoint) = &otlp_endpoint {
+                    command
+                        .args
+                        .extend(["--otlp-endpoint".into(), endpoint.into()]);
+                }
+                command
             }),
         })
     };

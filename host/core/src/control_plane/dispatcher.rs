@@ -1223,6 +1223,9 @@ impl Dispatcher {
             &id,
             format_args!("handed to {worker} (attempt {})", envelope.attempt),
         );
+        if let Some(context) = self.spans.context(&id) {
+            envelope.trace = Some(context);
+        }
         self.workers.assign(&worker, id);
         if let Some(w) = self.workers.get(&worker) {
             self.actions.push(reply(

@@ -32,6 +32,9 @@ impl TaskSpans {
         if span.is_disabled() {
             return;
         }
+        if let Some(trace) = &task.trace {
+            fastworker_client::propagation::link(&span, trace);
+        }
         span.in_scope(
             || debug!(target: "fastworker::task", priority = task.priority.as_str(), "accepted"),
         );
@@ -43,6 +46,12 @@ impl TaskSpans {
         if let Some(span) = self.open.get(id) {
             span.in_scope(|| debug!(target: "fastworker::task", "{what}"));
         }
+    }
+
+    /// The W3C context of task `id`'s span, when a tracing system exports it: what
+    /// its worker continues (so the worker's span is a child of this one).
+    pub fn context(&self, id: &TaskId) -> Option<crate::protocol::TraceContext> {
+        fastworker_client::propagation::inject(self.open.get(id)?)
     }
 
     /// Closes the span of a task that became final with `status`.
