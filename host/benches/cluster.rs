@@ -27,7 +27,8 @@
 //!   --args 5 3` process, median of 30 runs, through `--discovery-address` (discovery
 //!   included) and through `--control-plane-address`.
 //!
-//! `BENCH_DATA_DIR=1` gives each control plane a `--data-dir` (every submission,
+//! `BENCH_DASHBOARD=1` serves each control plane's dashboard (the default outside
+//! benches). `BENCH_DATA_DIR=1` gives each control plane a `--data-dir` (every submission,
 //! assignment and result fsynced, group-committed, before its reply goes out).
 //! `FASTWORKER_PROTOCOL_MAX=1` runs everything on protocol version 1 (bincode headers)
 //! instead of version 2 (JSON headers).
@@ -66,7 +67,11 @@ fn start(dir: &Path, with_subworker: bool) -> Setup {
     let sub_port = free_address();
     let mut args = vec![
         "control-plane",
-        "--no-gui",
+        if dashboard() {
+            "--gui-port=0"
+        } else {
+            "--no-gui"
+        },
         "--base-address",
         &base,
         "--discovery-address",
@@ -281,6 +286,12 @@ fn measure_cli(dir: &Path, setup: &Setup) {
             ms(times[CLI_RUNS - 1])
         );
     }
+}
+
+/// `BENCH_DASHBOARD=1`: the control planes serve their dashboard (on a free port), as
+/// they do by default, so its cost (events, timelines, counts) is measured.
+fn dashboard() -> bool {
+    std::env::var("BENCH_DASHBOARD").as_deref() == Ok("1")
 }
 
 /// `BENCH_DATA_DIR=1`: the control planes keep their state on disk.

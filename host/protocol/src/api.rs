@@ -7,7 +7,10 @@
 
 use serde::Serialize;
 
+use std::{borrow::Cow, sync::Arc};
+
 use crate::{
+    ids::TaskId,
     json::{ErrorJson, StatusJson},
     messages::PluginEvent,
 };
@@ -194,7 +197,7 @@ pub struct TimelineEntry {
     /// The attempt it concerns.
     pub attempt: u32,
     /// The worker, for `started` and the final step.
-    pub worker_id: Option<String>,
+    pub worker_id: Option<Arc<str>>,
     /// Why (a retry's error, a re-queue's reason).
     pub message: Option<String>,
 }
@@ -350,7 +353,9 @@ pub struct ApiErrorBody {
 }
 
 /// One event of `/api/events`. Its `id` (also the SSE `id:` line) grows by one per
-/// event, so a reader that reconnects with `Last-Event-ID` resumes after it.
+/// event, so a reader that reconnects with `Last-Event-ID` resumes after it. Built on
+/// the dispatch path for every step of every task, so it allocates little: a task
+/// event's type is static, its id is the id itself, its name shared.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct ApiEvent {
@@ -360,15 +365,15 @@ pub struct ApiEvent {
     /// `task.failure`, `task.cancelled`, `task.retrying`, `task.requeued`, or a worker
     /// or plugin event (`worker.registered`, `worker.lost`, `plugin.reloaded`, ...).
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: Cow<'static, str>,
     /// Unix ms.
     pub at: u64,
     /// The task, for a task event.
-    pub task_id: Option<String>,
+    pub task_id: Option<TaskId>,
     /// The task's name, for a task event.
-    pub task_name: Option<String>,
+    pub task_name: Option<Arc<str>>,
     /// The worker concerned.
-    pub worker_id: Option<String>,
+    pub worker_id: Option<Arc<str>>,
     /// The attempt, for a task event.
     pub attempt: Option<u32>,
     /// The error of a failure, retry or cancel.
@@ -380,7 +385,7 @@ pub struct ApiEvent {
 impl ApiEvent {
     /// An event of `kind` at `at` (unix ms), with nothing else said yet; its id is
     /// given when it is published.
-    pub fn new(kind: impl Into<String>, at: u64) -> Self {
+    pub fn new(kind: impl Into<Cow<'static, str>>, at: u64) -> Self {
         ApiEvent {
             id: 0,
             kind: kind.into(),
@@ -418,11 +423,14 @@ mod tests {
     fn an_event_names_its_type_and_a_task_page_flattens_nothing_else() {
         let mut event = ApiEvent::new("task.success", 5);
         event.id = 7;
-        event.task_id = Some("t".into());
+        let id = TaskId::new();
+        event.task_id = Some(id);
+        event.task_name = Some("add".into());
         let json = serde_json::to_value(&event).unwrap();
         assert_eq!(json["type"], "task.success");
         assert_eq!(json["id"], 7);
-        assert_eq!(json["task_id"], "t");
+        assert_eq!(json["task_id"], id.to_string().as_str());
+        assert_eq!(json["task_name"], "add");
         assert!(json.get("kind").is_none());
     }
 }

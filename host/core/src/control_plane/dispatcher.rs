@@ -280,8 +280,8 @@ impl Dispatcher {
     }
 
     /// The dashboard's events since the last call.
-    pub fn take_feed(&mut self) -> Vec<crate::protocol::api::ApiEvent> {
-        self.observer.take_feed()
+    pub fn drain_feed(&mut self) -> std::vec::Drain<'_, crate::protocol::api::ApiEvent> {
+        self.observer.drain_feed()
     }
 
     /// Recent events.
@@ -1488,15 +1488,6 @@ impl Dispatcher {
         entry.record.value = value;
         entry.record.completed_ms = Some(self.now.unix_ms);
         self.spans.close(&id, status.as_str());
-        if self.observer.is_on() {
-            let served = self.known_task(&entry.record.name);
-            self.observer.finished(
-                &entry.record,
-                entry.envelope.clone(),
-                self.now.unix_ms,
-                served,
-            );
-        }
         let record = entry.record;
         for waiter in self.waiters.remove(&id).unwrap_or_default() {
             let action = match waiter {
@@ -1511,11 +1502,16 @@ impl Dispatcher {
             };
             self.actions.push(action);
         }
-        if let Some(callback) = entry.envelope.callback {
+        if let Some(callback) = &entry.envelope.callback {
             self.actions.push(Action::Callback {
-                callback,
+                callback: callback.clone(),
                 record: record.clone(),
             });
+        }
+        if self.observer.is_on() {
+            let served = self.known_task(&record.name);
+            self.observer
+                .finished(&record, entry.envelope, self.now.unix_ms, served);
         }
         if !self.cache.insert(record, self.now.at) {
             warn!(task = %id, "result not kept: it alone is over --result-cache-max-bytes");

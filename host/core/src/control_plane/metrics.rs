@@ -84,6 +84,25 @@ fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
     let _ = writeln!(out, "{name}_count {}", h.count);
 }
 
+/// A gauge with one sample per subworker, labelled `worker`.
+fn per_worker(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    workers: &[ApiWorker],
+    value: impl Fn(&ApiWorker) -> u64,
+) {
+    header(out, name, "gauge", help);
+    for w in workers {
+        let _ = writeln!(
+            out,
+            "{name}{{worker=\"{}\"}} {}",
+            label(&w.worker_id),
+            value(w)
+        );
+    }
+}
+
 /// The whole exposition.
 pub fn render(input: &MetricsInput<'_>, server: ServerCounts) -> String {
     let mut out = String::with_capacity(4096);
@@ -186,34 +205,20 @@ pub fn render(input: &MetricsInput<'_>, server: ServerCounts) -> String {
         let n = input.workers.iter().filter(|w| w.status == status).count();
         let _ = writeln!(out, "fastworker_workers{{status=\"{status}\"}} {n}");
     }
-    header(
+    per_worker(
         &mut out,
         "fastworker_worker_running",
-        "gauge",
         "Tasks each subworker holds.",
+        &input.workers,
+        |w| w.running,
     );
-    for w in &input.workers {
-        let _ = writeln!(
-            out,
-            "fastworker_worker_running{{worker=\"{}\"}} {}",
-            label(&w.worker_id),
-            w.running
-        );
-    }
-    header(
+    per_worker(
         &mut out,
         "fastworker_worker_slots",
-        "gauge",
         "Slots (--concurrency) of each subworker.",
+        &input.workers,
+        |w| w.slots,
     );
-    for w in &input.workers {
-        let _ = writeln!(
-            out,
-            "fastworker_worker_slots{{worker=\"{}\"}} {}",
-            label(&w.worker_id),
-            w.slots
-        );
-    }
     gauge(
         &mut out,
         "fastworker_served_tasks",

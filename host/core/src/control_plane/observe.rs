@@ -8,7 +8,10 @@
 //! [`MAX_TRAIL_STEPS`] steps, the payloads kept for a retry at most
 //! [`MAX_KEPT_PAYLOAD_BYTES`] in all, at most [`MAX_NAMES`] task names counted.
 
-use std::collections::{HashMap, VecDeque};
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+};
 
 use crate::protocol::{
     api::{ApiEvent, ApiPluginEvent, TaskTotals, ThroughputSample, TimelineEntry},
@@ -60,10 +63,13 @@ impl Histogram {
 /// One task's recent life.
 #[derive(Debug)]
 struct Trail {
+    /// The task's name, shared by its events.
+    name: Arc<str>,
     priority: Priority,
     steps: Vec<TimelineEntry>,
     /// The submission, kept once the task is final (for a retry), within the budget.
-    envelope: Option<TaskEnvelope>,
+    /// Boxed: the trails are many and walked on every step, so each stays small.
+    envelope: Option<Box<TaskEnvelope>>,
 }
 
 /// What the dispatcher reports, for the dashboard.
@@ -81,6 +87,8 @@ pub struct Observer {
     run: Histogram,
     reloads: u64,
     plugins: HashMap<WorkerId, Vec<PluginInfo>>,
+    /// Worker ids as the events and timelines share them (one per known worker).
+    worker_names: HashMap<WorkerId, Arc<str>>,
     plugin_history: VecDeque<ApiPluginEvent>,
     /// Totals per [`SAMPLE_INTERVAL_MS`], the newest last, and the totals at the last
     /// sample.
@@ -127,36 +135,37 @@ impl Observer {
         self.on
     }
 
-    /// The events since the last call, in order.
-    pub fn take_feed(&mut self) -> Vec<ApiEvent> {
-        std::mem::take(&mut self.feed)
+    /// The events since the last call, in order (the buffer keeps its capacity).
+    pub fn drain_feed(&mut self) -> std::vec::Drain<'_, ApiEvent> {
+        self.feed.drain(..)
     }
 
-    fn task_event(
+    /// Records `step` of task `id` (named `name`) in its timeline and an event of
+    /// `kind` for the feed, with one lookup of its trail; `fill` completes the event.
+    fn task_step(
         &mut self,
-        kind: &str,
-        at: u64,
+        kind: &'static str,
         id: TaskId,
         name: &str,
-        attempt: u32,
-    ) -> &mut ApiEvent {
-        let mut event = ApiEvent::new(kind, at);
-        event.task_id = Some(id.to_string());
-        event.task_name = Some(name.to_string());
-        event.attempt = Some(attempt);
-        self.feed.push(event);
-        let last = self.feed.len() - 1;
-        &mut self.feed[last]
-    }
-
-    fn step(&mut self, id: TaskId, entry: TimelineEntry) {
-        if let Some(trail) = self.trails.get_mut(&id) {
-            if trail.steps.len() >= MAX_TRAIL_STEPS {
-                // Keep the first steps and the newest: drop the oldest after the first.
-                trail.steps.remove(1);
+        step: TimelineEntry,
+        fill: impl FnOnce(&mut ApiEvent),
+    ) {
+        let mut event = ApiEvent::new(kind, step.at);
+        event.task_id = Some(id);
+        event.attempt = Some(step.attempt);
+        event.task_name = Some(match self.trails.get_mut(&id) {
+            Some(trail) => {
+                if trail.steps.len() >= MAX_TRAIL_STEPS {
+                    // Keep the first step and the newest: drop the oldest after it.
+                    trail.steps.remove(1);
+                }
+                trail.steps.push(step);
+                trail.name.clone()
             }
-            trail.steps.push(entry);
-        }
+            None => Arc::from(name),
+        });
+        fill(&mut event);
+        self.feed.push(event);
     }
 
     /// A task was accepted (`scheduled` when it waits for a countdown or eta).
@@ -166,22 +175,32 @@ impl Observer {
         }
         self.totals.submitted += 1;
         let id = envelope.id;
-        let kind = if scheduled { "scheduled" } else { "queued" };
-        self.task_event(&format!("task.{kind}"), at, id, &envelope.name, 1);
+        let kind = if scheduled {
+            "task.scheduled"
+        } else {
+            "task.queued"
+        };
         if let Some(old) = self.trails.remove(&id) {
             // Queued again under its id (a retry or a replay): a fresh timeline, after
             // the old one's steps.
             self.forget_payload(&old);
             self.order.retain(|t| *t != id);
-            self.insert_trail(id, envelope.priority, old.steps);
+            self.insert_trail(id, old.name, envelope.priority, old.steps);
         } else {
-            self.insert_trail(id, envelope.priority, Vec::new());
+            let name = Arc::from(envelope.name.as_str());
+            self.insert_trail(id, name, envelope.priority, Vec::with_capacity(4));
         }
         let step = entry(at, if scheduled { "scheduled" } else { "submitted" }, 1);
-        self.step(id, step);
+        self.task_step(kind, id, &envelope.name, step, |_| {});
     }
 
-    fn insert_trail(&mut self, id: TaskId, priority: Priority, steps: Vec<TimelineEntry>) {
+    fn insert_trail(
+        &mut self,
+        id: TaskId,
+        name: Arc<str>,
+        priority: Priority,
+        steps: Vec<TimelineEntry>,
+    ) {
         while self.order.len() >= MAX_TRAILS {
             let Some(oldest) = self.order.pop_front() else {
                 break;
@@ -194,6 +213,7 @@ impl Observer {
         self.trails.insert(
             id,
             Trail {
+                name,
                 priority,
                 steps,
                 envelope: None,
@@ -221,11 +241,25 @@ impl Observer {
             return;
         }
         self.wait.observe(waited_ms as f64 / 1000.0);
-        self.task_event("task.started", at, id, name, attempt)
-            .worker_id = Some(worker.0.clone());
+        let worker = self.worker_name(worker);
         let mut step = entry(at, "started", attempt);
-        step.worker_id = Some(worker.0.clone());
-        self.step(id, step);
+        step.worker_id = Some(worker.clone());
+        self.task_step("task.started", id, name, step, |event| {
+            event.worker_id = Some(worker);
+        });
+    }
+
+    /// `worker`'s id as events share it.
+    fn worker_name(&mut self, worker: &WorkerId) -> Arc<str> {
+        if let Some(name) = self.worker_names.get(worker) {
+            return name.clone();
+        }
+        let name: Arc<str> = Arc::from(worker.0.as_str());
+        // Bounded by the workers known; a gone worker's entry goes with it.
+        if self.worker_names.len() < 100_000 {
+            self.worker_names.insert(worker.clone(), name.clone());
+        }
+        name
     }
 
     /// An attempt failed and the task retries after `delay_ms`.
@@ -241,12 +275,12 @@ impl Observer {
         } = task;
         self.totals.retried += 1;
         self.count(if served { name } else { UNKNOWN }, "retrying");
-        let event = self.task_event("task.retrying", at, id, name, attempt);
-        event.error = Some(ErrorJson::from(error));
-        event.message = Some(format!("retrying in {delay_ms} ms"));
         let mut step = entry(at, "retrying", attempt);
         step.message = Some(format!("{} (retry in {delay_ms} ms)", error.message));
-        self.step(id, step);
+        self.task_step("task.retrying", id, name, step, |event| {
+            event.error = Some(ErrorJson::from(error));
+            event.message = Some(format!("retrying in {delay_ms} ms"));
+        });
     }
 
     /// A task went back to its queue (its worker was lost, or no longer serves it).
@@ -254,11 +288,11 @@ impl Observer {
         if !self.on {
             return;
         }
-        self.task_event("task.requeued", at, id, name, attempt)
-            .message = Some(why.to_string());
         let mut step = entry(at, "requeued", attempt);
         step.message = Some(why.to_string());
-        self.step(id, step);
+        self.task_step("task.requeued", id, name, step, |event| {
+            event.message = Some(why.to_string());
+        });
     }
 
     /// A task became final; its submission is kept for a retry while the budget
@@ -282,25 +316,26 @@ impl Observer {
                     .observe(done.saturating_sub(started) as f64 / 1000.0);
             }
         }
-        let worker = record.worker_id.as_ref().map(|w| w.0.clone());
-        let event = self.task_event(
-            &format!("task.{status}"),
-            at,
+        let worker = record.worker_id.as_ref().map(|w| self.worker_name(w));
+        let attempt = record.attempts.max(1);
+        let mut step = entry(at, status_step(record.status), attempt);
+        step.worker_id = worker.clone();
+        step.message = record.error.as_ref().map(|e| e.message.clone());
+        self.task_step(
+            final_kind(record.status),
             record.task_id,
             &record.name,
-            record.attempts.max(1),
+            step,
+            |event| {
+                event.worker_id = worker;
+                event.error = record.error.as_ref().map(ErrorJson::from);
+            },
         );
-        event.worker_id = worker.clone();
-        event.error = record.error.as_ref().map(ErrorJson::from);
-        let mut step = entry(at, status_step(record.status), record.attempts.max(1));
-        step.worker_id = worker;
-        step.message = record.error.as_ref().map(|e| e.message.clone());
-        self.step(record.task_id, step);
         let size = envelope.payload.len() as u64;
         if self.kept_bytes + size <= MAX_KEPT_PAYLOAD_BYTES {
             if let Some(trail) = self.trails.get_mut(&record.task_id) {
                 if trail.envelope.is_none() {
-                    trail.envelope = Some(envelope);
+                    trail.envelope = Some(Box::new(envelope));
                     self.kept_bytes += size;
                 }
             }
@@ -328,8 +363,8 @@ impl Observer {
         if !self.on {
             return;
         }
-        let mut event = ApiEvent::new(kind, at);
-        event.worker_id = Some(subject.to_string());
+        let mut event = ApiEvent::new(kind.to_string(), at);
+        event.worker_id = Some(Arc::from(subject));
         event.message = Some(message.to_string());
         self.feed.push(event);
     }
@@ -344,6 +379,7 @@ impl Observer {
     /// `worker` is gone.
     pub fn worker_gone(&mut self, worker: &WorkerId) {
         self.plugins.remove(worker);
+        self.worker_names.remove(worker);
     }
 
     /// A plugin of `worker` was reloaded, retired or rejected.
@@ -399,7 +435,7 @@ impl Observer {
 
     /// The submission of a final task, if kept (for a retry).
     pub fn kept_submission(&self, id: &TaskId) -> Option<&TaskEnvelope> {
-        self.trails.get(id).and_then(|t| t.envelope.as_ref())
+        self.trails.get(id).and_then(|t| t.envelope.as_deref())
     }
 
     /// Totals since the start.
@@ -463,6 +499,15 @@ fn entry(at: u64, event: &'static str, attempt: u32) -> TimelineEntry {
     TimelineEntry::new(at, event, attempt)
 }
 
+fn final_kind(status: TaskStatus) -> &'static str {
+    match status {
+        TaskStatus::Success => "task.success",
+        TaskStatus::Failure => "task.failure",
+        TaskStatus::Cancelled => "task.cancelled",
+        _ => "task.final",
+    }
+}
+
 fn status_step(status: TaskStatus) -> &'static str {
     match status {
         TaskStatus::Success => "success",
@@ -498,7 +543,7 @@ mod tests {
         record.completed_ms = Some(3);
         record.worker_id = Some(WorkerId::from("w"));
         observer.finished(&record, task, 3, true);
-        let kinds: Vec<_> = observer.take_feed().into_iter().map(|e| e.kind).collect();
+        let kinds: Vec<_> = observer.drain_feed().map(|e| e.kind).collect();
         assert_eq!(kinds, ["task.queued", "task.started", "task.success"]);
         let (_, steps) = observer.timeline(&id).unwrap();
         let names: Vec<_> = steps.iter().map(|s| s.event).collect();
@@ -514,7 +559,7 @@ mod tests {
         let mut off = Observer::new(false);
         let task = envelope("add", 3);
         off.submitted(&task, false, 1);
-        assert!(off.take_feed().is_empty());
+        assert!(off.drain_feed().next().is_none());
         assert!(off.timeline(&task.id).is_none());
 
         let mut observer = Observer::new(true);

@@ -390,7 +390,7 @@ pub async fn run(
         let actions = releasable(&mut committer, &mut dispatcher);
         perform_all(actions, &server.outbox, &mut versions, &callback_config);
         if let Some(http) = &http {
-            http.hub.publish(dispatcher.take_feed());
+            http.hub.publish(dispatcher.drain_feed());
         }
         if ready_pending {
             let registered = supervisor.is_none() || dispatcher.own_worker_registered();

@@ -67,8 +67,8 @@ impl EventHub {
     }
 
     /// Numbers `events` and hands them to every reader.
-    pub fn publish(&self, events: Vec<ApiEvent>) {
-        if events.is_empty() {
+    pub fn publish(&self, events: impl ExactSizeIterator<Item = ApiEvent>) {
+        if events.len() == 0 {
             return;
         }
         let mut kept = self.kept();
@@ -123,10 +123,11 @@ impl EventHub {
 mod tests {
     use super::*;
 
-    fn events(n: usize) -> Vec<ApiEvent> {
+    fn events(n: usize) -> std::vec::IntoIter<ApiEvent> {
         (0..n)
             .map(|i| ApiEvent::new("task.queued", i as u64))
-            .collect()
+            .collect::<Vec<_>>()
+            .into_iter()
     }
 
     #[test]

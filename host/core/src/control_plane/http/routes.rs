@@ -330,7 +330,7 @@ fn sse_event(event: &ApiEvent) -> Event {
     let data = serde_json::to_string(event).unwrap_or_else(|_| "{}".into());
     Event::default()
         .id(event.id.to_string())
-        .event(event.kind.as_str())
+        .event(event.kind.as_ref())
         .data(data)
 }
 
