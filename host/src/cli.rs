@@ -424,6 +424,7 @@ pub struct ControlPlaneArgs {
         env = "FASTWORKER_GUI_ENABLED",
         default_value_t = true,
         action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new(),
         hide = true
     )]
     pub gui_enabled: bool,
@@ -433,15 +434,6 @@ pub struct ControlPlaneArgs {
     /// Dashboard port (0 picks a free one and prints it; a busy port is an error).
     #[arg(long, env = "FASTWORKER_GUI_PORT", default_value_t = 8080)]
     pub gui_port: u16,
-    /// A key every write to the HTTP API (cancel, retry, replay) must carry as
-    /// `Authorization: Bearer KEY`.
-    #[arg(
-        long,
-        env = "FASTWORKER_GUI_API_KEY",
-        hide_env_values = true,
-        value_name = "KEY"
-    )]
-    pub gui_api_key: Option<String>,
     /// The origin allowed to call the HTTP API from a browser page (`*` for any).
     #[arg(long, env = "FASTWORKER_GUI_CORS_ORIGIN", value_name = "ORIGIN")]
     pub gui_cors_origin: Option<String>,

@@ -638,3 +638,94 @@ fn floods_and_garbage_on_the_dashboard_port_never_stop_dispatch() {
     drop(silent);
     assert!(d.cp.proc.try_exit().is_none(), "{}", d.cp.proc.describe());
 }
+
+#[test]
+fn other_sites_cannot_use_the_dashboard_and_bad_filters_are_refused() {
+    let dir = mytasks_dir();
+    let d = start(&dir, &["--task-modules", "mytasks"], &[]);
+    let auth = auth();
+    let h = headers(&auth);
+    // A DNS-rebinding name for 127.0.0.1 is refused.
+    let mut rebound = h.clone();
+    rebound.push(("Host", "rebind.attacker.example:8080"));
+    let answer = request(&format!("{}api/status", d.url), "GET", &rebound, None);
+    assert_eq!(answer.status, 403, "{}", answer.body);
+    // A write from another site's page is refused; from the dashboard's own page or
+    // from a program (no Origin) it goes through.
+    let unknown = fastworker_protocol::TaskId::new();
+    let path = format!("{}api/tasks/{unknown}/cancel", d.url);
+    let mut foreign = h.clone();
+    foreign.push(("Origin", "http://evil.example"));
+    assert_eq!(request(&path, "POST", &foreign, None).status, 403);
+    let own_origin = d.url.trim_end_matches('/').to_string();
+    let mut own = h.clone();
+    own.push(("Origin", own_origin.as_str()));
+    assert_eq!(request(&path, "POST", &own, None).status, 404);
+    assert_eq!(request(&path, "POST", &h, None).status, 404);
+    // The page may not be framed.
+    let page = request(&d.url, "GET", &h, None);
+    assert_eq!(page.header("x-frame-options"), Some("DENY"));
+    assert!(page
+        .header("content-security-policy")
+        .is_some_and(|c| c.contains("frame-ancestors 'none'")));
+    // Filters that match nothing by mistake are errors.
+    for bad in [
+        "api/tasks?status=bogus",
+        "api/tasks?status=SUCCESS",
+        "api/tasks?limit=x",
+    ] {
+        assert_eq!(get(&d, bad).status, 400, "{bad}");
+    }
+}
+
+#[test]
+fn a_dashboard_other_machines_reach_needs_a_cluster_key() {
+    let dir = TestDir::new().without_suite_key();
+    let mut args = control_plane_args(&free_address(), &free_address(), "0");
+    args.retain(|a| a != "--no-gui");
+    args.extend(["--gui-host", "0.0.0.0", "--gui-port", "0"].map(String::from));
+    let mut open = Proc::spawn(&dir, "open", &args);
+    assert!(!open.wait_exit(STARTUP).success());
+    assert!(
+        open.stderr()
+            .contains("refusing to serve the dashboard on 0.0.0.0 without a cluster key"),
+        "{}",
+        open.stderr()
+    );
+    // With --insecure it serves, and prints an address that works from here.
+    args.push("--insecure".into());
+    let mut insecure = Proc::spawn(&dir, "insecure", &args);
+    insecure.wait_for(false, "dashboard: http://127.0.0.1:", STARTUP);
+}
+
+#[test]
+fn a_restart_on_the_data_directory_keeps_the_task_list() {
+    let dir = mytasks_dir();
+    let data = dir.child("data");
+    let data = data.to_string_lossy().to_string();
+    let d = start(
+        &dir,
+        &["--task-modules", "mytasks", "--data-dir", &data],
+        &[],
+    );
+    let rt = runtime();
+    let client = connect(&rt, &d.cp.base);
+    let record = rt
+        .block_on(client.submit(task("add", json!([40, 2])), WAIT))
+        .expect("add");
+    drop(client);
+    drop(d);
+    let d = start(
+        &dir,
+        &["--task-modules", "mytasks", "--data-dir", &data],
+        &[],
+    );
+    let id = record.task_id.to_string();
+    let listed = get_json(&d, "api/tasks?name=add");
+    assert_eq!(listed["tasks"][0]["task_id"], id.as_str(), "{listed}");
+    let one = get_json(&d, &format!("api/tasks/{id}"));
+    assert_eq!(one["result"], 42);
+    // Its submission was not kept across the restart: a retry says so.
+    let retry = post(&d, &format!("api/tasks/{id}/retry"));
+    assert_eq!(retry.status, 410, "{}", retry.body);
+}

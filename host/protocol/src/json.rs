@@ -71,6 +71,40 @@ pub struct StatusJson {
     pub started_at: Option<u64>,
     /// Unix ms it became final.
     pub completed_at: Option<u64>,
+    /// Set (true) only in a preview ([`StatusJson::preview`]) whose result or error
+    /// was cut; absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub truncated: Option<bool>,
+}
+
+impl StatusJson {
+    /// `record` for a list: a result over `max_bytes` becomes the text of its first
+    /// `max_bytes` bytes followed by `…` (not decoded), an error message is cut the
+    /// same way, and `truncated` says so. The whole record is one request away.
+    pub fn preview(record: &TaskRecord, max_bytes: usize) -> Self {
+        let long_value = record.value.len() > max_bytes;
+        let long_error = record
+            .error
+            .as_ref()
+            .is_some_and(|e| e.message.len() > max_bytes);
+        if !long_value && !long_error {
+            return StatusJson::from(record);
+        }
+        let mut short = record.clone();
+        short.value = bytes::Bytes::new();
+        if let Some(error) = &mut short.error {
+            error.message = crate::for_people(&error.message, max_bytes);
+        }
+        let mut json = StatusJson::from(&short);
+        if long_value {
+            let head = &record.value[..max_bytes];
+            json.result = Value::String(format!("{}…", String::from_utf8_lossy(head)));
+        } else {
+            json.result = value_json(record.codec, &record.value);
+        }
+        json.truncated = Some(true);
+        json
+    }
 }
 
 impl From<&TaskRecord> for StatusJson {
@@ -87,6 +121,7 @@ impl From<&TaskRecord> for StatusJson {
             submitted_at: record.submitted_ms,
             started_at: record.started_ms,
             completed_at: record.completed_ms,
+            truncated: None,
         }
     }
 }

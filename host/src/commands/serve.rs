@@ -59,13 +59,11 @@ pub fn control_plane_config(
             }),
         })
     };
-    let dashboard = (!args.no_gui && args.gui_enabled).then(|| HttpConfig {
-        host: args.gui_host.clone(),
-        port: args.gui_port,
-        api_key: args.gui_api_key.clone().filter(|k| !k.is_empty()),
-        cluster_key: transport.key.clone(),
-        cors_origin: args.gui_cors_origin.clone(),
-    });
+    let dashboard = if !args.no_gui && args.gui_enabled {
+        Some(dashboard_config(args, transport.key.clone())?)
+    } else {
+        None
+    };
     Ok(ControlPlaneConfig {
         id: args.worker_id.clone(),
         base_address: args.base_address.clone(),
@@ -85,6 +83,43 @@ pub fn control_plane_config(
         data_dir: args.data_dir.clone(),
         own_worker,
         dashboard,
+    })
+}
+
+/// The dashboard's settings: `--gui-*`, and the API key from `FASTWORKER_GUI_API_KEY`
+/// (only from the environment, so `ps` does not show it). A dashboard other machines
+/// can reach needs a cluster key (then every request needs a token), or `--insecure`.
+fn dashboard_config(
+    args: &ControlPlaneArgs,
+    cluster_key: Option<fastworker_transport::auth::ClusterKey>,
+) -> anyhow::Result<HttpConfig> {
+    let api_key = match std::env::var("FASTWORKER_GUI_API_KEY") {
+        Ok(key) if key.trim().is_empty() => {
+            tracing::warn!("FASTWORKER_GUI_API_KEY is empty: writes to the HTTP API need no key");
+            None
+        }
+        Ok(key) => Some(key.trim().to_string()),
+        Err(_) => None,
+    };
+    let host = args.gui_host.trim();
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !loopback && cluster_key.is_none() && !args.listen.insecure {
+        anyhow::bail!(
+            "refusing to serve the dashboard on {host} without a cluster key: anyone who can reach it could read every task{}. Give --auth-key-file (the API then needs the key as a bearer token), keep --gui-host 127.0.0.1, or --insecure on a network you trust",
+            if api_key.is_some() { "" } else { " and cancel or retry them" }
+        );
+    }
+    Ok(HttpConfig {
+        host: host.to_string(),
+        port: args.gui_port,
+        api_key,
+        cluster_key,
+        cors_origin: args.gui_cors_origin.clone(),
     })
 }
 

@@ -1631,6 +1631,6 @@ mod view;
 use super::store::TaskEntry;
 pub use durable::{Restored, Unsaved};
 use task_store::TaskStore;
-pub use view::{RetryRefused, StatusContext, TaskQuery};
+pub use view::{RetryRefused, StatusContext, TaskDetail, TaskPage, TaskQuery};
 #[cfg(test)]
 mod tests;

@@ -15,6 +15,7 @@ use std::{
 
 use crate::protocol::{
     api::{ApiEvent, ApiPluginEvent, TaskTotals, ThroughputSample, TimelineEntry},
+    for_people,
     json::ErrorJson,
     PluginEvent, PluginInfo, Priority, TaskEnvelope, TaskError, TaskId, TaskRecord, TaskStatus,
     WorkerId,
@@ -29,6 +30,18 @@ pub const MAX_TRAIL_STEPS: usize = 64;
 pub const MAX_KEPT_PAYLOAD_BYTES: u64 = 32 << 20;
 /// The most task names counted by name in `/metrics` (the rest count as `_unknown`).
 pub const MAX_NAMES: usize = 1_000;
+/// The most bytes of an error message a timeline step or an event keeps (results and
+/// errors themselves are in the result cache, under its byte budget).
+pub const MAX_MESSAGE_BYTES: usize = 512;
+
+/// `error` as an event carries it: its message cut to [`MAX_MESSAGE_BYTES`].
+fn short_error(error: &TaskError) -> ErrorJson {
+    let mut json = ErrorJson::default();
+    json.kind = error.kind.as_str();
+    json.message = for_people(&error.message, MAX_MESSAGE_BYTES);
+    json
+}
+
 /// The name counted for tasks of names nobody serves, or beyond [`MAX_NAMES`].
 pub const UNKNOWN: &str = "_unknown";
 /// Plugin events kept for `/api/plugins`.
@@ -276,9 +289,12 @@ impl Observer {
         self.totals.retried += 1;
         self.count(if served { name } else { UNKNOWN }, "retrying");
         let mut step = entry(at, "retrying", attempt);
-        step.message = Some(format!("{} (retry in {delay_ms} ms)", error.message));
+        step.message = Some(format!(
+            "{} (retry in {delay_ms} ms)",
+            for_people(&error.message, MAX_MESSAGE_BYTES)
+        ));
         self.task_step("task.retrying", id, name, step, |event| {
-            event.error = Some(ErrorJson::from(error));
+            event.error = Some(short_error(error));
             event.message = Some(format!("retrying in {delay_ms} ms"));
         });
     }
@@ -289,9 +305,9 @@ impl Observer {
             return;
         }
         let mut step = entry(at, "requeued", attempt);
-        step.message = Some(why.to_string());
+        step.message = Some(for_people(why, MAX_MESSAGE_BYTES));
         self.task_step("task.requeued", id, name, step, |event| {
-            event.message = Some(why.to_string());
+            event.message = Some(for_people(why, MAX_MESSAGE_BYTES));
         });
     }
 
@@ -320,7 +336,10 @@ impl Observer {
         let attempt = record.attempts.max(1);
         let mut step = entry(at, status_step(record.status), attempt);
         step.worker_id = worker.clone();
-        step.message = record.error.as_ref().map(|e| e.message.clone());
+        step.message = record
+            .error
+            .as_ref()
+            .map(|e| for_people(&e.message, MAX_MESSAGE_BYTES));
         self.task_step(
             final_kind(record.status),
             record.task_id,
@@ -328,7 +347,7 @@ impl Observer {
             step,
             |event| {
                 event.worker_id = worker;
-                event.error = record.error.as_ref().map(ErrorJson::from);
+                event.error = record.error.as_ref().map(short_error);
             },
         );
         let size = envelope.payload.len() as u64;
@@ -424,6 +443,14 @@ impl Observer {
     /// The recent tasks, newest first.
     pub fn recent(&self) -> impl Iterator<Item = &TaskId> {
         self.order.iter().rev()
+    }
+
+    /// Adds task `id` to the recent tasks, without steps (a task restored from the
+    /// data directory: what happened before the restart is not kept). Oldest first.
+    pub fn seed(&mut self, id: TaskId, name: &str, priority: Priority) {
+        if self.on && !self.trails.contains_key(&id) {
+            self.insert_trail(id, Arc::from(name), priority, Vec::new());
+        }
     }
 
     /// A task's timeline and priority, if kept.

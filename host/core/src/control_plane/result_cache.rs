@@ -187,6 +187,11 @@ impl ResultCache {
         self.entries.is_empty()
     }
 
+    /// The records kept, most recently read first (expired ones included until swept).
+    pub fn iter(&self) -> impl Iterator<Item = &TaskRecord> {
+        self.entries.iter().map(|(_, (_, record))| record)
+    }
+
     /// Lookups and drops since the start.
     pub fn stats(&self) -> CacheStats {
         self.stats

@@ -246,6 +246,7 @@ pub async fn run(
     let (mut committer, mut commits_done) = match &args.data_dir {
         Some(dir) => {
             let (committer, done) = open_store(dir, &mut dispatcher)?;
+            dispatcher.seed_recent();
             (Some(committer), Some(done))
         }
         None => (None, None),
@@ -257,6 +258,11 @@ pub async fn run(
         server.endpoints.join(", "),
         discovery.endpoints[0]
     );
+    // Before the own subworker starts: a busy dashboard port stops the start cleanly.
+    let mut http = match &args.dashboard {
+        Some(config) => Some(super::http::start(config.clone()).await?),
+        None => None,
+    };
     let (exit_tx, mut own_exits) = mpsc::unbounded_channel::<ChildExit>();
     let supervisor = match &args.own_worker {
         None => {
@@ -275,10 +281,6 @@ pub async fn run(
     };
     let mut ready_pending = true;
     let started = tokio::time::Instant::now();
-    let mut http = match &args.dashboard {
-        Some(config) => Some(super::http::start(config.clone()).await?),
-        None => None,
-    };
     let mut api_context = LoopContext {
         version: env!("CARGO_PKG_VERSION").to_string(),
         address: server.endpoints[0].clone(),
@@ -352,10 +354,12 @@ pub async fn run(
             }
             _ = tick.tick() => dispatcher.tick(Now::current()),
             Some(call) = next_call(&mut http) => {
-                api_context.rejected_connections = server.front.rejected() + discovery.front.rejected();
-                let reply = answer(call.query, &mut dispatcher, &api_context);
-                // The caller may have given up waiting: nothing to do then.
-                let _ = call.reply.send(reply);
+                // A caller that gave up waiting (its 10 s ran out) costs nothing more.
+                if !call.reply.is_closed() {
+                    api_context.rejected_connections = server.front.rejected() + discovery.front.rejected();
+                    let reply = answer(call.query, &mut dispatcher, &api_context);
+                    let _ = call.reply.send(reply);
+                }
             }
             Some(written) = next_commit(&mut commits_done) => {
                 if let Some(committer) = committer.as_mut() {

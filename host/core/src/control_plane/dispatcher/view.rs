@@ -10,10 +10,9 @@ use crate::{
     control_plane::metrics::MetricsInput,
     protocol::{
         api::{
-            ApiCache, ApiPlugin, ApiPlugins, ApiQueues, ApiStatus, ApiTask, ApiTaskPage, ApiWorker,
-            NameDepth, PriorityDepths,
+            ApiCache, ApiPlugin, ApiPlugins, ApiQueues, ApiStatus, ApiWorker, NameDepth,
+            PriorityDepths,
         },
-        json::StatusJson,
         CancelOutcome, Priority, TaskId, TaskRecord, TaskStatus, WorkerId,
     },
     task_error::{ErrorKind, TaskError},
@@ -30,6 +29,32 @@ pub struct TaskQuery {
     pub offset: u64,
     /// At most this many.
     pub limit: u64,
+}
+
+/// A page of `/api/tasks`, as records (turned into JSON off the event loop).
+#[derive(Debug, Clone)]
+pub struct TaskPage {
+    /// Tasks that match, in all.
+    pub total: u64,
+    /// The page asked for.
+    pub offset: u64,
+    /// Its size asked for.
+    pub limit: u64,
+    /// The page's records, newest first.
+    pub records: Vec<TaskRecord>,
+}
+
+/// `/api/tasks/{id}`, as a record (turned into JSON off the event loop).
+#[derive(Debug, Clone)]
+pub struct TaskDetail {
+    /// The record.
+    pub record: TaskRecord,
+    /// Its priority ("" when no longer known).
+    pub priority: &'static str,
+    /// Whether a retry can queue it now.
+    pub retryable: bool,
+    /// Its steps.
+    pub timeline: Vec<crate::protocol::api::TimelineEntry>,
 }
 
 /// Why a retry was refused.
@@ -201,7 +226,7 @@ impl Dispatcher {
 
     /// `GET /api/tasks`: the recent tasks this control plane saw submitted, newest
     /// first, that `query` selects.
-    pub fn api_tasks(&self, query: &TaskQuery) -> ApiTaskPage {
+    pub fn api_tasks(&self, query: &TaskQuery) -> TaskPage {
         let matching = self.observer.recent().filter_map(|id| {
             let record = self.record_of(id)?;
             let wanted = query
@@ -211,24 +236,23 @@ impl Dispatcher {
                 && query.name.as_deref().is_none_or(|n| record.name == n);
             wanted.then_some(record)
         });
-        let mut total = 0u64;
-        let mut tasks = Vec::new();
+        let mut page = TaskPage {
+            total: 0,
+            offset: query.offset,
+            limit: query.limit,
+            records: Vec::new(),
+        };
         for record in matching {
-            if total >= query.offset && (tasks.len() as u64) < query.limit {
-                tasks.push(StatusJson::from(record));
+            if page.total >= query.offset && (page.records.len() as u64) < query.limit {
+                page.records.push(record.clone());
             }
-            total += 1;
+            page.total += 1;
         }
-        let mut page = ApiTaskPage::default();
-        page.total = total;
-        page.offset = query.offset;
-        page.limit = query.limit;
-        page.tasks = tasks;
         page
     }
 
     /// `GET /api/tasks/{id}`.
-    pub fn api_task(&self, id: &TaskId) -> Option<ApiTask> {
+    pub fn api_task(&self, id: &TaskId) -> Option<TaskDetail> {
         let record = self.record_of(id)?;
         let (priority, timeline) = match self.observer.timeline(id) {
             Some((priority, steps)) => (priority.as_str(), steps.to_vec()),
@@ -242,12 +266,39 @@ impl Dispatcher {
         let retryable = record.status.is_final()
             && (self.observer.kept_submission(id).is_some()
                 || self.dead_letters.key_of(id).is_some());
-        let mut task = ApiTask::default();
-        task.record = StatusJson::from(record);
-        task.priority = priority;
-        task.retryable = retryable;
-        task.timeline = timeline;
-        Some(task)
+        Some(TaskDetail {
+            record: record.clone(),
+            priority,
+            retryable,
+            timeline,
+        })
+    }
+
+    /// Puts what the data directory gave back (held tasks, kept results) in the
+    /// dashboard's recent tasks, oldest first: a restart does not empty its task list.
+    pub fn seed_recent(&mut self) {
+        let mut seen: Vec<(u64, TaskId, String, Priority)> = self
+            .tasks
+            .iter()
+            .map(|(id, e)| {
+                (
+                    e.record.submitted_ms,
+                    *id,
+                    e.envelope.name.clone(),
+                    e.envelope.priority,
+                )
+            })
+            .collect();
+        seen.extend(
+            self.cache
+                .iter()
+                .map(|r| (r.submitted_ms, r.task_id, r.name.clone(), Priority::Normal)),
+        );
+        seen.sort_by_key(|(at, ..)| *at);
+        let keep = seen.len().saturating_sub(super::super::observe::MAX_TRAILS);
+        for (_, id, name, priority) in seen.into_iter().skip(keep) {
+            self.observer.seed(id, &name, priority);
+        }
     }
 
     /// `GET /api/cache`.
@@ -288,12 +339,8 @@ impl Dispatcher {
     }
 
     /// `GET /api/dead-letters`, oldest first.
-    pub fn api_dead_letters(&self) -> Vec<StatusJson> {
-        self.dead_letters
-            .records()
-            .iter()
-            .map(StatusJson::from)
-            .collect()
+    pub fn api_dead_letters(&self) -> Vec<TaskRecord> {
+        self.dead_letters.records()
     }
 
     /// `POST /api/tasks/{id}/cancel`.

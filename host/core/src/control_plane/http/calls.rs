@@ -11,12 +11,14 @@ use tokio::sync::oneshot;
 
 use crate::{
     control_plane::{
-        dispatcher::{Dispatcher, Now, RetryRefused, StatusContext, TaskQuery},
+        dispatcher::{
+            Dispatcher, Now, RetryRefused, StatusContext, TaskDetail, TaskPage, TaskQuery,
+        },
         metrics::{self, ServerCounts},
     },
     protocol::{
-        api::{ApiActionReply, ApiErrorBody},
-        json::ErrorJson,
+        api::{ApiActionReply, ApiErrorBody, ApiTask, ApiTaskPage},
+        json::{ErrorJson, StatusJson},
         CancelOutcome, TaskId,
     },
     task_error::{ErrorKind, TaskError},
@@ -68,12 +70,48 @@ pub struct Reply {
     pub body: String,
 }
 
+/// What the loop answers: a reply, or the records a reply is made of. Turning
+/// records into JSON (decoding results, escaping text) is left to the HTTP side, off
+/// the event loop: a page of big results must not hold up dispatch.
+pub enum Answer {
+    /// The reply, ready.
+    Now(Reply),
+    /// Makes the reply (run on a blocking thread).
+    Later(Box<dyn FnOnce() -> Reply + Send>),
+}
+
 /// A request on its way to the loop, with where the answer goes.
 pub struct Call {
     /// What it asks.
     pub query: Query,
     /// Where the answer goes.
-    pub reply: oneshot::Sender<Reply>,
+    pub reply: oneshot::Sender<Answer>,
+}
+
+/// The most bytes of a result or error a task list shows (`/api/tasks`,
+/// `/api/dead-letters`); one task's own page shows it whole.
+pub const PREVIEW_BYTES: usize = 1024;
+
+fn page_reply(page: TaskPage) -> Reply {
+    let mut json = ApiTaskPage::default();
+    json.total = page.total;
+    json.offset = page.offset;
+    json.limit = page.limit;
+    json.tasks = page
+        .records
+        .iter()
+        .map(|r| StatusJson::preview(r, PREVIEW_BYTES))
+        .collect();
+    json_reply(StatusCode::OK, &json)
+}
+
+fn detail_reply(detail: TaskDetail) -> Reply {
+    let mut json = ApiTask::default();
+    json.record = StatusJson::from(&detail.record);
+    json.priority = detail.priority;
+    json.retryable = detail.retryable;
+    json.timeline = detail.timeline;
+    json_reply(StatusCode::OK, &json)
 }
 
 /// What the loop knows that the dispatcher does not.
@@ -93,7 +131,7 @@ const JSON: &str = "application/json";
 pub const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// `value` as a JSON reply with `status`.
-pub fn json(status: StatusCode, value: &impl Serialize) -> Reply {
+pub fn json_reply(status: StatusCode, value: &impl Serialize) -> Reply {
     match serde_json::to_string(value) {
         Ok(body) => Reply {
             status,
@@ -125,7 +163,7 @@ fn done(task: TaskId, outcome: &'static str) -> Reply {
     let mut body = ApiActionReply::default();
     body.task_id = task.to_string();
     body.outcome = outcome;
-    json(StatusCode::OK, &body)
+    json_reply(StatusCode::OK, &body)
 }
 
 fn not_found(task: TaskId) -> Reply {
@@ -136,13 +174,39 @@ fn not_found(task: TaskId) -> Reply {
 }
 
 /// Answers `query` from the dispatcher (called by the event loop).
-pub fn answer(query: Query, dispatcher: &mut Dispatcher, context: &LoopContext) -> Reply {
+pub fn answer(query: Query, dispatcher: &mut Dispatcher, context: &LoopContext) -> Answer {
+    let now = |reply: Reply| Answer::Now(reply);
+    match query {
+        Query::Tasks(query) => {
+            let page = dispatcher.api_tasks(&query);
+            Answer::Later(Box::new(move || page_reply(page)))
+        }
+        Query::Task(id) => match dispatcher.api_task(&id) {
+            Some(detail) => Answer::Later(Box::new(move || detail_reply(detail))),
+            None => now(not_found(id)),
+        },
+        Query::DeadLetters => {
+            let records = dispatcher.api_dead_letters();
+            Answer::Later(Box::new(move || {
+                let json: Vec<StatusJson> = records
+                    .iter()
+                    .map(|r| StatusJson::preview(r, PREVIEW_BYTES))
+                    .collect();
+                json_reply(StatusCode::OK, &json)
+            }))
+        }
+        other => now(answer_now(other, dispatcher, context)),
+    }
+}
+
+/// The answers small enough to make on the loop.
+fn answer_now(query: Query, dispatcher: &mut Dispatcher, context: &LoopContext) -> Reply {
     let uptime_secs = context.started.elapsed().as_secs();
     match query {
-        Query::Alive => json(StatusCode::OK, &serde_json::json!({"status": "alive"})),
+        Query::Alive => json_reply(StatusCode::OK, &serde_json::json!({"status": "alive"})),
         Query::Ready => {
             if dispatcher.accepting() {
-                json(StatusCode::OK, &serde_json::json!({"status": "ready"}))
+                json_reply(StatusCode::OK, &serde_json::json!({"status": "ready"}))
             } else {
                 let why = dispatcher
                     .api_status(StatusContext {
@@ -152,13 +216,13 @@ pub fn answer(query: Query, dispatcher: &mut Dispatcher, context: &LoopContext) 
                     })
                     .store_error
                     .unwrap_or_else(|| "shutting down".into());
-                json(
+                json_reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     &serde_json::json!({"status": "not ready", "reason": why}),
                 )
             }
         }
-        Query::Status => json(
+        Query::Status => json_reply(
             StatusCode::OK,
             &dispatcher.api_status(StatusContext {
                 version: context.version.clone(),
@@ -166,17 +230,16 @@ pub fn answer(query: Query, dispatcher: &mut Dispatcher, context: &LoopContext) 
                 uptime_secs,
             }),
         ),
-        Query::Workers => json(StatusCode::OK, &dispatcher.api_workers()),
-        Query::Queues => json(StatusCode::OK, &dispatcher.api_queues()),
-        Query::Tasks(query) => json(StatusCode::OK, &dispatcher.api_tasks(&query)),
-        Query::Task(id) => match dispatcher.api_task(&id) {
-            Some(task) => json(StatusCode::OK, &task),
-            None => not_found(id),
-        },
-        Query::Cache => json(StatusCode::OK, &dispatcher.api_cache()),
-        Query::Plugins => json(StatusCode::OK, &dispatcher.api_plugins()),
-        Query::DeadLetters => json(StatusCode::OK, &dispatcher.api_dead_letters()),
-        Query::Throughput => json(StatusCode::OK, &dispatcher.api_throughput()),
+        Query::Workers => json_reply(StatusCode::OK, &dispatcher.api_workers()),
+        Query::Queues => json_reply(StatusCode::OK, &dispatcher.api_queues()),
+        Query::Cache => json_reply(StatusCode::OK, &dispatcher.api_cache()),
+        Query::Plugins => json_reply(StatusCode::OK, &dispatcher.api_plugins()),
+        // Answered above, off the loop.
+        Query::Tasks(_) | Query::Task(_) | Query::DeadLetters => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &TaskError::new(ErrorKind::Internal, "answered elsewhere"),
+        ),
+        Query::Throughput => json_reply(StatusCode::OK, &dispatcher.api_throughput()),
         Query::Metrics => {
             let counts = ServerCounts {
                 rejected_connections: context.rejected_connections,
@@ -218,7 +281,7 @@ pub fn answer(query: Query, dispatcher: &mut Dispatcher, context: &LoopContext) 
                 StatusCode::GONE,
                 &TaskError::new(
                     ErrorKind::Rejected,
-                    format!("task {id} is final, but its submission is no longer kept (only the last 10,000 tasks' payloads, 32 MiB in all, are): submit it again"),
+                    format!("task {id} is final, but its submission is not kept: a control plane keeps those in memory only, for the last 10,000 tasks since it started (32 MiB in all); submit it again"),
                 ),
             ),
             Err(RetryRefused::Rejected(err)) => error(StatusCode::SERVICE_UNAVAILABLE, &err),

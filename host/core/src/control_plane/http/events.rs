@@ -7,7 +7,10 @@
 
 use std::{
     collections::VecDeque,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, OnceLock,
+    },
 };
 
 use tokio::sync::broadcast;
@@ -18,26 +21,59 @@ use crate::protocol::api::ApiEvent;
 pub const READER_BUFFER: usize = 1_024;
 /// Events kept for readers that resume with `Last-Event-ID`.
 pub const REPLAY: usize = 1_024;
+/// Event streams open at once, at most (each costs its reader's writes, on the same
+/// cores as dispatch).
+pub const MAX_READERS: usize = 32;
+
+/// An event as the readers share it: its JSON is made once, by the first reader that
+/// needs it, never on the event loop.
+#[derive(Debug)]
+pub struct SharedEvent {
+    /// The event.
+    pub event: ApiEvent,
+    json: OnceLock<String>,
+}
+
+impl SharedEvent {
+    /// The event as JSON.
+    pub fn json(&self) -> &str {
+        self.json
+            .get_or_init(|| serde_json::to_string(&self.event).unwrap_or_else(|_| "{}".into()))
+    }
+}
 
 /// Where the event loop publishes and readers subscribe.
 pub struct EventHub {
     inner: Mutex<Kept>,
-    tx: broadcast::Sender<Arc<ApiEvent>>,
+    tx: broadcast::Sender<Arc<SharedEvent>>,
+    readers: Arc<AtomicUsize>,
+}
+
+/// One open event stream; dropping it frees its place.
+#[derive(Debug)]
+pub struct ReaderSlot(Arc<AtomicUsize>);
+
+impl Drop for ReaderSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 struct Kept {
     next_id: u64,
-    recent: VecDeque<Arc<ApiEvent>>,
+    recent: VecDeque<Arc<SharedEvent>>,
 }
 
 /// What a new reader starts with.
 pub struct Subscription {
     /// Kept events after the one it last saw, oldest first.
-    pub backlog: Vec<Arc<ApiEvent>>,
+    pub backlog: Vec<Arc<SharedEvent>>,
     /// How many events after the one it last saw are no longer kept.
     pub missed: u64,
     /// Events from now on.
-    pub live: broadcast::Receiver<Arc<ApiEvent>>,
+    pub live: broadcast::Receiver<Arc<SharedEvent>>,
+    /// Its place among the open streams.
+    pub slot: ReaderSlot,
 }
 
 impl Default for EventHub {
@@ -56,6 +92,7 @@ impl EventHub {
                 recent: VecDeque::with_capacity(REPLAY),
             }),
             tx,
+            readers: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -75,7 +112,10 @@ impl EventHub {
         for mut event in events {
             event.id = kept.next_id;
             kept.next_id += 1;
-            let event = Arc::new(event);
+            let event = Arc::new(SharedEvent {
+                event,
+                json: OnceLock::new(),
+            });
             if kept.recent.len() >= REPLAY {
                 kept.recent.pop_front();
             }
@@ -88,29 +128,48 @@ impl EventHub {
     /// A reader that last saw event `last_seen` (none: it starts now). Taken under
     /// the same lock as [`EventHub::publish`], so the backlog and the live events
     /// neither overlap nor leave a gap.
-    pub fn subscribe(&self, last_seen: Option<u64>) -> Subscription {
+    /// `None` when [`MAX_READERS`] streams are open. A `last_seen` beyond the newest
+    /// event (from before a restart of the control plane) resumes from the oldest kept,
+    /// told it missed an unknown number (`missed` is `u64::MAX`).
+    pub fn subscribe(&self, last_seen: Option<u64>) -> Option<Subscription> {
+        let open = self.readers.fetch_add(1, Ordering::AcqRel);
+        let slot = ReaderSlot(self.readers.clone());
+        if open >= MAX_READERS {
+            return None;
+        }
         let kept = self.kept();
         let live = self.tx.subscribe();
-        let Some(last) = last_seen else {
-            return Subscription {
+        let Some(mut last) = last_seen else {
+            return Some(Subscription {
                 backlog: Vec::new(),
                 missed: 0,
                 live,
-            };
+                slot,
+            });
         };
+        let mut unknown = false;
+        if last >= kept.next_id {
+            unknown = true;
+            last = 0;
+        }
         let backlog: Vec<_> = kept
             .recent
             .iter()
-            .filter(|e| e.id > last)
+            .filter(|e| e.event.id > last)
             .cloned()
             .collect();
-        let first_kept = kept.recent.front().map_or(kept.next_id, |e| e.id);
-        let missed = first_kept.saturating_sub(last.saturating_add(1));
-        Subscription {
+        let first_kept = kept.recent.front().map_or(kept.next_id, |e| e.event.id);
+        let missed = if unknown {
+            u64::MAX
+        } else {
+            first_kept.saturating_sub(last.saturating_add(1))
+        };
+        Some(Subscription {
             backlog,
             missed,
             live,
-        }
+            slot,
+        })
     }
 
     /// The id the next event gets.
@@ -134,28 +193,43 @@ mod tests {
     fn a_reader_resumes_after_its_last_event_without_gap_or_repeat() {
         let hub = EventHub::new();
         hub.publish(events(5));
-        let mut sub = hub.subscribe(Some(3));
-        let ids: Vec<u64> = sub.backlog.iter().map(|e| e.id).collect();
+        let mut sub = hub.subscribe(Some(3)).expect("a place");
+        let ids: Vec<u64> = sub.backlog.iter().map(|e| e.event.id).collect();
         assert_eq!(ids, [4, 5]);
         assert_eq!(sub.missed, 0);
         hub.publish(events(1));
-        assert_eq!(sub.live.try_recv().map(|e| e.id).ok(), Some(6));
+        assert_eq!(sub.live.try_recv().map(|e| e.event.id).ok(), Some(6));
     }
 
     #[test]
     fn a_reader_too_far_behind_is_told_how_many_it_missed() {
         let hub = EventHub::new();
         hub.publish(events(REPLAY + 10));
-        let sub = hub.subscribe(Some(2));
+        let sub = hub.subscribe(Some(2)).expect("a place");
         assert_eq!(sub.missed, 8);
         assert_eq!(sub.backlog.len(), REPLAY);
 
         // A live reader that does not read lags by what overflowed its buffer.
-        let mut slow = hub.subscribe(None);
+        let mut slow = hub.subscribe(None).expect("a place");
         hub.publish(events(READER_BUFFER + 7));
         assert!(matches!(
             slow.live.try_recv(),
             Err(broadcast::error::TryRecvError::Lagged(7))
         ));
+
+        // An id from before a restart: everything kept, and an unknown number missed.
+        let from_before = hub.subscribe(Some(u64::MAX - 1)).expect("a place");
+        assert_eq!(from_before.missed, u64::MAX);
+        assert_eq!(from_before.backlog.len(), REPLAY);
+    }
+
+    #[test]
+    fn streams_are_limited_and_a_closed_one_frees_its_place() {
+        let hub = EventHub::new();
+        let open: Vec<_> = (0..MAX_READERS).map(|_| hub.subscribe(None)).collect();
+        assert!(open.iter().all(Option::is_some));
+        assert!(hub.subscribe(None).is_none());
+        drop(open);
+        assert!(hub.subscribe(None).is_some());
     }
 }

@@ -9,6 +9,7 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
+    time::Duration,
 };
 
 use tokio::{
@@ -37,15 +38,28 @@ impl LimitedListener {
 }
 
 /// How long a new connection has to send its first bytes before it is closed.
-pub const FIRST_BYTES_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+pub const FIRST_BYTES_WITHIN: Duration = Duration::from_secs(10);
+
+/// How long a connection may go without a byte either way (an idle keep-alive, a
+/// request sent halfway) before it is closed. An event stream writes a comment every
+/// 15 s, so it stays.
+pub const IDLE_WITHIN: Duration = Duration::from_secs(30);
 
 /// An accepted connection; its slot frees when it is dropped. One that sends nothing
-/// within [`FIRST_BYTES_WITHIN`] is closed.
+/// within [`FIRST_BYTES_WITHIN`], or then moves no byte for [`IDLE_WITHIN`], is closed.
 pub struct Limited {
     stream: TcpStream,
     _permit: OwnedSemaphorePermit,
-    /// Until the first bytes arrive: when the connection gives up on them.
-    silent_until: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// When the connection is closed unless a byte moves before.
+    quiet_until: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Limited {
+    fn moved(&mut self) {
+        self.quiet_until
+            .as_mut()
+            .reset(tokio::time::Instant::now() + IDLE_WITHIN);
+    }
 }
 
 impl axum::serve::Listener for LimitedListener {
@@ -65,7 +79,7 @@ impl axum::serve::Listener for LimitedListener {
                         Limited {
                             stream,
                             _permit: permit,
-                            silent_until: Some(Box::pin(tokio::time::sleep(FIRST_BYTES_WITHIN))),
+                            quiet_until: Box::pin(tokio::time::sleep(FIRST_BYTES_WITHIN)),
                         },
                         addr,
                     );
@@ -95,19 +109,15 @@ impl AsyncRead for Limited {
         match Pin::new(&mut this.stream).poll_read(cx, buf) {
             Poll::Ready(result) => {
                 if buf.filled().len() > before {
-                    this.silent_until = None;
+                    this.moved();
                 }
                 Poll::Ready(result)
             }
             Poll::Pending => {
-                let expired = this
-                    .silent_until
-                    .as_mut()
-                    .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
-                if expired {
+                if this.quiet_until.as_mut().poll(cx).is_ready() {
                     Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
-                        "no request within 10 s",
+                        "the connection was quiet too long",
                     )))
                 } else {
                     Poll::Pending
@@ -123,7 +133,11 @@ impl AsyncWrite for Limited {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+            self.moved();
+        }
+        written
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -139,7 +153,11 @@ impl AsyncWrite for Limited {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+            self.moved();
+        }
+        written
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -5,7 +5,8 @@
 //! - [`events`]: the event stream's hub (bounded per reader, resumable).
 //! - [`auth`]: bearer tokens (`FASTWORKER_GUI_API_KEY`, the cluster key).
 //! - [`routes`]: the routes, the page's assets, CORS.
-//! - [`listener`]: at most 256 connections at once.
+//! - [`listener`]: at most 256 connections at once, none idle for long.
+//! - [`origin`]: `Host` and `Origin` checks, no framing.
 //!
 //! Handlers never touch the dispatcher: each sends a [`calls::Call`] to the event loop
 //! and waits for its [`calls::Reply`].
@@ -14,6 +15,7 @@ pub mod auth;
 pub mod calls;
 pub mod events;
 pub mod listener;
+pub mod origin;
 pub mod routes;
 
 use std::sync::Arc;
@@ -70,7 +72,18 @@ pub async fn start(config: HttpConfig) -> Result<HttpEndpoint, HostError> {
     let local = listener
         .local_addr()
         .map_err(|e| HostError::Dashboard(format!("the dashboard's address: {e}")))?;
-    let url = format!("http://{local}/");
+    // A wildcard address is reached on loopback from this machine.
+    let shown = if local.ip().is_unspecified() {
+        let loopback: std::net::IpAddr = if local.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        };
+        std::net::SocketAddr::new(loopback, local.port())
+    } else {
+        local
+    };
+    let url = format!("http://{shown}/");
     let (tx, calls) = mpsc::channel(CALLS_WAITING);
     let hub = Arc::new(events::EventHub::new());
     if config.cluster_key.is_none() && !local.ip().is_loopback() {
@@ -81,6 +94,11 @@ pub async fn start(config: HttpConfig) -> Result<HttpEndpoint, HostError> {
         hub: hub.clone(),
         auth: auth::Auth::new(config.api_key.clone(), config.cluster_key.clone()),
     });
+    let policy = std::sync::Arc::new(origin::OriginPolicy::new(
+        local,
+        config.cors_origin.as_deref(),
+    ));
+    let app = app.layer(axum::middleware::from_fn_with_state(policy, origin::guard));
     let app = routes::with_cors(app, config.cors_origin.as_deref());
     let task = tokio::spawn(async move {
         if let Err(err) = axum::serve(listener::LimitedListener::new(listener), app).await {

@@ -20,12 +20,12 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use super::{
     auth::{Auth, Refusal},
-    calls::{self, Call, Query, Reply},
-    events::EventHub,
+    calls::{self, Answer, Call, Query, Reply},
+    events::{EventHub, SharedEvent, Subscription},
 };
 use crate::{
     control_plane::dispatcher::TaskQuery,
-    protocol::{api::ApiEvent, TaskId},
+    protocol::TaskId,
     task_error::{ErrorKind, TaskError},
 };
 
@@ -39,6 +39,19 @@ pub struct Shared {
     /// The tokens.
     pub auth: Auth,
 }
+
+/// The statuses `/api/tasks?status=` takes.
+const TASK_STATUSES: [&str; 9] = [
+    "pending",
+    "scheduled",
+    "queued",
+    "assigned",
+    "running",
+    "success",
+    "failure",
+    "retrying",
+    "cancelled",
+];
 
 /// How long a request waits for the event loop.
 const ANSWER_WITHIN: Duration = Duration::from_secs(10);
@@ -155,7 +168,11 @@ async fn ask_loop(shared: &Shared, query: Query) -> Response {
         return unavailable("the control plane is stopping");
     }
     match tokio::time::timeout(ANSWER_WITHIN, answer).await {
-        Ok(Ok(reply)) => reply.into_response(),
+        Ok(Ok(Answer::Now(reply))) => reply.into_response(),
+        Ok(Ok(Answer::Later(make))) => match tokio::task::spawn_blocking(make).await {
+            Ok(reply) => reply.into_response(),
+            Err(_) => unavailable("the answer could not be made"),
+        },
         Ok(Err(_)) => unavailable("the control plane is stopping"),
         Err(_) => unavailable("the control plane did not answer within 10 s"),
     }
@@ -177,9 +194,15 @@ async fn ask_about(
     id: &str,
     query: fn(TaskId) -> Query,
 ) -> Response {
+    if let Err(refusal) = shared.auth.check(headers, write) {
+        return refused(refusal);
+    }
     match TaskId::parse(id) {
-        Ok(id) => ask(shared, headers, write, query(id)).await,
-        Err(_) => bad_request(format!("{id:?} is not a task id")),
+        Ok(id) => ask_loop(shared, query(id)).await,
+        Err(_) => bad_request(format!(
+            "{:?} is not a task id",
+            crate::protocol::for_people(id, 64)
+        )),
     }
 }
 
@@ -272,8 +295,18 @@ async fn tasks(
         Ok(params) => params,
         Err(err) => return bad_request(format!("bad query: {err}")),
     };
+    let status = params.status.filter(|s| !s.is_empty());
+    if let Some(status) = &status {
+        if !TASK_STATUSES.contains(&status.as_str()) {
+            return bad_request(format!(
+                "status {:?} is none of {}",
+                crate::protocol::for_people(status, 64),
+                TASK_STATUSES.join(", ")
+            ));
+        }
+    }
     let query = TaskQuery {
-        status: params.status.filter(|s| !s.is_empty()),
+        status,
         name: params.name.filter(|s| !s.is_empty()),
         offset: params.offset.unwrap_or(0),
         limit: params.limit.unwrap_or(50).min(MAX_PAGE),
@@ -321,20 +354,27 @@ struct EventsParams {
 
 /// One reader's place in the stream.
 struct Reader {
+    _slot: super::events::ReaderSlot,
     missed: u64,
-    backlog: VecDeque<Arc<ApiEvent>>,
-    live: broadcast::Receiver<Arc<ApiEvent>>,
+    backlog: VecDeque<Arc<SharedEvent>>,
+    live: broadcast::Receiver<Arc<SharedEvent>>,
 }
 
-fn sse_event(event: &ApiEvent) -> Event {
-    let data = serde_json::to_string(event).unwrap_or_else(|_| "{}".into());
+fn sse_event(shared: &SharedEvent) -> Event {
     Event::default()
-        .id(event.id.to_string())
-        .event(event.kind.as_ref())
-        .data(data)
+        .id(shared.event.id.to_string())
+        .event(shared.event.kind.as_ref())
+        .data(shared.json())
 }
 
+/// `missed` events were dropped (`u64::MAX`: an unknown number, the reader's id being
+/// from before a restart).
 fn lagged(missed: u64) -> Event {
+    let missed = if missed == u64::MAX {
+        "null".to_string()
+    } else {
+        missed.to_string()
+    };
     Event::default()
         .event("lagged")
         .data(format!("{{\"missed\":{missed}}}"))
@@ -353,11 +393,30 @@ async fn events(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     let from_query = params.ok().and_then(|UrlQuery(p)| p.last_event_id);
-    let subscription = shared.hub.subscribe(from_header.or(from_query));
+    let Some(subscription) = shared.hub.subscribe(from_header.or(from_query)) else {
+        return calls::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &TaskError::new(
+                ErrorKind::Rejected,
+                format!(
+                    "{} event streams are open, the most this control plane serves; poll the API instead",
+                    super::events::MAX_READERS
+                ),
+            ),
+        )
+        .into_response();
+    };
+    let Subscription {
+        backlog,
+        missed,
+        live,
+        slot,
+    } = subscription;
     let reader = Reader {
-        missed: subscription.missed,
-        backlog: subscription.backlog.into(),
-        live: subscription.live,
+        missed,
+        backlog: backlog.into(),
+        live,
+        _slot: slot,
     };
     let stream = futures::stream::unfold(reader, |mut reader| async move {
         if reader.missed > 0 {
