@@ -729,3 +729,60 @@ fn a_restart_on_the_data_directory_keeps_the_task_list() {
     let retry = post(&d, &format!("api/tasks/{id}/retry"));
     assert_eq!(retry.status, 410, "{}", retry.body);
 }
+
+#[test]
+fn a_dead_letter_is_listed_and_replayed_through_the_api() {
+    let dir = mytasks_dir();
+    // No task modules: only subworkers run tasks; one lost delivery dead-letters.
+    let mut d = start(&dir, &["--max-deliveries", "1"], &[]);
+    let mut sw1 = d.cp.subworker(&dir, "sw1", &[]);
+    let rt = runtime();
+    let client = connect(&rt, &d.cp.base);
+    let id = rt
+        .block_on(client.delay(task("sleep_ms", json!([2_000]))))
+        .expect("accepted");
+    poll_until(WAIT, || {
+        let t = get_json(&d, &format!("api/tasks/{id}"));
+        (t["status"] == "running").then_some(())
+    })
+    .expect("it runs on sw1");
+    sw1.kill();
+    let listed = poll_until(WAIT, || {
+        let letters = get_json(&d, "api/dead-letters");
+        (letters.as_array().map(Vec::len) == Some(1)).then_some(letters)
+    })
+    .expect("it is dead-lettered");
+    assert_eq!(listed[0]["task_id"], id.to_string().as_str(), "{listed}");
+    assert_eq!(listed[0]["error"]["kind"], "worker_lost");
+
+    let _sw2 = d.cp.subworker(&dir, "sw2", &[]);
+    let replayed = post(&d, &format!("api/dead-letters/{id}/replay"));
+    assert_eq!(replayed.status, 200, "{}", replayed.body);
+    assert_eq!(replayed.json()["outcome"], "queued");
+    let done = poll_until(WAIT, || {
+        let t = get_json(&d, &format!("api/tasks/{id}"));
+        (t["status"] == "success").then_some(t)
+    })
+    .expect("the replayed task succeeds");
+    assert_eq!(done["worker_id"], "sw2", "{done}");
+    assert_eq!(done["result"], 2_000);
+    assert_eq!(get_json(&d, "api/dead-letters"), json!([]));
+    let events: Vec<&str> = done["timeline"]
+        .as_array()
+        .expect("a timeline")
+        .iter()
+        .filter_map(|s| s["event"].as_str())
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "submitted",
+            "started",
+            "failure",
+            "submitted",
+            "started",
+            "success"
+        ],
+        "{done}"
+    );
+}
