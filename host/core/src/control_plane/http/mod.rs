@@ -3,6 +3,7 @@
 //!
 //! - [`calls`]: what a request asks of the event loop, and its answer.
 //! - [`events`]: the event stream's hub (bounded per reader, resumable).
+//! - [`sse`]: a stream's body, the events ready at once in one chunk.
 //! - [`auth`]: bearer tokens (`FASTWORKER_GUI_API_KEY`, the cluster key).
 //! - [`routes`]: the routes, the page's assets, CORS.
 //! - [`listener`]: at most 256 connections at once, none idle for long.
@@ -17,6 +18,7 @@ pub mod events;
 pub mod listener;
 pub mod origin;
 pub mod routes;
+pub mod sse;
 
 use std::sync::Arc;
 

@@ -2,26 +2,23 @@
 //! API and the event stream. Every handler checks the bearer token ([`Auth`]), then
 //! asks the event loop and turns its [`Reply`] into a response.
 
-use std::{collections::VecDeque, convert::Infallible, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     extract::{rejection::QueryRejection, Path, Query as UrlQuery, State},
     http::{header, HeaderMap, HeaderValue, Method, StatusCode},
-    response::{
-        sse::{Event, KeepAlive, Sse},
-        IntoResponse, Response,
-    },
+    response::{IntoResponse, Response},
     routing::{get, post},
     Router,
 };
 use serde::Deserialize;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use super::{
     auth::{Auth, Refusal},
     calls::{self, Answer, Call, Query, Reply},
-    events::{EventHub, SharedEvent, Subscription},
+    events::{EventHub, Subscription},
 };
 use crate::{
     control_plane::dispatcher::TaskQuery,
@@ -352,34 +349,6 @@ struct EventsParams {
     last_event_id: Option<u64>,
 }
 
-/// One reader's place in the stream.
-struct Reader {
-    _slot: super::events::ReaderSlot,
-    missed: u64,
-    backlog: VecDeque<Arc<SharedEvent>>,
-    live: broadcast::Receiver<Arc<SharedEvent>>,
-}
-
-fn sse_event(shared: &SharedEvent) -> Event {
-    Event::default()
-        .id(shared.event.id.to_string())
-        .event(shared.event.kind.as_ref())
-        .data(shared.json())
-}
-
-/// `missed` events were dropped (`u64::MAX`: an unknown number, the reader's id being
-/// from before a restart).
-fn lagged(missed: u64) -> Event {
-    let missed = if missed == u64::MAX {
-        "null".to_string()
-    } else {
-        missed.to_string()
-    };
-    Event::default()
-        .event("lagged")
-        .data(format!("{{\"missed\":{missed}}}"))
-}
-
 async fn events(
     State(shared): State<Shared>,
     headers: HeaderMap,
@@ -412,27 +381,18 @@ async fn events(
         live,
         slot,
     } = subscription;
-    let reader = Reader {
+    let reader = super::sse::Reader {
+        slot,
         missed,
         backlog: backlog.into(),
         live,
-        _slot: slot,
     };
-    let stream = futures::stream::unfold(reader, |mut reader| async move {
-        if reader.missed > 0 {
-            let missed = std::mem::take(&mut reader.missed);
-            return Some((Ok::<_, Infallible>(lagged(missed)), reader));
-        }
-        if let Some(event) = reader.backlog.pop_front() {
-            return Some((Ok(sse_event(&event)), reader));
-        }
-        match reader.live.recv().await {
-            Ok(event) => Some((Ok(sse_event(&event)), reader)),
-            Err(broadcast::error::RecvError::Lagged(missed)) => Some((Ok(lagged(missed)), reader)),
-            Err(broadcast::error::RecvError::Closed) => None,
-        }
-    });
-    Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        reader.into_body(),
+    )
         .into_response()
 }
