@@ -40,6 +40,7 @@ impl Command {
             Command::ControlPlane(_) => "fastworker-control-plane",
             Command::Subworker(_) => "fastworker-subworker",
             Command::Submit(_) => "fastworker-submit",
+            Command::Bench(_) => "fastworker-bench",
             _ => "fastworker",
         }
     }
@@ -125,6 +126,13 @@ pub enum Command {
     /// Print shell completions for bash, zsh or fish.
     #[command(after_help = examples::COMPLETIONS)]
     Completions(CompletionsArgs),
+    /// Measure a cluster started here (throughput, round trips, CPU and memory per
+    /// process) against the ZeroMQ floor (a bare echo and a three-process relay).
+    #[command(after_help = examples::BENCH)]
+    Bench(BenchArgs),
+    /// One process of the bench's ZeroMQ floor (started by `fastworker bench`).
+    #[command(hide = true)]
+    BenchFloor(BenchFloorArgs),
 }
 
 /// The examples at the end of each command's `--help`.
@@ -178,10 +186,50 @@ Each command's --help ends with its own examples.";
     pub const NEW: &str = "Examples:
   fastworker new greeter && (cd greeter && cargo build --release)
   fastworker new greeter --sdk-path ../fastworker/plugin-sdk";
+    pub const BENCH: &str = "Examples:
+  fastworker bench
+  fastworker bench --quick --json
+  fastworker bench --plugin target/release/libmytasks.so --tasks 50000";
     pub const COMPLETIONS: &str = "Examples:
   fastworker completions bash > /etc/bash_completion.d/fastworker
   fastworker completions zsh > \"${fpath[1]}/_fastworker\"
   fastworker completions fish > ~/.config/fish/completions/fastworker.fish";
+}
+
+/// `fastworker bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Print one JSON object instead of the markdown table.
+    #[arg(long)]
+    pub json: bool,
+    /// Tasks per throughput measurement.
+    #[arg(long, default_value_t = 20_000)]
+    pub tasks: usize,
+    /// Sequential round trips per latency measurement.
+    #[arg(long, default_value_t = 2_000)]
+    pub round_trips: usize,
+    /// Only the main case (control plane + 1 subworker) and the floor.
+    #[arg(long)]
+    pub quick: bool,
+    /// The plugin with the `add` and `echo` tasks (default: libmytasks next to this
+    /// binary, else ./plugins/mytasks.so).
+    #[arg(long, value_name = "FILE")]
+    pub plugin: Option<PathBuf>,
+}
+
+/// A process of the bench's floor.
+#[derive(Debug, Clone, Args)]
+pub struct BenchFloorArgs {
+    /// `echo` (a ROUTER that sends every message back), or `relay` (a ROUTER in front,
+    /// a DEALER behind, forwarding both ways).
+    #[arg(value_parser = ["echo", "relay"])]
+    pub role: String,
+    /// Where it binds (echo), or its front (relay).
+    #[arg(long)]
+    pub bind: String,
+    /// The relay's back: the echo it connects to.
+    #[arg(long)]
+    pub connect: Option<String>,
 }
 
 /// `fastworker completions`.

@@ -180,6 +180,8 @@ fn main() -> ExitCode {
         Command::New(args) => commands::new::run(&args).map(|text| commands::emit(text.as_bytes())),
         Command::Tasks(args) => one_shot(async move { commands::cluster::tasks(&args).await }),
         Command::Queued(args) => one_shot(async move { commands::cluster::queued(&args).await }),
+        Command::Bench(args) => commands::bench::run(&args),
+        Command::BenchFloor(args) => commands::bench::floor::serve(&args),
         Command::Completions(args) => {
             use clap::CommandFactory;
             let mut script = Vec::new();

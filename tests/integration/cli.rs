@@ -268,6 +268,7 @@ fn help_of_every_command_ends_with_examples() {
         "keygen",
         "new",
         "completions",
+        "bench",
     ] {
         let out = cli(&dir, &[command, "--help"]);
         assert!(out.status.success(), "{command}: {out:?}");

@@ -2,6 +2,7 @@
 //! loads the real plugins cargo built (`cargo build --workspace` builds them).
 
 mod auth;
+mod bench;
 mod browser;
 mod cli;
 mod cluster;

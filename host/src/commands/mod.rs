@@ -1,5 +1,6 @@
 //! One module per subcommand: each turns parsed arguments into work and output.
 
+pub mod bench;
 pub mod cluster;
 pub mod connect;
 pub mod keygen;
