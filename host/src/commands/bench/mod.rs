@@ -5,9 +5,11 @@
 //!
 //! - [`cluster`]: the processes, and what each costs (`/proc`).
 //! - [`floor`]: the bare echo and the three-process relay.
+//! - [`simulated`]: 1,000 subworkers simulated in this process.
 
 pub mod cluster;
 pub mod floor;
+pub mod simulated;
 
 use std::{
     path::{Path, PathBuf},
@@ -39,6 +41,9 @@ struct Case {
     cpu_us_per_task: Vec<(String, f64)>,
     rss: Vec<(String, f64, f64)>,
 }
+
+/// Subworkers the scale case simulates.
+const SIMULATED: usize = 1_000;
 
 /// The plugin the bench runs: `--plugin`, else libmytasks next to this binary, else
 /// `./plugins/mytasks.so`.
@@ -292,7 +297,7 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             true,
         ));
     }
-    let steps = 1 + shapes.len() + if args.quick { 0 } else { sizes.len() };
+    let steps = 1 + shapes.len() + if args.quick { 0 } else { sizes.len() + 1 };
     let progress = ProgressBar::new(steps as u64);
     progress.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
@@ -349,9 +354,31 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         drop(cluster);
         progress.inc(1);
     }
+    let scale = if args.quick {
+        None
+    } else {
+        progress.set_message(format!("{SIMULATED} simulated subworkers"));
+        let shape = Shape {
+            subworkers: 0,
+            ..default.clone()
+        };
+        let cluster = Cluster::start(&shape, &plugin, shapes.len()).await?;
+        let pid = cluster.processes[0].pid();
+        let result = simulated::measure(
+            &cluster.address,
+            pid,
+            &cluster.transport,
+            SIMULATED,
+            Duration::from_secs(10),
+            args.tasks,
+        )
+        .await?;
+        progress.inc(1);
+        Some(result)
+    };
     progress.finish_and_clear();
     let main = main.context("no main case")?;
-    report(args, &main, &cases, &floors)
+    report(args, &main, &cases, &floors, scale)
 }
 
 fn cpu_of(case: &Case, name: &str) -> f64 {
@@ -367,6 +394,7 @@ fn report(
     main: &Case,
     cases: &[Case],
     floors: &[(String, floor::FloorResult)],
+    scale: Option<simulated::ScaleResult>,
 ) -> anyhow::Result<()> {
     let relay = floors
         .iter()
@@ -404,6 +432,12 @@ fn report(
             "cp_idle_rss_mib": cp_idle_rss,
             "floors": floors.iter().map(|(n, r)| json!({"name": n, "rtt_p50_ms": r.rtt_p50_ms, "msgs_per_s": r.msgs_per_s})).collect::<Vec<_>>(),
             "cases": cases.iter().map(case_json).collect::<Vec<_>>(),
+            "scale": scale.map(|s| json!({
+                "simulated_subworkers": s.workers,
+                "cp_idle_cpu_percent": s.idle_cpu_percent,
+                "cp_cpu_us_per_task": s.cpu_us_per_task,
+                "throughput_tasks_per_s": s.tasks_per_s,
+            })),
             "machine": machine(),
         });
         crate::commands::emit(format!("{}\n", serde_json::to_string_pretty(&out)?).as_bytes());
@@ -443,6 +477,12 @@ fn report(
         text.push_str(&format!(
             "| {name} | {:.0} | {:.3} |\n",
             result.msgs_per_s, result.rtt_p50_ms
+        ));
+    }
+    if let Some(s) = scale {
+        text.push_str(&format!(
+            "\n| {} simulated subworkers (one process, real connections) | control plane idle CPU | control plane CPU per task | tasks/s |\n|---|---|---|---|\n| registered, serving `add` | {:.1} % of a core | {:.1} µs | {:.0} |\n",
+            s.workers, s.idle_cpu_percent, s.cpu_us_per_task, s.tasks_per_s
         ));
     }
     text.push_str(&format!(
