@@ -94,6 +94,16 @@ fn get_json(d: &Dashboard, path: &str) -> Value {
     response.json()
 }
 
+/// The `event` of each step of a task's timeline (from `/api/tasks/{id}`).
+fn steps(task: &Value) -> Vec<&str> {
+    task["timeline"]
+        .as_array()
+        .expect("a timeline")
+        .iter()
+        .filter_map(|s| s["event"].as_str())
+        .collect()
+}
+
 fn task(name: &str, args: Value) -> TaskEnvelope {
     TaskEnvelope::new(name, Codec::Json, Bytes::from(args.to_string()))
 }
@@ -188,12 +198,7 @@ fn the_api_shows_workers_tasks_timelines_and_metrics_count_what_was_submitted() 
     assert_eq!(one["result"], 1);
     assert_eq!(one["priority"], "normal");
     assert_eq!(one["retryable"], true);
-    let steps: Vec<&str> = one["timeline"]
-        .as_array()
-        .expect("a timeline")
-        .iter()
-        .filter_map(|s| s["event"].as_str())
-        .collect();
+    let steps = steps(&one);
     assert_eq!(steps, ["submitted", "started", "success"], "{one}");
     assert!(one["timeline"][1]["worker_id"].is_string());
 
@@ -348,12 +353,7 @@ fn queues_cancel_retry_and_replay_through_the_api() {
         (t["status"] == "success" && steps >= 6).then_some(t)
     })
     .expect("the retried task runs again");
-    let steps: Vec<&str> = again["timeline"]
-        .as_array()
-        .expect("a timeline")
-        .iter()
-        .filter_map(|s| s["event"].as_str())
-        .collect();
+    let steps = steps(&again);
     assert_eq!(
         steps,
         [
@@ -767,12 +767,7 @@ fn a_dead_letter_is_listed_and_replayed_through_the_api() {
     assert_eq!(done["worker_id"], "sw2", "{done}");
     assert_eq!(done["result"], 2_000);
     assert_eq!(get_json(&d, "api/dead-letters"), json!([]));
-    let events: Vec<&str> = done["timeline"]
-        .as_array()
-        .expect("a timeline")
-        .iter()
-        .filter_map(|s| s["event"].as_str())
-        .collect();
+    let events = steps(&done);
     assert_eq!(
         events,
         [
