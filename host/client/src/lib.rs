@@ -322,13 +322,14 @@ impl Client {
         mut tasks: Vec<TaskEnvelope>,
         wait: bool,
     ) -> Result<Vec<TaskId>, ClientError> {
-        // Tasks submitted without waiting continue the caller's trace, if any.
-        let current = propagation::inject(&tracing::Span::current());
-        for task in &mut tasks {
-            if task.trace.as_ref().and_then(|t| t.trace_id()).is_none() {
-                task.trace = current.clone();
+        // Tasks continue the caller's trace when a tracing system is installed;
+        // without one nothing is added (their spans are named by their ids).
+        if let Some(current) = propagation::inject(&tracing::Span::current()) {
+            for task in &mut tasks {
+                if task.trace.as_ref().and_then(|t| t.trace_id()).is_none() {
+                    task.trace = Some(current.clone());
+                }
             }
-            with_trace(task);
         }
         let answer = if tasks.len() == 1 {
             let task = tasks.into_iter().next().expect("one task");
@@ -380,8 +381,9 @@ impl Client {
     ) -> Result<TaskRecord, ClientError> {
         let id = task.id;
         let mut task = task;
-        // The task's span on the client, from submission to its final record; the
-        // task carries its context (or one named by its id) to the other processes.
+        // The task's span on the client, from submission to its final record; with a
+        // tracing system installed, the task carries its context to the other
+        // processes.
         let span = tracing::debug_span!(
             target: "fastworker::task",
             "task",
@@ -389,12 +391,14 @@ impl Client {
             task_name = %task.name,
             trace_id = tracing::field::Empty,
         );
-        if task.trace.as_ref().and_then(|t| t.trace_id()).is_none() {
-            task.trace = propagation::inject(&span);
-        }
-        with_trace(&mut task);
-        if let Some(trace_id) = task.trace.as_ref().and_then(|t| t.trace_id()) {
-            span.record("trace_id", trace_id);
+        if !span.is_disabled() {
+            if task.trace.as_ref().and_then(|t| t.trace_id()).is_none() {
+                task.trace = propagation::inject(&span);
+            }
+            match task.trace.as_ref().and_then(|t| t.trace_id()) {
+                Some(trace_id) => span.record("trace_id", tracing::field::display(trace_id)),
+                None => span.record("trace_id", tracing::field::display(id.0.simple())),
+            };
         }
         let submit_and_wait = async move {
             let (tx, rx) = oneshot::channel();
@@ -839,19 +843,5 @@ fn route(shared: &Shared, msg: FromControlPlane) {
     };
     if let Some(tx) = lock(&shared.pending).remove(&request_id) {
         let _ = tx.send(msg);
-    }
-}
-
-/// Gives `task` a W3C trace context named by its id when it has no valid one, so its
-/// spans on the control plane and the subworker join the client's trace.
-fn with_trace(task: &mut TaskEnvelope) {
-    if task.trace.as_ref().and_then(|t| t.trace_id()).is_none() {
-        let span_id = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64)
-            ^ u64::from_le_bytes(task.id.0.as_bytes()[..8].try_into().unwrap_or([1; 8]));
-        task.trace = Some(fastworker_protocol::TraceContext::for_task(
-            task.id, span_id,
-        ));
     }
 }

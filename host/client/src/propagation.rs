@@ -8,8 +8,8 @@
 //! - the control plane and the subworker make a task's span a child of the context
 //!   the task carries ([`link`]).
 //!
-//! Without it, a task's trace context is one named by its id (see
-//! `TraceContext::for_task`), and spans carry it as the field `trace_id`.
+//! Without it nothing is added to a task: its spans on every process carry its id as
+//! the field `trace_id`.
 
 use std::sync::OnceLock;
 

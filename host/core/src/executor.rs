@@ -135,8 +135,14 @@ impl Executor {
             task_id = %task.id,
             task_name = %task.name,
             attempt = task.attempt,
-            trace_id = %task.trace.as_ref().and_then(|t| t.trace_id()).unwrap_or(""),
+            trace_id = tracing::field::Empty,
         );
+        if !span.is_disabled() {
+            span.record(
+                "trace_id",
+                tracing::field::display(crate::control_plane::task_spans::trace_id(&task)),
+            );
+        }
         if let Some(trace) = &task.trace {
             fastworker_client::propagation::link(&span, trace);
         }

@@ -869,16 +869,6 @@ impl TraceContext {
         }
     }
 
-    /// A new trace for task `task`: the trace id is the task id's 16 bytes (so a trace
-    /// is found by its task id), the parent span id `span_id`, sampled.
-    pub fn for_task(task: crate::TaskId, span_id: u64) -> Self {
-        let span_id = span_id.max(1);
-        TraceContext::new(
-            format!("00-{}-{span_id:016x}-01", task.0.simple()),
-            String::new(),
-        )
-    }
-
     /// The trace id (32 lower-case hex digits) of a well-formed `traceparent`
     /// (`version-traceid-parentid-flags`), else `None`.
     pub fn trace_id(&self) -> Option<&str> {

@@ -903,15 +903,6 @@ impl Dispatcher {
     }
 
     fn accept(&mut self, mut envelope: TaskEnvelope) {
-        // A task without a trace context (the CLI's, a Python client's) gets one
-        // named by its id, so its spans on every process share a trace.
-        if envelope.trace.as_ref().and_then(|t| t.trace_id()).is_none() {
-            let span_id = self.next_unit().to_bits();
-            envelope.trace = Some(crate::protocol::TraceContext::for_task(
-                envelope.id,
-                span_id,
-            ));
-        }
         self.spans.open(&envelope);
         // How long to hold it: the countdown, or until the eta (read off the wall clock
         // once, here); the later wins. From now on only the monotonic clock counts.

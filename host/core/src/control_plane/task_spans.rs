@@ -11,6 +11,16 @@ use tracing::{debug, Span};
 
 use crate::protocol::{TaskEnvelope, TaskId};
 
+/// The trace a task's spans belong to: the one its W3C context names, else one named
+/// by its id (32 hex digits), so the spans of a task that came without a context
+/// still share a trace id on every process. Worked out only when spans are on.
+pub fn trace_id(task: &TaskEnvelope) -> String {
+    match task.trace.as_ref().and_then(|t| t.trace_id()) {
+        Some(id) => id.to_string(),
+        None => task.id.0.simple().to_string(),
+    }
+}
+
 /// The open spans, by task.
 #[derive(Debug, Default)]
 pub struct TaskSpans {
@@ -20,18 +30,18 @@ pub struct TaskSpans {
 impl TaskSpans {
     /// Opens the span of a task just accepted (nothing is kept when spans are off).
     pub fn open(&mut self, task: &TaskEnvelope) {
-        let trace_id = task.trace.as_ref().and_then(|t| t.trace_id()).unwrap_or("");
         let span = tracing::debug_span!(
             target: "fastworker::task",
             "task",
             task_id = %task.id,
             task_name = %task.name,
-            trace_id = %trace_id,
+            trace_id = tracing::field::Empty,
             status = tracing::field::Empty,
         );
         if span.is_disabled() {
             return;
         }
+        span.record("trace_id", tracing::field::display(trace_id(task)));
         if let Some(trace) = &task.trace {
             fastworker_client::propagation::link(&span, trace);
         }
