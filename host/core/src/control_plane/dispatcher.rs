@@ -274,11 +274,6 @@ impl Dispatcher {
         self.events.push(event);
     }
 
-    /// What the dashboard sees (events, timelines, counts).
-    pub fn observer(&self) -> &Observer {
-        &self.observer
-    }
-
     /// The dashboard's events since the last call.
     pub fn drain_feed(&mut self) -> std::vec::Drain<'_, crate::protocol::api::ApiEvent> {
         self.observer.drain_feed()

@@ -36,16 +36,25 @@ impl Drop for Process {
 impl Process {
     /// Starts `command` (its output discarded) as `name`.
     pub fn start(name: &str, mut command: Command) -> anyhow::Result<Process> {
+        command.stdout(Stdio::null()).stderr(Stdio::null());
+        Process::launch(name, command, None)
+    }
+
+    /// Starts `command` (its output already directed; `stdout` is where it goes, to
+    /// wait for lines in).
+    fn launch(
+        name: &str,
+        mut command: Command,
+        stdout: Option<PathBuf>,
+    ) -> anyhow::Result<Process> {
         let child = command
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("cannot start {name}"))?;
         Ok(Process {
             name: name.to_string(),
             child,
-            stdout: None,
+            stdout,
         })
     }
 
@@ -159,7 +168,6 @@ fn spawn(dir: &Path, name: &str, args: &[String], key: Option<&str>) -> anyhow::
     let mut command = Command::new(std::env::current_exe().context("this binary's path")?);
     command
         .args(args)
-        .stdin(Stdio::null())
         .stdout(fs::File::create(&stdout)?)
         .stderr(fs::File::create(&stderr)?);
     for (var, _) in std::env::vars_os() {
@@ -170,14 +178,7 @@ fn spawn(dir: &Path, name: &str, args: &[String], key: Option<&str>) -> anyhow::
     if let Some(key) = key {
         command.env("FASTWORKER_AUTH_KEY", key);
     }
-    let child = command
-        .spawn()
-        .with_context(|| format!("cannot start {name}"))?;
-    Ok(Process {
-        name: name.to_string(),
-        child,
-        stdout: Some(stdout),
-    })
+    Process::launch(name, command, Some(stdout))
 }
 
 impl Cluster {

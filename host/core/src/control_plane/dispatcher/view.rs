@@ -90,12 +90,30 @@ fn depths(of: impl Fn(Priority) -> u64) -> PriorityDepths {
     d
 }
 
+/// The held tasks by where they are, counted in one pass (status, queues, metrics).
+#[derive(Debug, Clone, Copy, Default)]
+struct Held {
+    queued: PriorityDepths,
+    scheduled: u64,
+    retrying: u64,
+    running: u64,
+}
+
 impl Dispatcher {
-    fn count_status(&self, status: TaskStatus) -> u64 {
-        self.tasks
-            .iter()
-            .filter(|(_, e)| e.record.status == status && e.holder.is_none())
-            .count() as u64
+    fn held(&self) -> Held {
+        let mut held = Held {
+            queued: depths(|p| self.queues.len(p) as u64),
+            ..Held::default()
+        };
+        for (_, entry) in self.tasks.iter() {
+            match (entry.holder.is_some(), entry.record.status) {
+                (true, _) => held.running += 1,
+                (false, TaskStatus::Scheduled) => held.scheduled += 1,
+                (false, TaskStatus::Retrying) => held.retrying += 1,
+                _ => {}
+            }
+        }
+        held
     }
 
     /// A task's record now, live or final (`None` once forgotten).
@@ -128,10 +146,11 @@ impl Dispatcher {
             .filter(|w| w.active && !w.draining && w.gone_since.is_none())
             .count() as u64;
         status.workers = self.workers.iter().count() as u64;
-        status.queued = depths(|p| self.queues.len(p) as u64);
-        status.running = self.in_flight() as u64;
-        status.scheduled = self.count_status(TaskStatus::Scheduled);
-        status.retrying = self.count_status(TaskStatus::Retrying);
+        let held = self.held();
+        status.queued = held.queued;
+        status.running = held.running;
+        status.scheduled = held.scheduled;
+        status.retrying = held.retrying;
         status.cached_results = self.cache.len() as u64;
         status.dead_letters = self.dead_letters.len() as u64;
         status.totals = self.observer.totals();
@@ -207,10 +226,11 @@ impl Dispatcher {
             }
         }
         let mut queues = ApiQueues::default();
-        queues.queued = depths(|p| self.queues.len(p) as u64);
-        queues.scheduled = self.count_status(TaskStatus::Scheduled);
-        queues.retrying = self.count_status(TaskStatus::Retrying);
-        queues.running = self.in_flight() as u64;
+        let held = self.held();
+        queues.queued = held.queued;
+        queues.scheduled = held.scheduled;
+        queues.retrying = held.retrying;
+        queues.running = held.running;
         queues.by_name = by_name
             .into_iter()
             .map(|(name, (waiting, running))| {
@@ -411,27 +431,18 @@ impl Dispatcher {
 
     /// What `/metrics` shows.
     pub fn metrics_input(&self) -> MetricsInput<'_> {
-        let mut running = 0u64;
-        for (_, entry) in self.tasks.iter() {
-            if entry.holder.is_some() {
-                running += 1;
-            }
-        }
+        let held = self.held();
         MetricsInput {
             observer: &self.observer,
-            queued: depths(|p| self.queues.len(p) as u64),
-            scheduled: self.count_status(TaskStatus::Scheduled),
-            retrying: self.count_status(TaskStatus::Retrying),
-            running,
+            queued: held.queued,
+            scheduled: held.scheduled,
+            retrying: held.retrying,
+            running: held.running,
             workers: self.api_workers(),
             cache: self.api_cache(),
             dead_letters: self.dead_letters.len() as u64,
             held_payload_bytes: self.tasks.bytes(),
-            served: self
-                .served_tasks()
-                .into_iter()
-                .map(|t| t.spec.name)
-                .collect(),
+            served: self.served_tasks().len() as u64,
         }
     }
 

@@ -173,36 +173,29 @@ fn not_found(task: TaskId) -> Reply {
     )
 }
 
-/// Answers `query` from the dispatcher (called by the event loop).
+/// Answers `query` from the dispatcher (called by the event loop): small answers at
+/// once, task records as a job for the HTTP side.
 pub fn answer(query: Query, dispatcher: &mut Dispatcher, context: &LoopContext) -> Answer {
-    let now = |reply: Reply| Answer::Now(reply);
-    match query {
+    let uptime_secs = context.started.elapsed().as_secs();
+    let reply = match query {
         Query::Tasks(query) => {
             let page = dispatcher.api_tasks(&query);
-            Answer::Later(Box::new(move || page_reply(page)))
+            return Answer::Later(Box::new(move || page_reply(page)));
         }
         Query::Task(id) => match dispatcher.api_task(&id) {
-            Some(detail) => Answer::Later(Box::new(move || detail_reply(detail))),
-            None => now(not_found(id)),
+            Some(detail) => return Answer::Later(Box::new(move || detail_reply(detail))),
+            None => not_found(id),
         },
         Query::DeadLetters => {
             let records = dispatcher.api_dead_letters();
-            Answer::Later(Box::new(move || {
+            return Answer::Later(Box::new(move || {
                 let json: Vec<StatusJson> = records
                     .iter()
                     .map(|r| StatusJson::preview(r, PREVIEW_BYTES))
                     .collect();
                 json_reply(StatusCode::OK, &json)
-            }))
+            }));
         }
-        other => now(answer_now(other, dispatcher, context)),
-    }
-}
-
-/// The answers small enough to make on the loop.
-fn answer_now(query: Query, dispatcher: &mut Dispatcher, context: &LoopContext) -> Reply {
-    let uptime_secs = context.started.elapsed().as_secs();
-    match query {
         Query::Alive => json_reply(StatusCode::OK, &serde_json::json!({"status": "alive"})),
         Query::Ready => {
             if dispatcher.accepting() {
@@ -234,11 +227,6 @@ fn answer_now(query: Query, dispatcher: &mut Dispatcher, context: &LoopContext) 
         Query::Queues => json_reply(StatusCode::OK, &dispatcher.api_queues()),
         Query::Cache => json_reply(StatusCode::OK, &dispatcher.api_cache()),
         Query::Plugins => json_reply(StatusCode::OK, &dispatcher.api_plugins()),
-        // Answered above, off the loop.
-        Query::Tasks(_) | Query::Task(_) | Query::DeadLetters => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &TaskError::new(ErrorKind::Internal, "answered elsewhere"),
-        ),
         Query::Throughput => json_reply(StatusCode::OK, &dispatcher.api_throughput()),
         Query::Metrics => {
             let counts = ServerCounts {
@@ -294,5 +282,6 @@ fn answer_now(query: Query, dispatcher: &mut Dispatcher, context: &LoopContext) 
             Ok(()) => done(id, "queued"),
             Err(err) => error(StatusCode::SERVICE_UNAVAILABLE, &err),
         },
-    }
+    };
+    Answer::Now(reply)
 }

@@ -171,11 +171,6 @@ impl EventHub {
             slot,
         })
     }
-
-    /// The id the next event gets.
-    pub fn next_id(&self) -> u64 {
-        self.kept().next_id
-    }
 }
 
 #[cfg(test)]

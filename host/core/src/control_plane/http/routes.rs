@@ -8,7 +8,7 @@ use axum::{
     extract::{rejection::QueryRejection, Path, Query as UrlQuery, State},
     http::{header, HeaderMap, HeaderValue, Method, StatusCode},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{get, post, MethodRouter},
     Router,
 };
 use serde::Deserialize;
@@ -67,19 +67,22 @@ pub fn router(shared: Shared) -> Router {
         .route("/assets/app.css", get(app_css))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/api/status", get(status))
-        .route("/api/workers", get(workers))
-        .route("/api/queues", get(queues))
+        .route("/metrics", read(Query::Metrics))
+        .route("/api/status", read(Query::Status))
+        .route("/api/workers", read(Query::Workers))
+        .route("/api/queues", read(Query::Queues))
         .route("/api/tasks", get(tasks))
-        .route("/api/tasks/{id}", get(task))
-        .route("/api/tasks/{id}/cancel", post(cancel))
-        .route("/api/tasks/{id}/retry", post(retry))
-        .route("/api/cache", get(cache))
-        .route("/api/plugins", get(plugins))
-        .route("/api/dead-letters", get(dead_letters))
-        .route("/api/dead-letters/{id}/replay", post(replay))
-        .route("/api/throughput", get(throughput))
+        .route("/api/tasks/{id}", about_task(false, Query::Task))
+        .route("/api/tasks/{id}/cancel", about_task(true, Query::Cancel))
+        .route("/api/tasks/{id}/retry", about_task(true, Query::Retry))
+        .route("/api/cache", read(Query::Cache))
+        .route("/api/plugins", read(Query::Plugins))
+        .route("/api/dead-letters", read(Query::DeadLetters))
+        .route(
+            "/api/dead-letters/{id}/replay",
+            about_task(true, Query::Replay),
+        )
+        .route("/api/throughput", read(Query::Throughput))
         .route("/api/events", get(events))
         .fallback(not_found)
         .with_state(shared)
@@ -242,36 +245,26 @@ async fn readyz(State(shared): State<Shared>) -> Response {
     ask_loop(&shared, Query::Ready).await
 }
 
-async fn metrics(State(shared): State<Shared>, headers: HeaderMap) -> Response {
-    ask(&shared, &headers, false, Query::Metrics).await
+/// A `GET` that needs read access and asks `query`.
+fn read(query: Query) -> MethodRouter<Shared> {
+    get(move |State(shared): State<Shared>, headers: HeaderMap| {
+        let query = query.clone();
+        async move { ask(&shared, &headers, false, query).await }
+    })
 }
 
-async fn status(State(shared): State<Shared>, headers: HeaderMap) -> Response {
-    ask(&shared, &headers, false, Query::Status).await
-}
-
-async fn workers(State(shared): State<Shared>, headers: HeaderMap) -> Response {
-    ask(&shared, &headers, false, Query::Workers).await
-}
-
-async fn queues(State(shared): State<Shared>, headers: HeaderMap) -> Response {
-    ask(&shared, &headers, false, Query::Queues).await
-}
-
-async fn cache(State(shared): State<Shared>, headers: HeaderMap) -> Response {
-    ask(&shared, &headers, false, Query::Cache).await
-}
-
-async fn plugins(State(shared): State<Shared>, headers: HeaderMap) -> Response {
-    ask(&shared, &headers, false, Query::Plugins).await
-}
-
-async fn dead_letters(State(shared): State<Shared>, headers: HeaderMap) -> Response {
-    ask(&shared, &headers, false, Query::DeadLetters).await
-}
-
-async fn throughput(State(shared): State<Shared>, headers: HeaderMap) -> Response {
-    ask(&shared, &headers, false, Query::Throughput).await
+/// A route about the task its path names: a `POST` when it writes, else a `GET`.
+fn about_task(write: bool, query: fn(TaskId) -> Query) -> MethodRouter<Shared> {
+    let handler = move |State(shared): State<Shared>,
+                        headers: HeaderMap,
+                        Path(id): Path<String>| async move {
+        ask_about(&shared, &headers, write, &id, query).await
+    };
+    if write {
+        post(handler)
+    } else {
+        get(handler)
+    }
 }
 
 /// `/api/tasks`'s parameters.
@@ -309,38 +302,6 @@ async fn tasks(
         limit: params.limit.unwrap_or(50).min(MAX_PAGE),
     };
     ask(&shared, &headers, false, Query::Tasks(query)).await
-}
-
-async fn task(
-    State(shared): State<Shared>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    ask_about(&shared, &headers, false, &id, Query::Task).await
-}
-
-async fn cancel(
-    State(shared): State<Shared>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    ask_about(&shared, &headers, true, &id, Query::Cancel).await
-}
-
-async fn retry(
-    State(shared): State<Shared>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    ask_about(&shared, &headers, true, &id, Query::Retry).await
-}
-
-async fn replay(
-    State(shared): State<Shared>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    ask_about(&shared, &headers, true, &id, Query::Replay).await
 }
 
 /// `/api/events`'s parameters: where to resume when `Last-Event-ID` cannot be sent.
