@@ -11,7 +11,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
     },
     time::{Duration, Instant},
@@ -55,6 +55,8 @@ pub struct Executor {
     overdue: Arc<Mutex<HashMap<TaskId, Instant>>>,
     outcomes: mpsc::UnboundedSender<TaskOutcome>,
     calls: CallPool,
+    /// The plugin calls' recent mean run time in ns (a moving average; 0: none yet).
+    run_ns: Arc<AtomicU64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -71,6 +73,20 @@ impl Executor {
             overdue: Arc::new(Mutex::new(HashMap::new())),
             outcomes,
             calls: CallPool::new(MAX_CALL_THREADS),
+            run_ns: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The plugin calls' recent mean run time in nanoseconds (an exponential moving
+    /// average over about the last eight calls; 0 before the first returns).
+    pub fn mean_run_ns(&self) -> u64 {
+        self.run_ns.load(Ordering::Relaxed)
+    }
+
+    /// Reports `outcome` as this executor's own (for a task that never started here).
+    pub fn report(&self, outcome: TaskOutcome) {
+        if self.outcomes.send(outcome).is_err() {
+            debug!("outcome dropped: the executor's owner is gone");
         }
     }
 
@@ -153,9 +169,12 @@ impl Executor {
             let finished_in_call = finished.clone();
             let overdue = this.overdue.clone();
             let task_id = task.id;
+            let run_ns = this.run_ns.clone();
             let call = this.calls.spawn(move || {
                 let _in_span = call_span.enter();
+                let began = Instant::now();
                 let result = call_task(handle.info(), &ctx, codec, &payload);
+                record_run_time(&run_ns, began.elapsed());
                 if finished_in_call.swap(true, Ordering::SeqCst) {
                     // Reported as timed out earlier; the thread is free again now.
                     lock(&overdue).remove(&task_id);
@@ -259,6 +278,19 @@ impl Executor {
     pub fn longest_overdue(&self) -> Option<Duration> {
         lock(&self.overdue).values().map(Instant::elapsed).max()
     }
+}
+
+/// Folds one call's run time into the moving average (weight 1/8; a lost update
+/// between two threads only skips a sample).
+fn record_run_time(average: &AtomicU64, took: Duration) {
+    let sample = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1);
+    let old = average.load(Ordering::Relaxed);
+    let new = if old == 0 {
+        sample
+    } else {
+        old - old / 8 + sample / 8
+    };
+    average.store(new.max(1), Ordering::Relaxed);
 }
 
 /// The outcome of an attempt of `task` (under `lease`, started at `started_ms`) that

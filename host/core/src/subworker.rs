@@ -14,19 +14,24 @@
 //! that life (running, draining to exit, draining to restart) is a [`lifecycle::Lifecycle`].
 
 pub mod lifecycle;
+pub mod local_queue;
 
 use std::{collections::VecDeque, path::PathBuf, time::Duration};
 
 use tokio::{sync::mpsc, time::Instant};
 use tracing::{debug, error, info, warn};
 
-use self::lifecycle::{AfterDrain, Lifecycle};
+use self::{
+    lifecycle::{AfterDrain, Lifecycle},
+    local_queue::LocalQueue,
+};
 use crate::{
     executor::Executor,
     plugin::watch::load_and_watch,
     protocol::{
-        self, max_version, FromControlPlane, Hello, PeerKind, PluginEvent, Registration,
-        RunningClaim, TaskOutcome, ToControlPlane, WorkerId, WorkerSecret, MIN_PROTOCOL_VERSION,
+        self, max_version, Assignment, FromControlPlane, Hello, LeaseToken, PeerKind, PluginEvent,
+        Registration, RunningClaim, TaskEnvelope, TaskId, TaskOutcome, ToControlPlane, WorkerId,
+        WorkerSecret, MIN_PROTOCOL_VERSION,
     },
     transport::{self, Connection, ServerEvent, TransportConfig},
     HostError,
@@ -111,6 +116,9 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
 
     let (outcome_tx, mut outcomes) = mpsc::unbounded_channel::<TaskOutcome>();
     let executor = Executor::new(registry.clone(), outcome_tx);
+    let concurrency = args.concurrency.max(1) as usize;
+    // Tasks handed to this subworker that wait for a slot (prefetched ones).
+    let mut waiting = LocalQueue::new();
     let mut undelivered: VecDeque<TaskOutcome> = VecDeque::new();
     // The first stop signal drains (see the module docs); a second one exits at once.
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
@@ -188,6 +196,7 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
         // someone else.
         registration.running = claims
             .into_iter()
+            .chain(waiting.claims())
             .chain(
                 undelivered
                     .iter()
@@ -199,6 +208,13 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
         let mut version = MIN_PROTOCOL_VERSION;
         // Whether this control plane reads `Outcomes` (its Welcome says so).
         let mut groups_outcomes = false;
+        // Whether it hands out prefetched tasks and reads `Report` (its Welcome says so).
+        let mut prefetch = false;
+        // Prefetched tasks started and not reported yet (a new registration claims
+        // them instead).
+        let mut started: Vec<TaskId> = Vec::new();
+        // Outcomes to report after this turn of the loop.
+        let mut ready: Vec<TaskOutcome> = Vec::new();
         let mut after_welcome = vec![ToControlPlane::Register(registration)];
         if life.draining() {
             after_welcome.push(ToControlPlane::Draining);
@@ -225,7 +241,10 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
             if *stopping.borrow() {
                 life.stop(Instant::now(), grace);
             }
-            let idle = executor.running() == 0 && undelivered.is_empty() && outcomes.is_empty();
+            let idle = executor.running() == 0
+                && waiting.is_empty()
+                && undelivered.is_empty()
+                && outcomes.is_empty();
             if let Some(then) = life.after_drain().filter(|_| idle) {
                 if then == AfterDrain::Restart {
                     // Not Unregister: the control plane keeps this worker's entry, so
@@ -257,43 +276,40 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
                     last_heard = Instant::now();
                     match protocol::decode::<FromControlPlane>(&frames) {
                         Ok(FromControlPlane::Assign { task, lease, epoch }) => {
-                            if epoch < newest_epoch {
-                                let reason = format!(
-                                    "subworker {worker_id} refused this assignment of epoch {epoch}: a control plane of epoch {newest_epoch} has taken over (if this control plane's data directory was replaced, restart the subworker)"
-                                );
-                                warn!(task = %task.id, "{reason}");
-                                // Said, not dropped: the sender learns it is fenced off,
-                                // and the task does not wait for an answer forever.
-                                let refused = crate::executor::failure(
-                                    &task,
-                                    lease,
-                                    crate::task_error::TaskError::new(
-                                        crate::task_error::ErrorKind::Rejected,
-                                        reason,
-                                    ),
-                                    protocol::now_ms(),
-                                );
-                                if !send(&mut conn, version, &ToControlPlane::Outcome(refused)).await {
-                                    continue 'connection;
-                                }
-                            } else {
-                                newest_epoch = epoch;
-                                debug!(task = %task.id, name = %task.name, epoch, "assigned");
-                                executor.start(task, lease);
-                            }
+                            take_assignments(
+                                vec![Assignment::new(task, lease, false)],
+                                epoch,
+                                &mut newest_epoch,
+                                &worker_id,
+                                &mut waiting,
+                                &executor,
+                            );
+                        }
+                        Ok(FromControlPlane::Assigns { assignments, epoch }) => {
+                            take_assignments(
+                                assignments,
+                                epoch,
+                                &mut newest_epoch,
+                                &worker_id,
+                                &mut waiting,
+                                &executor,
+                            );
                         }
                         Ok(FromControlPlane::Welcome(welcome)) => {
                             if (MIN_PROTOCOL_VERSION..=max_version()).contains(&welcome.protocol_version) {
                                 version = welcome.protocol_version;
                             }
-                            groups_outcomes = version >= 2
-                                && welcome
-                                    .features
-                                    .iter()
-                                    .any(|f| f == protocol::OUTCOMES_BATCH_FEATURE);
-                            debug!(version, "the control plane welcomed this subworker");
+                            let has = |feature: &str| {
+                                version >= 2 && welcome.features.iter().any(|f| f == feature)
+                            };
+                            groups_outcomes = has(protocol::OUTCOMES_BATCH_FEATURE);
+                            prefetch = has(protocol::PREFETCH_FEATURE);
+                            debug!(version, prefetch, "the control plane welcomed this subworker");
                             let mut ok = true;
-                            for msg in std::mem::take(&mut after_welcome) {
+                            for mut msg in std::mem::take(&mut after_welcome) {
+                                if let ToControlPlane::Register(registration) = &mut msg {
+                                    registration.prefetch = prefetch;
+                                }
                                 ok &= send(&mut conn, version, &msg).await;
                             }
                             if !ok {
@@ -317,6 +333,18 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
                         Ok(FromControlPlane::CancelTask { task_id }) => {
                             if executor.cancel(&task_id) {
                                 info!(task = %task_id, "cancel requested");
+                            } else if let Some(gone) = waiting.remove(&task_id) {
+                                // Never started: cancelled without calling the plugin.
+                                info!(task = %task_id, "cancelled before it started");
+                                executor.report(crate::executor::failure(
+                                    &gone.task,
+                                    gone.lease,
+                                    crate::task_error::TaskError::new(
+                                        crate::task_error::ErrorKind::Cancelled,
+                                        "cancelled before it started",
+                                    ),
+                                    protocol::now_ms(),
+                                ));
                             }
                         }
                         Ok(FromControlPlane::Refused { reason }) => {
@@ -339,43 +367,7 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
                         Err(err) => warn!("unreadable message from the control plane: {err}"),
                     }
                 }
-                Some(outcome) = outcomes.recv() => {
-                    // Under load more are ready: report them together when the control
-                    // plane reads `Outcomes`.
-                    let mut bytes = outcome.value.len();
-                    let mut ready = vec![outcome];
-                    if groups_outcomes {
-                        while ready.len() < OUTCOMES_PER_MESSAGE && bytes < OUTCOME_BYTES_PER_MESSAGE {
-                            match outcomes.try_recv() {
-                                Ok(more) => {
-                                    bytes += more.value.len();
-                                    ready.push(more);
-                                }
-                                Err(_) => break,
-                            }
-                        }
-                    }
-                    for outcome in &mut ready {
-                        outcome.cap_value(args.max_payload_bytes);
-                    }
-                    if !registered {
-                        undelivered.extend(ready);
-                        continue;
-                    }
-                    let msg = match ready.len() {
-                        1 => ToControlPlane::Outcome(ready.remove(0)),
-                        _ => ToControlPlane::Outcomes { outcomes: ready },
-                    };
-                    if !send(&mut conn, version, &msg).await {
-                        // Kept for the next connection (moved back, not cloned up front).
-                        match msg {
-                            ToControlPlane::Outcome(outcome) => undelivered.push_back(outcome),
-                            ToControlPlane::Outcomes { outcomes } => undelivered.extend(outcomes),
-                            _ => {}
-                        }
-                        continue 'connection;
-                    }
-                }
+                Some(outcome) = outcomes.recv() => ready.push(outcome),
                 _ = heartbeat.tick() => {
                     let gap = last_tick.elapsed();
                     last_tick = Instant::now();
@@ -407,7 +399,10 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
                     let running = executor.running() as u32;
                     let msg = ToControlPlane::Heartbeat {
                         running,
-                        free_slots: args.concurrency.max(1).saturating_sub(running),
+                        free_slots: args
+                            .concurrency
+                            .max(1)
+                            .saturating_sub(running + waiting.len() as u32),
                     };
                     if !send(&mut conn, version, &msg).await {
                         continue 'connection;
@@ -455,8 +450,109 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
                     let _ = send(&mut conn, version, &ToControlPlane::Draining).await;
                 }
             }
+            // Slots freed or tasks came: start what waits, most urgent first.
+            while executor.running() < concurrency {
+                let Some(next) = waiting.pop() else { break };
+                if next.prefetched && prefetch {
+                    started.push(next.task.id);
+                }
+                debug!(task = %next.task.id, name = %next.task.name, "started");
+                executor.start(next.task, next.lease);
+            }
+            if ready.is_empty() && started.is_empty() {
+                continue;
+            }
+            // Under load more outcomes are ready: report them together when the
+            // control plane reads `Outcomes` or `Report`.
+            if groups_outcomes || prefetch {
+                let mut bytes: usize = ready.iter().map(|o| o.value.len()).sum();
+                while ready.len() < OUTCOMES_PER_MESSAGE && bytes < OUTCOME_BYTES_PER_MESSAGE {
+                    match outcomes.try_recv() {
+                        Ok(more) => {
+                            bytes += more.value.len();
+                            ready.push(more);
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+            for outcome in &mut ready {
+                outcome.cap_value(args.max_payload_bytes);
+            }
+            if !registered {
+                undelivered.extend(ready.drain(..));
+                continue;
+            }
+            let msg = if prefetch {
+                ToControlPlane::Report {
+                    started: std::mem::take(&mut started),
+                    outcomes: std::mem::take(&mut ready),
+                    run_ns: executor.mean_run_ns(),
+                }
+            } else if ready.len() == 1 {
+                ToControlPlane::Outcome(ready.remove(0))
+            } else {
+                ToControlPlane::Outcomes {
+                    outcomes: std::mem::take(&mut ready),
+                }
+            };
+            if !send(&mut conn, version, &msg).await {
+                // Kept for the next connection (moved back, not cloned up front).
+                match msg {
+                    ToControlPlane::Outcome(outcome) => undelivered.push_back(outcome),
+                    ToControlPlane::Outcomes { outcomes }
+                    | ToControlPlane::Report { outcomes, .. } => undelivered.extend(outcomes),
+                    _ => {}
+                }
+                continue 'connection;
+            }
         }
     }
+}
+
+/// Takes tasks the control plane handed out under `epoch`: into the queue of waiting
+/// tasks, or refused when a newer control plane has taken over.
+fn take_assignments(
+    assignments: Vec<Assignment>,
+    epoch: u64,
+    newest_epoch: &mut u64,
+    worker_id: &WorkerId,
+    waiting: &mut LocalQueue,
+    executor: &Executor,
+) {
+    if epoch < *newest_epoch {
+        for Assignment { task, lease, .. } in assignments {
+            let reason = format!(
+                "subworker {worker_id} refused this assignment of epoch {epoch}: a control plane of epoch {newest_epoch} has taken over (if this control plane's data directory was replaced, restart the subworker)"
+            );
+            warn!(task = %task.id, "{reason}");
+            // Said, not dropped: the sender learns it is fenced off, and the task does
+            // not wait for an answer forever.
+            executor.report(refusal(&task, lease, reason));
+        }
+        return;
+    }
+    *newest_epoch = epoch;
+    for Assignment {
+        task,
+        lease,
+        prefetched,
+        ..
+    } in assignments
+    {
+        debug!(task = %task.id, name = %task.name, epoch, prefetched, "assigned");
+        waiting.push(task, lease, prefetched);
+    }
+}
+
+/// The outcome that refuses `task`: `rejected`, with `reason`.
+fn refusal(task: &TaskEnvelope, lease: LeaseToken, reason: String) -> TaskOutcome {
+    crate::executor::failure(
+        task,
+        lease,
+        crate::task_error::TaskError::new(crate::task_error::ErrorKind::Rejected, reason),
+        protocol::now_ms(),
+    )
 }
 
 /// Replaces this process with a fresh copy of itself, same arguments (so the same

@@ -81,6 +81,9 @@ pub struct ApiStatus {
     pub queued: PriorityDepths,
     /// Tasks running (or handed to a worker).
     pub running: u64,
+    /// Of those, tasks handed out ahead (`assigned`): waiting in a subworker's own
+    /// queue for a free slot.
+    pub assigned: u64,
     /// Tasks waiting for their countdown or eta.
     pub scheduled: u64,
     /// Tasks waiting to retry.
@@ -129,6 +132,11 @@ pub struct ApiWorker {
     pub running: u64,
     /// Its slots (`--concurrency`).
     pub slots: u64,
+    /// Its credit window: the most tasks it is handed at once (its slots, plus the
+    /// prefetched tasks its measured run time allows).
+    pub window: u64,
+    /// Its plugin calls' recent mean run time in µs, as it reports it (0: unknown).
+    pub mean_run_us: f64,
     /// running / slots.
     pub load: f64,
     /// Milliseconds since it last said anything.

@@ -78,7 +78,9 @@ impl Framed for ToControlPlane {
             ToControlPlane::Submit { task, .. } => vec![&task.payload],
             ToControlPlane::SubmitBatch { tasks, .. } => tasks.iter().map(|t| &t.payload).collect(),
             ToControlPlane::Outcome(outcome) => vec![&outcome.value],
-            ToControlPlane::Outcomes { outcomes } => outcomes.iter().map(|o| &o.value).collect(),
+            ToControlPlane::Outcomes { outcomes } | ToControlPlane::Report { outcomes, .. } => {
+                outcomes.iter().map(|o| &o.value).collect()
+            }
             _ => Vec::new(),
         }
     }
@@ -90,7 +92,7 @@ impl Framed for ToControlPlane {
                 tasks.iter_mut().map(|t| &mut t.payload).collect()
             }
             ToControlPlane::Outcome(outcome) => vec![&mut outcome.value],
-            ToControlPlane::Outcomes { outcomes } => {
+            ToControlPlane::Outcomes { outcomes } | ToControlPlane::Report { outcomes, .. } => {
                 outcomes.iter_mut().map(|o| &mut o.value).collect()
             }
             _ => Vec::new(),
@@ -108,6 +110,9 @@ impl Framed for FromControlPlane {
                 ..
             } => vec![&record.value],
             FromControlPlane::Assign { task, .. } => vec![&task.payload],
+            FromControlPlane::Assigns { assignments, .. } => {
+                assignments.iter().map(|a| &a.task.payload).collect()
+            }
             _ => Vec::new(),
         }
     }
@@ -123,6 +128,10 @@ impl Framed for FromControlPlane {
                 ..
             } => vec![&mut record.value],
             FromControlPlane::Assign { task, .. } => vec![&mut task.payload],
+            FromControlPlane::Assigns { assignments, .. } => assignments
+                .iter_mut()
+                .map(|a| &mut a.task.payload)
+                .collect(),
             _ => Vec::new(),
         }
     }
@@ -390,6 +399,14 @@ mod tests {
                     }],
                 },
             ),
+            (
+                "report",
+                ToControlPlane::Report {
+                    started: vec![fixed_id(3), fixed_id(1)],
+                    outcomes: vec![outcome()],
+                    run_ns: 1_250,
+                },
+            ),
         ]
     }
 
@@ -518,6 +535,21 @@ mod tests {
                     task_ids: vec![fixed_id(1), fixed_id(2)],
                 },
             ),
+            (
+                "assigns",
+                FromControlPlane::Assigns {
+                    assignments: vec![
+                        Assignment::new(envelope(), LeaseToken([7; 16]), false),
+                        {
+                            let mut second = envelope();
+                            second.id = fixed_id(2);
+                            second.payload = Bytes::from_static(b"[1,2]");
+                            Assignment::new(second, LeaseToken([8; 16]), true)
+                        },
+                    ],
+                    epoch: 3,
+                },
+            ),
         ]
     }
 
@@ -547,10 +579,11 @@ mod tests {
             ToControlPlane::Queued { .. } => "queued",
             ToControlPlane::Purge { .. } => "purge",
             ToControlPlane::Outcomes { .. } => "outcomes",
+            ToControlPlane::Report { .. } => "report",
         }
     }
 
-    const TO_CP_VARIANTS: usize = 22;
+    const TO_CP_VARIANTS: usize = 23;
 
     fn from_cp_name(msg: &FromControlPlane) -> &'static str {
         match msg {
@@ -573,10 +606,11 @@ mod tests {
             FromControlPlane::QueuedList { .. } => "queued_list",
             FromControlPlane::Purged { .. } => "purged",
             FromControlPlane::Results { .. } => "results",
+            FromControlPlane::Assigns { .. } => "assigns",
         }
     }
 
-    const FROM_CP_VARIANTS: usize = 19;
+    const FROM_CP_VARIANTS: usize = 20;
 
     #[test]
     fn every_variant_has_an_example() {
@@ -682,7 +716,7 @@ mod tests {
     fn since(name: &str) -> u8 {
         match name {
             "tasks" | "task_list" | "queued" | "queued_list" | "purge" | "purged" | "results"
-            | "outcomes" => 2,
+            | "outcomes" | "report" | "assigns" => 2,
             _ => 1,
         }
     }

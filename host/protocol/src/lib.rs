@@ -85,6 +85,10 @@ pub const RESULTS_BATCH_FEATURE: &str = "results-batch";
 /// message), so a subworker may group the outcomes it reports. Since version 2.
 pub const OUTCOMES_BATCH_FEATURE: &str = "outcomes-batch";
 
+/// A `Welcome` feature: this control plane hands out prefetched tasks (`Assigns`) to
+/// a subworker that registers with `prefetch`, and reads its `Report`. Since version 2.
+pub const PREFETCH_FEATURE: &str = "prefetch";
+
 /// The first two bytes of every header frame.
 pub const MAGIC: [u8; 2] = *b"FW";
 

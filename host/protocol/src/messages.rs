@@ -388,6 +388,12 @@ pub struct Registration {
     /// The plugins it has loaded, for people (the dashboard). Since version 2.
     #[serde(default)]
     pub plugins: Vec<PluginInfo>,
+    /// It takes prefetched tasks: it holds tasks past its `concurrency` in a queue of
+    /// its own, starts them in priority order as slots free up, reads `Assigns` and
+    /// reports `Report`. Set only toward a control plane whose `Welcome` has the
+    /// feature `prefetch`. Since version 2.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub prefetch: bool,
 }
 
 /// A plugin a subworker has loaded, as it reports it.
@@ -567,6 +573,19 @@ pub enum ToControlPlane {
     Outcomes {
         /// The outcomes (their values travel in the frames after the header).
         outcomes: Vec<TaskOutcome>,
+    },
+    /// What a subworker that takes prefetched tasks has to say, all at once: the
+    /// prefetched tasks it started since its last report, then the outcomes ready now
+    /// (their values in frames of their own, in order), and how long its plugin calls
+    /// take (so the control plane sizes its window). Sent only by a subworker that
+    /// registered with `prefetch`. Since version 2.
+    Report {
+        /// Prefetched tasks it started, in the order they started.
+        started: Vec<TaskId>,
+        /// Outcomes, each as an `Outcome` would be.
+        outcomes: Vec<TaskOutcome>,
+        /// Its plugin calls' recent mean run time, in nanoseconds (0: none measured).
+        run_ns: u64,
     },
 }
 
@@ -767,6 +786,39 @@ pub enum FromControlPlane {
         /// The first of them, in run order.
         task_ids: Vec<TaskId>,
     },
+    /// Several tasks to run (to a subworker that registered with `prefetch`), each
+    /// under its lease, the payloads in frames of their own (in order). Since version 2.
+    Assigns {
+        /// The tasks, in the order they were handed out.
+        assignments: Vec<Assignment>,
+        /// The control plane's epoch, as in `Assign`.
+        epoch: u64,
+    },
+}
+
+/// One task handed to a subworker that takes prefetched tasks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Assignment {
+    /// The task.
+    pub task: TaskEnvelope,
+    /// The lease its outcome must carry.
+    pub lease: LeaseToken,
+    /// Handed out beyond the subworker's free slots: it waits in the subworker's
+    /// queue, and the subworker reports it in `Report.started` when it starts. A task
+    /// that is not prefetched starts at once (the control plane counted a free slot).
+    pub prefetched: bool,
+}
+
+impl Assignment {
+    /// `task` under `lease`.
+    pub fn new(task: TaskEnvelope, lease: LeaseToken, prefetched: bool) -> Self {
+        Assignment {
+            task,
+            lease,
+            prefetched,
+        }
+    }
 }
 
 /// A task a cluster serves, and who serves it.
@@ -978,6 +1030,7 @@ impl Registration {
             secret: None,
             running: Vec::new(),
             plugins: Vec::new(),
+            prefetch: false,
         }
     }
 }

@@ -251,7 +251,11 @@ fn to_v1(msg: &ToControlPlane) -> Option<ToControlPlaneV1> {
         },
         M::Restarting => V::Restarting,
         M::Events { request_id } => V::Events { request_id },
-        M::Tasks { .. } | M::Queued { .. } | M::Purge { .. } | M::Outcomes { .. } => return None,
+        M::Tasks { .. }
+        | M::Queued { .. }
+        | M::Purge { .. }
+        | M::Outcomes { .. }
+        | M::Report { .. } => return None,
     })
 }
 
@@ -366,6 +370,7 @@ fn in_v1(msg: &FromControlPlane) -> bool {
             | FromControlPlane::QueuedList { .. }
             | FromControlPlane::Purged { .. }
             | FromControlPlane::Results { .. }
+            | FromControlPlane::Assigns { .. }
     )
 }
 

@@ -34,7 +34,7 @@ use crate::{
     log_limit::LogLimiter,
     protocol::{for_people, MAX_ID_BYTES, MAX_TASKS_PER_WORKER},
     protocol::{
-        AttemptResult, Callback, CancelOutcome, FromControlPlane, LeaseToken, PeerKind,
+        Assignment, AttemptResult, Callback, CancelOutcome, FromControlPlane, LeaseToken, PeerKind,
         QueueFilter, QueuedTask, TaskEnvelope, TaskId, TaskOutcome, TaskRecord, TaskSpec,
         TaskStatus, ToControlPlane, WorkerId, WorkerSecret,
     },
@@ -189,7 +189,15 @@ pub struct Dispatcher {
     observer: Observer,
     /// Each task's `tracing` span, while it is held.
     spans: super::task_spans::TaskSpans,
+    /// Assignments to subworkers that take prefetched tasks, made in this dispatch
+    /// pass: sent as one `Assigns` per subworker when the pass ends.
+    outgoing: Vec<(WorkerId, Assignment)>,
 }
+
+/// The most tasks one `Assigns` message carries, and (roughly) the most payload
+/// bytes: past either, the rest go in another message.
+const ASSIGNS_PER_MESSAGE: usize = 256;
+const ASSIGN_BYTES_PER_MESSAGE: usize = 1 << 20;
 
 /// The most retries a submission may ask for.
 pub const MAX_RETRIES: u32 = 10_000;
@@ -246,6 +254,7 @@ impl Dispatcher {
             served_names: HashSet::new(),
             observer: Observer::new(observe),
             spans: super::task_spans::TaskSpans::default(),
+            outgoing: Vec::new(),
         }
     }
 
@@ -437,6 +446,20 @@ impl Dispatcher {
                     debug!(
                         count = outcomes.len(),
                         "outcomes from an unregistered peer ignored"
+                    );
+                }
+            }
+            ToControlPlane::Report {
+                started,
+                outcomes,
+                run_ns,
+            } => {
+                if let Some(worker) = self.workers.by_peer(peer).cloned() {
+                    self.report(worker, started, outcomes, run_ns);
+                } else {
+                    debug!(
+                        count = outcomes.len(),
+                        "a report from an unregistered peer ignored"
                     );
                 }
             }
@@ -1151,6 +1174,89 @@ impl Dispatcher {
                 self.assign(id, holder);
             }
         }
+        self.send_assigns();
+    }
+
+    /// Sends this pass's assignments to subworkers that take prefetched tasks: one
+    /// `Assigns` per subworker (more past [`ASSIGNS_PER_MESSAGE`] tasks or
+    /// [`ASSIGN_BYTES_PER_MESSAGE`] bytes), in the order they were made.
+    fn send_assigns(&mut self) {
+        if self.outgoing.is_empty() {
+            return;
+        }
+        let epoch = self.epoch;
+        let mut outgoing = std::mem::take(&mut self.outgoing);
+        // Stable: each subworker's tasks keep their order.
+        outgoing.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut rest = outgoing.into_iter().peekable();
+        while let Some((worker, first)) = rest.next() {
+            let mut bytes = first.task.payload.len();
+            let mut assignments = vec![first];
+            while let Some((_, next)) = rest.next_if(|(w, a)| {
+                *w == worker
+                    && assignments.len() < ASSIGNS_PER_MESSAGE
+                    && bytes + a.task.payload.len() <= ASSIGN_BYTES_PER_MESSAGE
+            }) {
+                bytes += next.task.payload.len();
+                assignments.push(next);
+            }
+            let Some(w) = self.workers.get(&worker) else {
+                continue;
+            };
+            // One alone goes as `Assigns` too: it says whether it was prefetched.
+            let msg = FromControlPlane::Assigns { assignments, epoch };
+            self.actions.push(reply(&w.peer.clone(), msg));
+        }
+    }
+
+    /// A subworker that takes prefetched tasks reports: the prefetched tasks it
+    /// started (they are `running` from now), then its outcomes, and its run time.
+    fn report(
+        &mut self,
+        from: WorkerId,
+        started: Vec<TaskId>,
+        outcomes: Vec<TaskOutcome>,
+        run_ns: u64,
+    ) {
+        if let Some(worker) = self.workers.get_mut(&from) {
+            if run_ns > 0 {
+                worker.run_ns = run_ns;
+            }
+        }
+        for id in started {
+            self.prefetched_started(id, &from);
+        }
+        for outcome in outcomes {
+            self.outcome(from.clone(), outcome);
+        }
+    }
+
+    /// A prefetched task `id` started on worker `from`: `assigned` → `running`.
+    fn prefetched_started(&mut self, id: TaskId, from: &WorkerId) {
+        let now = self.now;
+        let Some(entry) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        if entry.holder.as_ref() != Some(from) || entry.record.status != TaskStatus::Assigned {
+            return;
+        }
+        entry.record.status = TaskStatus::Running;
+        entry.record.started_ms = Some(now.unix_ms);
+        if self.config.durable {
+            self.changed.tasks.insert(id);
+        }
+        if self.observer.is_on() {
+            let ready_since = entry.record.submitted_ms.max(entry.not_before_ms);
+            self.observer.started(
+                id,
+                &entry.envelope.name,
+                entry.attempt,
+                from,
+                now.unix_ms.saturating_sub(ready_since),
+                now.unix_ms,
+            );
+        }
+        self.spans.step(&id, format_args!("started on {from}"));
     }
 
     fn assign(&mut self, id: TaskId, worker: WorkerId) {
@@ -1164,6 +1270,12 @@ impl Dispatcher {
                 .or_else(|| self.spec(&entry.envelope.name).and_then(|s| s.timeout_secs))
         };
         let now = self.now;
+        // A subworker that takes prefetched tasks with all its slots taken queues
+        // this one: it is `assigned` until the subworker reports it started.
+        let (takes_prefetch, prefetched) = self
+            .workers
+            .get(&worker)
+            .map_or((false, false), |w| (w.prefetch, w.prefetch && w.would_prefetch()));
         let Some(entry) = self.tasks.get_mut(&id) else {
             return;
         };
@@ -1176,11 +1288,15 @@ impl Dispatcher {
         if self.config.durable {
             self.changed.tasks.insert(id);
         }
-        entry.record.status = TaskStatus::Running;
+        entry.record.status = if prefetched {
+            TaskStatus::Assigned
+        } else {
+            TaskStatus::Running
+        };
         entry.record.attempts = entry.attempt;
         entry.record.delivery_count = entry.deliveries;
-        entry.record.started_ms = Some(now.unix_ms);
-        if self.observer.is_on() {
+        entry.record.started_ms = (!prefetched).then_some(now.unix_ms);
+        if self.observer.is_on() && !prefetched {
             let ready_since = entry.record.submitted_ms.max(entry.not_before_ms);
             self.observer.started(
                 id,
@@ -1213,7 +1329,10 @@ impl Dispatcher {
             envelope.trace = Some(context);
         }
         self.workers.assign(&worker, id);
-        if let Some(w) = self.workers.get(&worker) {
+        if takes_prefetch {
+            self.outgoing
+                .push((worker, Assignment::new(envelope, lease, prefetched)));
+        } else if let Some(w) = self.workers.get(&worker) {
             self.actions.push(reply(
                 &w.peer.clone(),
                 FromControlPlane::Assign {

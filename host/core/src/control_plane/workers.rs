@@ -1,8 +1,10 @@
 //! [`WorkerTable`]: the subworkers the control plane knows, and the choice of who runs
 //! the next task.
 //!
-//! A subworker's credits are its `--concurrency`: it is never handed more tasks than
-//! it has free slots. Among active, non-draining subworkers that serve a task name and
+//! A subworker's credits are its window: its `--concurrency`, or, for one that takes
+//! prefetched tasks, a few tasks per slot more when its tasks are short (see
+//! [`WorkerEntry::window`]), so it never waits a round trip between two short tasks.
+//! It is never handed more tasks than its window. Among active, non-draining subworkers that serve a task name and
 //! have a free slot, the least loaded (running / concurrency) wins; ties go to the one
 //! that was handed work longest ago, so equal workers share evenly. A fallback worker
 //! (the control plane's own subworker) is chosen only when no other can take the task.
@@ -54,14 +56,47 @@ pub struct WorkerEntry {
     pub fallback: bool,
     /// Known from the store and not connected since this start.
     pub from_store: bool,
+    /// It takes prefetched tasks (it registered with `prefetch`).
+    pub prefetch: bool,
+    /// Its plugin calls' recent mean run time in ns, as it reports it (0: unknown).
+    pub run_ns: u64,
     /// Tick of the last assignment (for fair ties).
     last_assigned: u64,
 }
 
+/// How much work, in plugin run time, a subworker may hold queued per slot: tasks of
+/// 50 µs get 20 tasks per slot, tasks of 1 ms or more exactly one.
+pub const PREFETCH_BUDGET_NS: u64 = 1_000_000;
+
+/// The most tasks per slot a window holds, however short the tasks.
+pub const MAX_PREFETCH_PER_SLOT: u32 = 128;
+
+/// The most tasks a window holds past the slots: a subworker with many slots gets no
+/// more than this many queued.
+pub const MAX_PREFETCHED: u32 = 512;
+
 impl WorkerEntry {
-    /// Free slots.
+    /// The most tasks it may hold at once: its slots, and for a subworker that takes
+    /// prefetched tasks, as many more per slot as fit in [`PREFETCH_BUDGET_NS`] of its
+    /// measured run time (none until it has reported one).
+    pub fn window(&self) -> u32 {
+        if !self.prefetch || self.run_ns == 0 {
+            return self.concurrency;
+        }
+        let per_slot = (PREFETCH_BUDGET_NS / self.run_ns).clamp(1, u64::from(MAX_PREFETCH_PER_SLOT));
+        let window = u64::from(self.concurrency) * per_slot;
+        let most = u64::from(self.concurrency) + u64::from(MAX_PREFETCHED);
+        window.min(most) as u32
+    }
+
+    /// Free credits: tasks it may be handed now.
     pub fn free_slots(&self) -> u32 {
-        self.concurrency.saturating_sub(self.in_flight.len() as u32)
+        self.window().saturating_sub(self.in_flight.len() as u32)
+    }
+
+    /// Would a task handed to it now wait in its queue (all its slots taken)?
+    pub fn would_prefetch(&self) -> bool {
+        self.in_flight.len() as u32 >= self.concurrency
     }
 
     /// Can it take a task named `name` now?
@@ -147,6 +182,8 @@ impl WorkerTable {
                 gone_since: None,
                 fallback: false,
                 from_store: false,
+                prefetch: false,
+                run_ns: 0,
                 last_assigned: 0,
             },
         );
@@ -184,6 +221,8 @@ impl WorkerTable {
                 gone_since: Some(now),
                 fallback: false,
                 from_store: true,
+                prefetch: false,
+                run_ns: 0,
                 last_assigned: 0,
             },
         );

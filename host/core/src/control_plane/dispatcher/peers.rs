@@ -57,6 +57,9 @@ impl Dispatcher {
             welcome
                 .features
                 .push(crate::protocol::OUTCOMES_BATCH_FEATURE.into());
+            welcome
+                .features
+                .push(crate::protocol::PREFETCH_FEATURE.into());
         }
         self.actions
             .push(reply(peer, FromControlPlane::Welcome(welcome)));
@@ -187,6 +190,9 @@ impl Dispatcher {
         );
         if own {
             self.workers.set_fallback(&reg.worker_id);
+        }
+        if let Some(worker) = self.workers.get_mut(&reg.worker_id) {
+            worker.prefetch = reg.prefetch;
         }
         for task in registered.orphaned {
             self.worker_lost_task(task, &reg.worker_id);

@@ -1456,3 +1456,154 @@ fn several_outcomes_in_one_message_each_count_as_their_own() {
     );
     assert!(results(&d.take_actions()).is_empty());
 }
+
+/// The assignments sent to `peer` as `Assigns`, each with whether it was prefetched.
+fn prefetch_assigns(actions: &[Action], to: &PeerId) -> Vec<(TaskEnvelope, bool)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send {
+                peer,
+                msg: FromControlPlane::Assigns { assignments, .. },
+            } if peer == to => Some(assignments),
+            _ => None,
+        })
+        .flatten()
+        .map(|a| {
+            remember(a.task.id, a.lease);
+            (a.task.clone(), a.prefetched)
+        })
+        .collect()
+}
+
+#[test]
+fn a_prefetching_subworker_gets_a_window_sized_from_its_run_time() {
+    let (now, mut d, client) = with_client(config(), vec![]);
+    let peer = Bytes::from_static(b"pw");
+    hello(&mut d, &peer, PeerKind::Subworker, now);
+    let mut reg = registration_of("pw", vec![spec("add")], None);
+    reg.concurrency = 2;
+    reg.prefetch = true;
+    d.handle(&peer, ToControlPlane::Register(reg), now);
+    d.take_actions();
+    let tasks: Vec<_> = (0..30).map(|_| task("add", Priority::Low)).collect();
+    for t in &tasks {
+        submit(&mut d, &client, t.clone(), now);
+    }
+    // No run time measured yet: its slots only, in one message, none prefetched.
+    let actions = d.take_actions();
+    let sent: Vec<_> = actions
+        .iter()
+        .filter(|a| matches!(a, Action::Send { msg: FromControlPlane::Assigns { .. }, .. }))
+        .collect();
+    assert_eq!(sent.len(), 2, "one Assigns per dispatch pass (one per submit)");
+    let first = prefetch_assigns(&actions, &peer);
+    assert_eq!(first.len(), 2);
+    assert!(first.iter().all(|(_, prefetched)| !prefetched));
+    assert!(assigns(&actions).is_empty(), "no plain Assign to a prefetching worker");
+
+    // 100 µs a call: 10 tasks a slot, 20 in all; one finished, so 19 more go out.
+    d.handle(
+        &peer,
+        ToControlPlane::Report {
+            started: vec![],
+            outcomes: vec![success(&first[0].0, b"3")],
+            run_ns: 100_000,
+        },
+        now,
+    );
+    let actions = d.take_actions();
+    let more = prefetch_assigns(&actions, &peer);
+    assert_eq!(more.len(), 19, "the window is 20: 1 held, 19 more");
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| matches!(a, Action::Send { msg: FromControlPlane::Assigns { .. }, .. }))
+            .count(),
+        1,
+        "handed out in one message"
+    );
+    // One slot was free: that task starts at once; the rest wait on the subworker.
+    assert!(!more[0].1);
+    assert!(more[1..].iter().all(|(_, prefetched)| *prefetched));
+    assert_eq!(d.tasks.get(&more[0].0.id).unwrap().record.status, TaskStatus::Running);
+    let waiting = &more[1].0;
+    let record = &d.tasks.get(&waiting.id).unwrap().record;
+    assert_eq!(record.status, TaskStatus::Assigned);
+    assert_eq!(record.started_ms, None);
+    assert_eq!(d.workers().get(&WorkerId::new("pw")).unwrap().window(), 20);
+
+    // It reports the start: running.
+    d.handle(
+        &peer,
+        ToControlPlane::Report {
+            started: vec![waiting.id],
+            outcomes: vec![],
+            run_ns: 100_000,
+        },
+        now,
+    );
+    assert_eq!(d.tasks.get(&waiting.id).unwrap().record.status, TaskStatus::Running);
+
+    // A prefetched task is cancelled on the subworker, which answers without running it.
+    let queued = &more[5].0;
+    d.handle(
+        &client,
+        ToControlPlane::Cancel {
+            request_id: 9,
+            task_id: queued.id,
+        },
+        now,
+    );
+    let actions = d.take_actions();
+    assert!(actions.iter().any(|a| matches!(a, Action::Send { peer: p, msg: FromControlPlane::CancelTask { task_id } } if *p == peer && *task_id == queued.id)));
+    let mut cancelled = success(queued, b"");
+    cancelled.result = AttemptResult::Failure(TaskError::new(ErrorKind::Cancelled, "before it started"));
+    d.handle(
+        &peer,
+        ToControlPlane::Report {
+            started: vec![],
+            outcomes: vec![cancelled],
+            run_ns: 100_000,
+        },
+        now,
+    );
+    let res = results(&d.take_actions());
+    assert!(res.iter().any(|r| r.task_id == queued.id && r.status == TaskStatus::Cancelled));
+
+    // Long tasks: exactly one per slot again.
+    d.handle(
+        &peer,
+        ToControlPlane::Report {
+            started: vec![],
+            outcomes: vec![],
+            run_ns: 5_000_000,
+        },
+        now,
+    );
+    assert_eq!(d.workers().get(&WorkerId::new("pw")).unwrap().window(), 2);
+}
+
+#[test]
+fn a_subworker_that_does_not_prefetch_gets_its_slots_only() {
+    let (now, mut d, client) = with_client(config(), vec![]);
+    let peer = Bytes::from_static(b"w");
+    register(&mut d, &peer, "sw", 2, now);
+    for _ in 0..5 {
+        submit(&mut d, &client, task("add", Priority::Normal), now);
+    }
+    let a = assigns(&d.take_actions());
+    assert_eq!(a.len(), 2);
+    // A report it should not send changes nothing about its window.
+    d.handle(
+        &peer,
+        ToControlPlane::Report {
+            started: vec![],
+            outcomes: vec![success(&a[0].1, b"3")],
+            run_ns: 1,
+        },
+        now,
+    );
+    assert_eq!(d.workers().get(&WorkerId::new("sw")).unwrap().window(), 2);
+    assert_eq!(assigns(&d.take_actions()).len(), 1);
+}

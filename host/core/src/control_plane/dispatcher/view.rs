@@ -97,6 +97,7 @@ struct Held {
     scheduled: u64,
     retrying: u64,
     running: u64,
+    assigned: u64,
 }
 
 impl Dispatcher {
@@ -107,7 +108,12 @@ impl Dispatcher {
         };
         for (_, entry) in self.tasks.iter() {
             match (entry.holder.is_some(), entry.record.status) {
-                (true, _) => held.running += 1,
+                (true, status) => {
+                    held.running += 1;
+                    if status == TaskStatus::Assigned {
+                        held.assigned += 1;
+                    }
+                }
                 (false, TaskStatus::Scheduled) => held.scheduled += 1,
                 (false, TaskStatus::Retrying) => held.retrying += 1,
                 _ => {}
@@ -149,6 +155,7 @@ impl Dispatcher {
         let held = self.held();
         status.queued = held.queued;
         status.running = held.running;
+        status.assigned = held.assigned;
         status.scheduled = held.scheduled;
         status.retrying = held.retrying;
         status.cached_results = self.cache.len() as u64;
@@ -183,6 +190,8 @@ impl Dispatcher {
                 worker.pid = w.pid;
                 worker.running = w.in_flight.len() as u64;
                 worker.slots = u64::from(w.concurrency);
+                worker.window = u64::from(w.window());
+                worker.mean_run_us = w.run_ns as f64 / 1000.0;
                 worker.load = w.load();
                 worker.last_seen_ms_ago =
                     now.saturating_duration_since(w.last_seen).as_millis() as u64;
