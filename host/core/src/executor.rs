@@ -1,7 +1,10 @@
 //! [`Executor`]: runs tasks on this host, against the current plugin registry.
 //!
-//! Each task runs on a [`CallPool`](call_pool) thread (plugin code is synchronous and
-//! may take long). A task with a deadline is reported `timed_out` when it passes, and its
+//! Tasks handed to it wait in a [`LocalQueue`](local_queue) for one of its slots
+//! (`--concurrency`) and start most urgent first. A finished task starts the next one
+//! itself, without a trip through the subworker's event loop, so a queue of short
+//! tasks runs back to back. Each task runs on a [`CallPool`](call_pool) thread
+//! (plugin code is synchronous and may take long). A task with a deadline is reported `timed_out` when it passes, and its
 //! context is cancelled so a cooperative task stops; one that ignores that keeps its
 //! thread until it returns (counted by [`Executor::overdue`]) but no longer holds a
 //! slot the control plane knows about.
@@ -31,7 +34,9 @@ use crate::{
 pub use crate::plugin::SharedRegistry;
 
 mod call_pool;
+mod local_queue;
 use call_pool::CallPool;
+use local_queue::LocalQueue;
 
 /// The most threads plugin calls may hold at once: the slots a host offers, plus tasks
 /// that ignore their timeout (each keeps its thread until it returns).
@@ -57,6 +62,18 @@ pub struct Executor {
     calls: CallPool,
     /// The plugin calls' recent mean run time in ns (a moving average; 0: none yet).
     run_ns: Arc<AtomicU64>,
+    slots: Arc<Mutex<Slots>>,
+    concurrency: usize,
+}
+
+/// The tasks waiting for a slot, and the slots taken.
+#[derive(Default)]
+struct Slots {
+    waiting: LocalQueue,
+    /// Slots taken by tasks started and not finished (or timed out).
+    taken: usize,
+    /// Prefetched tasks started since [`Executor::take_started`] was last called.
+    started: Vec<TaskId>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -65,8 +82,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Executor {
-    /// An executor over `registry`, reporting to `outcomes`.
-    pub fn new(registry: SharedRegistry, outcomes: mpsc::UnboundedSender<TaskOutcome>) -> Self {
+    /// An executor over `registry` running `concurrency` tasks at once, reporting to
+    /// `outcomes`.
+    pub fn new(
+        registry: SharedRegistry,
+        outcomes: mpsc::UnboundedSender<TaskOutcome>,
+        concurrency: usize,
+    ) -> Self {
         Executor {
             registry,
             running: Arc::new(Mutex::new(HashMap::new())),
@@ -74,7 +96,70 @@ impl Executor {
             outcomes,
             calls: CallPool::new(MAX_CALL_THREADS),
             run_ns: Arc::new(AtomicU64::new(0)),
+            slots: Arc::new(Mutex::new(Slots::default())),
+            concurrency: concurrency.max(1),
         }
+    }
+
+    /// Takes `task` under `lease`: it starts when a slot is free, most urgent first.
+    /// A `prefetched` task's start is reported by [`Self::take_started`]. Must be
+    /// called inside a tokio runtime.
+    pub fn enqueue(&self, task: TaskEnvelope, lease: LeaseToken, prefetched: bool) {
+        lock(&self.slots).waiting.push(task, lease, prefetched);
+        self.fill();
+    }
+
+    /// Starts waiting tasks while slots are free.
+    fn fill(&self) {
+        loop {
+            let next = {
+                let mut slots = lock(&self.slots);
+                if slots.taken >= self.concurrency {
+                    return;
+                }
+                let Some(next) = slots.waiting.pop() else {
+                    return;
+                };
+                slots.taken += 1;
+                if next.prefetched {
+                    slots.started.push(next.task.id);
+                }
+                next
+            };
+            if !self.start(next.task, next.lease) {
+                lock(&self.slots).taken -= 1;
+            }
+        }
+    }
+
+    /// Gives a slot back and starts what waits for it.
+    fn free_slot(&self) {
+        {
+            let mut slots = lock(&self.slots);
+            slots.taken = slots.taken.saturating_sub(1);
+        }
+        self.fill();
+    }
+
+    /// The prefetched tasks started since the last call, in the order they started.
+    pub fn take_started(&self) -> Vec<TaskId> {
+        std::mem::take(&mut lock(&self.slots).started)
+    }
+
+    /// Tasks waiting for a slot.
+    pub fn waiting(&self) -> usize {
+        lock(&self.slots).waiting.len()
+    }
+
+    /// Takes a waiting task off the queue and reports it cancelled, without calling
+    /// its plugin. False if it is not waiting here.
+    pub fn cancel_waiting(&self, id: &TaskId) -> bool {
+        let Some(gone) = lock(&self.slots).waiting.remove(id) else {
+            return false;
+        };
+        let error = TaskError::new(ErrorKind::Cancelled, "cancelled before it started");
+        self.report(failure(&gone.task, gone.lease, error, now_ms()));
+        true
     }
 
     /// The plugin calls' recent mean run time in nanoseconds (an exponential moving
@@ -90,9 +175,10 @@ impl Executor {
         }
     }
 
-    /// Starts `task` under `lease`; its outcome arrives on the channel. Must be called
-    /// inside a tokio runtime.
-    pub fn start(&self, task: TaskEnvelope, lease: LeaseToken) {
+    /// Starts `task` under `lease` in a slot taken for it; its outcome arrives on the
+    /// channel. False when it did not keep the slot (it failed at once, or it is
+    /// already running here).
+    fn start(&self, task: TaskEnvelope, lease: LeaseToken) -> bool {
         let started_ms = now_ms();
         let handle = self.registry.load().task(&task.name).cloned();
         let Some(handle) = handle else {
@@ -101,7 +187,7 @@ impl Executor {
                 format!("no loaded plugin serves task `{}` here", task.name),
             );
             let _ = self.outcomes.send(failure(&task, lease, error, started_ms));
-            return;
+            return false;
         };
         let Some(codec) = crate::plugin::abi::codec(task.codec) else {
             let error = TaskError::new(
@@ -112,7 +198,7 @@ impl Executor {
                 ),
             );
             let _ = self.outcomes.send(failure(&task, lease, error, started_ms));
-            return;
+            return false;
         };
         let cancelled = Arc::new(AtomicBool::new(false));
         let assignment = Arc::new(Mutex::new((task.delivery_count, lease)));
@@ -121,7 +207,7 @@ impl Executor {
             if let Some(already) = running.get(&task.id) {
                 *lock(&already.assignment) = (task.delivery_count, lease);
                 debug!(task = %task.id, "handed out again while it runs here: not started twice");
-                return;
+                return false;
             }
             running.insert(
                 task.id,
@@ -186,6 +272,7 @@ impl Executor {
                 match tokio::time::timeout(wait, call).await {
                     Ok(joined) => joined,
                     Err(_) => {
+                        // Its slot is free again; its thread is not until it returns.
                         cancelled.store(true, Ordering::SeqCst);
                         if !finished.swap(true, Ordering::SeqCst) {
                             lock(&this.overdue).insert(task.id, Instant::now());
@@ -226,6 +313,9 @@ impl Executor {
                     started_ms,
                 ),
             };
+            // The next task starts before this one's outcome is queued, so whoever
+            // reads the outcome also sees that start in `take_started`.
+            this.free_slot();
             // Leave `running` and queue the outcome under one lock, so whoever sees
             // `running() == 0` also sees every outcome already queued (a draining
             // subworker must not unregister with an outcome still unsent).
@@ -243,6 +333,7 @@ impl Executor {
             drop(running);
         };
         tokio::spawn(tracing::Instrument::instrument(task_future, span));
+        true
     }
 
     /// Cancels a running task. True if it was running here.
@@ -261,12 +352,15 @@ impl Executor {
         lock(&self.running).len()
     }
 
-    /// The tasks running now, each with the lease it runs under.
-    pub fn running_claims(&self) -> Vec<RunningClaim> {
-        lock(&self.running)
+    /// The tasks held here (running, or waiting for a slot), each with the lease it
+    /// runs under.
+    pub fn held_claims(&self) -> Vec<RunningClaim> {
+        let mut claims: Vec<RunningClaim> = lock(&self.running)
             .iter()
             .map(|(id, r)| RunningClaim::new(*id, lock(&r.assignment).1))
-            .collect()
+            .collect();
+        claims.extend(lock(&self.slots).waiting.claims());
+        claims
     }
 
     /// Tasks reported timed out whose threads have not returned yet.

@@ -14,17 +14,13 @@
 //! that life (running, draining to exit, draining to restart) is a [`lifecycle::Lifecycle`].
 
 pub mod lifecycle;
-pub mod local_queue;
 
 use std::{collections::VecDeque, path::PathBuf, time::Duration};
 
 use tokio::{sync::mpsc, time::Instant};
 use tracing::{debug, error, info, warn};
 
-use self::{
-    lifecycle::{AfterDrain, Lifecycle},
-    local_queue::LocalQueue,
-};
+use self::lifecycle::{AfterDrain, Lifecycle};
 use crate::{
     executor::Executor,
     plugin::watch::load_and_watch,
@@ -115,10 +111,7 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
     };
 
     let (outcome_tx, mut outcomes) = mpsc::unbounded_channel::<TaskOutcome>();
-    let executor = Executor::new(registry.clone(), outcome_tx);
-    let concurrency = args.concurrency.max(1) as usize;
-    // Tasks handed to this subworker that wait for a slot (prefetched ones).
-    let mut waiting = LocalQueue::new();
+    let executor = Executor::new(registry.clone(), outcome_tx, args.concurrency as usize);
     let mut undelivered: VecDeque<TaskOutcome> = VecDeque::new();
     // The first stop signal drains (see the module docs); a second one exits at once.
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
@@ -178,7 +171,7 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
         // the claims were read has its outcome in the channel by then (the executor
         // does both under one lock), so nothing finished is missed and left for the
         // control plane to run again.
-        let claims = executor.running_claims();
+        let claims = executor.held_claims();
         while let Ok(mut outcome) = outcomes.try_recv() {
             outcome.cap_value(args.max_payload_bytes);
             undelivered.push_back(outcome);
@@ -196,7 +189,6 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
         // someone else.
         registration.running = claims
             .into_iter()
-            .chain(waiting.claims())
             .chain(
                 undelivered
                     .iter()
@@ -242,7 +234,7 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
                 life.stop(Instant::now(), grace);
             }
             let idle = executor.running() == 0
-                && waiting.is_empty()
+                && executor.waiting() == 0
                 && undelivered.is_empty()
                 && outcomes.is_empty();
             if let Some(then) = life.after_drain().filter(|_| idle) {
@@ -281,7 +273,6 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
                                 epoch,
                                 &mut newest_epoch,
                                 &worker_id,
-                                &mut waiting,
                                 &executor,
                             );
                         }
@@ -291,7 +282,6 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
                                 epoch,
                                 &mut newest_epoch,
                                 &worker_id,
-                                &mut waiting,
                                 &executor,
                             );
                         }
@@ -333,18 +323,8 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
                         Ok(FromControlPlane::CancelTask { task_id }) => {
                             if executor.cancel(&task_id) {
                                 info!(task = %task_id, "cancel requested");
-                            } else if let Some(gone) = waiting.remove(&task_id) {
-                                // Never started: cancelled without calling the plugin.
+                            } else if executor.cancel_waiting(&task_id) {
                                 info!(task = %task_id, "cancelled before it started");
-                                executor.report(crate::executor::failure(
-                                    &gone.task,
-                                    gone.lease,
-                                    crate::task_error::TaskError::new(
-                                        crate::task_error::ErrorKind::Cancelled,
-                                        "cancelled before it started",
-                                    ),
-                                    protocol::now_ms(),
-                                ));
                             }
                         }
                         Ok(FromControlPlane::Refused { reason }) => {
@@ -402,7 +382,7 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
                         free_slots: args
                             .concurrency
                             .max(1)
-                            .saturating_sub(running + waiting.len() as u32),
+                            .saturating_sub(running + executor.waiting() as u32),
                     };
                     if !send(&mut conn, version, &msg).await {
                         continue 'connection;
@@ -450,14 +430,8 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
                     let _ = send(&mut conn, version, &ToControlPlane::Draining).await;
                 }
             }
-            // Slots freed or tasks came: start what waits, most urgent first.
-            while executor.running() < concurrency {
-                let Some(next) = waiting.pop() else { break };
-                if next.prefetched && prefetch {
-                    started.push(next.task.id);
-                }
-                debug!(task = %next.task.id, name = %next.task.name, "started");
-                executor.start(next.task, next.lease);
+            if prefetch {
+                started.extend(executor.take_started());
             }
             if ready.is_empty() && started.is_empty() {
                 continue;
@@ -510,14 +484,13 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
     }
 }
 
-/// Takes tasks the control plane handed out under `epoch`: into the queue of waiting
-/// tasks, or refused when a newer control plane has taken over.
+/// Takes tasks the control plane handed out under `epoch`: to the executor (they
+/// start as slots free up), or refused when a newer control plane has taken over.
 fn take_assignments(
     assignments: Vec<Assignment>,
     epoch: u64,
     newest_epoch: &mut u64,
     worker_id: &WorkerId,
-    waiting: &mut LocalQueue,
     executor: &Executor,
 ) {
     if epoch < *newest_epoch {
@@ -541,7 +514,7 @@ fn take_assignments(
     } in assignments
     {
         debug!(task = %task.id, name = %task.name, epoch, prefetched, "assigned");
-        waiting.push(task, lease, prefetched);
+        executor.enqueue(task, lease, prefetched);
     }
 }
 

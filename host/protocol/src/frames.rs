@@ -538,15 +538,12 @@ mod tests {
             (
                 "assigns",
                 FromControlPlane::Assigns {
-                    assignments: vec![
-                        Assignment::new(envelope(), LeaseToken([7; 16]), false),
-                        {
-                            let mut second = envelope();
-                            second.id = fixed_id(2);
-                            second.payload = Bytes::from_static(b"[1,2]");
-                            Assignment::new(second, LeaseToken([8; 16]), true)
-                        },
-                    ],
+                    assignments: vec![Assignment::new(envelope(), LeaseToken([7; 16]), false), {
+                        let mut second = envelope();
+                        second.id = fixed_id(2);
+                        second.payload = Bytes::from_static(b"[1,2]");
+                        Assignment::new(second, LeaseToken([8; 16]), true)
+                    }],
                     epoch: 3,
                 },
             ),

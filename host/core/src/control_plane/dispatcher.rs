@@ -1272,10 +1272,9 @@ impl Dispatcher {
         let now = self.now;
         // A subworker that takes prefetched tasks with all its slots taken queues
         // this one: it is `assigned` until the subworker reports it started.
-        let (takes_prefetch, prefetched) = self
-            .workers
-            .get(&worker)
-            .map_or((false, false), |w| (w.prefetch, w.prefetch && w.would_prefetch()));
+        let (takes_prefetch, prefetched) = self.workers.get(&worker).map_or((false, false), |w| {
+            (w.prefetch, w.prefetch && w.would_prefetch())
+        });
         let Some(entry) = self.tasks.get_mut(&id) else {
             return;
         };

@@ -83,7 +83,8 @@ impl WorkerEntry {
         if !self.prefetch || self.run_ns == 0 {
             return self.concurrency;
         }
-        let per_slot = (PREFETCH_BUDGET_NS / self.run_ns).clamp(1, u64::from(MAX_PREFETCH_PER_SLOT));
+        let per_slot =
+            (PREFETCH_BUDGET_NS / self.run_ns).clamp(1, u64::from(MAX_PREFETCH_PER_SLOT));
         let window = u64::from(self.concurrency) * per_slot;
         let most = u64::from(self.concurrency) + u64::from(MAX_PREFETCHED);
         window.min(most) as u32

@@ -1494,13 +1494,28 @@ fn a_prefetching_subworker_gets_a_window_sized_from_its_run_time() {
     let actions = d.take_actions();
     let sent: Vec<_> = actions
         .iter()
-        .filter(|a| matches!(a, Action::Send { msg: FromControlPlane::Assigns { .. }, .. }))
+        .filter(|a| {
+            matches!(
+                a,
+                Action::Send {
+                    msg: FromControlPlane::Assigns { .. },
+                    ..
+                }
+            )
+        })
         .collect();
-    assert_eq!(sent.len(), 2, "one Assigns per dispatch pass (one per submit)");
+    assert_eq!(
+        sent.len(),
+        2,
+        "one Assigns per dispatch pass (one per submit)"
+    );
     let first = prefetch_assigns(&actions, &peer);
     assert_eq!(first.len(), 2);
     assert!(first.iter().all(|(_, prefetched)| !prefetched));
-    assert!(assigns(&actions).is_empty(), "no plain Assign to a prefetching worker");
+    assert!(
+        assigns(&actions).is_empty(),
+        "no plain Assign to a prefetching worker"
+    );
 
     // 100 µs a call: 10 tasks a slot, 20 in all; one finished, so 19 more go out.
     d.handle(
@@ -1518,7 +1533,13 @@ fn a_prefetching_subworker_gets_a_window_sized_from_its_run_time() {
     assert_eq!(
         actions
             .iter()
-            .filter(|a| matches!(a, Action::Send { msg: FromControlPlane::Assigns { .. }, .. }))
+            .filter(|a| matches!(
+                a,
+                Action::Send {
+                    msg: FromControlPlane::Assigns { .. },
+                    ..
+                }
+            ))
             .count(),
         1,
         "handed out in one message"
@@ -1526,7 +1547,10 @@ fn a_prefetching_subworker_gets_a_window_sized_from_its_run_time() {
     // One slot was free: that task starts at once; the rest wait on the subworker.
     assert!(!more[0].1);
     assert!(more[1..].iter().all(|(_, prefetched)| *prefetched));
-    assert_eq!(d.tasks.get(&more[0].0.id).unwrap().record.status, TaskStatus::Running);
+    assert_eq!(
+        d.tasks.get(&more[0].0.id).unwrap().record.status,
+        TaskStatus::Running
+    );
     let waiting = &more[1].0;
     let record = &d.tasks.get(&waiting.id).unwrap().record;
     assert_eq!(record.status, TaskStatus::Assigned);
@@ -1543,7 +1567,10 @@ fn a_prefetching_subworker_gets_a_window_sized_from_its_run_time() {
         },
         now,
     );
-    assert_eq!(d.tasks.get(&waiting.id).unwrap().record.status, TaskStatus::Running);
+    assert_eq!(
+        d.tasks.get(&waiting.id).unwrap().record.status,
+        TaskStatus::Running
+    );
 
     // A prefetched task is cancelled on the subworker, which answers without running it.
     let queued = &more[5].0;
@@ -1558,7 +1585,8 @@ fn a_prefetching_subworker_gets_a_window_sized_from_its_run_time() {
     let actions = d.take_actions();
     assert!(actions.iter().any(|a| matches!(a, Action::Send { peer: p, msg: FromControlPlane::CancelTask { task_id } } if *p == peer && *task_id == queued.id)));
     let mut cancelled = success(queued, b"");
-    cancelled.result = AttemptResult::Failure(TaskError::new(ErrorKind::Cancelled, "before it started"));
+    cancelled.result =
+        AttemptResult::Failure(TaskError::new(ErrorKind::Cancelled, "before it started"));
     d.handle(
         &peer,
         ToControlPlane::Report {
@@ -1569,7 +1597,9 @@ fn a_prefetching_subworker_gets_a_window_sized_from_its_run_time() {
         now,
     );
     let res = results(&d.take_actions());
-    assert!(res.iter().any(|r| r.task_id == queued.id && r.status == TaskStatus::Cancelled));
+    assert!(res
+        .iter()
+        .any(|r| r.task_id == queued.id && r.status == TaskStatus::Cancelled));
 
     // Long tasks: exactly one per slot again.
     d.handle(

@@ -1,4 +1,4 @@
-//! [`LocalQueue`]: the tasks handed to this subworker that wait for one of its slots.
+//! [`LocalQueue`]: the tasks handed to this host that wait for one of its slots.
 //!
 //! A control plane that hands out prefetched tasks gives a subworker more tasks than
 //! it has slots when its tasks are short, so it never waits a round trip between two
@@ -11,7 +11,7 @@ use crate::protocol::{LeaseToken, Priority, RunningClaim, TaskEnvelope, TaskId};
 
 /// A task waiting for a slot.
 #[derive(Debug)]
-pub struct Waiting {
+pub(crate) struct Waiting {
     /// The task.
     pub task: TaskEnvelope,
     /// The lease its outcome carries.
@@ -23,18 +23,13 @@ pub struct Waiting {
 
 /// Waiting tasks, most urgent first.
 #[derive(Debug, Default)]
-pub struct LocalQueue {
+pub(crate) struct LocalQueue {
     order: BTreeMap<(Priority, u64), Waiting>,
     by_id: HashMap<TaskId, (Priority, u64)>,
     next_seq: u64,
 }
 
 impl LocalQueue {
-    /// An empty queue.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
     /// Adds a task. A task already waiting here (handed out again) keeps its place
     /// and takes the newest assignment.
     pub fn push(&mut self, task: TaskEnvelope, lease: LeaseToken, prefetched: bool) {
@@ -79,11 +74,6 @@ impl LocalQueue {
         self.order.len()
     }
 
-    /// Is nothing waiting?
-    pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
-    }
-
     /// What a registration claims for the waiting tasks: they are held here.
     pub fn claims(&self) -> impl Iterator<Item = RunningClaim> + '_ {
         self.order
@@ -106,7 +96,7 @@ mod tests {
 
     #[test]
     fn the_most_urgent_first_then_in_arrival_order() {
-        let mut q = LocalQueue::new();
+        let mut q = LocalQueue::default();
         q.push(task(1, Priority::Low), LeaseToken::new(), true);
         q.push(task(2, Priority::Normal), LeaseToken::new(), true);
         q.push(task(3, Priority::Low), LeaseToken::new(), true);
@@ -116,12 +106,12 @@ mod tests {
             .map(|w| w.task.id.0.as_bytes()[0])
             .collect();
         assert_eq!(order, [4, 2, 5, 1, 3]);
-        assert!(q.is_empty());
+        assert_eq!(q.len(), 0);
     }
 
     #[test]
     fn a_cancelled_task_leaves_and_a_repeat_keeps_its_place() {
-        let mut q = LocalQueue::new();
+        let mut q = LocalQueue::default();
         q.push(task(1, Priority::Normal), LeaseToken::new(), true);
         q.push(task(2, Priority::Normal), LeaseToken::new(), true);
         let newer = LeaseToken::new();
@@ -130,7 +120,10 @@ mod tests {
         assert!(q.remove(&TaskId::from_bytes([2; 16])).is_some());
         assert!(q.remove(&TaskId::from_bytes([2; 16])).is_none());
         let claims: Vec<_> = q.claims().collect();
-        assert_eq!(claims, [RunningClaim::new(TaskId::from_bytes([1; 16]), newer)]);
+        assert_eq!(
+            claims,
+            [RunningClaim::new(TaskId::from_bytes([1; 16]), newer)]
+        );
         let first = q.pop().expect("one left");
         assert!(first.prefetched, "still reported when it starts");
         assert!(q.pop().is_none());
