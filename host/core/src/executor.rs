@@ -14,7 +14,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
         Arc, Mutex,
     },
     time::{Duration, Instant},
@@ -60,11 +60,24 @@ pub struct Executor {
     overdue: Arc<Mutex<HashMap<TaskId, Instant>>>,
     outcomes: mpsc::UnboundedSender<TaskOutcome>,
     calls: CallPool,
-    /// The plugin calls' recent mean run time in ns (a moving average; 0: none yet).
-    run_ns: Arc<AtomicU64>,
+    /// Each task name's recent mean plugin call time.
+    run_times: Arc<Mutex<HashMap<String, RunTime>>>,
     slots: Arc<Mutex<Slots>>,
     concurrency: usize,
 }
+
+/// A task name's recent mean plugin call time.
+#[derive(Debug, Clone, Copy)]
+struct RunTime {
+    /// An exponential moving average over about the last eight calls, in ns.
+    mean_ns: u64,
+    /// Changed since [`Executor::take_run_times`] last reported it.
+    fresh: bool,
+}
+
+/// The most task names whose run times are kept (a plugin serves at most
+/// [`crate::protocol::MAX_TASKS_PER_WORKER`] names; this bounds a map fed per call).
+const MAX_TIMED_NAMES: usize = crate::protocol::MAX_TASKS_PER_WORKER;
 
 /// The tasks waiting for a slot, and the slots taken.
 #[derive(Default)]
@@ -95,7 +108,7 @@ impl Executor {
             overdue: Arc::new(Mutex::new(HashMap::new())),
             outcomes,
             calls: CallPool::new(MAX_CALL_THREADS),
-            run_ns: Arc::new(AtomicU64::new(0)),
+            run_times: Arc::new(Mutex::new(HashMap::new())),
             slots: Arc::new(Mutex::new(Slots::default())),
             concurrency: concurrency.max(1),
         }
@@ -162,10 +175,35 @@ impl Executor {
         true
     }
 
-    /// The plugin calls' recent mean run time in nanoseconds (an exponential moving
-    /// average over about the last eight calls; 0 before the first returns).
-    pub fn mean_run_ns(&self) -> u64 {
-        self.run_ns.load(Ordering::Relaxed)
+    /// For each task name that ran since the last call: its recent mean plugin call
+    /// time in ns (a moving average over about the last eight calls).
+    pub fn take_run_times(&self) -> std::collections::BTreeMap<String, u64> {
+        lock(&self.run_times)
+            .iter_mut()
+            .filter(|(_, t)| t.fresh)
+            .map(|(name, t)| {
+                t.fresh = false;
+                (name.clone(), t.mean_ns)
+            })
+            .collect()
+    }
+
+    /// Folds one call of `name` that took `took` into its moving average.
+    fn record_run_time(&self, name: &str, took: Duration) {
+        let sample = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1);
+        let mut times = lock(&self.run_times);
+        if let Some(time) = times.get_mut(name) {
+            time.mean_ns = (time.mean_ns - time.mean_ns / 8 + sample / 8).max(1);
+            time.fresh = true;
+        } else if times.len() < MAX_TIMED_NAMES {
+            times.insert(
+                name.to_string(),
+                RunTime {
+                    mean_ns: sample,
+                    fresh: true,
+                },
+            );
+        }
     }
 
     /// Reports `outcome` as this executor's own (for a task that never started here).
@@ -255,23 +293,31 @@ impl Executor {
             let finished_in_call = finished.clone();
             let overdue = this.overdue.clone();
             let task_id = task.id;
-            let run_ns = this.run_ns.clone();
             let call = this.calls.spawn(move || {
                 let _in_span = call_span.enter();
                 let began = Instant::now();
                 let result = call_task(handle.info(), &ctx, codec, &payload);
-                record_run_time(&run_ns, began.elapsed());
+                let took = began.elapsed();
                 if finished_in_call.swap(true, Ordering::SeqCst) {
                     // Reported as timed out earlier; the thread is free again now.
                     lock(&overdue).remove(&task_id);
                 }
-                result
+                (result, took)
             });
+            let call_began = Instant::now();
+            let timed = |joined: Result<(_, Duration), _>| {
+                joined.map(|(result, took)| {
+                    this.record_run_time(&task.name, took);
+                    result
+                })
+            };
             let result = if deadline_ms > 0 {
                 let wait = Duration::from_millis(deadline_ms.saturating_sub(now_ms()));
                 match tokio::time::timeout(wait, call).await {
-                    Ok(joined) => joined,
+                    Ok(joined) => timed(joined),
                     Err(_) => {
+                        // It ran at least this long: never a short task.
+                        this.record_run_time(&task.name, call_began.elapsed());
                         // Its slot is free again; its thread is not until it returns.
                         cancelled.store(true, Ordering::SeqCst);
                         if !finished.swap(true, Ordering::SeqCst) {
@@ -284,7 +330,7 @@ impl Executor {
                     }
                 }
             } else {
-                call.await
+                timed(call.await)
             };
             let mut outcome = match result {
                 Ok(Ok(value)) => {
@@ -372,19 +418,6 @@ impl Executor {
     pub fn longest_overdue(&self) -> Option<Duration> {
         lock(&self.overdue).values().map(Instant::elapsed).max()
     }
-}
-
-/// Folds one call's run time into the moving average (weight 1/8; a lost update
-/// between two threads only skips a sample).
-fn record_run_time(average: &AtomicU64, took: Duration) {
-    let sample = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1);
-    let old = average.load(Ordering::Relaxed);
-    let new = if old == 0 {
-        sample
-    } else {
-        old - old / 8 + sample / 8
-    };
-    average.store(new.max(1), Ordering::Relaxed);
 }
 
 /// The outcome of an attempt of `task` (under `lease`, started at `started_ms`) that

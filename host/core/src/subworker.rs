@@ -461,7 +461,7 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
                 ToControlPlane::Report {
                     started: std::mem::take(&mut started),
                     outcomes: std::mem::take(&mut ready),
-                    run_ns: executor.mean_run_ns(),
+                    run_ns: executor.take_run_times(),
                 }
             } else if ready.len() == 1 {
                 ToControlPlane::Outcome(ready.remove(0))

@@ -132,11 +132,12 @@ pub struct ApiWorker {
     pub running: u64,
     /// Its slots (`--concurrency`).
     pub slots: u64,
-    /// Its credit window: the most tasks it is handed at once (its slots, plus the
-    /// prefetched tasks its measured run time allows).
+    /// Its widest credit window: the most tasks it is handed at once (its slots, plus
+    /// the prefetched tasks that the quickest name's measured run time allows).
     pub window: u64,
-    /// Its plugin calls' recent mean run time in µs, as it reports it (0: unknown).
-    pub mean_run_us: f64,
+    /// Each task name's recent mean run time on it, in µs, as it reports it (only a
+    /// subworker that takes prefetched tasks reports them).
+    pub run_us: std::collections::BTreeMap<String, f64>,
     /// running / slots.
     pub load: f64,
     /// Milliseconds since it last said anything.

@@ -404,7 +404,7 @@ mod tests {
                 ToControlPlane::Report {
                     started: vec![fixed_id(3), fixed_id(1)],
                     outcomes: vec![outcome()],
-                    run_ns: 1_250,
+                    run_ns: [("add".to_string(), 1_250)].into(),
                 },
             ),
         ]

@@ -577,15 +577,16 @@ pub enum ToControlPlane {
     /// What a subworker that takes prefetched tasks has to say, all at once: the
     /// prefetched tasks it started since its last report, then the outcomes ready now
     /// (their values in frames of their own, in order), and how long its plugin calls
-    /// take (so the control plane sizes its window). Sent only by a subworker that
-    /// registered with `prefetch`. Since version 2.
+    /// take (so the control plane sizes its window by task name). Sent only by a
+    /// subworker that registered with `prefetch`. Since version 2.
     Report {
         /// Prefetched tasks it started, in the order they started.
         started: Vec<TaskId>,
         /// Outcomes, each as an `Outcome` would be.
         outcomes: Vec<TaskOutcome>,
-        /// Its plugin calls' recent mean run time, in nanoseconds (0: none measured).
-        run_ns: u64,
+        /// For each task name that ran since its last report: the mean run time of
+        /// its recent plugin calls, in nanoseconds.
+        run_ns: std::collections::BTreeMap<String, u64>,
     },
 }
 

@@ -25,7 +25,7 @@ use super::{
     events::{Event, EventLog},
     observe::Observer,
     periodic::{PeriodicScheduler, PeriodicStatus},
-    queue::ReadyQueues,
+    queue::{Oldest, ReadyQueues},
     result_cache::ResultCache,
     retry::RetryPolicy,
     workers::WorkerTable,
@@ -1174,7 +1174,31 @@ impl Dispatcher {
                 self.assign(id, holder);
             }
         }
+        self.prefetch();
         self.send_assigns();
+    }
+
+    /// Hands out tasks past free slots, to subworkers that take prefetched tasks and
+    /// run those tasks' names quickly. In priority order, oldest first: once the oldest
+    /// task that a subworker serves cannot be prefetched (a long task, or every window
+    /// is full), nothing younger or less urgent is, so it is not passed over for good;
+    /// it waits at most for the work already prefetched.
+    fn prefetch(&mut self) {
+        for priority in crate::protocol::Priority::ALL {
+            loop {
+                let workers = &self.workers;
+                let found = self.queues.pop_oldest_servable(
+                    priority,
+                    |name| workers.anyone_serves_now(name),
+                    |name| workers.pick_prefetch(name).cloned(),
+                );
+                match found {
+                    Oldest::Placed(id, holder) => self.assign(id, holder),
+                    Oldest::Blocked => return,
+                    Oldest::Empty => break,
+                }
+            }
+        }
     }
 
     /// Sends this pass's assignments to subworkers that take prefetched tasks: one
@@ -1216,13 +1240,9 @@ impl Dispatcher {
         from: WorkerId,
         started: Vec<TaskId>,
         outcomes: Vec<TaskOutcome>,
-        run_ns: u64,
+        run_ns: std::collections::BTreeMap<String, u64>,
     ) {
-        if let Some(worker) = self.workers.get_mut(&from) {
-            if run_ns > 0 {
-                worker.run_ns = run_ns;
-            }
-        }
+        self.workers.record_run_times(&from, run_ns);
         for id in started {
             self.prefetched_started(id, &from);
         }

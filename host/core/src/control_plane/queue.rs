@@ -11,6 +11,17 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::protocol::{Priority, TaskId};
 
+/// What [`ReadyQueues::pop_oldest_servable`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Oldest<P> {
+    /// The oldest servable task, taken, with its place.
+    Placed(TaskId, P),
+    /// The oldest servable task has no place now.
+    Blocked,
+    /// No servable task waits at this priority.
+    Empty,
+}
+
 /// The ready tasks.
 #[derive(Debug, Default)]
 pub struct ReadyQueues {
@@ -83,6 +94,41 @@ impl ReadyQueues {
         Some((id, found))
     }
 
+    /// Looks at the oldest task of `priority` among the names `servable` accepts: takes
+    /// it if `place` finds it a place, else says it is blocked (so nothing younger or
+    /// less urgent may pass it).
+    pub fn pop_oldest_servable<P>(
+        &mut self,
+        priority: Priority,
+        servable: impl Fn(&str) -> bool,
+        place: impl FnOnce(&str) -> Option<P>,
+    ) -> Oldest<P> {
+        let level = &mut self.levels[priority.index()];
+        let oldest = level
+            .iter()
+            .filter_map(|(name, queue)| Some((name, *queue.first_key_value()?.0)))
+            .filter(|(name, _)| servable(name))
+            .min_by_key(|(_, seq)| *seq);
+        let Some((name, seq)) = oldest else {
+            return Oldest::Empty;
+        };
+        let Some(found) = place(name) else {
+            return Oldest::Blocked;
+        };
+        let name = name.clone();
+        let Some(queue) = level.get_mut(&name) else {
+            return Oldest::Empty;
+        };
+        let Some(id) = queue.remove(&seq) else {
+            return Oldest::Empty;
+        };
+        if queue.is_empty() {
+            level.remove(&name);
+        }
+        self.lens[priority.index()] -= 1;
+        Oldest::Placed(id, found)
+    }
+
     /// How many tasks wait at `priority`.
     pub fn len(&self, priority: Priority) -> usize {
         self.lens[priority.index()]
@@ -147,5 +193,33 @@ mod tests {
             id(1)
         );
         assert_eq!(q.total(), 0);
+    }
+
+    #[test]
+    fn the_oldest_servable_task_is_placed_or_blocks() {
+        let mut q = ReadyQueues::new();
+        q.push(Priority::Normal, "nobody", 1, id(1));
+        q.push(Priority::Normal, "long", 2, id(2));
+        q.push(Priority::Normal, "short", 3, id(3));
+        let servable = |n: &str| n != "nobody";
+        // `long` is the oldest that someone serves: it has no place, so `short` waits.
+        assert_eq!(
+            q.pop_oldest_servable(Priority::Normal, servable, |n| (n == "short").then_some(())),
+            Oldest::Blocked
+        );
+        assert_eq!(
+            q.pop_oldest_servable(Priority::Normal, servable, |_| Some(7)),
+            Oldest::Placed(id(2), 7)
+        );
+        assert_eq!(
+            q.pop_oldest_servable(Priority::Normal, servable, |_| Some(())),
+            Oldest::Placed(id(3), ())
+        );
+        assert_eq!(
+            q.pop_oldest_servable(Priority::Normal, servable, |_| Some(())),
+            Oldest::Empty,
+            "a task nobody serves blocks nothing"
+        );
+        assert_eq!(q.len(Priority::Normal), 1);
     }
 }

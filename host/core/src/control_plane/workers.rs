@@ -1,10 +1,12 @@
 //! [`WorkerTable`]: the subworkers the control plane knows, and the choice of who runs
 //! the next task.
 //!
-//! A subworker's credits are its window: its `--concurrency`, or, for one that takes
-//! prefetched tasks, a few tasks per slot more when its tasks are short (see
-//! [`WorkerEntry::window`]), so it never waits a round trip between two short tasks.
-//! It is never handed more tasks than its window. Among active, non-draining subworkers that serve a task name and
+//! A subworker's credits are its `--concurrency`: [`WorkerTable::pick`] finds a free
+//! slot. A subworker that takes prefetched tasks may also be handed tasks of a name it
+//! runs quickly past its slots, up to a window sized from that name's measured run time
+//! ([`WorkerEntry::window_for`], found by [`WorkerTable::pick_prefetch`]), so it never
+//! waits a round trip between two short tasks; long tasks and names it has not run yet
+//! are never prefetched. Among active, non-draining subworkers that serve a task name and
 //! have a free slot, the least loaded (running / concurrency) wins; ties go to the one
 //! that was handed work longest ago, so equal workers share evenly. A fallback worker
 //! (the control plane's own subworker) is chosen only when no other can take the task.
@@ -58,8 +60,8 @@ pub struct WorkerEntry {
     pub from_store: bool,
     /// It takes prefetched tasks (it registered with `prefetch`).
     pub prefetch: bool,
-    /// Its plugin calls' recent mean run time in ns, as it reports it (0: unknown).
-    pub run_ns: u64,
+    /// Each task name's recent mean run time in ns, as it reports it.
+    pub run_ns: HashMap<String, u64>,
     /// Tick of the last assignment (for fair ties).
     last_assigned: u64,
 }
@@ -76,23 +78,48 @@ pub const MAX_PREFETCH_PER_SLOT: u32 = 128;
 pub const MAX_PREFETCHED: u32 = 512;
 
 impl WorkerEntry {
-    /// The most tasks it may hold at once: its slots, and for a subworker that takes
-    /// prefetched tasks, as many more per slot as fit in [`PREFETCH_BUDGET_NS`] of its
-    /// measured run time (none until it has reported one).
-    pub fn window(&self) -> u32 {
-        if !self.prefetch || self.run_ns == 0 {
+    /// The most tasks it may hold at once when handed one named `name`: its slots,
+    /// and for a subworker that takes prefetched tasks, as many more per slot as fit
+    /// in [`PREFETCH_BUDGET_NS`] of that name's measured run time (none until it has
+    /// reported one).
+    pub fn window_for(&self, name: &str) -> u32 {
+        let Some(&run_ns) = self.run_ns.get(name).filter(|_| self.prefetch) else {
             return self.concurrency;
-        }
+        };
         let per_slot =
-            (PREFETCH_BUDGET_NS / self.run_ns).clamp(1, u64::from(MAX_PREFETCH_PER_SLOT));
+            (PREFETCH_BUDGET_NS / run_ns.max(1)).clamp(1, u64::from(MAX_PREFETCH_PER_SLOT));
         let window = u64::from(self.concurrency) * per_slot;
         let most = u64::from(self.concurrency) + u64::from(MAX_PREFETCHED);
         window.min(most) as u32
     }
 
-    /// Free credits: tasks it may be handed now.
+    /// The largest window over the names it has run (for people).
+    pub fn widest_window(&self) -> u32 {
+        self.run_ns
+            .keys()
+            .map(|name| self.window_for(name))
+            .max()
+            .unwrap_or(self.concurrency)
+            .max(self.concurrency)
+    }
+
+    /// Free slots.
     pub fn free_slots(&self) -> u32 {
-        self.window().saturating_sub(self.in_flight.len() as u32)
+        self.concurrency.saturating_sub(self.in_flight.len() as u32)
+    }
+
+    /// Could it be handed a task named `name` now, past its slots?
+    pub fn can_prefetch(&self, name: &str) -> bool {
+        self.prefetch
+            && self.active
+            && !self.draining
+            && self.tasks.contains_key(name)
+            && (self.in_flight.len() as u32) < self.window_for(name)
+    }
+
+    /// Does it take tasks named `name` at all now (busy or not)?
+    pub fn serves_now(&self, name: &str) -> bool {
+        self.active && !self.draining && self.tasks.contains_key(name)
     }
 
     /// Would a task handed to it now wait in its queue (all its slots taken)?
@@ -184,7 +211,7 @@ impl WorkerTable {
                 fallback: false,
                 from_store: false,
                 prefetch: false,
-                run_ns: 0,
+                run_ns: HashMap::new(),
                 last_assigned: 0,
             },
         );
@@ -223,7 +250,7 @@ impl WorkerTable {
                 fallback: false,
                 from_store: true,
                 prefetch: false,
-                run_ns: 0,
+                run_ns: HashMap::new(),
                 last_assigned: 0,
             },
         );
@@ -329,6 +356,42 @@ impl WorkerTable {
                     .then(a.last_assigned.cmp(&b.last_assigned))
             })
             .map(|w| &w.id)
+    }
+
+    /// The least-loaded worker that may be handed `name` past its slots (a fallback
+    /// worker last).
+    pub fn pick_prefetch(&self, name: &str) -> Option<&WorkerId> {
+        self.workers
+            .values()
+            .filter(|w| w.can_prefetch(name))
+            .min_by(|a, b| {
+                a.fallback
+                    .cmp(&b.fallback)
+                    .then(a.load().total_cmp(&b.load()))
+                    .then(a.last_assigned.cmp(&b.last_assigned))
+            })
+            .map(|w| &w.id)
+    }
+
+    /// Does any worker that takes work now serve `name`?
+    pub fn anyone_serves_now(&self, name: &str) -> bool {
+        self.workers.values().any(|w| w.serves_now(name))
+    }
+
+    /// Records `worker`'s measured run times, for the names it serves.
+    pub fn record_run_times(
+        &mut self,
+        worker: &WorkerId,
+        times: std::collections::BTreeMap<String, u64>,
+    ) {
+        let Some(w) = self.workers.get_mut(worker) else {
+            return;
+        };
+        for (name, ns) in times {
+            if w.tasks.contains_key(&name) {
+                w.run_ns.insert(name, ns);
+            }
+        }
     }
 
     /// Records that `task` went to worker `id`.

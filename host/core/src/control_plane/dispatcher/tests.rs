@@ -1523,7 +1523,7 @@ fn a_prefetching_subworker_gets_a_window_sized_from_its_run_time() {
         ToControlPlane::Report {
             started: vec![],
             outcomes: vec![success(&first[0].0, b"3")],
-            run_ns: 100_000,
+            run_ns: [("add".to_string(), 100_000)].into(),
         },
         now,
     );
@@ -1555,7 +1555,13 @@ fn a_prefetching_subworker_gets_a_window_sized_from_its_run_time() {
     let record = &d.tasks.get(&waiting.id).unwrap().record;
     assert_eq!(record.status, TaskStatus::Assigned);
     assert_eq!(record.started_ms, None);
-    assert_eq!(d.workers().get(&WorkerId::new("pw")).unwrap().window(), 20);
+    assert_eq!(
+        d.workers()
+            .get(&WorkerId::new("pw"))
+            .unwrap()
+            .window_for("add"),
+        20
+    );
 
     // It reports the start: running.
     d.handle(
@@ -1563,7 +1569,7 @@ fn a_prefetching_subworker_gets_a_window_sized_from_its_run_time() {
         ToControlPlane::Report {
             started: vec![waiting.id],
             outcomes: vec![],
-            run_ns: 100_000,
+            run_ns: [("add".to_string(), 100_000)].into(),
         },
         now,
     );
@@ -1592,7 +1598,7 @@ fn a_prefetching_subworker_gets_a_window_sized_from_its_run_time() {
         ToControlPlane::Report {
             started: vec![],
             outcomes: vec![cancelled],
-            run_ns: 100_000,
+            run_ns: [("add".to_string(), 100_000)].into(),
         },
         now,
     );
@@ -1607,11 +1613,17 @@ fn a_prefetching_subworker_gets_a_window_sized_from_its_run_time() {
         ToControlPlane::Report {
             started: vec![],
             outcomes: vec![],
-            run_ns: 5_000_000,
+            run_ns: [("add".to_string(), 5_000_000)].into(),
         },
         now,
     );
-    assert_eq!(d.workers().get(&WorkerId::new("pw")).unwrap().window(), 2);
+    assert_eq!(
+        d.workers()
+            .get(&WorkerId::new("pw"))
+            .unwrap()
+            .window_for("add"),
+        2
+    );
 }
 
 #[test]
@@ -1630,10 +1642,77 @@ fn a_subworker_that_does_not_prefetch_gets_its_slots_only() {
         ToControlPlane::Report {
             started: vec![],
             outcomes: vec![success(&a[0].1, b"3")],
-            run_ns: 1,
+            run_ns: [("add".to_string(), 1)].into(),
         },
         now,
     );
-    assert_eq!(d.workers().get(&WorkerId::new("sw")).unwrap().window(), 2);
+    assert_eq!(
+        d.workers()
+            .get(&WorkerId::new("sw"))
+            .unwrap()
+            .window_for("add"),
+        2
+    );
     assert_eq!(assigns(&d.take_actions()).len(), 1);
+}
+
+#[test]
+fn a_long_task_is_never_prefetched_and_short_ones_do_not_pass_it() {
+    let (now, mut d, client) = with_client(config(), vec![]);
+    let peer = Bytes::from_static(b"pw");
+    hello(&mut d, &peer, PeerKind::Subworker, now);
+    let mut reg = registration_of("pw", vec![spec("add"), spec("slow")], None);
+    reg.prefetch = true;
+    d.handle(&peer, ToControlPlane::Register(reg), now);
+    d.take_actions();
+    let report = |d: &mut Dispatcher, outcomes: Vec<TaskOutcome>| {
+        d.handle(
+            &peer,
+            ToControlPlane::Report {
+                started: vec![],
+                outcomes,
+                run_ns: [
+                    ("add".to_string(), 10_000),
+                    ("slow".to_string(), 50_000_000),
+                ]
+                .into(),
+            },
+            now,
+        );
+    };
+    report(&mut d, vec![]);
+    let slow = task("slow", Priority::Normal);
+    submit(&mut d, &client, slow.clone(), now);
+    let running = prefetch_assigns(&d.take_actions(), &peer);
+    assert_eq!(running.len(), 1, "its one slot");
+    let short: Vec<_> = (0..3).map(|_| task("add", Priority::Normal)).collect();
+    for t in &short {
+        submit(&mut d, &client, t.clone(), now);
+    }
+    let prefetched = prefetch_assigns(&d.take_actions(), &peer);
+    assert_eq!(prefetched.len(), 3, "short tasks go past the slot");
+    assert!(prefetched.iter().all(|(_, p)| *p));
+    // A second long task cannot be prefetched: it waits, and so does every short task
+    // submitted after it.
+    let slow2 = task("slow", Priority::Normal);
+    submit(&mut d, &client, slow2.clone(), now);
+    let late = task("add", Priority::Normal);
+    submit(&mut d, &client, late.clone(), now);
+    assert!(prefetch_assigns(&d.take_actions(), &peer).is_empty());
+    assert_eq!(
+        d.tasks.get(&slow2.id).unwrap().record.status,
+        TaskStatus::Queued
+    );
+    // The prefetched ones finish, then the first long one: the second gets the slot.
+    let done: Vec<_> = prefetched.iter().map(|(t, _)| success(t, b"3")).collect();
+    report(&mut d, done);
+    assert!(prefetch_assigns(&d.take_actions(), &peer).is_empty());
+    report(&mut d, vec![success(&running[0].0, b"1")]);
+    let next = prefetch_assigns(&d.take_actions(), &peer);
+    assert_eq!(next[0].0.id, slow2.id, "{next:?}");
+    assert!(!next[0].1, "it takes the free slot");
+    assert!(
+        next.iter().any(|(t, p)| t.id == late.id && *p),
+        "then the short one behind it is prefetched"
+    );
 }

@@ -190,8 +190,12 @@ impl Dispatcher {
                 worker.pid = w.pid;
                 worker.running = w.in_flight.len() as u64;
                 worker.slots = u64::from(w.concurrency);
-                worker.window = u64::from(w.window());
-                worker.mean_run_us = w.run_ns as f64 / 1000.0;
+                worker.window = u64::from(w.widest_window());
+                worker.run_us = w
+                    .run_ns
+                    .iter()
+                    .map(|(name, ns)| (name.clone(), *ns as f64 / 1000.0))
+                    .collect();
                 worker.load = w.load();
                 worker.last_seen_ms_ago =
                     now.saturating_duration_since(w.last_seen).as_millis() as u64;
