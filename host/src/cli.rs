@@ -500,6 +500,12 @@ pub struct ControlPlaneArgs {
     /// Deliveries after which a task whose worker keeps getting lost is dead-lettered.
     #[arg(long, env = "FASTWORKER_MAX_DELIVERIES", default_value_t = 5)]
     pub max_deliveries: u32,
+    /// The most tasks per slot a subworker is handed when it runs them quickly (up to
+    /// 1 ms of their measured run time per slot), so it never waits a round trip
+    /// between two short tasks; long tasks are never handed out ahead. 1 turns
+    /// prefetching off.
+    #[arg(long, env = "FASTWORKER_PREFETCH", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub prefetch: u32,
     /// After this many reloads of its own plugins, the control plane's own subworker
     /// drains and restarts in place (old versions stay mapped until then).
     #[arg(long, env = "FASTWORKER_MAX_RELOADS", default_value_t = 64)]

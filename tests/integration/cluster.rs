@@ -1052,7 +1052,9 @@ fn busy_subworker(
     cp: &mut ControlPlane,
     extra: &[&str],
 ) -> (Proc, TaskId, Client, Runtime) {
-    let sw = cp.subworker(dir, "slow", extra);
+    let mut args = vec!["--log-level", "DEBUG"];
+    args.extend(extra);
+    let mut sw = cp.subworker(dir, "slow", &args);
     let rt = runtime();
     let client = connect(&rt, &cp.base);
     let id = rt
@@ -1062,7 +1064,14 @@ fn busy_subworker(
         let r = client.status(id).await.ok()??;
         (r.status == TaskStatus::Running).then_some(())
     })
-    .expect("the subworker runs the task");
+    .expect("the control plane handed the task out");
+    // Running on the control plane's side from the hand-out; on the subworker's once
+    // it logs taking it (a stop signal before that finds it idle).
+    sw.wait_for_line(
+        true,
+        &["assigned", &format!("task={id}")],
+        Duration::from_secs(10),
+    );
     (sw, id, client, rt)
 }
 

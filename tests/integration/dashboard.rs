@@ -88,7 +88,7 @@ fn post(d: &Dashboard, path: &str) -> Response {
     request(&format!("{}{path}", d.url), "POST", &headers(&auth), None)
 }
 
-fn get_json(d: &Dashboard, path: &str) -> Value {
+pub(crate) fn get_json(d: &Dashboard, path: &str) -> Value {
     let response = get(d, path);
     assert_eq!(response.status, 200, "{path}: {}", response.body);
     response.json()

@@ -16,6 +16,7 @@ mod memory;
 mod netns;
 mod otlp;
 mod plugins;
+mod prefetch;
 mod procs;
 mod reload;
 mod scaffold;

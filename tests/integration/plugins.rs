@@ -448,7 +448,7 @@ fn duplicate_task_name_across_two_plugin_files_is_refused_naming_the_task() {
 
 // ---- fastworker list -----------------------------------------------------------------
 
-const MYTASKS_TASKS: [&str; 8] = [
+const MYTASKS_TASKS: [&str; 9] = [
     "add",
     "echo",
     "fail",
@@ -457,6 +457,7 @@ const MYTASKS_TASKS: [&str; 8] = [
     "log_message",
     "panic",
     "sleep_ms",
+    "stamp",
 ];
 
 /// A fresh directory holding `plugins/mytasks.so`, as the README's set-up makes.

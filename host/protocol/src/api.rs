@@ -138,6 +138,9 @@ pub struct ApiWorker {
     /// Each task name's recent mean run time on it, in µs, as it reports it (only a
     /// subworker that takes prefetched tasks reports them).
     pub run_us: std::collections::BTreeMap<String, f64>,
+    /// For each name in `run_us`: the most tasks it is handed at once when they are of
+    /// that name.
+    pub windows: std::collections::BTreeMap<String, u64>,
     /// running / slots.
     pub load: f64,
     /// Milliseconds since it last said anything.

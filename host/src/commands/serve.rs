@@ -78,6 +78,7 @@ pub fn control_plane_config(
         unserved_timeout: secs(args.unserved_timeout, 0.0, MAX_SPAN_SECS),
         inactive_after: secs(args.inactive_after, 0.1, MAX_SPAN_SECS),
         max_deliveries: args.max_deliveries.max(1),
+        prefetch_per_slot: args.prefetch,
         max_payload_bytes: args.security.max_payload_size,
         shutdown_grace: secs(args.shutdown_grace, 0.0, MAX_SPAN_SECS),
         data_dir: args.data_dir.clone(),

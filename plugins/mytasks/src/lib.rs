@@ -27,6 +27,20 @@ pub mod tasks {
         Ok(ms)
     }
 
+    /// Notes when it started, sleeps `us` microseconds, and returns that start in
+    /// nanoseconds since the Unix epoch (tests and `fastworker bench` order the starts
+    /// of tasks by it).
+    pub fn stamp(us: u64) -> u64 {
+        let started = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        if us > 0 {
+            std::thread::sleep(Duration::from_micros(us));
+        }
+        started
+    }
+
     /// Sleeps `ms` milliseconds ignoring cancellation and timeouts (a misbehaving task,
     /// for testing how hosts cope with one).
     pub fn hang_ms(ms: u64) -> u64 {

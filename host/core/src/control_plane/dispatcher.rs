@@ -81,6 +81,9 @@ pub struct DispatcherConfig {
     pub inactive_after: Duration,
     /// Deliveries after which a task whose worker keeps getting lost fails.
     pub max_deliveries: u32,
+    /// The most tasks per slot a subworker that runs them quickly is handed (1: no
+    /// prefetching).
+    pub prefetch_per_slot: u32,
     /// Result cache capacity.
     pub cache_size: usize,
     /// Result cache TTL.
@@ -225,12 +228,13 @@ impl Dispatcher {
             cache.track_evictions();
         }
         let observe = config.observe;
+        let prefetch_per_slot = config.prefetch_per_slot;
         Dispatcher {
             config,
             tasks: TaskStore::default(),
             queues: ReadyQueues::new(),
             scheduled: DelayQueue::new(),
-            workers: WorkerTable::new(),
+            workers: WorkerTable::new(prefetch_per_slot),
             own_tasks: HashMap::new(),
             origin: now.at,
             cache,

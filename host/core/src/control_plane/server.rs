@@ -94,6 +94,9 @@ pub struct ControlPlaneConfig {
     pub inactive_after: Duration,
     /// Deliveries of one task before it is dead-lettered.
     pub max_deliveries: u32,
+    /// The most tasks per slot a subworker that runs them quickly is handed (1: no
+    /// prefetching).
+    pub prefetch_per_slot: u32,
     /// The largest payload or result accepted, in bytes.
     pub max_payload_bytes: u64,
     /// How long a stop waits for running tasks.
@@ -230,6 +233,7 @@ pub async fn run(
         own_secret,
         inactive_after: args.inactive_after.max(Duration::from_millis(100)),
         max_deliveries: args.max_deliveries.max(1),
+        prefetch_per_slot: args.prefetch_per_slot.max(1),
         cache_size: args.cache_size,
         cache_ttl: args.cache_ttl,
         cache_max_bytes: args.cache_max_bytes,

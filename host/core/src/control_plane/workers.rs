@@ -62,6 +62,8 @@ pub struct WorkerEntry {
     pub prefetch: bool,
     /// Each task name's recent mean run time in ns, as it reports it.
     pub run_ns: HashMap<String, u64>,
+    /// The most tasks per slot its window holds (the table's setting).
+    max_per_slot: u32,
     /// Tick of the last assignment (for fair ties).
     last_assigned: u64,
 }
@@ -70,7 +72,8 @@ pub struct WorkerEntry {
 /// 50 µs get 20 tasks per slot, tasks of 1 ms or more exactly one.
 pub const PREFETCH_BUDGET_NS: u64 = 1_000_000;
 
-/// The most tasks per slot a window holds, however short the tasks.
+/// The most tasks per slot a window holds by default, however short the tasks (the
+/// control plane's `--prefetch`).
 pub const MAX_PREFETCH_PER_SLOT: u32 = 128;
 
 /// The most tasks a window holds past the slots: a subworker with many slots gets no
@@ -87,7 +90,7 @@ impl WorkerEntry {
             return self.concurrency;
         };
         let per_slot =
-            (PREFETCH_BUDGET_NS / run_ns.max(1)).clamp(1, u64::from(MAX_PREFETCH_PER_SLOT));
+            (PREFETCH_BUDGET_NS / run_ns.max(1)).clamp(1, u64::from(self.max_per_slot.max(1)));
         let window = u64::from(self.concurrency) * per_slot;
         let most = u64::from(self.concurrency) + u64::from(MAX_PREFETCHED);
         window.min(most) as u32
@@ -139,11 +142,13 @@ impl WorkerEntry {
 }
 
 /// The subworkers, by id, with a peer → id index.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct WorkerTable {
     workers: HashMap<WorkerId, WorkerEntry>,
     by_peer: HashMap<PeerId, WorkerId>,
     assign_clock: u64,
+    /// The most tasks per slot a window holds (1: no prefetching).
+    max_per_slot: u32,
 }
 
 /// What registering did.
@@ -154,9 +159,14 @@ pub struct Registered {
 }
 
 impl WorkerTable {
-    /// An empty table.
-    pub fn new() -> Self {
-        Self::default()
+    /// An empty table whose windows hold at most `max_per_slot` tasks per slot.
+    pub fn new(max_per_slot: u32) -> Self {
+        WorkerTable {
+            workers: HashMap::new(),
+            by_peer: HashMap::new(),
+            assign_clock: 0,
+            max_per_slot: max_per_slot.max(1),
+        }
     }
 
     /// Adds or refreshes a worker on connection `peer`. A worker that reconnects keeps
@@ -212,6 +222,7 @@ impl WorkerTable {
                 from_store: false,
                 prefetch: false,
                 run_ns: HashMap::new(),
+                max_per_slot: self.max_per_slot,
                 last_assigned: 0,
             },
         );
@@ -251,6 +262,7 @@ impl WorkerTable {
                 from_store: true,
                 prefetch: false,
                 run_ns: HashMap::new(),
+                max_per_slot: self.max_per_slot,
                 last_assigned: 0,
             },
         );
@@ -428,7 +440,7 @@ mod tests {
     use crate::control_plane::test_spec as spec;
 
     fn table(now: Instant) -> WorkerTable {
-        let mut t = WorkerTable::new();
+        let mut t = WorkerTable::new(MAX_PREFETCH_PER_SLOT);
         for (i, conc) in [(1u8, 2u32), (2, 2), (3, 1)] {
             t.register(
                 Bytes::from(vec![i]),

@@ -31,6 +31,7 @@ fn config() -> DispatcherConfig {
         own_secret: OWN_SECRET,
         inactive_after: Duration::from_secs(30),
         max_deliveries: 3,
+        prefetch_per_slot: super::super::workers::MAX_PREFETCH_PER_SLOT,
         cache_size: 100,
         cache_ttl: Duration::from_secs(60),
         cache_max_bytes: 1 << 20,

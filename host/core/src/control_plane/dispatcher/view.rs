@@ -196,6 +196,11 @@ impl Dispatcher {
                     .iter()
                     .map(|(name, ns)| (name.clone(), *ns as f64 / 1000.0))
                     .collect();
+                worker.windows = w
+                    .run_ns
+                    .keys()
+                    .map(|name| (name.clone(), u64::from(w.window_for(name))))
+                    .collect();
                 worker.load = w.load();
                 worker.last_seen_ms_ago =
                     now.saturating_duration_since(w.last_seen).as_millis() as u64;
