@@ -531,7 +531,7 @@ fn list_tree_groups_tasks_under_the_plugin_name_and_version() {
     assert!(lines[0].starts_with("mytasks 0.1.0 "), "{}", lines[0]);
     assert!(lines[0].contains("mytasks.so"), "{}", lines[0]);
     for (line, name) in lines[1..].iter().zip(MYTASKS_TASKS) {
-        let branch = if name == "sleep_ms" {
+        let branch = if Some(&name) == MYTASKS_TASKS.last() {
             "└── "
         } else {
             "├── "

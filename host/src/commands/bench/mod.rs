@@ -6,9 +6,11 @@
 //! - [`cluster`]: the processes, and what each costs (`/proc`).
 //! - [`floor`]: the bare echo and the three-process relay.
 //! - [`simulated`]: 1,000 subworkers simulated in this process.
+//! - [`priority`]: what prefetching costs a critical task.
 
 pub mod cluster;
 pub mod floor;
+pub mod priority;
 pub mod simulated;
 
 use std::{
@@ -308,14 +310,17 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     progress.inc(1);
     let mut cases = Vec::new();
     let mut main: Option<Case> = None;
+    let mut critical: Option<priority::PriorityResult> = None;
     for (run, (name, shape, with_rtt)) in shapes.iter().enumerate() {
         progress.set_message(name.clone());
         let (case, cluster) = add_case(name, shape, &plugin, args, run, *with_rtt).await?;
         cases.push(case.clone());
         if run == 0 {
             main = Some(case);
+            let client = cluster.client().await?;
+            progress.set_message("a critical task behind full windows");
+            critical = Some(priority::measure(&client, if args.quick { 3 } else { 15 }).await?);
             if !args.quick {
-                let client = cluster.client().await?;
                 for size in sizes {
                     progress.set_message(format!("echo of {}", bytes_label(*size)));
                     let total = if *size > 16 << 10 {
@@ -378,7 +383,7 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     };
     progress.finish_and_clear();
     let main = main.context("no main case")?;
-    report(args, &main, &cases, &floors, scale)
+    report(args, &main, &cases, &floors, scale, critical)
 }
 
 fn cpu_of(case: &Case, name: &str) -> f64 {
@@ -395,6 +400,7 @@ fn report(
     cases: &[Case],
     floors: &[(String, floor::FloorResult)],
     scale: Option<simulated::ScaleResult>,
+    critical: Option<priority::PriorityResult>,
 ) -> anyhow::Result<()> {
     let relay = floors
         .iter()
@@ -438,6 +444,14 @@ fn report(
                 "cp_cpu_us_per_task": s.cpu_us_per_task,
                 "throughput_tasks_per_s": s.tasks_per_s,
             })),
+            "critical_extra_wait_ms": critical.map(|c| c.extra_wait_ms()),
+            "critical": critical.map(|c| json!({
+                "rounds": c.rounds,
+                "idle_wait_ms": c.idle_wait_ms,
+                "saturated_wait_ms": c.saturated_wait_ms,
+                "lower_priority_passed_median": c.passed_median,
+                "lower_priority_passed_max": c.passed_max,
+            })),
             "machine": machine(),
         });
         crate::commands::emit(format!("{}\n", serde_json::to_string_pretty(&out)?).as_bytes());
@@ -477,6 +491,12 @@ fn report(
         text.push_str(&format!(
             "| {name} | {:.0} | {:.3} |\n",
             result.msgs_per_s, result.rtt_p50_ms
+        ));
+    }
+    if let Some(c) = critical {
+        text.push_str(&format!(
+            "\n| a critical task (median of {} rounds) | wait, idle (ms) | wait behind full windows of lower-priority tasks (ms) | extra wait (ms) | lower-priority starts passing it (median / most) |\n|---|---|---|---|---|\n| control plane + 1 subworker (default flags) | {:.3} | {:.3} | {:.3} | {:.0} / {} |\n",
+            c.rounds, c.idle_wait_ms, c.saturated_wait_ms, c.extra_wait_ms(), c.passed_median, c.passed_max
         ));
     }
     if let Some(s) = scale {
