@@ -1,18 +1,19 @@
 //! [`Executor`]: runs tasks on this host, against the current plugin registry.
 //!
 //! Tasks handed to it wait in a [`LocalQueue`](local_queue) for one of its slots
-//! (`--concurrency`) and start most urgent first. A finished task starts the next one
-//! itself, without a trip through the subworker's event loop, so a queue of short
-//! tasks runs back to back. Each task runs on a [`CallPool`](call_pool) thread
-//! (plugin code is synchronous and may take long). A task with a deadline is reported `timed_out` when it passes, and its
-//! context is cancelled so a cooperative task stops; one that ignores that keeps its
-//! thread until it returns (counted by [`Executor::overdue`]) but no longer holds a
-//! slot the control plane knows about.
+//! (`--concurrency`) and start most urgent first. Each busy slot is a
+//! [`CallPool`](call_pool) thread (plugin code is synchronous and may take long) that
+//! runs one task after another while any wait, reporting each outcome on a channel:
+//! no hand-off to the async runtime and back between two short tasks.
 //!
-//! Used by the subworker and by the control plane for the tasks it runs itself.
+//! A task with a deadline has a watchdog on the runtime: when the deadline passes
+//! first, the task is reported `timed_out` and its context is cancelled so a
+//! cooperative task stops; one that ignores that keeps its thread until it returns
+//! (counted by [`Executor::overdue`]), and its slot goes on on another thread.
 
 use std::{
     collections::HashMap,
+    panic::{catch_unwind, AssertUnwindSafe},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
@@ -64,6 +65,8 @@ pub struct Executor {
     run_times: Arc<Mutex<HashMap<String, RunTime>>>,
     slots: Arc<Mutex<Slots>>,
     concurrency: usize,
+    /// Where deadlines are watched.
+    runtime: tokio::runtime::Handle,
 }
 
 /// A task name's recent mean plugin call time.
@@ -96,7 +99,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Executor {
     /// An executor over `registry` running `concurrency` tasks at once, reporting to
-    /// `outcomes`.
+    /// `outcomes`. Must be called inside a tokio runtime (deadlines are watched there).
     pub fn new(
         registry: SharedRegistry,
         outcomes: mpsc::UnboundedSender<TaskOutcome>,
@@ -111,6 +114,7 @@ impl Executor {
             run_times: Arc::new(Mutex::new(HashMap::new())),
             slots: Arc::new(Mutex::new(Slots::default())),
             concurrency: concurrency.max(1),
+            runtime: tokio::runtime::Handle::current(),
         }
     }
 
@@ -122,26 +126,25 @@ impl Executor {
         self.fill();
     }
 
-    /// Starts waiting tasks while slots are free.
+    /// Starts a slot's thread for each waiting task while slots are free.
     fn fill(&self) {
         loop {
-            let next = {
+            let first = {
                 let mut slots = lock(&self.slots);
                 if slots.taken >= self.concurrency {
                     return;
                 }
-                let Some(next) = slots.waiting.pop() else {
+                let Some(first) = slots.waiting.pop() else {
                     return;
                 };
                 slots.taken += 1;
-                if next.prefetched {
-                    slots.started.push(next.task.id);
+                if first.prefetched {
+                    slots.started.push(first.task.id);
                 }
-                next
+                first
             };
-            if !self.start(next.task, next.lease) {
-                lock(&self.slots).taken -= 1;
-            }
+            let this = self.clone();
+            self.calls.run(move || this.run_slot(first));
         }
     }
 
@@ -213,10 +216,50 @@ impl Executor {
         }
     }
 
-    /// Starts `task` under `lease` in a slot taken for it; its outcome arrives on the
-    /// channel. False when it did not keep the slot (it failed at once, or it is
-    /// already running here).
-    fn start(&self, task: TaskEnvelope, lease: LeaseToken) -> bool {
+    /// Runs tasks in one slot on this pool thread, `first` and then whatever waits,
+    /// until nothing does (the slot is given back) or a task outlives its deadline
+    /// (the watchdog gave the slot to another thread; this one leaves when the task
+    /// returns).
+    fn run_slot(&self, first: local_queue::Waiting) {
+        let mut next = first;
+        loop {
+            let task_id = next.task.id;
+            let (delivery, lease) = (next.task.delivery_count, next.lease);
+            let kept = catch_unwind(AssertUnwindSafe(|| self.run_one(next.task, next.lease)));
+            let keeps_slot = match kept {
+                Ok(keeps_slot) => keeps_slot,
+                Err(_) => {
+                    let error = TaskError::new(
+                        ErrorKind::Internal,
+                        "the task's thread failed outside the plugin (a panic in the host)",
+                    );
+                    let mut outcome =
+                        TaskOutcome::new(task_id, delivery, lease, AttemptResult::Failure(error));
+                    outcome.completed_ms = now_ms();
+                    let mut running = lock(&self.running);
+                    running.remove(&task_id);
+                    self.report(outcome);
+                    true
+                }
+            };
+            if !keeps_slot {
+                return;
+            }
+            let mut slots = lock(&self.slots);
+            let Some(waiting) = slots.waiting.pop() else {
+                slots.taken = slots.taken.saturating_sub(1);
+                return;
+            };
+            if waiting.prefetched {
+                slots.started.push(waiting.task.id);
+            }
+            next = waiting;
+        }
+    }
+
+    /// Runs `task` under `lease` on this thread and reports its outcome. False when
+    /// it ran past its deadline: its slot was given to another thread meanwhile.
+    fn run_one(&self, task: TaskEnvelope, lease: LeaseToken) -> bool {
         let started_ms = now_ms();
         let handle = self.registry.load().task(&task.name).cloned();
         let Some(handle) = handle else {
@@ -224,8 +267,8 @@ impl Executor {
                 ErrorKind::UnknownTask,
                 format!("no loaded plugin serves task `{}` here", task.name),
             );
-            let _ = self.outcomes.send(failure(&task, lease, error, started_ms));
-            return false;
+            self.report(failure(&task, lease, error, started_ms));
+            return true;
         };
         let Some(codec) = crate::plugin::abi::codec(task.codec) else {
             let error = TaskError::new(
@@ -235,8 +278,8 @@ impl Executor {
                     task.codec
                 ),
             );
-            let _ = self.outcomes.send(failure(&task, lease, error, started_ms));
-            return false;
+            self.report(failure(&task, lease, error, started_ms));
+            return true;
         };
         let cancelled = Arc::new(AtomicBool::new(false));
         let assignment = Arc::new(Mutex::new((task.delivery_count, lease)));
@@ -245,7 +288,7 @@ impl Executor {
             if let Some(already) = running.get(&task.id) {
                 *lock(&already.assignment) = (task.delivery_count, lease);
                 debug!(task = %task.id, "handed out again while it runs here: not started twice");
-                return false;
+                return true;
             }
             running.insert(
                 task.id,
@@ -266,7 +309,6 @@ impl Executor {
             deadline_unix_ms: deadline_ms,
             cancelled: cancelled.clone(),
         };
-        let this = self.clone();
         // The task's span on this host: its id, name, attempt and the trace it
         // continues (the W3C context it was submitted with). DEBUG: off unless asked.
         let span = tracing::debug_span!(
@@ -286,100 +328,96 @@ impl Executor {
         if let Some(trace) = &task.trace {
             fastworker_client::propagation::link(&span, trace);
         }
-        let call_span = span.clone();
-        let task_future = async move {
-            let payload = task.payload.clone();
-            let finished = Arc::new(AtomicBool::new(false));
-            let finished_in_call = finished.clone();
-            let overdue = this.overdue.clone();
-            let task_id = task.id;
-            let call = this.calls.spawn(move || {
-                let _in_span = call_span.enter();
-                let began = Instant::now();
-                let result = call_task(handle.info(), &ctx, codec, &payload);
-                let took = began.elapsed();
-                if finished_in_call.swap(true, Ordering::SeqCst) {
-                    // Reported as timed out earlier; the thread is free again now.
-                    lock(&overdue).remove(&task_id);
-                }
-                (result, took)
-            });
-            let call_began = Instant::now();
-            let timed = |joined: Result<(_, Duration), _>| {
-                joined.map(|(result, took)| {
-                    this.record_run_time(&task.name, took);
-                    result
-                })
-            };
-            let result = if deadline_ms > 0 {
-                let wait = Duration::from_millis(deadline_ms.saturating_sub(now_ms()));
-                match tokio::time::timeout(wait, call).await {
-                    Ok(joined) => timed(joined),
-                    Err(_) => {
-                        // It ran at least this long: never a short task.
-                        this.record_run_time(&task.name, call_began.elapsed());
-                        // Its slot is free again; its thread is not until it returns.
-                        cancelled.store(true, Ordering::SeqCst);
-                        if !finished.swap(true, Ordering::SeqCst) {
-                            lock(&this.overdue).insert(task.id, Instant::now());
-                        }
-                        Ok(Err(TaskError::new(
-                            ErrorKind::TimedOut,
-                            format!("task `{}` ran past its timeout", task.name),
-                        )))
-                    }
-                }
-            } else {
-                timed(call.await)
-            };
-            let mut outcome = match result {
-                Ok(Ok(value)) => {
-                    let mut outcome = TaskOutcome::new(
-                        task.id,
-                        task.delivery_count,
-                        lease,
-                        AttemptResult::Success,
-                    );
-                    outcome.started_ms = started_ms;
-                    outcome.completed_ms = now_ms();
-                    outcome.value = value.into();
-                    outcome
-                }
-                // A task that stopped because its context said so is reported as
-                // cancelled or timed out by the SDK inside the plugin (it sees the
-                // same flag and deadline), so its error passes through as it is.
-                Ok(Err(error)) => failure(&task, lease, error, started_ms),
-                Err(_) => failure(
-                    &task,
-                    lease,
-                    TaskError::new(
-                        ErrorKind::Internal,
-                        "the task's thread failed outside the plugin (a panic in the host)",
-                    ),
-                    started_ms,
-                ),
-            };
-            // The next task starts before this one's outcome is queued, so whoever
-            // reads the outcome also sees that start in `take_started`.
-            this.free_slot();
-            // Leave `running` and queue the outcome under one lock, so whoever sees
-            // `running() == 0` also sees every outcome already queued (a draining
-            // subworker must not unregister with an outcome still unsent).
-            let mut running = lock(&this.running);
-            running.remove(&task.id);
-            (outcome.delivery_count, outcome.lease) = *lock(&assignment);
-            debug!(target: "fastworker::task", "done: {}", match &outcome.result {
-                AttemptResult::Success => "success".to_string(),
-                AttemptResult::Failure(error) => format!("failure ({error})"),
-                _ => "other".to_string(),
-            });
-            if this.outcomes.send(outcome).is_err() {
-                debug!(task = %task.id, "outcome dropped: the executor's owner is gone");
+        let _in_span = span.enter();
+        // Set by whoever ends the attempt first: this thread when the call returns,
+        // or the watchdog when the deadline passes.
+        let finished = Arc::new(AtomicBool::new(false));
+        let watchdog = (deadline_ms > 0).then(|| {
+            let this = self.clone();
+            let (finished, cancelled, task) = (finished.clone(), cancelled.clone(), task.clone());
+            let assignment = assignment.clone();
+            let wait = Duration::from_millis(deadline_ms.saturating_sub(now_ms()));
+            self.runtime.spawn(async move {
+                tokio::time::sleep(wait).await;
+                this.time_out(&task, &finished, &cancelled, &assignment, started_ms);
+            })
+        });
+        let began = Instant::now();
+        let result = call_task(handle.info(), &ctx, codec, &task.payload);
+        let took = began.elapsed();
+        if let Some(watchdog) = watchdog {
+            watchdog.abort();
+        }
+        if finished.swap(true, Ordering::SeqCst) {
+            // Reported as timed out already; this thread is free again now.
+            lock(&self.overdue).remove(&task.id);
+            return false;
+        }
+        self.record_run_time(&task.name, took);
+        let outcome = match result {
+            Ok(value) => {
+                let mut outcome =
+                    TaskOutcome::new(task.id, task.delivery_count, lease, AttemptResult::Success);
+                outcome.started_ms = started_ms;
+                outcome.completed_ms = now_ms();
+                outcome.value = value.into();
+                outcome
             }
-            drop(running);
+            // A task that stopped because its context said so is reported as
+            // cancelled or timed out by the SDK inside the plugin (it sees the same
+            // flag and deadline), so its error passes through as it is.
+            Err(error) => failure(&task, lease, error, started_ms),
         };
-        tokio::spawn(tracing::Instrument::instrument(task_future, span));
+        self.finish(&task.id, outcome, &assignment);
         true
+    }
+
+    /// The watchdog of a task whose deadline passed: unless it returned meanwhile, it
+    /// is cancelled (a cooperative task stops), reported `timed_out`, counted overdue
+    /// until its thread returns, and its slot goes to another thread.
+    fn time_out(
+        &self,
+        task: &TaskEnvelope,
+        finished: &AtomicBool,
+        cancelled: &AtomicBool,
+        assignment: &Mutex<(u32, LeaseToken)>,
+        started_ms: u64,
+    ) {
+        if finished.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        cancelled.store(true, Ordering::SeqCst);
+        lock(&self.overdue).insert(task.id, Instant::now());
+        // It ran at least this long: never a short task.
+        let ran = Duration::from_millis(now_ms().saturating_sub(started_ms));
+        self.record_run_time(&task.name, ran);
+        let lease = lock(assignment).1;
+        let error = TaskError::new(
+            ErrorKind::TimedOut,
+            format!("task `{}` ran past its timeout", task.name),
+        );
+        self.finish(
+            &task.id,
+            failure(task, lease, error, started_ms),
+            assignment,
+        );
+        self.free_slot();
+    }
+
+    /// Leaves `running` and queues `outcome` (for the newest assignment of the task)
+    /// under one lock, so whoever sees `running() == 0` also sees every outcome
+    /// already queued (a draining subworker must not unregister with one unsent).
+    fn finish(&self, id: &TaskId, mut outcome: TaskOutcome, assignment: &Mutex<(u32, LeaseToken)>) {
+        let mut running = lock(&self.running);
+        running.remove(id);
+        (outcome.delivery_count, outcome.lease) = *lock(assignment);
+        debug!(target: "fastworker::task", "done: {}", match &outcome.result {
+            AttemptResult::Success => "success".to_string(),
+            AttemptResult::Failure(error) => format!("failure ({error})"),
+            _ => "other".to_string(),
+        });
+        self.report(outcome);
+        drop(running);
     }
 
     /// Cancels a running task. True if it was running here.

@@ -88,6 +88,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most outcomes one `Outcomes` message reports, and (roughly) the most value
 /// bytes: a message over that closes the group.
 const OUTCOMES_PER_MESSAGE: usize = 256;
+
+/// Under load, outcomes are held back until this many are ready...
+const REPORT_BATCH: usize = 64;
+/// ...or the first of them has waited this long.
+const REPORT_DELAY: Duration = Duration::from_micros(300);
 const OUTCOME_BYTES_PER_MESSAGE: usize = 1 << 20;
 
 /// Runs a subworker until it is asked to stop.
@@ -138,6 +143,10 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
         .and_then(|e| e.parse().ok())
         .unwrap_or(0);
 
+    // Outcomes not reported yet: sent at the end of a turn of the loop, or held back
+    // briefly under load to go together (moved to `undelivered` at a reconnect).
+    let mut ready: Vec<TaskOutcome> = Vec::new();
+
     'connection: loop {
         if *stopping.borrow() {
             life.stop(Instant::now(), grace);
@@ -172,6 +181,7 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
         // does both under one lock), so nothing finished is missed and left for the
         // control plane to run again.
         let claims = executor.held_claims();
+        undelivered.extend(ready.drain(..));
         while let Ok(mut outcome) = outcomes.try_recv() {
             outcome.cap_value(args.max_payload_bytes);
             undelivered.push_back(outcome);
@@ -205,8 +215,8 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
         // Prefetched tasks started and not reported yet (a new registration claims
         // them instead).
         let mut started: Vec<TaskId> = Vec::new();
-        // Outcomes to report after this turn of the loop.
-        let mut ready: Vec<TaskOutcome> = Vec::new();
+        // When the outcomes held back (under load) are reported at the latest.
+        let mut report_by: Option<Instant> = None;
         let mut after_welcome = vec![ToControlPlane::Register(registration)];
         if life.draining() {
             after_welcome.push(ToControlPlane::Draining);
@@ -234,6 +244,7 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
                 life.stop(Instant::now(), grace);
             }
             let idle = executor.running() == 0
+                && ready.is_empty()
                 && executor.waiting() == 0
                 && undelivered.is_empty()
                 && outcomes.is_empty();
@@ -409,6 +420,7 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
                         continue 'connection;
                     }
                 }
+                _ = tokio::time::sleep_until(report_by.unwrap_or_else(Instant::now)), if report_by.is_some() => {}
                 _ = tokio::time::sleep_until(life.give_up_at().unwrap_or_else(Instant::now)), if life.give_up_at().is_some() => {
                     warn!(
                         worker = %worker_id,
@@ -438,8 +450,8 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
             }
             // Under load more outcomes are ready: report them together when the
             // control plane reads `Outcomes` or `Report`.
+            let mut bytes: usize = ready.iter().map(|o| o.value.len()).sum();
             if groups_outcomes || prefetch {
-                let mut bytes: usize = ready.iter().map(|o| o.value.len()).sum();
                 while ready.len() < OUTCOMES_PER_MESSAGE && bytes < OUTCOME_BYTES_PER_MESSAGE {
                     match outcomes.try_recv() {
                         Ok(more) => {
@@ -450,6 +462,23 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
                     }
                 }
             }
+            // Under load (prefetched tasks wait here, so more outcomes follow within
+            // microseconds) outcomes are held back briefly to share one report: fewer
+            // messages for both sides. A lone task, or the last of a burst, is
+            // reported at once.
+            if prefetch
+                && registered
+                && executor.waiting() > 0
+                && ready.len() < REPORT_BATCH
+                && bytes < OUTCOME_BYTES_PER_MESSAGE
+                && !life.draining()
+            {
+                let by = *report_by.get_or_insert_with(|| Instant::now() + REPORT_DELAY);
+                if Instant::now() < by {
+                    continue;
+                }
+            }
+            report_by = None;
             for outcome in &mut ready {
                 outcome.cap_value(args.max_payload_bytes);
             }

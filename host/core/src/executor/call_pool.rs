@@ -16,6 +16,7 @@ use std::{
     sync::{Arc, Condvar, Mutex, MutexGuard},
 };
 
+#[cfg(test)]
 use tokio::sync::oneshot;
 use tracing::warn;
 
@@ -67,20 +68,25 @@ impl CallPool {
 
     /// Runs `call` on a pool thread; its value arrives on the receiver (which closes
     /// without a value if the call panicked).
+    #[cfg(test)]
     pub(crate) fn spawn<R: Send + 'static>(
         &self,
         call: impl FnOnce() -> R + Send + 'static,
     ) -> oneshot::Receiver<R> {
         let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move || {
+        self.run(move || {
             let _ = tx.send(call());
         });
+        rx
+    }
+
+    /// Runs `job` on a pool thread.
+    pub(crate) fn run(&self, job: impl FnOnce() + Send + 'static) {
         let mut state = self.shared.lock();
-        state.queue.push_back(job);
+        state.queue.push_back(Box::new(job));
         if !state.someone_looking() {
             self.shared.find_a_thread(&mut state);
         }
-        rx
     }
 }
 
