@@ -355,9 +355,12 @@ impl WorkerTable {
         }
     }
 
-    /// The least-loaded worker that can take `name` now (a fallback worker last).
+    /// The least-loaded worker with a free slot that can take `name` now (a fallback
+    /// worker last, and not while another worker may still be handed it past its
+    /// slots: that one takes it, prefetched).
     pub fn pick(&self, name: &str) -> Option<&WorkerId> {
-        self.workers
+        let best = self
+            .workers
             .values()
             .filter(|w| w.can_take(name))
             .min_by(|a, b| {
@@ -366,8 +369,16 @@ impl WorkerTable {
                     .then(a.load().total_cmp(&b.load()))
                     .then(a.in_flight.len().cmp(&b.in_flight.len()))
                     .then(a.last_assigned.cmp(&b.last_assigned))
-            })
-            .map(|w| &w.id)
+            })?;
+        if best.fallback
+            && self
+                .workers
+                .values()
+                .any(|w| !w.fallback && w.can_prefetch(name))
+        {
+            return None;
+        }
+        Some(&best.id)
     }
 
     /// The least-loaded worker that may be handed `name` past its slots (a fallback

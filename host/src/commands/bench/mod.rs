@@ -84,42 +84,41 @@ fn check_add(records: &[fastworker_protocol::TaskRecord], first: i64) -> anyhow:
 }
 
 /// Tasks per second for `total` tasks made by `make`, submitted in batches with
-/// several in flight; `check` looks at every batch's records.
+/// several in flight at all times (a new batch goes as soon as one is answered);
+/// `check` looks at every batch's records.
 async fn throughput(
     client: &Client,
     total: usize,
     make: impl Fn(usize) -> TaskEnvelope,
     check: impl Fn(&[fastworker_protocol::TaskRecord], usize) -> anyhow::Result<()>,
 ) -> anyhow::Result<f64> {
+    use futures::stream::{FuturesUnordered, StreamExt};
+
     let started = Instant::now();
     let mut next = 0;
-    while next < total {
-        let mut batches = Vec::new();
-        for _ in 0..BATCHES_IN_FLIGHT {
-            if next >= total {
-                break;
-            }
+    let mut in_flight = FuturesUnordered::new();
+    loop {
+        while in_flight.len() < BATCHES_IN_FLIGHT && next < total {
             let size = BATCH.min(total - next);
             let tasks: Vec<TaskEnvelope> = (next..next + size).map(&make).collect();
-            batches.push((next, client.submit_batch_wait(tasks, BATCH_WAIT)));
+            let first = next;
+            let batch = client.submit_batch_wait(tasks, BATCH_WAIT);
+            in_flight.push(async move { (first, batch.await) });
             next += size;
         }
-        let (starts, futures): (Vec<_>, Vec<_>) = batches.into_iter().unzip();
-        for (start, records) in starts
-            .into_iter()
-            .zip(futures::future::join_all(futures).await)
-        {
-            let records = records?;
-            if let Some(failed) = records.iter().find(|r| r.status.as_str() != "success") {
-                bail!(
-                    "task {} ended {}: {:?}",
-                    failed.task_id,
-                    failed.status.as_str(),
-                    failed.error
-                );
-            }
-            check(&records, start)?;
+        let Some((first, records)) = in_flight.next().await else {
+            break;
+        };
+        let records = records?;
+        if let Some(failed) = records.iter().find(|r| r.status.as_str() != "success") {
+            bail!(
+                "task {} ended {}: {:?}",
+                failed.task_id,
+                failed.status.as_str(),
+                failed.error
+            );
         }
+        check(&records, first)?;
     }
     Ok(total as f64 / started.elapsed().as_secs_f64())
 }
