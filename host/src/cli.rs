@@ -504,7 +504,7 @@ pub struct ControlPlaneArgs {
     /// 1 ms of their measured run time per slot), so it never waits a round trip
     /// between two short tasks; long tasks are never handed out ahead. 1 turns
     /// prefetching off.
-    #[arg(long, env = "FASTWORKER_PREFETCH", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(long, env = "FASTWORKER_PREFETCH", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub prefetch: u32,
     /// After this many reloads of its own plugins, the control plane's own subworker
     /// drains and restarts in place (old versions stay mapped until then).

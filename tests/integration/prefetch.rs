@@ -26,8 +26,8 @@ use crate::{
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// The control plane's `--prefetch` here: short tasks fill windows of this many (the
-/// default, 128, would depend on how fast this machine runs them).
+/// The control plane's `--prefetch` here: no window holds more than this many (the
+/// default would be as many as this machine runs in 1 ms).
 const WINDOW: u64 = 4;
 
 /// `sleep_ms(ms)`: a long task (never prefetched).
@@ -42,7 +42,7 @@ fn sleep_ms(ms: u64, priority: Priority) -> TaskEnvelope {
 }
 
 /// How long each short task sleeps, in µs.
-const SHORT_US: u64 = 20;
+const SHORT_US: u64 = 0;
 
 /// `stamp(us)`: sleeps `us` µs and returns its start in Unix ns.
 fn stamp(us: u64, priority: Priority) -> TaskEnvelope {
@@ -97,10 +97,10 @@ fn cluster(dir: &TestDir, rt: &Runtime) -> (dashboard::Dashboard, crate::procs::
         (w["run_us"]["stamp"].as_f64()? > 0.0).then_some(w)
     })
     .expect("sw1 reports the run time of stamp");
-    assert_eq!(
-        measured["windows"]["stamp"].as_u64(),
-        Some(WINDOW),
-        "short tasks fill the window: {measured}"
+    let window = measured["windows"]["stamp"].as_u64().unwrap_or(0);
+    assert!(
+        (2..=WINDOW).contains(&window),
+        "short tasks get more than one place per slot, at most --prefetch: {measured}"
     );
     (d, sw, client)
 }
@@ -121,10 +121,12 @@ fn a_critical_task_is_passed_by_at_most_the_window_minus_one() {
         let low_ids = rt
             .block_on(client.submit_batch(low))
             .expect("the low tasks are accepted");
-        let full = poll_until(Duration::from_secs(10), || {
-            (worker(&d)["running"].as_u64()? == WINDOW).then_some(())
+        let window = poll_until(Duration::from_secs(10), || {
+            let w = worker(&d);
+            let window = w["windows"]["stamp"].as_u64()?;
+            (window >= 2 && w["running"].as_u64()? == window).then_some(window)
         });
-        assert!(full.is_some(), "the window fills: {}", worker(&d));
+        assert!(window.is_some(), "the window fills: {}", worker(&d));
         let sent = now_ns();
         let critical_id = rt
             .block_on(client.delay(stamp(0, Priority::Critical)))
@@ -151,11 +153,11 @@ fn a_critical_task_is_passed_by_at_most_the_window_minus_one() {
             "round {round}: premise broken, every low task started before the critical one"
         );
         eprintln!(
-            "round {round}: window {WINDOW}; {passed} lower-priority tasks started after the critical one was submitted and before it started, {after} after it"
+            "round {round}: window {window:?} (at most {WINDOW}); {passed} lower-priority tasks started after the critical one was submitted and before it started, {after} after it"
         );
         assert!(
             passed < WINDOW,
-            "round {round}: {passed} lower-priority tasks started after the critical one was submitted and before it started; the window is {WINDOW}"
+            "round {round}: {passed} lower-priority tasks started after the critical one was submitted and before it started; no window holds more than {WINDOW}"
         );
     }
 }

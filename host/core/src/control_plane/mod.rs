@@ -28,6 +28,7 @@ pub mod retry;
 pub mod server;
 pub mod store;
 pub mod task_spans;
+pub mod wire;
 pub mod workers;
 
 /// A task spec for tests: no retries, 1 s first delay, x2 backoff, 10 s cap.

@@ -32,6 +32,7 @@ use super::{
     commit::{CommitsDone, Committer},
     own_worker::{ChildCommand, ChildExit, Supervisor},
     store::{redb_store::RedbStore, Store},
+    wire::{self, Encoder, Inbound},
 };
 use crate::{
     protocol::{self, Announcement, FromControlPlane, TaskRecord, ToControlPlane, WorkerSecret},
@@ -162,20 +163,11 @@ impl PeerVersions {
 }
 
 /// Sends `msg` to `peer` in the version it speaks; a `Welcome` sets that version.
-fn send(outbox: &Outbox, versions: &mut PeerVersions, peer: &PeerId, msg: &FromControlPlane) {
-    if let FromControlPlane::Welcome(welcome) = msg {
+fn send(encoder: &Encoder, versions: &mut PeerVersions, peer: &PeerId, msg: FromControlPlane) {
+    if let FromControlPlane::Welcome(welcome) = &msg {
         versions.heard(peer, welcome.protocol_version);
     }
-    let version = versions.of(peer);
-    match protocol::encode_as(version.unwrap_or(protocol::MIN_PROTOCOL_VERSION), msg) {
-        Ok(frames) => outbox.send(peer, frames),
-        // A late answer to a peer that has gone (its version is forgotten): nobody
-        // is there to read it.
-        Err(err) if version.is_none() => {
-            tracing::debug!("reply to a peer that left dropped: {err}")
-        }
-        Err(err) => warn!("cannot encode a reply: {err}"),
-    }
+    encoder.send(peer, versions.of(peer), msg);
 }
 
 /// Where a process on this host reaches `endpoint`: a wildcard address becomes loopback.
@@ -300,6 +292,10 @@ pub async fn run(
     let mut sweep = tokio::time::interval(Duration::from_secs(60));
     let mut discovery_peers: Vec<PeerId> = Vec::new();
     let mut versions = PeerVersions::default();
+    // Decoding and encoding happen on tasks of their own, off this loop.
+    let events = std::mem::replace(&mut server.events, mpsc::channel(1).1);
+    let mut inbound = wire::decode_stage(events);
+    let encoder = Encoder::new(server.outbox.clone());
     let shutdown = crate::shutdown::shutdown_signal();
     tokio::pin!(shutdown);
     let mut stopping_until: Option<tokio::time::Instant> = None;
@@ -307,7 +303,7 @@ pub async fn run(
 
     loop {
         tokio::select! {
-            event = server.events.recv() => {
+            event = inbound.recv() => {
                 let Some(event) = event else {
                     return Err(HostError::Stopped("the control plane's socket closed".into()));
                 };
@@ -315,7 +311,7 @@ pub async fn run(
                 // Under load, more are waiting: handle them before sending what they
                 // produce, so replies and results to one peer can share a message.
                 for _ in 1..EVENTS_PER_ROUND {
-                    match server.events.try_recv() {
+                    match inbound.try_recv() {
                         Ok(event) => handle_event(event, &mut dispatcher, &mut versions, &server.outbox),
                         Err(_) => break,
                     }
@@ -368,7 +364,7 @@ pub async fn run(
             Some(written) = next_commit(&mut commits_done) => {
                 if let Some(committer) = committer.as_mut() {
                     let actions = committer.finish(&mut dispatcher, written);
-                    perform_all(actions, &server.outbox, &mut versions, &callback_config);
+                    perform_all(actions, &encoder, &mut versions, &callback_config);
                 }
             }
             _ = announce.tick() => {
@@ -396,7 +392,7 @@ pub async fn run(
             }
         }
         let actions = releasable(&mut committer, &mut dispatcher);
-        perform_all(actions, &server.outbox, &mut versions, &callback_config);
+        perform_all(actions, &encoder, &mut versions, &callback_config);
         if let Some(http) = &http {
             http.hub.publish(dispatcher.drain_feed());
         }
@@ -445,7 +441,7 @@ pub async fn run(
                     (Some(committer), Some(done)) => committer.flush(&mut dispatcher, done).await,
                     _ => dispatcher.take_actions(),
                 };
-                perform_all(last, &server.outbox, &mut versions, &callback_config);
+                perform_all(last, &encoder, &mut versions, &callback_config);
                 if committer.is_some() {
                     info!(
                         "kept {} queued, {} scheduled and {} running task(s) in the data directory for the next start",
@@ -526,27 +522,23 @@ const RESULTS_BYTES_PER_MESSAGE: usize = 1 << 20;
 /// One event from the base endpoint: a message for the dispatcher (a `Hello` also
 /// says what its sender reads), a peer that failed the key handshake, or one that left.
 fn handle_event(
-    event: ServerEvent,
+    event: Inbound,
     dispatcher: &mut Dispatcher,
     versions: &mut PeerVersions,
     outbox: &Outbox,
 ) {
     match event {
-        ServerEvent::Message { peer, frames } => {
-            match protocol::decode::<ToControlPlane>(&frames) {
-                Ok(msg) => {
-                    if let ToControlPlane::Hello(hello) = &msg {
-                        versions.hello(&peer, hello);
-                    }
-                    dispatcher.handle(&peer, msg, Now::current());
+        Inbound::Message { peer, msg } => match *msg {
+            Ok(msg) => {
+                if let ToControlPlane::Hello(hello) = &msg {
+                    versions.hello(&peer, hello);
                 }
-                Err(err) => dispatcher.malformed(&peer, &err),
+                dispatcher.handle(&peer, msg, Now::current());
             }
-        }
-        ServerEvent::Unauthenticated { peer, .. } => {
-            crate::probe::refuse_unauthenticated(outbox, &peer)
-        }
-        ServerEvent::Disconnected(peer) => {
+            Err(err) => dispatcher.malformed(&peer, &err),
+        },
+        Inbound::Unauthenticated(peer) => crate::probe::refuse_unauthenticated(outbox, &peer),
+        Inbound::Disconnected(peer) => {
             versions.forget(&peer);
             dispatcher.peer_disconnected(&peer, Now::current())
         }
@@ -559,7 +551,7 @@ fn handle_event(
 /// earlier action or round).
 fn perform_all(
     actions: Vec<Action>,
-    outbox: &Outbox,
+    encoder: &Encoder,
     versions: &mut PeerVersions,
     callbacks: &TransportConfig,
 ) {
@@ -575,7 +567,7 @@ fn perform_all(
                     None => grouped.push((peer, vec![record])),
                 }
             }
-            Action::Send { peer, msg } => send(outbox, versions, &peer, &msg),
+            Action::Send { peer, msg } => send(encoder, versions, &peer, msg),
             Action::Callback { callback, record } => {
                 tokio::spawn(deliver_callback(callback, record, callbacks.clone()));
             }
@@ -583,7 +575,7 @@ fn perform_all(
     }
     for (peer, records) in grouped {
         for msg in group_results(records) {
-            send(outbox, versions, &peer, &msg);
+            send(encoder, versions, &peer, msg);
         }
     }
 }

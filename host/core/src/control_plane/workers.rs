@@ -74,7 +74,7 @@ pub const PREFETCH_BUDGET_NS: u64 = 1_000_000;
 
 /// The most tasks per slot a window holds by default, however short the tasks (the
 /// control plane's `--prefetch`).
-pub const MAX_PREFETCH_PER_SLOT: u32 = 128;
+pub const MAX_PREFETCH_PER_SLOT: u32 = 256;
 
 /// The most tasks a window holds past the slots: a subworker with many slots gets no
 /// more than this many queued.
