@@ -150,6 +150,8 @@ async fn add_case(
     with_rtt: bool,
 ) -> anyhow::Result<(Case, Cluster)> {
     let cluster = Cluster::start(shape, plugin, run).await?;
+    // Idle memory: started and registered, no task run yet.
+    let fresh: Vec<_> = cluster.processes.iter().map(|p| usage(p.pid())).collect();
     let client = cluster.client().await?;
     // Warm up.
     throughput(
@@ -172,14 +174,14 @@ async fn add_case(
         throughput: Some(rate),
         ..Case::default()
     };
-    for (process, before) in cluster.processes.iter().zip(idle) {
+    for ((process, before), fresh) in cluster.processes.iter().zip(idle).zip(fresh) {
         let after = usage(process.pid());
         case.cpu_us_per_task.push((
             process.name.clone(),
             (after.cpu_secs - before.cpu_secs) * 1e6 / args.tasks as f64,
         ));
         case.rss
-            .push((process.name.clone(), before.rss_mib, after.peak_rss_mib));
+            .push((process.name.clone(), fresh.rss_mib, after.peak_rss_mib));
     }
     if with_rtt {
         case.rtt = Some(round_trips(&client, args.round_trips, |i| add_task(i as i64)).await?);
