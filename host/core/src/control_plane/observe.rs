@@ -102,12 +102,17 @@ pub struct Observer {
     plugins: HashMap<WorkerId, Vec<PluginInfo>>,
     /// Worker ids as the events and timelines share them (one per known worker).
     worker_names: HashMap<WorkerId, Arc<str>>,
+    /// Task names as the timelines share them (not one allocation per task).
+    task_names: HashMap<Box<str>, Arc<str>>,
     plugin_history: VecDeque<ApiPluginEvent>,
     /// Totals per [`SAMPLE_INTERVAL_MS`], the newest last, and the totals at the last
     /// sample.
     samples: VecDeque<ThroughputSample>,
     sampled: Option<(u64, TaskTotals)>,
 }
+
+/// The most task names [`Observer`] shares.
+const MAX_SHARED_NAMES: usize = 1_000;
 
 /// Milliseconds between throughput samples.
 pub const SAMPLE_INTERVAL_MS: u64 = 1_000;
@@ -200,7 +205,7 @@ impl Observer {
             self.order.retain(|t| *t != id);
             self.insert_trail(id, old.name, envelope.priority, old.steps);
         } else {
-            let name = Arc::from(envelope.name.as_str());
+            let name = self.task_name(&envelope.name);
             self.insert_trail(id, name, envelope.priority, Vec::with_capacity(4));
         }
         let step = entry(at, if scheduled { "scheduled" } else { "submitted" }, 1);
@@ -260,6 +265,19 @@ impl Observer {
         self.task_step("task.started", id, name, step, |event| {
             event.worker_id = Some(worker);
         });
+    }
+
+    /// Task name `name` as timelines share it.
+    fn task_name(&mut self, name: &str) -> Arc<str> {
+        if let Some(shared) = self.task_names.get(name) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = Arc::from(name);
+        // Names are chosen by clients: past this many, each is its own allocation.
+        if self.task_names.len() < MAX_SHARED_NAMES {
+            self.task_names.insert(Box::from(name), shared.clone());
+        }
+        shared
     }
 
     /// `worker`'s id as events share it.
