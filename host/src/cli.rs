@@ -566,6 +566,10 @@ pub struct SubworkerArgs {
     /// this subworker drains and restarts in place to free the stuck thread.
     #[arg(long, default_value_t = 10.0)]
     pub hung_task_grace: f64,
+    /// Seconds every slot may be on the same tasks while prefetched tasks wait behind
+    /// them before those are handed back to the control plane (to run elsewhere).
+    #[arg(long, default_value_t = 0.05)]
+    pub handback_after: f64,
     /// Seconds a stop (Ctrl+C, SIGTERM) waits for running tasks before handing them
     /// back to the control plane and exiting; a second Ctrl+C exits at once.
     #[arg(long, env = "FASTWORKER_SHUTDOWN_GRACE", default_value_t = 30.0)]

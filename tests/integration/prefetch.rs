@@ -41,6 +41,10 @@ fn sleep_ms(ms: u64, priority: Priority) -> TaskEnvelope {
     task
 }
 
+/// Subworker flags that keep prefetched tasks waiting behind a long one (by default
+/// they are handed back after 50 ms), for tests that look at them there.
+const HOLD: &[&str] = &["--handback-after", "60"];
+
 /// How long each short task sleeps, in µs.
 const SHORT_US: u64 = 0;
 
@@ -82,10 +86,15 @@ fn worker(d: &dashboard::Dashboard) -> Value {
 }
 
 /// A control plane with its dashboard (to read windows) and subworker `sw1` (one slot,
-/// the default) that has run `stamp` enough for its run time to be measured.
-fn cluster(dir: &TestDir, rt: &Runtime) -> (dashboard::Dashboard, crate::procs::Proc, Client) {
+/// the default, and `sw_args`) that has run `stamp` enough for its run time to be
+/// measured.
+fn cluster(
+    dir: &TestDir,
+    rt: &Runtime,
+    sw_args: &[&str],
+) -> (dashboard::Dashboard, crate::procs::Proc, Client) {
     let mut d = dashboard::start(dir, &["--prefetch", &WINDOW.to_string()], &[]);
-    let sw = d.cp.subworker(dir, "sw1", &[]);
+    let sw = d.cp.subworker(dir, "sw1", sw_args);
     let client = connect(rt, &d.cp.base);
     let warm: Vec<TaskEnvelope> = (0..20).map(|_| stamp(SHORT_US, Priority::Normal)).collect();
     let records = rt
@@ -109,7 +118,7 @@ fn cluster(dir: &TestDir, rt: &Runtime) -> (dashboard::Dashboard, crate::procs::
 fn a_critical_task_is_passed_by_at_most_the_window_minus_one() {
     let dir = mytasks_dir();
     let rt = runtime();
-    let (d, _sw, client) = cluster(&dir, &rt);
+    let (d, _sw, client) = cluster(&dir, &rt, HOLD);
     for round in 0..3 {
         // A long task holds the one slot while the window fills with short low ones
         // and more wait on the control plane: saturated, and nothing starts while the
@@ -166,7 +175,7 @@ fn a_critical_task_is_passed_by_at_most_the_window_minus_one() {
 fn a_prefetched_task_is_assigned_until_it_starts_and_cancels_without_running() {
     let dir = mytasks_dir();
     let rt = runtime();
-    let (d, _sw, client) = cluster(&dir, &rt);
+    let (d, _sw, client) = cluster(&dir, &rt, HOLD);
     let window = worker(&d)["windows"]["stamp"]
         .as_u64()
         .expect("a window for stamp") as usize;
@@ -225,7 +234,7 @@ fn a_prefetched_task_is_assigned_until_it_starts_and_cancels_without_running() {
 fn a_long_task_is_never_prefetched() {
     let dir = mytasks_dir();
     let rt = runtime();
-    let (_d, _sw, client) = cluster(&dir, &rt);
+    let (_d, _sw, client) = cluster(&dir, &rt, &[]);
     // sleep_ms has never run here: its run time is unknown, so it is not prefetched.
     let sleep = |ms: u64| sleep_ms(ms, Priority::Normal);
     let first = rt.block_on(client.delay(sleep(500))).expect("accepted");
@@ -259,4 +268,42 @@ fn a_long_task_is_never_prefetched() {
     );
     final_record(&rt, &client, third);
     final_record(&rt, &client, fourth);
+}
+
+#[test]
+fn tasks_waiting_behind_a_long_one_are_handed_back_and_run_elsewhere() {
+    let dir = mytasks_dir();
+    let rt = runtime();
+    let (mut d, _sw1, client) = cluster(&dir, &rt, &[]);
+    // sw1's one slot takes a long task before anyone else is there.
+    let long = rt
+        .block_on(client.delay(sleep_ms(2_000, Priority::Normal)))
+        .expect("accepted");
+    let running = poll_until(Duration::from_secs(10), || {
+        let r = rt.block_on(client.status(long)).ok()??;
+        (r.status == TaskStatus::Running).then_some(())
+    });
+    assert!(running.is_some(), "the long task runs on sw1");
+    let _sw2 = d.cp.subworker(&dir, "sw2", &[]);
+    // One short task takes sw2's free slot; the others are prefetched behind the long
+    // one on sw1 (sw1 has measured them short), which hands them back once its slot
+    // has been on the long one for a while, and they run on sw2.
+    let short: Vec<TaskEnvelope> = (0..3).map(|_| stamp(0, Priority::Normal)).collect();
+    let ids = rt.block_on(client.submit_batch(short)).expect("accepted");
+    let records: Vec<TaskRecord> = ids
+        .iter()
+        .map(|id| final_record(&rt, &client, *id))
+        .collect();
+    let long = final_record(&rt, &client, long);
+    for record in &records {
+        assert_eq!(
+            record.worker_id.as_ref().map(|w| w.0.as_str()),
+            Some("sw2"),
+            "{record:?}"
+        );
+        assert!(
+            record.completed_ms < long.completed_ms,
+            "a short task waited for the long one: {record:?}"
+        );
+    }
 }

@@ -45,6 +45,10 @@ const MAX_CALL_THREADS: usize = 1024;
 
 /// One task running here.
 struct Running {
+    /// When it took its slot.
+    since: Instant,
+    /// Its task name.
+    name: String,
     /// Set to cancel it.
     cancelled: Arc<AtomicBool>,
     /// The delivery and lease its outcome answers: a task handed out again while it
@@ -67,6 +71,23 @@ pub struct Executor {
     concurrency: usize,
     /// Where deadlines are watched.
     runtime: tokio::runtime::Handle,
+}
+
+/// A task taken off the queue into a slot.
+struct Admitted {
+    task: TaskEnvelope,
+    lease: LeaseToken,
+    cancelled: Arc<AtomicBool>,
+    assignment: Arc<Mutex<(u32, LeaseToken)>>,
+}
+
+/// Aborts a watchdog when dropped (the call returned, or its thread panicked).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A task name's recent mean plugin call time.
@@ -134,18 +155,87 @@ impl Executor {
                 if slots.taken >= self.concurrency {
                     return;
                 }
-                let Some(first) = slots.waiting.pop() else {
+                let Some(first) = self.admit_next(&mut slots) else {
                     return;
                 };
                 slots.taken += 1;
-                if first.prefetched {
-                    slots.started.push(first.task.id);
-                }
                 first
             };
             let this = self.clone();
             self.calls.run(move || this.run_slot(first));
         }
+    }
+
+    /// Takes the most urgent waiting task into `running` (from here on cancels and
+    /// claims see it), skipping one already running here (it takes the newest
+    /// assignment). `None` when nothing waits.
+    fn admit_next(&self, slots: &mut Slots) -> Option<Admitted> {
+        loop {
+            let next = slots.waiting.pop()?;
+            let mut running = lock(&self.running);
+            let (task, lease) = (next.task, next.lease);
+            if let Some(already) = running.get(&task.id) {
+                *lock(&already.assignment) = (task.delivery_count, lease);
+                debug!(task = %task.id, "handed out again while it runs here: not started twice");
+                continue;
+            }
+            if next.prefetched {
+                slots.started.push(task.id);
+            }
+            let cancelled = Arc::new(AtomicBool::new(false));
+            let assignment = Arc::new(Mutex::new((task.delivery_count, lease)));
+            running.insert(
+                task.id,
+                Running {
+                    since: Instant::now(),
+                    name: task.name.clone(),
+                    cancelled: cancelled.clone(),
+                    assignment: assignment.clone(),
+                },
+            );
+            return Some(Admitted {
+                task,
+                lease,
+                cancelled,
+                assignment,
+            });
+        }
+    }
+
+    /// Takes every task still waiting for a slot off the queue (to hand them back to
+    /// the control plane, which runs them elsewhere): their ids.
+    pub fn hand_back(&self) -> Vec<TaskId> {
+        let mut slots = lock(&self.slots);
+        std::iter::from_fn(|| slots.waiting.pop())
+            .map(|w| w.task.id)
+            .collect()
+    }
+
+    /// Are tasks waiting behind slots that have all been busy longer than `limit`?
+    /// Then the tasks running are long ones, whatever their names' run times said:
+    /// that run time is raised to what they have run so far.
+    pub fn stalled(&self, limit: Duration) -> bool {
+        if lock(&self.slots).waiting.len() == 0 {
+            return false;
+        }
+        let long: Vec<(String, Duration)> = {
+            let running = lock(&self.running);
+            if running.len() < self.concurrency {
+                return false;
+            }
+            let ran: Vec<(String, Duration)> = running
+                .values()
+                .map(|r| (r.name.clone(), r.since.elapsed()))
+                .collect();
+            if ran.iter().any(|(_, ran)| *ran < limit) {
+                return false;
+            }
+            ran
+        };
+        for (name, ran) in long {
+            self.record_run_time(&name, ran);
+        }
+        true
     }
 
     /// Gives a slot back and starts what waits for it.
@@ -174,12 +264,14 @@ impl Executor {
             return false;
         };
         let error = TaskError::new(ErrorKind::Cancelled, "cancelled before it started");
-        self.report(failure(&gone.task, gone.lease, error, now_ms()));
+        // Never started: no start time.
+        self.report(failure(&gone.task, gone.lease, error, 0));
         true
     }
 
     /// For each task name that ran since the last call: its recent mean plugin call
-    /// time in ns (a moving average over about the last eight calls).
+    /// time in ns (a moving average over about the last eight calls that follows a
+    /// longer call at once).
     pub fn take_run_times(&self) -> std::collections::BTreeMap<String, u64> {
         lock(&self.run_times)
             .iter_mut()
@@ -196,7 +288,13 @@ impl Executor {
         let sample = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1);
         let mut times = lock(&self.run_times);
         if let Some(time) = times.get_mut(name) {
-            time.mean_ns = (time.mean_ns - time.mean_ns / 8 + sample / 8).max(1);
+            // Up at once, down slowly: one long call is enough to stop prefetching
+            // that name, a run of short ones to start again.
+            time.mean_ns = if sample > time.mean_ns {
+                sample
+            } else {
+                (time.mean_ns - time.mean_ns / 8 + sample / 8).max(1)
+            };
             time.fresh = true;
         } else if times.len() < MAX_TIMED_NAMES {
             times.insert(
@@ -220,12 +318,12 @@ impl Executor {
     /// until nothing does (the slot is given back) or a task outlives its deadline
     /// (the watchdog gave the slot to another thread; this one leaves when the task
     /// returns).
-    fn run_slot(&self, first: local_queue::Waiting) {
+    fn run_slot(&self, first: Admitted) {
         let mut next = first;
         loop {
             let task_id = next.task.id;
             let (delivery, lease) = (next.task.delivery_count, next.lease);
-            let kept = catch_unwind(AssertUnwindSafe(|| self.run_one(next.task, next.lease)));
+            let kept = catch_unwind(AssertUnwindSafe(|| self.run_one(next)));
             let keeps_slot = match kept {
                 Ok(keeps_slot) => keeps_slot,
                 Err(_) => {
@@ -246,20 +344,23 @@ impl Executor {
                 return;
             }
             let mut slots = lock(&self.slots);
-            let Some(waiting) = slots.waiting.pop() else {
+            let Some(admitted) = self.admit_next(&mut slots) else {
                 slots.taken = slots.taken.saturating_sub(1);
                 return;
             };
-            if waiting.prefetched {
-                slots.started.push(waiting.task.id);
-            }
-            next = waiting;
+            next = admitted;
         }
     }
 
     /// Runs `task` under `lease` on this thread and reports its outcome. False when
     /// it ran past its deadline: its slot was given to another thread meanwhile.
-    fn run_one(&self, task: TaskEnvelope, lease: LeaseToken) -> bool {
+    fn run_one(&self, admitted: Admitted) -> bool {
+        let Admitted {
+            task,
+            lease,
+            cancelled,
+            assignment,
+        } = admitted;
         let started_ms = now_ms();
         let handle = self.registry.load().task(&task.name).cloned();
         let Some(handle) = handle else {
@@ -267,7 +368,11 @@ impl Executor {
                 ErrorKind::UnknownTask,
                 format!("no loaded plugin serves task `{}` here", task.name),
             );
-            self.report(failure(&task, lease, error, started_ms));
+            self.finish(
+                &task.id,
+                failure(&task, lease, error, started_ms),
+                &assignment,
+            );
             return true;
         };
         let Some(codec) = crate::plugin::abi::codec(task.codec) else {
@@ -278,26 +383,13 @@ impl Executor {
                     task.codec
                 ),
             );
-            self.report(failure(&task, lease, error, started_ms));
+            self.finish(
+                &task.id,
+                failure(&task, lease, error, started_ms),
+                &assignment,
+            );
             return true;
         };
-        let cancelled = Arc::new(AtomicBool::new(false));
-        let assignment = Arc::new(Mutex::new((task.delivery_count, lease)));
-        {
-            let mut running = lock(&self.running);
-            if let Some(already) = running.get(&task.id) {
-                *lock(&already.assignment) = (task.delivery_count, lease);
-                debug!(task = %task.id, "handed out again while it runs here: not started twice");
-                return true;
-            }
-            running.insert(
-                task.id,
-                Running {
-                    cancelled: cancelled.clone(),
-                    assignment: assignment.clone(),
-                },
-            );
-        }
         // The deadline runs from this host's own start of the attempt, on its own clock.
         let deadline_ms = match task.timeout_secs.and_then(crate::protocol::secs_to_ms) {
             Some(ms) if ms > 0 => started_ms.saturating_add(ms),
@@ -337,17 +429,16 @@ impl Executor {
             let (finished, cancelled, task) = (finished.clone(), cancelled.clone(), task.clone());
             let assignment = assignment.clone();
             let wait = Duration::from_millis(deadline_ms.saturating_sub(now_ms()));
-            self.runtime.spawn(async move {
+            AbortOnDrop(self.runtime.spawn(async move {
                 tokio::time::sleep(wait).await;
                 this.time_out(&task, &finished, &cancelled, &assignment, started_ms);
-            })
+            }))
         });
         let began = Instant::now();
         let result = call_task(handle.info(), &ctx, codec, &task.payload);
         let took = began.elapsed();
-        if let Some(watchdog) = watchdog {
-            watchdog.abort();
-        }
+        // Stopped here, or on a panic of this thread when it unwinds.
+        drop(watchdog);
         if finished.swap(true, Ordering::SeqCst) {
             // Reported as timed out already; this thread is free again now.
             lock(&self.overdue).remove(&task.id);
@@ -383,11 +474,16 @@ impl Executor {
         assignment: &Mutex<(u32, LeaseToken)>,
         started_ms: u64,
     ) {
-        if finished.swap(true, Ordering::SeqCst) {
-            return;
+        {
+            // Under the lock the task's thread takes to leave `overdue`: it cannot
+            // leave before it was entered.
+            let mut overdue = lock(&self.overdue);
+            if finished.swap(true, Ordering::SeqCst) {
+                return;
+            }
+            overdue.insert(task.id, Instant::now());
         }
         cancelled.store(true, Ordering::SeqCst);
-        lock(&self.overdue).insert(task.id, Instant::now());
         // It ran at least this long: never a short task.
         let ran = Duration::from_millis(now_ms().saturating_sub(started_ms));
         self.record_run_time(&task.name, ran);

@@ -68,6 +68,9 @@ pub struct SubworkerConfig {
     /// How long past its deadline a task that does not stop may run before the
     /// subworker restarts in place.
     pub hung_task_grace: Duration,
+    /// How long every slot may be on the same tasks while prefetched tasks wait
+    /// behind them before those are handed back.
+    pub handback_after: Duration,
     /// How long a stop waits for running tasks.
     pub shutdown_grace: Duration,
     /// What the connection to the control plane enforces (key, message size).
@@ -88,6 +91,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most outcomes one `Outcomes` message reports, and (roughly) the most value
 /// bytes: a message over that closes the group.
 const OUTCOMES_PER_MESSAGE: usize = 256;
+
+/// While tasks wait, slots are looked at this often (for `--handback-after`).
+const STALL_CHECK: Duration = Duration::from_millis(20);
 
 /// Under load, outcomes are held back until this many are ready...
 const REPORT_BATCH: usize = 64;
@@ -180,6 +186,13 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
         // the claims were read has its outcome in the channel by then (the executor
         // does both under one lock), so nothing finished is missed and left for the
         // control plane to run again.
+        // Tasks still waiting for a slot are not claimed: the control plane queues
+        // them again (they may have run elsewhere meanwhile; running them here too
+        // would run them twice).
+        let dropped = executor.hand_back();
+        if !dropped.is_empty() {
+            info!(worker = %worker_id, "{} task(s) that had not started left to the control plane", dropped.len());
+        }
         let claims = executor.held_claims();
         undelivered.extend(ready.drain(..));
         while let Ok(mut outcome) = outcomes.try_recv() {
@@ -217,6 +230,11 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
         let mut started: Vec<TaskId> = Vec::new();
         // When the outcomes held back (under load) are reported at the latest.
         let mut report_by: Option<Instant> = None;
+        // Prefetched tasks handed back unstarted, to report.
+        let mut returned: Vec<TaskId> = Vec::new();
+        // How often slots stuck on long tasks are looked for while tasks wait.
+        let mut stall_check = tokio::time::interval(STALL_CHECK);
+        stall_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut after_welcome = vec![ToControlPlane::Register(registration)];
         if life.draining() {
             after_welcome.push(ToControlPlane::Draining);
@@ -369,6 +387,10 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
                         // the tasks running here stay here.
                         info!(worker = %worker_id, "this process was paused for {gap:.1?}; checking the connection before replacing it");
                         last_heard = Instant::now();
+                        if prefetch {
+                            // The control plane may have given them to others meanwhile.
+                            returned.extend(executor.hand_back());
+                        }
                     }
                     if let Some(stuck) = executor.longest_overdue() {
                         if stuck > args.hung_task_grace && life.takes_tasks() {
@@ -421,6 +443,13 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
                     }
                 }
                 _ = tokio::time::sleep_until(report_by.unwrap_or_else(Instant::now)), if report_by.is_some() => {}
+                _ = stall_check.tick(), if prefetch && executor.waiting() > 0 => {
+                    if executor.stalled(args.handback_after) {
+                        let back = executor.hand_back();
+                        debug!(count = back.len(), "every slot is on a long task: handing back the tasks waiting behind them");
+                        returned.extend(back);
+                    }
+                }
                 _ = tokio::time::sleep_until(life.give_up_at().unwrap_or_else(Instant::now)), if life.give_up_at().is_some() => {
                     warn!(
                         worker = %worker_id,
@@ -444,8 +473,12 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
             }
             if prefetch {
                 started.extend(executor.take_started());
+                if !life.takes_tasks() {
+                    // Draining: what has not started goes back, to run elsewhere now.
+                    returned.extend(executor.hand_back());
+                }
             }
-            if ready.is_empty() && started.is_empty() {
+            if ready.is_empty() && started.is_empty() && returned.is_empty() {
                 continue;
             }
             // Under load more outcomes are ready: report them together when the
@@ -468,6 +501,7 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
             // reported at once.
             if prefetch
                 && registered
+                && returned.is_empty()
                 && executor.waiting() > 0
                 && ready.len() < REPORT_BATCH
                 && bytes < OUTCOME_BYTES_PER_MESSAGE
@@ -491,6 +525,7 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
                     started: std::mem::take(&mut started),
                     outcomes: std::mem::take(&mut ready),
                     run_ns: executor.take_run_times(),
+                    returned: std::mem::take(&mut returned),
                 }
             } else if ready.len() == 1 {
                 ToControlPlane::Outcome(ready.remove(0))

@@ -405,6 +405,7 @@ mod tests {
                     started: vec![fixed_id(3), fixed_id(1)],
                     outcomes: vec![outcome()],
                     run_ns: [("add".to_string(), 1_250)].into(),
+                    returned: vec![fixed_id(4)],
                 },
             ),
         ]

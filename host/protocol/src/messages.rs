@@ -587,6 +587,11 @@ pub enum ToControlPlane {
         /// For each task name that ran since its last report: the mean run time of
         /// its recent plugin calls, in nanoseconds.
         run_ns: std::collections::BTreeMap<String, u64>,
+        /// Tasks it hands back without having started them (its slots are stuck on
+        /// long tasks, it is draining, or it was paused): the control plane queues
+        /// them again in their places, for any worker.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        returned: Vec<TaskId>,
     },
 }
 

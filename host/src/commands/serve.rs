@@ -207,6 +207,7 @@ pub fn subworker_config(args: &SubworkerArgs) -> anyhow::Result<SubworkerConfig>
         watch: !args.no_watch,
         max_reloads: args.max_reloads,
         hung_task_grace: secs(args.hung_task_grace, 0.0, MAX_SPAN_SECS),
+        handback_after: secs(args.handback_after, 0.001, MAX_SPAN_SECS),
         shutdown_grace: secs(args.shutdown_grace, 0.0, 86_400.0),
         transport: args.security.transport_config()?,
         max_payload_bytes: args.security.max_payload_size,

@@ -457,9 +457,10 @@ impl Dispatcher {
                 started,
                 outcomes,
                 run_ns,
+                returned,
             } => {
                 if let Some(worker) = self.workers.by_peer(peer).cloned() {
-                    self.report(worker, started, outcomes, run_ns);
+                    self.report(worker, started, returned, outcomes, run_ns);
                 } else {
                     debug!(
                         count = outcomes.len(),
@@ -1184,21 +1185,29 @@ impl Dispatcher {
 
     /// Hands out tasks past free slots, to subworkers that take prefetched tasks and
     /// run those tasks' names quickly. In priority order, oldest first: once the oldest
-    /// task that a subworker serves cannot be prefetched (a long task, or every window
-    /// is full), nothing younger or less urgent is, so it is not passed over for good;
-    /// it waits at most for the work already prefetched.
+    /// task that some subworkers serve cannot be prefetched (a long task, or their
+    /// windows are full), those subworkers get nothing younger or less urgent, so it
+    /// is not passed over for good; it waits at most for the work already prefetched.
+    /// Other subworkers go on taking what they serve.
     fn prefetch(&mut self) {
+        let mut reserved: Vec<WorkerId> = Vec::new();
         for priority in crate::protocol::Priority::ALL {
             loop {
                 let workers = &self.workers;
                 let found = self.queues.pop_oldest_servable(
                     priority,
-                    |name| workers.anyone_serves_now(name),
-                    |name| workers.pick_prefetch(name).cloned(),
+                    |name| workers.anyone_serves_now(name, &reserved),
+                    |name| workers.pick_prefetch(name, &reserved).cloned(),
                 );
                 match found {
                     Oldest::Placed(id, holder) => self.assign(id, holder),
-                    Oldest::Blocked => return,
+                    Oldest::Blocked(name) => {
+                        let before = reserved.len();
+                        reserved.extend(self.workers.serving_now(&name, &reserved));
+                        if reserved.len() == before {
+                            return;
+                        }
+                    }
                     Oldest::Empty => break,
                 }
             }
@@ -1238,11 +1247,13 @@ impl Dispatcher {
     }
 
     /// A subworker that takes prefetched tasks reports: the prefetched tasks it
-    /// started (they are `running` from now), then its outcomes, and its run time.
+    /// started (they are `running` from now), those it hands back unstarted, then its
+    /// outcomes, and its run times.
     fn report(
         &mut self,
         from: WorkerId,
         started: Vec<TaskId>,
+        returned: Vec<TaskId>,
         outcomes: Vec<TaskOutcome>,
         run_ns: std::collections::BTreeMap<String, u64>,
     ) {
@@ -1250,9 +1261,54 @@ impl Dispatcher {
         for id in started {
             self.prefetched_started(id, &from);
         }
+        if !returned.is_empty() {
+            if let Some(worker) = self.workers.get_mut(&from) {
+                worker.stalled = true;
+            }
+        }
+        if !outcomes.is_empty() {
+            if let Some(worker) = self.workers.get_mut(&from) {
+                worker.stalled = false;
+            }
+        }
+        for id in returned {
+            self.handed_back(id, &from);
+        }
         for outcome in outcomes {
             self.outcome(from.clone(), outcome);
         }
+    }
+
+    /// Worker `from` hands back prefetched task `id` that it did not start: queued
+    /// again at its place, for any worker (no delivery is counted as lost).
+    fn handed_back(&mut self, id: TaskId, from: &WorkerId) {
+        let Some(entry) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        if entry.holder.as_ref() != Some(from) || entry.record.status != TaskStatus::Assigned {
+            return;
+        }
+        entry.holder = None;
+        entry.lease = None;
+        entry.record.worker_id = None;
+        self.workers.release(from, &id, false);
+        if entry.cancel_requested {
+            self.finalize(
+                id,
+                TaskStatus::Cancelled,
+                Some(cancelled_error()),
+                Bytes::new(),
+            );
+            return;
+        }
+        self.observer.requeued(
+            id,
+            &entry.envelope.name,
+            entry.attempt,
+            &format!("{from} handed it back before it started"),
+            self.now.unix_ms,
+        );
+        self.enqueue(id);
     }
 
     /// A prefetched task `id` started on worker `from`: `assigned` → `running`.
@@ -1397,7 +1453,8 @@ impl Dispatcher {
         self.task_changed(id);
         let entry = self.tasks.get_mut(&id).expect("checked above");
         entry.holder = None;
-        entry.record.started_ms = Some(outcome.started_ms);
+        // 0: it never started (cancelled in a subworker's queue).
+        entry.record.started_ms = (outcome.started_ms > 0).then_some(outcome.started_ms);
         entry.record.worker_id = Some(from.clone());
         self.workers.release(&from, &id, true);
         let cancel_requested = entry.cancel_requested;
@@ -1507,7 +1564,11 @@ impl Dispatcher {
             );
             return;
         }
-        entry.lost += 1;
+        // A prefetched task that never started was not lost running: it does not
+        // count toward dead-lettering.
+        if entry.record.status != TaskStatus::Assigned {
+            entry.lost += 1;
+        }
         if entry.lost >= self.config.max_deliveries {
             let error = TaskError::new(
                 ErrorKind::WorkerLost,

@@ -16,8 +16,8 @@ use crate::protocol::{Priority, TaskId};
 pub enum Oldest<P> {
     /// The oldest servable task, taken, with its place.
     Placed(TaskId, P),
-    /// The oldest servable task has no place now.
-    Blocked,
+    /// The oldest servable task, of this name, has no place now.
+    Blocked(String),
     /// No servable task waits at this priority.
     Empty,
 }
@@ -113,7 +113,7 @@ impl ReadyQueues {
             return Oldest::Empty;
         };
         let Some(found) = place(name) else {
-            return Oldest::Blocked;
+            return Oldest::Blocked(name.clone());
         };
         let name = name.clone();
         let Some(queue) = level.get_mut(&name) else {
@@ -205,7 +205,7 @@ mod tests {
         // `long` is the oldest that someone serves: it has no place, so `short` waits.
         assert_eq!(
             q.pop_oldest_servable(Priority::Normal, servable, |n| (n == "short").then_some(())),
-            Oldest::Blocked
+            Oldest::Blocked("long".to_string())
         );
         assert_eq!(
             q.pop_oldest_servable(Priority::Normal, servable, |_| Some(7)),

@@ -62,6 +62,9 @@ pub struct WorkerEntry {
     pub prefetch: bool,
     /// Each task name's recent mean run time in ns, as it reports it.
     pub run_ns: HashMap<String, u64>,
+    /// It handed back tasks because every slot was on a long task: nothing more is
+    /// prefetched to it until it reports an outcome (a slot freed).
+    pub stalled: bool,
     /// The most tasks per slot its window holds (the table's setting).
     max_per_slot: u32,
     /// Tick of the last assignment (for fair ties).
@@ -114,6 +117,7 @@ impl WorkerEntry {
     /// Could it be handed a task named `name` now, past its slots?
     pub fn can_prefetch(&self, name: &str) -> bool {
         self.prefetch
+            && !self.stalled
             && self.active
             && !self.draining
             && self.tasks.contains_key(name)
@@ -222,6 +226,7 @@ impl WorkerTable {
                 from_store: false,
                 prefetch: false,
                 run_ns: HashMap::new(),
+                stalled: false,
                 max_per_slot: self.max_per_slot,
                 last_assigned: 0,
             },
@@ -262,6 +267,7 @@ impl WorkerTable {
                 from_store: true,
                 prefetch: false,
                 run_ns: HashMap::new(),
+                stalled: false,
                 max_per_slot: self.max_per_slot,
                 last_assigned: 0,
             },
@@ -381,12 +387,12 @@ impl WorkerTable {
         Some(&best.id)
     }
 
-    /// The least-loaded worker that may be handed `name` past its slots (a fallback
-    /// worker last).
-    pub fn pick_prefetch(&self, name: &str) -> Option<&WorkerId> {
+    /// The least-loaded worker, not in `reserved`, that may be handed `name` past its
+    /// slots (a fallback worker last).
+    pub fn pick_prefetch(&self, name: &str, reserved: &[WorkerId]) -> Option<&WorkerId> {
         self.workers
             .values()
-            .filter(|w| w.can_prefetch(name))
+            .filter(|w| w.can_prefetch(name) && !reserved.contains(&w.id))
             .min_by(|a, b| {
                 a.fallback
                     .cmp(&b.fallback)
@@ -396,9 +402,20 @@ impl WorkerTable {
             .map(|w| &w.id)
     }
 
-    /// Does any worker that takes work now serve `name`?
-    pub fn anyone_serves_now(&self, name: &str) -> bool {
-        self.workers.values().any(|w| w.serves_now(name))
+    /// Does any worker that takes work now, not in `reserved`, serve `name`?
+    pub fn anyone_serves_now(&self, name: &str, reserved: &[WorkerId]) -> bool {
+        self.workers
+            .values()
+            .any(|w| w.serves_now(name) && !reserved.contains(&w.id))
+    }
+
+    /// The workers that take work now and serve `name`, except those in `reserved`.
+    pub fn serving_now(&self, name: &str, reserved: &[WorkerId]) -> Vec<WorkerId> {
+        self.workers
+            .values()
+            .filter(|w| w.serves_now(name) && !reserved.contains(&w.id))
+            .map(|w| w.id.clone())
+            .collect()
     }
 
     /// Records `worker`'s measured run times, for the names it serves.

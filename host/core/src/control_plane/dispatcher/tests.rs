@@ -1525,6 +1525,7 @@ fn a_prefetching_subworker_gets_a_window_sized_from_its_run_time() {
             started: vec![],
             outcomes: vec![success(&first[0].0, b"3")],
             run_ns: [("add".to_string(), 100_000)].into(),
+            returned: vec![],
         },
         now,
     );
@@ -1571,6 +1572,7 @@ fn a_prefetching_subworker_gets_a_window_sized_from_its_run_time() {
             started: vec![waiting.id],
             outcomes: vec![],
             run_ns: [("add".to_string(), 100_000)].into(),
+            returned: vec![],
         },
         now,
     );
@@ -1600,6 +1602,7 @@ fn a_prefetching_subworker_gets_a_window_sized_from_its_run_time() {
             started: vec![],
             outcomes: vec![cancelled],
             run_ns: [("add".to_string(), 100_000)].into(),
+            returned: vec![],
         },
         now,
     );
@@ -1615,6 +1618,7 @@ fn a_prefetching_subworker_gets_a_window_sized_from_its_run_time() {
             started: vec![],
             outcomes: vec![],
             run_ns: [("add".to_string(), 5_000_000)].into(),
+            returned: vec![],
         },
         now,
     );
@@ -1644,6 +1648,7 @@ fn a_subworker_that_does_not_prefetch_gets_its_slots_only() {
             started: vec![],
             outcomes: vec![success(&a[0].1, b"3")],
             run_ns: [("add".to_string(), 1)].into(),
+            returned: vec![],
         },
         now,
     );
@@ -1677,6 +1682,7 @@ fn a_long_task_is_never_prefetched_and_short_ones_do_not_pass_it() {
                     ("slow".to_string(), 50_000_000),
                 ]
                 .into(),
+                returned: vec![],
             },
             now,
         );
