@@ -450,7 +450,8 @@ pub async fn run(
                         dispatcher.in_flight()
                     );
                 }
-                // Give the writer a moment to flush the last replies.
+                // Every last reply encoded, then a moment for the writer to send them.
+                encoder.flush(Duration::from_secs(5)).await;
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 if let Some(supervisor) = supervisor {
                     tokio::task::spawn_blocking(move || supervisor.stop())

@@ -6,7 +6,7 @@
 //! Each stage is one task, first in first out, so messages keep their order per peer
 //! (and across peers).
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::{
@@ -55,12 +55,19 @@ pub fn decode_stage(mut events: mpsc::Receiver<ServerEvent>) -> mpsc::Receiver<I
     rx
 }
 
-/// One message to encode.
-struct Outgoing {
-    peer: PeerId,
-    /// The version agreed with the peer; `None` when it has none (it left).
-    version: Option<u8>,
-    msg: FromControlPlane,
+/// One message to encode, or a marker to answer once every message before it has
+/// been handed to the transport.
+// Nearly every value is a `Message`: boxing it would cost an allocation each for
+// nothing.
+#[allow(clippy::large_enum_variant)]
+enum Outgoing {
+    Message {
+        peer: PeerId,
+        /// The version agreed with the peer; `None` when it has none (it left).
+        version: Option<u8>,
+        msg: FromControlPlane,
+    },
+    Flushed(oneshot::Sender<()>),
 }
 
 /// Encodes messages on a task of its own and hands them to the transport.
@@ -75,12 +82,18 @@ impl Encoder {
         let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
         tokio::spawn(async move {
             while let Some(out) = rx.recv().await {
-                let version = out.version.unwrap_or(protocol::MIN_PROTOCOL_VERSION);
-                match protocol::encode_as(version, &out.msg) {
-                    Ok(frames) => outbox.send(&out.peer, frames),
+                let (peer, version, msg) = match out {
+                    Outgoing::Message { peer, version, msg } => (peer, version, msg),
+                    Outgoing::Flushed(done) => {
+                        let _ = done.send(());
+                        continue;
+                    }
+                };
+                match protocol::encode_as(version.unwrap_or(protocol::MIN_PROTOCOL_VERSION), &msg) {
+                    Ok(frames) => outbox.send(&peer, frames),
                     // A late answer to a peer that has gone (its version is
                     // forgotten): nobody is there to read it.
-                    Err(err) if out.version.is_none() => {
+                    Err(err) if version.is_none() => {
                         debug!("reply to a peer that left dropped: {err}")
                     }
                     Err(err) => warn!("cannot encode a reply: {err}"),
@@ -93,10 +106,19 @@ impl Encoder {
     /// Queues `msg` for `peer` in protocol `version`.
     pub fn send(&self, peer: &PeerId, version: Option<u8>, msg: FromControlPlane) {
         // Fails only when the task has ended, i.e. at shutdown.
-        let _ = self.tx.send(Outgoing {
+        let _ = self.tx.send(Outgoing::Message {
             peer: peer.clone(),
             version,
             msg,
         });
+    }
+
+    /// Waits (at most `limit`) until every message queued before this call has been
+    /// encoded and handed to the transport.
+    pub async fn flush(&self, limit: std::time::Duration) {
+        let (done, flushed) = oneshot::channel();
+        if self.tx.send(Outgoing::Flushed(done)).is_ok() {
+            let _ = tokio::time::timeout(limit, flushed).await;
+        }
     }
 }

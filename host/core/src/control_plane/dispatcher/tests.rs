@@ -1723,3 +1723,71 @@ fn a_long_task_is_never_prefetched_and_short_ones_do_not_pass_it() {
         "then the short one behind it is prefetched"
     );
 }
+
+#[test]
+fn a_task_handed_back_or_lost_before_it_started_is_queued_again_and_not_counted() {
+    let (now, mut d, client) = with_client(config(), vec![]);
+    let peer = Bytes::from_static(b"pw");
+    hello(&mut d, &peer, PeerKind::Subworker, now);
+    let mut reg = registration_of("pw", vec![spec("add")], None);
+    reg.prefetch = true;
+    d.handle(&peer, ToControlPlane::Register(reg), now);
+    let report = |d: &mut Dispatcher, outcomes: Vec<TaskOutcome>, returned: Vec<TaskId>| {
+        d.handle(
+            &peer,
+            ToControlPlane::Report {
+                started: vec![],
+                outcomes,
+                run_ns: [("add".to_string(), 10_000)].into(),
+                returned,
+            },
+            now,
+        );
+    };
+    report(&mut d, vec![], vec![]);
+    d.take_actions();
+    for _ in 0..3 {
+        submit(&mut d, &client, task("add", Priority::Normal), now);
+    }
+    let sent = prefetch_assigns(&d.take_actions(), &peer);
+    assert_eq!(
+        sent.iter().map(|(_, p)| *p).collect::<Vec<_>>(),
+        [false, true, true]
+    );
+    let (first, second, third) = (&sent[0].0, &sent[1].0, &sent[2].0);
+
+    // Handed back: queued again, and nothing more goes to that worker until a slot
+    // frees.
+    report(&mut d, vec![], vec![second.id]);
+    assert!(prefetch_assigns(&d.take_actions(), &peer).is_empty());
+    let entry = d.tasks.get(&second.id).unwrap();
+    assert_eq!(entry.record.status, TaskStatus::Queued);
+    assert_eq!(entry.holder, None);
+    report(&mut d, vec![success(first, b"3")], vec![]);
+    let again = prefetch_assigns(&d.take_actions(), &peer);
+    assert_eq!(again[0].0.id, second.id, "handed out again: {again:?}");
+    assert!(
+        again[0].1,
+        "prefetched: the freed slot is the third's, waiting there"
+    );
+
+    // The third starts in the freed slot; then the worker is lost: the task it ran
+    // counts toward dead-lettering, the one still waiting in its queue does not.
+    d.handle(
+        &peer,
+        ToControlPlane::Report {
+            started: vec![third.id],
+            outcomes: vec![],
+            run_ns: Default::default(),
+            returned: vec![],
+        },
+        now,
+    );
+    let status = |d: &Dispatcher, id: &TaskId| d.tasks.get(id).unwrap().record.status;
+    assert_eq!(status(&d, &third.id), TaskStatus::Running);
+    assert_eq!(status(&d, &second.id), TaskStatus::Assigned);
+    d.peer_disconnected(&peer, now);
+    assert_eq!(d.tasks.get(&third.id).unwrap().lost, 1);
+    assert_eq!(d.tasks.get(&second.id).unwrap().lost, 0);
+    assert_eq!(status(&d, &second.id), TaskStatus::Queued);
+}
