@@ -160,7 +160,7 @@ pub struct Dispatcher {
     /// not move a countdown or a retry delay.
     origin: Instant,
     cache: ResultCache,
-    waiters: HashMap<TaskId, Vec<Waiter>>,
+    waiters: super::TaskMap<Vec<Waiter>>,
     peers: HashMap<PeerId, PeerInfo>,
     next_seq: u64,
     shutting_down: bool,
@@ -238,7 +238,7 @@ impl Dispatcher {
             own_tasks: HashMap::new(),
             origin: now.at,
             cache,
-            waiters: HashMap::new(),
+            waiters: Default::default(),
             peers: HashMap::new(),
             next_seq: 0,
             shutting_down: false,

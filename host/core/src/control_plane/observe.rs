@@ -91,7 +91,7 @@ pub struct Observer {
     on: bool,
     feed: Vec<ApiEvent>,
     order: VecDeque<TaskId>,
-    trails: HashMap<TaskId, Trail>,
+    trails: super::TaskMap<Trail>,
     kept_bytes: u64,
     totals: TaskTotals,
     /// Final statuses by task name (`success`, `failure`, `cancelled`, `retrying`).

@@ -5,8 +5,6 @@
 //! log level or a tracing layer asks for them (`--log-level debug`, or
 //! `FASTWORKER_LOG=info,fastworker::task=debug`).
 
-use std::collections::HashMap;
-
 use tracing::{debug, Span};
 
 use crate::protocol::{TaskEnvelope, TaskId};
@@ -24,7 +22,7 @@ pub fn trace_id(task: &TaskEnvelope) -> String {
 /// The open spans, by task.
 #[derive(Debug, Default)]
 pub struct TaskSpans {
-    open: HashMap<TaskId, Span>,
+    open: super::TaskMap<Span>,
 }
 
 impl TaskSpans {

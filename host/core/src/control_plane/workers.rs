@@ -12,7 +12,7 @@
 //! (the control plane's own subworker) is chosen only when no other can take the task.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     time::{Duration, Instant},
 };
 
@@ -33,7 +33,7 @@ pub struct WorkerEntry {
     /// Its slots.
     pub concurrency: u32,
     /// Tasks it holds now.
-    pub in_flight: HashSet<TaskId>,
+    pub in_flight: super::TaskSet,
     /// When it last said anything.
     pub last_seen: Instant,
     /// Whether it gets work (false after `inactive_after` of silence).
@@ -190,7 +190,7 @@ impl WorkerTable {
     ) -> Registered {
         let mut registered = Registered::default();
         let tasks = tasks.into_iter().map(|t| (t.name.clone(), t)).collect();
-        let mut in_flight = HashSet::new();
+        let mut in_flight = super::TaskSet::default();
         let mut totals = (0, 0);
         if let Some(old) = self.workers.remove(&id) {
             self.by_peer.remove(&old.peer);
@@ -242,7 +242,7 @@ impl WorkerTable {
         &mut self,
         id: WorkerId,
         secret: WorkerSecret,
-        in_flight: HashSet<TaskId>,
+        in_flight: super::TaskSet,
         now: Instant,
     ) {
         self.workers.insert(

@@ -189,7 +189,7 @@ impl Dispatcher {
         let secrets: HashMap<WorkerId, WorkerSecret> = snapshot.workers.into_iter().collect();
         // Only workers that held tasks are parked for their return; an idle worker's
         // identity is simply forgotten (it registers as new).
-        let mut held: HashMap<WorkerId, HashSet<TaskId>> = HashMap::new();
+        let mut held: HashMap<WorkerId, crate::control_plane::TaskSet> = HashMap::new();
         for (key, record, envelope) in snapshot.dead_letters {
             for dropped in self.dead_letters.insert(key, record, envelope) {
                 // Past the bound: its row goes with the first commit.

@@ -9,7 +9,7 @@ use crate::{control_plane::store::TaskEntry, protocol::TaskId};
 /// The held tasks, by id.
 #[derive(Debug, Default)]
 pub(super) struct TaskStore {
-    entries: HashMap<TaskId, TaskEntry>,
+    entries: crate::control_plane::TaskMap<TaskEntry>,
     /// Payload bytes held.
     bytes: u64,
     /// Tasks held, by name.
