@@ -235,39 +235,25 @@ fn a_long_task_is_never_prefetched() {
     let dir = mytasks_dir();
     let rt = runtime();
     let (_d, _sw, client) = cluster(&dir, &rt, &[]);
+    // A long sleep_ms takes the slot: the status of a short one submitted behind it.
+    let behind_a_long_one = || {
+        let sleep = |ms: u64| sleep_ms(ms, Priority::Normal);
+        let long = rt.block_on(client.delay(sleep(500))).expect("accepted");
+        let short = rt.block_on(client.delay(sleep(10))).expect("accepted");
+        let status = poll_until(Duration::from_secs(10), || {
+            let a = rt.block_on(client.status(long)).ok()??;
+            let b = rt.block_on(client.status(short)).ok()??;
+            (a.status == TaskStatus::Running).then_some(b.status)
+        })
+        .expect("the long one runs");
+        final_record(&rt, &client, long);
+        final_record(&rt, &client, short);
+        status
+    };
     // sleep_ms has never run here: its run time is unknown, so it is not prefetched.
-    let sleep = |ms: u64| sleep_ms(ms, Priority::Normal);
-    let first = rt.block_on(client.delay(sleep(500))).expect("accepted");
-    let second = rt.block_on(client.delay(sleep(10))).expect("accepted");
-    let queued = poll_until(Duration::from_secs(10), || {
-        let a = rt.block_on(client.status(first)).ok()??;
-        let b = rt.block_on(client.status(second)).ok()??;
-        (a.status == TaskStatus::Running).then_some(b.status)
-    })
-    .expect("the first runs");
-    assert_eq!(
-        queued,
-        TaskStatus::Queued,
-        "the second waits on the control plane"
-    );
-    final_record(&rt, &client, first);
-    final_record(&rt, &client, second);
+    assert_eq!(behind_a_long_one(), TaskStatus::Queued, "unmeasured");
     // Now its run time is measured, and long: still never prefetched.
-    let third = rt.block_on(client.delay(sleep(500))).expect("accepted");
-    let fourth = rt.block_on(client.delay(sleep(10))).expect("accepted");
-    let queued = poll_until(Duration::from_secs(10), || {
-        let a = rt.block_on(client.status(third)).ok()??;
-        let b = rt.block_on(client.status(fourth)).ok()??;
-        (a.status == TaskStatus::Running).then_some(b.status)
-    })
-    .expect("the third runs");
-    assert_eq!(
-        queued,
-        TaskStatus::Queued,
-        "a measured long task waits on the control plane"
-    );
-    final_record(&rt, &client, third);
-    final_record(&rt, &client, fourth);
+    assert_eq!(behind_a_long_one(), TaskStatus::Queued, "measured long");
 }
 
 #[test]
