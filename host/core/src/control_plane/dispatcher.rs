@@ -1185,25 +1185,28 @@ impl Dispatcher {
 
     /// Hands out tasks past free slots, to subworkers that take prefetched tasks and
     /// run those tasks' names quickly. In priority order, oldest first: once the oldest
-    /// task that some subworkers serve cannot be prefetched (a long task, or their
-    /// windows are full), those subworkers get nothing younger or less urgent, so it
-    /// is not passed over for good; it waits at most for the work already prefetched.
-    /// Other subworkers go on taking what they serve.
+    /// task that some subworkers taking prefetched tasks serve cannot be prefetched
+    /// (a long task, or their windows are full), those subworkers get nothing younger
+    /// or less urgent, so it is not passed over for good; it waits at most for the
+    /// work already prefetched. Other subworkers go on taking what they serve.
     fn prefetch(&mut self) {
+        if !self.workers.anyone_prefetches() {
+            return;
+        }
         let mut reserved: Vec<WorkerId> = Vec::new();
         for priority in crate::protocol::Priority::ALL {
             loop {
                 let workers = &self.workers;
                 let found = self.queues.pop_oldest_servable(
                     priority,
-                    |name| workers.anyone_serves_now(name, &reserved),
+                    |name| workers.anyone_prefetches_for(name, &reserved),
                     |name| workers.pick_prefetch(name, &reserved).cloned(),
                 );
                 match found {
                     Oldest::Placed(id, holder) => self.assign(id, holder),
                     Oldest::Blocked(name) => {
                         let before = reserved.len();
-                        reserved.extend(self.workers.serving_now(&name, &reserved));
+                        reserved.extend(self.workers.prefetching_for(&name, &reserved));
                         if reserved.len() == before {
                             return;
                         }

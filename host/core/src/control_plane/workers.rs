@@ -124,9 +124,14 @@ impl WorkerEntry {
             && (self.in_flight.len() as u32) < self.window_for(name)
     }
 
-    /// Does it take tasks named `name` at all now (busy or not)?
-    pub fn serves_now(&self, name: &str) -> bool {
-        self.active && !self.draining && self.tasks.contains_key(name)
+    /// Does it take prefetched tasks now (busy or not)?
+    pub fn prefetches_now(&self) -> bool {
+        self.prefetch && self.active && !self.draining
+    }
+
+    /// Does it take prefetched tasks named `name` now (busy or not)?
+    pub fn prefetches_now_for(&self, name: &str) -> bool {
+        self.prefetches_now() && self.tasks.contains_key(name)
     }
 
     /// Would a task handed to it now wait in its queue (all its slots taken)?
@@ -402,18 +407,23 @@ impl WorkerTable {
             .map(|w| &w.id)
     }
 
-    /// Does any worker that takes work now, not in `reserved`, serve `name`?
-    pub fn anyone_serves_now(&self, name: &str, reserved: &[WorkerId]) -> bool {
-        self.workers
-            .values()
-            .any(|w| w.serves_now(name) && !reserved.contains(&w.id))
+    /// Does any worker take prefetched tasks now?
+    pub fn anyone_prefetches(&self) -> bool {
+        self.workers.values().any(WorkerEntry::prefetches_now)
     }
 
-    /// The workers that take work now and serve `name`, except those in `reserved`.
-    pub fn serving_now(&self, name: &str, reserved: &[WorkerId]) -> Vec<WorkerId> {
+    /// Does any worker not in `reserved` take prefetched tasks named `name` now?
+    pub fn anyone_prefetches_for(&self, name: &str, reserved: &[WorkerId]) -> bool {
         self.workers
             .values()
-            .filter(|w| w.serves_now(name) && !reserved.contains(&w.id))
+            .any(|w| w.prefetches_now_for(name) && !reserved.contains(&w.id))
+    }
+
+    /// The workers not in `reserved` that take prefetched tasks named `name` now.
+    pub fn prefetching_for(&self, name: &str, reserved: &[WorkerId]) -> Vec<WorkerId> {
+        self.workers
+            .values()
+            .filter(|w| w.prefetches_now_for(name) && !reserved.contains(&w.id))
             .map(|w| w.id.clone())
             .collect()
     }
