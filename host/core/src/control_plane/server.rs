@@ -309,8 +309,13 @@ pub async fn run(
                 };
                 handle_event(event, &mut dispatcher, &mut versions, &server.outbox);
                 // Under load, more are waiting: handle them before sending what they
-                // produce, so replies and results to one peer can share a message.
+                // produce, so replies and results to one peer can share a message;
+                // but not for long, or subworkers wait for their next tasks.
+                let round = std::time::Instant::now();
                 for _ in 1..EVENTS_PER_ROUND {
+                    if round.elapsed() >= ROUND_TIME {
+                        break;
+                    }
                     match inbound.try_recv() {
                         Ok(event) => handle_event(event, &mut dispatcher, &mut versions, &server.outbox),
                         Err(_) => break,
@@ -513,8 +518,10 @@ async fn next_commit(done: &mut Option<CommitsDone>) -> Option<super::commit::Wr
     }
 }
 
-/// Events from the base endpoint handled before what they produce is sent.
+/// Events from the base endpoint handled before what they produce is sent...
 const EVENTS_PER_ROUND: usize = 256;
+/// ...unless handling them has taken this long already.
+const ROUND_TIME: Duration = Duration::from_micros(500);
 
 /// The most records one `Results` message carries, and (roughly) the most value bytes.
 const RESULTS_PER_MESSAGE: usize = 256;
