@@ -532,15 +532,13 @@ impl Executor {
         lock(&self.running).len()
     }
 
-    /// The tasks held here (running, or waiting for a slot), each with the lease it
-    /// runs under.
-    pub fn held_claims(&self) -> Vec<RunningClaim> {
-        let mut claims: Vec<RunningClaim> = lock(&self.running)
+    /// The tasks running here, each with the lease it runs under (waiting ones are
+    /// not claimed: a reconnecting subworker hands them back first).
+    pub fn running_claims(&self) -> Vec<RunningClaim> {
+        lock(&self.running)
             .iter()
             .map(|(id, r)| RunningClaim::new(*id, lock(&r.assignment).1))
-            .collect();
-        claims.extend(lock(&self.slots).waiting.claims());
-        claims
+            .collect()
     }
 
     /// Tasks reported timed out whose threads have not returned yet.

@@ -91,6 +91,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most outcomes one `Outcomes` message reports, and (roughly) the most value
 /// bytes: a message over that closes the group.
 const OUTCOMES_PER_MESSAGE: usize = 256;
+const OUTCOME_BYTES_PER_MESSAGE: usize = 1 << 20;
 
 /// While tasks wait, slots are looked at this often (for `--handback-after`).
 const STALL_CHECK: Duration = Duration::from_millis(20);
@@ -99,7 +100,6 @@ const STALL_CHECK: Duration = Duration::from_millis(20);
 const REPORT_BATCH: usize = 64;
 /// ...or the first of them has waited this long.
 const REPORT_DELAY: Duration = Duration::from_micros(300);
-const OUTCOME_BYTES_PER_MESSAGE: usize = 1 << 20;
 
 /// Runs a subworker until it is asked to stop.
 pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
@@ -193,7 +193,7 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
         if !dropped.is_empty() {
             info!(worker = %worker_id, "{} task(s) that had not started left to the control plane", dropped.len());
         }
-        let claims = executor.held_claims();
+        let claims = executor.running_claims();
         undelivered.extend(ready.drain(..));
         while let Ok(mut outcome) = outcomes.try_recv() {
             outcome.cap_value(args.max_payload_bytes);

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::protocol::{LeaseToken, Priority, RunningClaim, TaskEnvelope, TaskId};
+use crate::protocol::{LeaseToken, Priority, TaskEnvelope, TaskId};
 
 /// A task waiting for a slot.
 #[derive(Debug)]
@@ -73,13 +73,6 @@ impl LocalQueue {
     pub fn len(&self) -> usize {
         self.order.len()
     }
-
-    /// What a registration claims for the waiting tasks: they are held here.
-    pub fn claims(&self) -> impl Iterator<Item = RunningClaim> + '_ {
-        self.order
-            .values()
-            .map(|w| RunningClaim::new(w.task.id, w.lease))
-    }
 }
 
 #[cfg(test)]
@@ -119,12 +112,10 @@ mod tests {
         assert_eq!(q.len(), 2);
         assert!(q.remove(&TaskId::from_bytes([2; 16])).is_some());
         assert!(q.remove(&TaskId::from_bytes([2; 16])).is_none());
-        let claims: Vec<_> = q.claims().collect();
-        assert_eq!(
-            claims,
-            [RunningClaim::new(TaskId::from_bytes([1; 16]), newer)]
-        );
+        assert_eq!(q.len(), 1);
         let first = q.pop().expect("one left");
+        assert_eq!(first.task.id, TaskId::from_bytes([1; 16]));
+        assert_eq!(first.lease, newer, "the newest assignment");
         assert!(first.prefetched, "still reported when it starts");
         assert!(q.pop().is_none());
     }
