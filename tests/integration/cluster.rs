@@ -421,8 +421,9 @@ fn a_frozen_subworker_goes_inactive_its_task_moves_and_it_comes_back() {
     });
     assert!(
         ran_on_frozen.is_some(),
-        "{frozen} never got work again after it woke up\n{}",
-        cp.proc.describe()
+        "{frozen} never got work again after it woke up\n{}{}",
+        cp.proc.describe(),
+        subworkers[frozen.as_str()].describe()
     );
     let again = rt
         .block_on(client.status(id))

@@ -37,7 +37,7 @@ pub async fn cancel(args: &TaskIdArgs) -> anyhow::Result<String> {
         CancelOutcome::Cancelled => ("cancelled", format!("task {id} cancelled before it ran")),
         CancelOutcome::Signalled => (
             "signalled",
-            format!("task {id} is running; it was told to stop"),
+            format!("task {id} is with its worker (running, or prefetched and about to start); the worker was told to stop it"),
         ),
         CancelOutcome::AlreadyFinished(status) => (
             "already_finished",

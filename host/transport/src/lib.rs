@@ -159,6 +159,10 @@ enum Outgoing {
     Open(PeerId, auth::Sealer),
     /// The peer is gone.
     Forget(PeerId),
+    /// Encode on the writer task (`None`: nothing to send), then send like `Send`.
+    Encode(PeerId, Box<dyn FnOnce() -> Option<Vec<Bytes>> + Send>),
+    /// Answer once everything queued before has been handed to the socket.
+    Flushed(tokio::sync::oneshot::Sender<()>),
 }
 
 /// Sends messages to a server's peers. Cheap to clone; never blocks the caller.
@@ -180,15 +184,38 @@ impl Outbox {
         self.raw(peer, frames, true);
     }
 
+    /// Queues a message for `peer` that `encode` turns into frames on the writer
+    /// task (so the caller neither encodes nor hands the message to a task of its own
+    /// first); `None` from `encode` sends nothing.
+    pub fn send_encoded(
+        &self,
+        peer: &PeerId,
+        encode: impl FnOnce() -> Option<Vec<Bytes>> + Send + 'static,
+    ) {
+        let _ = self
+            .tx
+            .send(Outgoing::Encode(peer.clone(), Box::new(encode)));
+    }
+
+    /// Waits (at most `limit`) until everything queued before this call has been
+    /// handed to the socket.
+    pub async fn flush(&self, limit: Duration) {
+        let (done, flushed) = tokio::sync::oneshot::channel();
+        if self.tx.send(Outgoing::Flushed(done)).is_ok() {
+            let _ = tokio::time::timeout(limit, flushed).await;
+        }
+    }
+
     fn raw(&self, peer: &PeerId, frames: Vec<Bytes>, close: bool) {
         let _ = self.tx.send(Outgoing::Raw(peer.clone(), frames, close));
     }
 }
 
-/// A bound ROUTER socket.
-pub struct Server {
+/// A bound ROUTER socket whose events reach its owner as `E` ([`ServerEvent`]s, or
+/// what [`bind_mapped`]'s mapping made of them).
+pub struct Server<E = ServerEvent> {
     /// Messages and disconnections, in arrival order.
-    pub events: mpsc::Receiver<ServerEvent>,
+    pub events: mpsc::Receiver<E>,
     /// Where to send.
     pub outbox: Outbox,
     /// The endpoints actually bound (port 0 resolved).
@@ -198,7 +225,7 @@ pub struct Server {
     accept_loops: Vec<tokio::task::JoinHandle<()>>,
 }
 
-impl Drop for Server {
+impl<E> Drop for Server<E> {
     fn drop(&mut self) {
         for task in &self.accept_loops {
             task.abort();
@@ -334,6 +361,21 @@ pub async fn bind(
     endpoints: &[String],
     config: &TransportConfig,
 ) -> Result<Server, TransportError> {
+    bind_mapped(endpoints, config, |event| event).await
+}
+
+/// Like [`bind`], with each event turned into an `E` by `map` on the reader task
+/// (decoding a message there, say), so the owner gets it without another hand-off
+/// between tasks.
+pub async fn bind_mapped<E, F>(
+    endpoints: &[String],
+    config: &TransportConfig,
+    mut map: F,
+) -> Result<Server<E>, TransportError>
+where
+    E: Send + 'static,
+    F: FnMut(ServerEvent) -> E + Send + 'static,
+{
     let inner = relay::private_socket("s")?;
     let mut socket = RouterSocket::new();
     socket
@@ -395,7 +437,7 @@ pub async fn bind(
                     None => break,
                 },
             };
-            if event_tx.send(event).await.is_err() {
+            if event_tx.send(map(event)).await.is_err() {
                 break;
             }
         }
@@ -409,7 +451,7 @@ pub async fn bind(
         let mut stalled: HashMap<PeerId, Instant> = HashMap::new();
         let mut sealers: HashMap<PeerId, auth::Sealer> = HashMap::new();
         while let Some(out) = out_rx.recv().await {
-            let (peer, mut frames, close) = match out {
+            let (peer, mut frames, close, seal) = match out {
                 Outgoing::Open(peer, sealer) => {
                     sealers.insert(peer, sealer);
                     continue;
@@ -419,18 +461,26 @@ pub async fn bind(
                     stalled.remove(&peer);
                     continue;
                 }
-                Outgoing::Raw(peer, frames, close) => (peer, frames, close),
-                Outgoing::Send(peer, mut frames) => {
-                    if keyed {
-                        let Some(sealer) = sealers.get_mut(&peer) else {
-                            debug!("no session with this peer (gone, or never authenticated): message dropped");
-                            continue;
-                        };
-                        sealer.seal(&mut frames);
-                    }
-                    (peer, frames, false)
+                Outgoing::Flushed(done) => {
+                    let _ = done.send(());
+                    continue;
                 }
+                Outgoing::Raw(peer, frames, close) => (peer, frames, close, false),
+                Outgoing::Send(peer, frames) => (peer, frames, false, true),
+                Outgoing::Encode(peer, encode) => match encode() {
+                    Some(frames) => (peer, frames, false, true),
+                    None => continue,
+                },
             };
+            if seal && keyed {
+                let Some(sealer) = sealers.get_mut(&peer) else {
+                    debug!(
+                        "no session with this peer (gone, or never authenticated): message dropped"
+                    );
+                    continue;
+                };
+                sealer.seal(&mut frames);
+            }
             if close {
                 // Let the refusal reach the peer before its connection is closed.
                 let front = writer_front.clone();

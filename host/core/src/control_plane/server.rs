@@ -207,7 +207,7 @@ pub async fn run(
         }
     }
     let transport_config = args.transport.clone();
-    let mut server = transport::bind(&endpoints, &transport_config)
+    let mut server = transport::bind_mapped(&endpoints, &transport_config, wire::inbound)
         .await
         .map_err(|e| HostError::transport("control plane cannot start", e))?;
     let mut discovery = transport::bind(
@@ -292,9 +292,9 @@ pub async fn run(
     let mut sweep = tokio::time::interval(Duration::from_secs(60));
     let mut discovery_peers: Vec<PeerId> = Vec::new();
     let mut versions = PeerVersions::default();
-    // Decoding and encoding happen on tasks of their own, off this loop.
-    let events = std::mem::replace(&mut server.events, mpsc::channel(1).1);
-    let mut inbound = wire::decode_stage(events);
+    // Messages arrive decoded (by the transport's reader task), and are encoded on
+    // a task of their own: neither happens on this loop.
+    let mut inbound = std::mem::replace(&mut server.events, mpsc::channel(1).1);
     let encoder = Encoder::new(server.outbox.clone());
     let shutdown = crate::shutdown::shutdown_signal();
     tokio::pin!(shutdown);
