@@ -166,7 +166,10 @@ fn one_batch(d: &mut Dispatcher, client: &Bytes, worker: &Bytes) {
             break;
         }
         rounds += 1;
-        assert!(rounds < 10 * BATCH, "the batch did not finish: {done} results");
+        assert!(
+            rounds < 10 * BATCH,
+            "the batch did not finish: {done} results"
+        );
         let report: Vec<TaskOutcome> = owed.drain(..owed.len().min(PER_REPORT)).collect();
         let started = report.iter().map(|o| o.task_id).collect();
         d.handle(
