@@ -606,7 +606,10 @@ fn a_draining_subworker_reports_tasks_that_finish_together() {
     let rt = runtime();
     let client = connect(&rt, &cp.base);
 
-    let tasks: Vec<TaskEnvelope> = (0..WORKERS * EACH).map(|_| sleep_task(400)).collect();
+    // Long enough that all of them are seen running at once by the status calls below
+    // (64 sequential round trips, slow in a debug build with a key on a busy machine:
+    // with 400 ms tasks the first ones could finish before the last were seen).
+    let tasks: Vec<TaskEnvelope> = (0..WORKERS * EACH).map(|_| sleep_task(2000)).collect();
     let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
     let batch = {
         let client = client.clone();
