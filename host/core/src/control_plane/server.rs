@@ -292,8 +292,8 @@ pub async fn run(
     let mut sweep = tokio::time::interval(Duration::from_secs(60));
     let mut discovery_peers: Vec<PeerId> = Vec::new();
     let mut versions = PeerVersions::default();
-    // Messages arrive decoded (by the transport's reader task), and are encoded on
-    // a task of their own: neither happens on this loop.
+    // Messages arrive decoded (by the transport's reader task) and leave to be
+    // encoded (by its writer task): neither happens on this loop.
     let mut inbound = std::mem::replace(&mut server.events, mpsc::channel(1).1);
     let encoder = Encoder::new(server.outbox.clone());
     let shutdown = crate::shutdown::shutdown_signal();
