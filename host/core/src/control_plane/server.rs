@@ -294,7 +294,7 @@ pub async fn run(
     let mut versions = PeerVersions::default();
     // Messages arrive decoded (by the transport's reader task) and leave to be
     // encoded (by its writer task): neither happens on this loop.
-    let mut inbound = std::mem::replace(&mut server.events, mpsc::channel(1).1);
+    let inbound = &mut server.events;
     let encoder = Encoder::new(server.outbox.clone());
     let shutdown = crate::shutdown::shutdown_signal();
     tokio::pin!(shutdown);
