@@ -121,6 +121,11 @@ impl TestDir {
                 cmd.env_remove(key);
             }
         }
+        // FASTWORKER_TEST_LOG (a `FASTWORKER_LOG` filter such as `debug`) turns up
+        // the logs of every process the test starts, to see what a failure shows.
+        if let Some(filter) = std::env::var_os("FASTWORKER_TEST_LOG") {
+            cmd.env("FASTWORKER_LOG", filter);
+        }
         if let Some(key) = suite_key().filter(|_| self.suite_key) {
             cmd.env("FASTWORKER_AUTH_KEY", key);
         }
