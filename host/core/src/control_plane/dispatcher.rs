@@ -1282,18 +1282,26 @@ impl Dispatcher {
         }
     }
 
-    /// Worker `from` hands back prefetched task `id` that it did not start: queued
-    /// again at its place, for any worker (no delivery is counted as lost).
+    /// Worker `from` hands back task `id` that it did not start: queued again at its
+    /// place, for any worker (no delivery is counted as lost). Usually a prefetched
+    /// task (`assigned`); but one handed to it into a slot this control plane thought
+    /// free (`running` here) waits there too when that slot is still taken, by a task
+    /// taken away from the worker while it was silent, and comes back the same way.
     fn handed_back(&mut self, id: TaskId, from: &WorkerId) {
         let Some(entry) = self.tasks.get_mut(&id) else {
             return;
         };
-        if entry.holder.as_ref() != Some(from) || entry.record.status != TaskStatus::Assigned {
+        let out = matches!(
+            entry.record.status,
+            TaskStatus::Assigned | TaskStatus::Running
+        );
+        if entry.holder.as_ref() != Some(from) || !out {
             return;
         }
         entry.holder = None;
         entry.lease = None;
         entry.record.worker_id = None;
+        entry.record.started_ms = None;
         self.workers.release(from, &id, false);
         if entry.cancel_requested {
             self.finalize(

@@ -62,8 +62,9 @@ pub struct WorkerEntry {
     pub prefetch: bool,
     /// Each task name's recent mean run time in ns, as it reports it.
     pub run_ns: HashMap<String, u64>,
-    /// It handed back tasks because every slot was on a long task: nothing more is
-    /// prefetched to it until it reports an outcome (a slot freed).
+    /// It handed back tasks because every slot was taken (by long tasks, or by one
+    /// taken away from it while it was silent): nothing more goes to it until it
+    /// reports an outcome (a slot freed).
     pub stalled: bool,
     /// The most tasks per slot its window holds (the table's setting).
     max_per_slot: u32,
@@ -139,9 +140,15 @@ impl WorkerEntry {
         self.in_flight.len() as u32 >= self.concurrency
     }
 
-    /// Can it take a task named `name` now?
+    /// Can it take a task named `name` now? Not while it is stalled: it handed back a
+    /// task because its slots were all taken, whatever the count here says (it may
+    /// still run a task taken away from it while it was silent).
     pub fn can_take(&self, name: &str) -> bool {
-        self.active && !self.draining && self.free_slots() > 0 && self.tasks.contains_key(name)
+        self.active
+            && !self.draining
+            && !self.stalled
+            && self.free_slots() > 0
+            && self.tasks.contains_key(name)
     }
 
     /// running / concurrency.

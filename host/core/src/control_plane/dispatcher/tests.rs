@@ -1791,3 +1791,93 @@ fn a_task_handed_back_or_lost_before_it_started_is_queued_again_and_not_counted(
     assert_eq!(d.tasks.get(&second.id).unwrap().lost, 0);
     assert_eq!(status(&d, &second.id), TaskStatus::Queued);
 }
+
+/// A subworker that went quiet (paused, say) is marked inactive and its task runs
+/// elsewhere; when it speaks again it still runs that task, so a task handed to it
+/// into what the control plane counts as a free slot waits there, and it hands that
+/// task back unstarted. That task is queued again (not left assigned to a worker that
+/// no longer holds it), and nothing more goes to that worker until a slot frees.
+#[test]
+fn a_task_handed_back_from_a_slot_the_control_plane_thought_free_is_queued_again() {
+    let (now, mut d, client) = with_client(config(), vec![]);
+    let pw = Bytes::from_static(b"pw");
+    hello(&mut d, &pw, PeerKind::Subworker, now);
+    let mut reg = registration_of("pw", vec![spec("slow")], None);
+    reg.prefetch = true;
+    d.handle(&pw, ToControlPlane::Register(reg), now);
+    d.take_actions();
+    let old = task("slow", Priority::Normal);
+    submit(&mut d, &client, old.clone(), now);
+    assert_eq!(prefetch_assigns(&d.take_actions(), &pw).len(), 1);
+
+    // Quiet past --inactive-after: its task goes to another worker.
+    let sw = Bytes::from_static(b"sw");
+    let meanwhile = Now {
+        at: now.at + Duration::from_secs(20),
+        unix_ms: now.unix_ms + 20_000,
+    };
+    register(&mut d, &sw, "sw", 1, meanwhile);
+    let later = Now {
+        at: now.at + Duration::from_secs(31),
+        unix_ms: now.unix_ms + 31_000,
+    };
+    d.tick(later);
+    let moved = assigns(&d.take_actions());
+    assert_eq!((moved[0].0.clone(), moved[0].1.id), (sw.clone(), old.id));
+
+    // It speaks again and is handed the next task, into the slot `old` still holds.
+    d.handle(
+        &pw,
+        ToControlPlane::Heartbeat {
+            running: 1,
+            free_slots: 0,
+        },
+        later,
+    );
+    let next = task("slow", Priority::Normal);
+    submit(&mut d, &client, next.clone(), later);
+    let sent = prefetch_assigns(&d.take_actions(), &pw);
+    assert_eq!(sent.len(), 1);
+    assert_eq!((sent[0].0.id, sent[0].1), (next.id, false));
+
+    // It hands `next` back unstarted: queued again, and not handed to it again while
+    // its slot is taken.
+    d.handle(
+        &pw,
+        ToControlPlane::Report {
+            started: vec![],
+            outcomes: vec![],
+            run_ns: Default::default(),
+            returned: vec![next.id],
+        },
+        later,
+    );
+    assert!(prefetch_assigns(&d.take_actions(), &pw).is_empty());
+    let entry = d.tasks.get(&next.id).unwrap();
+    assert_eq!(entry.record.status, TaskStatus::Queued);
+    assert_eq!(entry.holder, None);
+    assert_eq!(entry.lost, 0);
+
+    // `old` ends there (its outcome is stale now): the slot is free, `next` goes to it.
+    let stale = success(
+        &{
+            let mut value = old.clone();
+            value.delivery_count = 1;
+            value
+        },
+        b"x",
+    );
+    d.handle(
+        &pw,
+        ToControlPlane::Report {
+            started: vec![],
+            outcomes: vec![stale],
+            run_ns: Default::default(),
+            returned: vec![],
+        },
+        later,
+    );
+    let again = prefetch_assigns(&d.take_actions(), &pw);
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(again[0].0.id, next.id);
+}
