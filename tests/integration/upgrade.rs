@@ -185,7 +185,12 @@ fn the_handshake_agrees_on_the_newest_shared_version_or_names_both_ranges() {
             .unwrap_or_default();
         protocol::encode_as(1, &ToControlPlane::Hello(hello)).expect("encodes")
     };
-    // A current peer: version 2, and the Welcome is written in it.
+    // A current peer: version 3, and the Welcome is written in it.
+    match handshake(&at.base, hello(1, Some(3))) {
+        (3, FromControlPlane::Welcome(w)) => assert_eq!(w.protocol_version, 3),
+        other => panic!("{other:?}"),
+    }
+    // A version-2 build (the Python client, the previous release): version 2.
     match handshake(&at.base, hello(1, Some(2))) {
         (2, FromControlPlane::Welcome(w)) => assert_eq!(w.protocol_version, 2),
         other => panic!("{other:?}"),
@@ -195,11 +200,11 @@ fn the_handshake_agrees_on_the_newest_shared_version_or_names_both_ranges() {
         (1, FromControlPlane::Welcome(w)) => assert_eq!(w.protocol_version, 1),
         other => panic!("{other:?}"),
     }
-    // A future peer that dropped version 1 and 2: refused, naming both ranges.
-    match handshake(&at.base, hello(3, Some(4))) {
+    // A future peer that dropped versions 1 to 3: refused, naming both ranges.
+    match handshake(&at.base, hello(4, Some(5))) {
         (_, FromControlPlane::Refused { reason }) => {
             assert!(
-                reason.contains("1 to 2") && reason.contains("3 to 4"),
+                reason.contains("1 to 3") && reason.contains("4 to 5"),
                 "{reason}"
             )
         }

@@ -3,7 +3,9 @@
 //! Frame 0 is the header: `F` `W`, one byte naming the version the header is written
 //! in, then the message. Version 1 writes it as bincode ([`crate::v1`], frozen);
 //! version 2 as JSON, which names every field, so a field added later (with a default)
-//! is ignored by a peer that does not know it and defaulted by one that does.
+//! is ignored by a peer that does not know it and defaulted by one that does; version
+//! 3 as MessagePack with the same names (maps keyed by field name, so it evolves the
+//! same way), in about half the CPU time of JSON: numbers, ids and leases in binary.
 //!
 //! Decoding is strict: a header that is short, lacks the magic, names a version this
 //! build does not speak, does not decode, has trailing bytes, or is followed by the
@@ -152,6 +154,7 @@ pub fn encode_as<M: Message>(version: u8, msg: &M) -> Result<Vec<Bytes>, Protoco
     let body = match version {
         1 => msg.encode_v1()?,
         2 => serde_json::to_vec(msg).map_err(|e| ProtocolError::Encode(e.to_string()))?,
+        3 => rmp_serde::to_vec_named(msg).map_err(|e| ProtocolError::Encode(e.to_string()))?,
         found => return Err(ProtocolError::UnsupportedVersion { found }),
     };
     let mut header = BytesMut::with_capacity(3 + body.len());
@@ -191,6 +194,7 @@ pub fn decode_versioned<M: Message>(frames: &[Bytes]) -> Result<(u8, M), Protoco
     let mut msg: M = match version {
         1 => M::decode_v1(body)?,
         2 => serde_json::from_slice(body).map_err(|e| ProtocolError::Malformed(e.to_string()))?,
+        3 => decode_msgpack(body)?,
         found => return Err(ProtocolError::UnsupportedVersion { found }),
     };
     let mut slots = msg.payloads_mut();
@@ -206,6 +210,26 @@ pub fn decode_versioned<M: Message>(frames: &[Bytes]) -> Result<(u8, M), Protoco
     }
     drop(slots);
     Ok((version, msg))
+}
+
+/// How deep a version 3 header may nest (as `serde_json`'s limit for version 2).
+const MAX_MSGPACK_DEPTH: usize = 128;
+
+/// A version 3 header: one MessagePack value and nothing after it. The reader copies
+/// each string out of the slice, so a declared length never reserves more than the
+/// bytes that are there.
+fn decode_msgpack<M: DeserializeOwned>(body: &[u8]) -> Result<M, ProtocolError> {
+    let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(body));
+    de.set_max_depth(MAX_MSGPACK_DEPTH);
+    let msg = M::deserialize(&mut de).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+    let read = de.position();
+    if read != body.len() as u64 {
+        return Err(ProtocolError::Malformed(format!(
+            "{} bytes after the message",
+            body.len() as u64 - read
+        )));
+    }
+    Ok(msg)
 }
 
 #[cfg(test)]
@@ -754,6 +778,69 @@ mod tests {
     }
 
     #[test]
+    fn a_version_3_peer_ignores_fields_it_does_not_know_and_defaults_missing_ones() {
+        // Version 3 is version 2's structure in MessagePack: the same edits, written
+        // as MessagePack, read the same way.
+        let frames = encode_as(
+            2,
+            &ToControlPlane::TasksChanged {
+                tasks: vec![spec()],
+            },
+        )
+        .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&frames[0][3..]).unwrap();
+        let mut newer = json.clone();
+        newer["TasksChanged"]["tasks"][0]["added_later"] = serde_json::json!({"x": [1, 2]});
+        let mut older = json;
+        let task = older["TasksChanged"]["tasks"][0].as_object_mut().unwrap();
+        task.remove("doc");
+        task.remove("signature");
+        for (body, doc) in [(newer, "Adds two integers."), (older, "")] {
+            let mut header = b"FW\x03".to_vec();
+            header.extend(rmp_serde::to_vec_named(&body).unwrap());
+            match decode::<ToControlPlane>(&[Bytes::from(header)]).unwrap() {
+                ToControlPlane::TasksChanged { tasks } => assert_eq!(tasks[0].doc, doc),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_version_3_header_is_one_value_that_allocates_only_what_it_brings() {
+        let frames = encode_as(3, &ToControlPlane::Ping { nonce: 7 }).unwrap();
+        let mut longer = frames[0].to_vec();
+        longer.push(0xc0);
+        assert_eq!(
+            decode::<ToControlPlane>(&[Bytes::from(longer)]),
+            Err(ProtocolError::Malformed(
+                "1 bytes after the message".to_string()
+            ))
+        );
+        // A string, a byte string and an array that each declare 4 GiB, with 3
+        // bytes behind them: an error, at once.
+        for declared in [
+            &[0xdb, 0xff, 0xff, 0xff, 0xff][..],
+            &[0xc6, 0xff, 0xff, 0xff, 0xff],
+            &[0xdd, 0xff, 0xff, 0xff, 0xff],
+        ] {
+            let mut header = b"FW\x03\x81\xa4Ping\x81\xa5nonce".to_vec();
+            header.extend_from_slice(declared);
+            header.extend_from_slice(b"abc");
+            assert!(matches!(
+                decode::<ToControlPlane>(&[Bytes::from(header)]),
+                Err(ProtocolError::Malformed(_))
+            ));
+        }
+        // Nesting deeper than the limit: an error, not a stack overflow.
+        let mut deep = b"FW\x03".to_vec();
+        deep.extend(std::iter::repeat_n(0x91u8, 100_000));
+        assert!(matches!(
+            decode::<ToControlPlane>(&[Bytes::from(deep)]),
+            Err(ProtocolError::Malformed(_))
+        ));
+    }
+
+    #[test]
     fn negotiation_picks_the_newest_shared_version_or_none() {
         assert_eq!(crate::negotiate((1, 2), (1, 1)), Some(1));
         assert_eq!(crate::negotiate((1, 2), (1, 3)), Some(2));
@@ -834,10 +921,11 @@ mod tests {
         #[test]
         fn arbitrary_frames_never_panic(
             prefixed in proptest::bool::ANY,
+            version in MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION,
             header in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
             payloads in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..64), 0..4),
         ) {
-            let mut h = if prefixed { b"FW\x01".to_vec() } else { Vec::new() };
+            let mut h = if prefixed { vec![b'F', b'W', version] } else { Vec::new() };
             h.extend(header);
             let mut frames = vec![Bytes::from(h)];
             frames.extend(payloads.into_iter().map(Bytes::from));
@@ -848,15 +936,17 @@ mod tests {
         /// Valid messages with bytes changed, cut or appended: never a panic.
         #[test]
         fn mutated_messages_never_panic(
-            which in 0usize..66,
+            which in 0usize..1000,
             at in proptest::num::usize::ANY,
             value in proptest::num::u8::ANY,
             cut in proptest::bool::ANY,
         ) {
             let mut all: Vec<Vec<Bytes>> = to_cp_examples().iter().map(|(_, m)| encode(m).unwrap()).collect();
             all.extend(from_cp_examples().iter().map(|(_, m)| encode(m).unwrap()));
-            all.extend(to_cp_examples().iter().filter_map(|(_, m)| encode_as(1, m).ok()));
-            all.extend(from_cp_examples().iter().filter_map(|(_, m)| encode_as(1, m).ok()));
+            for version in MIN_PROTOCOL_VERSION..PROTOCOL_VERSION {
+                all.extend(to_cp_examples().iter().filter_map(|(_, m)| encode_as(version, m).ok()));
+                all.extend(from_cp_examples().iter().filter_map(|(_, m)| encode_as(version, m).ok()));
+            }
             let mut frames = all[which % all.len()].clone();
             let mut header = frames[0].to_vec();
             let at = at % header.len();

@@ -3,8 +3,9 @@
 //! another language.
 //!
 //! A message is a ZeroMQ multipart message. Frame 0 is the header: the bytes `F` `W`,
-//! one byte of [`PROTOCOL_VERSION`], then the message encoded with bincode 1 in its
-//! standard form (fixed-width little-endian integers, u64 lengths, u32 enum tags).
+//! one byte naming the version it is written in, then the message: bincode 1 in
+//! version 1 (fixed-width little-endian integers, u64 lengths, u32 enum tags), JSON
+//! in version 2, MessagePack with field names in version 3 ([`PROTOCOL_VERSION`]).
 //! Task payloads and result values are *not* in the header: each travels untouched in
 //! a frame of its own after it, in the order the header lists them, so the control
 //! plane never decodes or re-encodes task data.
@@ -36,8 +37,9 @@ pub use ids::{LeaseToken, TaskId, WorkerId, WorkerSecret};
 pub use messages::*;
 pub use task_error::{ErrorKind, TaskError};
 
-/// The newest protocol version this build speaks (version 2: JSON headers).
-pub const PROTOCOL_VERSION: u8 = 2;
+/// The newest protocol version this build speaks (version 3: MessagePack headers;
+/// version 2 has JSON headers, version 1 bincode).
+pub const PROTOCOL_VERSION: u8 = 3;
 
 /// The oldest protocol version this build speaks (version 1: bincode headers, the
 /// first authenticated version). Anything older is refused, naming this one.
