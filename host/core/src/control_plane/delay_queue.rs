@@ -1,7 +1,7 @@
 //! [`DelayQueue`]: tasks waiting for a time (a countdown, an eta, a retry delay), by
 //! due time on the dispatcher's monotonic clock, ties in submission order.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use crate::protocol::TaskId;
 
@@ -10,7 +10,7 @@ use crate::protocol::TaskId;
 pub struct DelayQueue {
     by_due: BTreeMap<(u64, u64), TaskId>,
     /// Where each task sits in `by_due`.
-    by_task: HashMap<TaskId, (u64, u64)>,
+    by_task: super::TaskMap<(u64, u64)>,
 }
 
 impl DelayQueue {

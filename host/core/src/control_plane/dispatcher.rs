@@ -12,7 +12,7 @@
 //! as `worker_lost`. Final records go to the result cache and to whoever waits.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashSet},
     time::{Duration, Instant},
 };
 
@@ -155,13 +155,13 @@ pub struct Dispatcher {
     workers: WorkerTable,
     /// The tasks the control plane's own subworker said it serves last: still known
     /// (submittable, their defaults applied) while that child restarts.
-    own_tasks: HashMap<String, TaskSpec>,
+    own_tasks: super::FastMap<String, TaskSpec>,
     /// The monotonic clock's zero: schedules count from it, so a wall-clock step does
     /// not move a countdown or a retry delay.
     origin: Instant,
     cache: ResultCache,
     waiters: super::TaskMap<Vec<Waiter>>,
-    peers: HashMap<PeerId, PeerInfo>,
+    peers: super::FastMap<PeerId, PeerInfo>,
     next_seq: u64,
     shutting_down: bool,
     actions: Vec<Action>,
@@ -173,7 +173,7 @@ pub struct Dispatcher {
     /// Rate limit for the warning about unreadable messages.
     malformed_log: LogLimiter,
     /// Names that tasks wait for and no live worker serves, and since when.
-    unserved: HashMap<String, Instant>,
+    unserved: super::FastMap<String, Instant>,
     /// When `unserved` was last brought up to date.
     unserved_checked: Option<Instant>,
     /// What changed since the last [`Dispatcher::take_changes`] (with `durable` only).
@@ -185,9 +185,9 @@ pub struct Dispatcher {
     epoch: u64,
     /// Task names the data directory knew as served when this control plane started:
     /// submittable (they wait for a worker) even before one registers.
-    served_before: HashSet<String>,
+    served_before: super::FastSet<String>,
     /// Task names recorded as served in the data directory.
-    served_names: HashSet<String>,
+    served_names: super::FastSet<String>,
     /// What the dashboard sees.
     observer: Observer,
     /// Each task's `tracing` span, while it is held.
@@ -235,11 +235,11 @@ impl Dispatcher {
             queues: ReadyQueues::new(),
             scheduled: DelayQueue::new(),
             workers: WorkerTable::new(prefetch_per_slot),
-            own_tasks: HashMap::new(),
+            own_tasks: Default::default(),
             origin: now.at,
             cache,
             waiters: Default::default(),
-            peers: HashMap::new(),
+            peers: Default::default(),
             next_seq: 0,
             shutting_down: false,
             actions: Vec::new(),
@@ -249,13 +249,13 @@ impl Dispatcher {
             periodic: PeriodicScheduler::new(),
             dead_letters: DeadLetters::new(MAX_DEAD_LETTERS),
             malformed_log: LogLimiter::new(Duration::from_secs(1)),
-            unserved: HashMap::new(),
+            unserved: Default::default(),
             unserved_checked: None,
             changed: durable::Changed::default(),
             store_error: None,
             epoch: 0,
-            served_before: HashSet::new(),
-            served_names: HashSet::new(),
+            served_before: Default::default(),
+            served_names: Default::default(),
             observer: Observer::new(observe),
             spans: super::task_spans::TaskSpans::default(),
             outgoing: Vec::new(),

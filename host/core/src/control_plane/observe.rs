@@ -95,15 +95,15 @@ pub struct Observer {
     kept_bytes: u64,
     totals: TaskTotals,
     /// Final statuses by task name (`success`, `failure`, `cancelled`, `retrying`).
-    by_name: HashMap<String, [u64; 4]>,
+    by_name: super::FastMap<String, [u64; 4]>,
     wait: Histogram,
     run: Histogram,
     reloads: u64,
     plugins: HashMap<WorkerId, Vec<PluginInfo>>,
     /// Worker ids as the events and timelines share them (one per known worker).
-    worker_names: HashMap<WorkerId, Arc<str>>,
+    worker_names: super::FastMap<WorkerId, Arc<str>>,
     /// Task names as the timelines share them (not one allocation per task).
-    task_names: HashMap<Box<str>, Arc<str>>,
+    task_names: super::FastMap<Box<str>, Arc<str>>,
     plugin_history: VecDeque<ApiPluginEvent>,
     /// Totals per [`SAMPLE_INTERVAL_MS`], the newest last, and the totals at the last
     /// sample.

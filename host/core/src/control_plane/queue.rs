@@ -7,8 +7,9 @@
 //! nothing of a lower priority goes to an executor that a more urgent task could use
 //! (that task would have been placed first).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
+use super::FastMap;
 use crate::protocol::{Priority, TaskId};
 
 /// What [`ReadyQueues::pop_oldest_servable`] found.
@@ -25,7 +26,7 @@ pub enum Oldest<P> {
 /// The ready tasks.
 #[derive(Debug, Default)]
 pub struct ReadyQueues {
-    levels: [HashMap<String, BTreeMap<u64, TaskId>>; 4],
+    levels: [FastMap<String, BTreeMap<u64, TaskId>>; 4],
     lens: [usize; 4],
 }
 

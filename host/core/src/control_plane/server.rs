@@ -12,13 +12,7 @@
 //! once nothing is queued or running, or when `--shutdown-grace` runs out (then say how
 //! many tasks were left); then stop the own subworker.
 
-use std::{
-    collections::{HashMap, HashSet},
-    path::Path,
-    path::PathBuf,
-    sync::Arc,
-    time::Duration,
-};
+use std::{path::Path, path::PathBuf, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use tokio::{sync::mpsc, time::MissedTickBehavior};
@@ -123,9 +117,9 @@ pub fn subworker_endpoint(base: &str, port: u16) -> Option<String> {
 /// oldest before that, which every build reads), and whether it reads `Results`.
 #[derive(Debug, Default)]
 struct PeerVersions {
-    versions: HashMap<PeerId, u8>,
+    versions: super::FastMap<PeerId, u8>,
     /// Peers whose `Hello` has the feature `results-batch`.
-    batched: HashSet<PeerId>,
+    batched: super::FastSet<PeerId>,
 }
 
 impl PeerVersions {

@@ -11,11 +11,9 @@
 //! that was handed work longest ago, so equal workers share evenly. A fallback worker
 //! (the control plane's own subworker) is chosen only when no other can take the task.
 
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
+use super::FastMap;
 use crate::{
     protocol::{TaskId, TaskSpec, WorkerId, WorkerSecret},
     transport::PeerId,
@@ -29,7 +27,7 @@ pub struct WorkerEntry {
     /// Its current connection.
     pub peer: PeerId,
     /// The tasks it serves.
-    pub tasks: HashMap<String, TaskSpec>,
+    pub tasks: FastMap<String, TaskSpec>,
     /// Its slots.
     pub concurrency: u32,
     /// Tasks it holds now.
@@ -61,7 +59,7 @@ pub struct WorkerEntry {
     /// It takes prefetched tasks (it registered with `prefetch`).
     pub prefetch: bool,
     /// Each task name's recent mean run time in ns, as it reports it.
-    pub run_ns: HashMap<String, u64>,
+    pub run_ns: FastMap<String, u64>,
     /// It handed back tasks because every slot was taken (by long tasks, or by one
     /// taken away from it while it was silent): nothing more goes to it until it
     /// reports an outcome (a slot freed).
@@ -160,8 +158,8 @@ impl WorkerEntry {
 /// The subworkers, by id, with a peer → id index.
 #[derive(Debug)]
 pub struct WorkerTable {
-    workers: HashMap<WorkerId, WorkerEntry>,
-    by_peer: HashMap<PeerId, WorkerId>,
+    workers: FastMap<WorkerId, WorkerEntry>,
+    by_peer: FastMap<PeerId, WorkerId>,
     assign_clock: u64,
     /// The most tasks per slot a window holds (1: no prefetching).
     max_per_slot: u32,
@@ -178,8 +176,8 @@ impl WorkerTable {
     /// An empty table whose windows hold at most `max_per_slot` tasks per slot.
     pub fn new(max_per_slot: u32) -> Self {
         WorkerTable {
-            workers: HashMap::new(),
-            by_peer: HashMap::new(),
+            workers: FastMap::default(),
+            by_peer: FastMap::default(),
             assign_clock: 0,
             max_per_slot: max_per_slot.max(1),
         }
@@ -237,7 +235,7 @@ impl WorkerTable {
                 fallback: false,
                 from_store: false,
                 prefetch: false,
-                run_ns: HashMap::new(),
+                run_ns: FastMap::default(),
                 stalled: false,
                 max_per_slot: self.max_per_slot,
                 last_assigned: 0,
@@ -262,7 +260,7 @@ impl WorkerTable {
             WorkerEntry {
                 id,
                 peer: PeerId::new(),
-                tasks: HashMap::new(),
+                tasks: FastMap::default(),
                 concurrency: 1,
                 in_flight,
                 last_seen: now,
@@ -278,7 +276,7 @@ impl WorkerTable {
                 fallback: false,
                 from_store: true,
                 prefetch: false,
-                run_ns: HashMap::new(),
+                run_ns: FastMap::default(),
                 stalled: false,
                 max_per_slot: self.max_per_slot,
                 last_assigned: 0,
@@ -506,7 +504,7 @@ mod tests {
     fn least_loaded_first_and_credits_respected() {
         let now = Instant::now();
         let mut t = table(now);
-        let mut counts: HashMap<String, u32> = HashMap::new();
+        let mut counts: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
         for n in 0..5u8 {
             let id = t.pick("add").cloned().expect("a free worker");
             t.assign(&id, TaskId::from_bytes([n; 16]));

@@ -21,7 +21,7 @@ use crate::{
 pub(super) struct Changed {
     /// Tasks put, or (when no longer held) finished: their row goes, their result
     /// comes.
-    pub tasks: HashSet<TaskId>,
+    pub tasks: crate::control_plane::TaskSet,
     /// Dead letters added or removed.
     pub dead_letters: BTreeSet<u64>,
     /// Periodic schedules that fired.

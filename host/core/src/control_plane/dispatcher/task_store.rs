@@ -2,8 +2,6 @@
 //! [`TaskEntry`] (the task and its lease, the same type the store keeps). It keeps the totals the submission limits
 //! and the unserved-name check read: payload bytes held, and tasks held per name.
 
-use std::collections::HashMap;
-
 use crate::{control_plane::store::TaskEntry, protocol::TaskId};
 
 /// The held tasks, by id.
@@ -13,7 +11,7 @@ pub(super) struct TaskStore {
     /// Payload bytes held.
     bytes: u64,
     /// Tasks held, by name.
-    by_name: HashMap<String, usize>,
+    by_name: crate::control_plane::FastMap<String, usize>,
 }
 
 impl TaskStore {
