@@ -769,7 +769,8 @@ mod tests {
         let task = older["TasksChanged"]["tasks"][0].as_object_mut().unwrap();
         task.remove("doc");
         task.remove("signature");
-        let writers: [(u8, fn(&serde_json::Value) -> Vec<u8>); 2] = [
+        type Write = fn(&serde_json::Value) -> Vec<u8>;
+        let writers: [(u8, Write); 2] = [
             (2, |body| serde_json::to_vec(body).unwrap()),
             (3, |body| rmp_serde::to_vec_named(body).unwrap()),
         ];
