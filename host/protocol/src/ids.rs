@@ -11,9 +11,10 @@ use uuid::Uuid;
 pub struct TaskId(pub Uuid);
 
 impl TaskId {
-    /// A new random (v4) id.
+    /// A new random (v4) id, from the thread's CSPRNG (`rand`'s, seeded by the OS):
+    /// `Uuid::new_v4` asks the kernel for every id, a system call per task.
     pub fn new() -> Self {
-        TaskId(Uuid::new_v4())
+        TaskId(uuid::Builder::from_random_bytes(rand::random()).into_uuid())
     }
 
     /// The id with these 16 bytes (the bytes of its UUID).
@@ -164,5 +165,20 @@ impl PartialEq for WorkerSecret {
 impl fmt::Debug for WorkerSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("WorkerSecret(not shown)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_task_ids_are_random_version_4_uuids() {
+        let ids: std::collections::HashSet<TaskId> = (0..10_000).map(|_| TaskId::new()).collect();
+        assert_eq!(ids.len(), 10_000);
+        for id in ids.iter().take(100) {
+            assert_eq!(id.0.get_version(), Some(uuid::Version::Random));
+            assert_eq!(id.0.get_variant(), uuid::Variant::RFC4122);
+        }
     }
 }
