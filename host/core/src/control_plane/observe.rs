@@ -160,12 +160,14 @@ impl Observer {
 
     /// Records `step` of task `id` (named `name`) in its timeline and an event of
     /// `kind` for the feed, with one lookup of its trail; `fill` completes the event.
+    /// `submission`, for a final step, is kept with the trail while the budget allows.
     fn task_step(
         &mut self,
         kind: &'static str,
         id: TaskId,
         name: &str,
         step: TimelineEntry,
+        submission: Option<TaskEnvelope>,
         fill: impl FnOnce(&mut ApiEvent),
     ) {
         let mut event = ApiEvent::new(kind, step.at);
@@ -178,6 +180,14 @@ impl Observer {
                     trail.steps.remove(1);
                 }
                 trail.steps.push(step);
+                if let Some(envelope) = submission {
+                    let size = envelope.payload.len() as u64;
+                    if trail.envelope.is_none() && self.kept_bytes + size <= MAX_KEPT_PAYLOAD_BYTES
+                    {
+                        trail.envelope = Some(Box::new(envelope));
+                        self.kept_bytes += size;
+                    }
+                }
                 trail.name.clone()
             }
             None => Arc::from(name),
@@ -206,10 +216,11 @@ impl Observer {
             self.insert_trail(id, old.name, envelope.priority, old.steps);
         } else {
             let name = self.task_name(&envelope.name);
-            self.insert_trail(id, name, envelope.priority, Vec::with_capacity(4));
+            // Room for the usual three steps: submitted, started and the final one.
+            self.insert_trail(id, name, envelope.priority, Vec::with_capacity(3));
         }
         let step = entry(at, if scheduled { "scheduled" } else { "submitted" }, 1);
-        self.task_step(kind, id, &envelope.name, step, |_| {});
+        self.task_step(kind, id, &envelope.name, step, None, |_| {});
     }
 
     fn insert_trail(
@@ -262,7 +273,7 @@ impl Observer {
         let worker = self.worker_name(worker);
         let mut step = entry(at, "started", attempt);
         step.worker_id = Some(worker.clone());
-        self.task_step("task.started", id, name, step, |event| {
+        self.task_step("task.started", id, name, step, None, |event| {
             event.worker_id = Some(worker);
         });
     }
@@ -311,7 +322,7 @@ impl Observer {
             "{} (retry in {delay_ms} ms)",
             for_people(&error.message, MAX_MESSAGE_BYTES)
         ));
-        self.task_step("task.retrying", id, name, step, |event| {
+        self.task_step("task.retrying", id, name, step, None, |event| {
             event.error = Some(short_error(error));
             event.message = Some(format!("retrying in {delay_ms} ms"));
         });
@@ -324,7 +335,7 @@ impl Observer {
         }
         let mut step = entry(at, "requeued", attempt);
         step.message = Some(for_people(why, MAX_MESSAGE_BYTES));
-        self.task_step("task.requeued", id, name, step, |event| {
+        self.task_step("task.requeued", id, name, step, None, |event| {
             event.message = Some(for_people(why, MAX_MESSAGE_BYTES));
         });
     }
@@ -363,20 +374,12 @@ impl Observer {
             record.task_id,
             &record.name,
             step,
+            Some(envelope),
             |event| {
                 event.worker_id = worker;
                 event.error = record.error.as_ref().map(short_error);
             },
         );
-        let size = envelope.payload.len() as u64;
-        if self.kept_bytes + size <= MAX_KEPT_PAYLOAD_BYTES {
-            if let Some(trail) = self.trails.get_mut(&record.task_id) {
-                if trail.envelope.is_none() {
-                    trail.envelope = Some(Box::new(envelope));
-                    self.kept_bytes += size;
-                }
-            }
-        }
     }
 
     fn count(&mut self, name: &str, status: &str) {

@@ -35,6 +35,13 @@ pub struct SharedEvent {
 }
 
 impl SharedEvent {
+    fn new(event: ApiEvent) -> Self {
+        SharedEvent {
+            event,
+            json: OnceLock::new(),
+        }
+    }
+
     /// The event as JSON.
     pub fn json(&self) -> &str {
         self.json
@@ -61,7 +68,7 @@ impl Drop for ReaderSlot {
 
 struct Kept {
     next_id: u64,
-    recent: VecDeque<Arc<SharedEvent>>,
+    recent: VecDeque<ApiEvent>,
 }
 
 /// What a new reader starts with.
@@ -103,25 +110,32 @@ impl EventHub {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Numbers `events` and hands them to every reader.
+    /// Publishes `events` in order, numbering them. The replay ring keeps events by
+    /// value, so with no reader connected publishing allocates nothing: an event is
+    /// wrapped for sharing only when a reader is there to receive it.
     pub fn publish(&self, events: impl ExactSizeIterator<Item = ApiEvent>) {
-        if events.len() == 0 {
+        let count = events.len();
+        if count == 0 {
             return;
         }
         let mut kept = self.kept();
-        for mut event in events {
+        let live = self.tx.receiver_count() > 0;
+        // Events that the same call would push out of the ring again are not kept.
+        let unkept = count.saturating_sub(REPLAY);
+        for (i, mut event) in events.enumerate() {
             event.id = kept.next_id;
             kept.next_id += 1;
-            let event = Arc::new(SharedEvent {
-                event,
-                json: OnceLock::new(),
-            });
+            if live {
+                // Nobody left listening by now is fine.
+                let _ = self.tx.send(Arc::new(SharedEvent::new(event.clone())));
+            }
+            if i < unkept {
+                continue;
+            }
             if kept.recent.len() >= REPLAY {
                 kept.recent.pop_front();
             }
-            kept.recent.push_back(event.clone());
-            // Nobody listening is fine.
-            let _ = self.tx.send(event);
+            kept.recent.push_back(event);
         }
     }
 
@@ -155,10 +169,10 @@ impl EventHub {
         let backlog: Vec<_> = kept
             .recent
             .iter()
-            .filter(|e| e.event.id > last)
-            .cloned()
+            .filter(|e| e.id > last)
+            .map(|e| Arc::new(SharedEvent::new(e.clone())))
             .collect();
-        let first_kept = kept.recent.front().map_or(kept.next_id, |e| e.event.id);
+        let first_kept = kept.recent.front().map_or(kept.next_id, |e| e.id);
         let missed = if unknown {
             u64::MAX
         } else {
@@ -216,6 +230,28 @@ mod tests {
         let from_before = hub.subscribe(Some(u64::MAX - 1)).expect("a place");
         assert_eq!(from_before.missed, u64::MAX);
         assert_eq!(from_before.backlog.len(), REPLAY);
+    }
+
+    #[test]
+    fn a_live_reader_gets_a_round_larger_than_the_ring_up_to_its_buffer() {
+        let hub = EventHub::new();
+        hub.publish(events(3));
+        let mut live = hub.subscribe(None).expect("a place");
+        hub.publish(events(REPLAY + 5));
+        assert!(matches!(
+            live.live.try_recv(),
+            Err(broadcast::error::TryRecvError::Lagged(n)) if n as usize == REPLAY + 5 - READER_BUFFER
+        ));
+        let ids: Vec<u64> = std::iter::from_fn(|| live.live.try_recv().ok())
+            .map(|e| e.event.id)
+            .collect();
+        let first = 4 + (REPLAY + 5 - READER_BUFFER) as u64;
+        assert_eq!(ids, (first..=(REPLAY as u64 + 8)).collect::<Vec<_>>());
+        // The ring holds the newest REPLAY, ids and all, for a reader resuming.
+        let resumed = hub.subscribe(Some(0)).expect("a place");
+        assert_eq!(resumed.missed, 8);
+        let kept: Vec<u64> = resumed.backlog.iter().map(|e| e.event.id).collect();
+        assert_eq!(kept, (9..=(REPLAY as u64 + 8)).collect::<Vec<_>>());
     }
 
     #[test]
