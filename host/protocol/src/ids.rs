@@ -12,7 +12,10 @@ pub struct TaskId(pub Uuid);
 
 impl TaskId {
     /// A new random (v4) id, from the thread's CSPRNG (`rand`'s, seeded by the OS):
-    /// `Uuid::new_v4` asks the kernel for every id, a system call per task.
+    /// `Uuid::new_v4` asks the kernel for every id, a system call per task. As with
+    /// `uuid`'s `fast-rng`, a process that forks without exec after making ids must
+    /// call `rand::rng().reseed()` in the child, or the child repeats the parent's
+    /// next ids (nothing in fastworker forks without exec).
     pub fn new() -> Self {
         TaskId(uuid::Builder::from_random_bytes(rand::random()).into_uuid())
     }
