@@ -207,10 +207,27 @@ pub fn decode_versioned<M: Message>(frames: &[Bytes]) -> Result<(u8, M), Protoco
         });
     }
     for (slot, frame) in slots.iter_mut().zip(&frames[1..]) {
-        **slot = frame.clone();
+        **slot = own_payload(frame);
     }
     drop(slots);
     Ok((version, msg))
+}
+
+/// Payloads up to this size are copied out of their frame when decoded.
+pub const COPIED_PAYLOAD_BYTES: usize = 1024;
+
+/// A payload as a decoded message keeps it. A frame is a slice of the buffer its
+/// socket read, shared by every frame of that read: a small payload kept as such a
+/// slice would pin the whole buffer (a cached 8-byte result holding tens of KiB), and
+/// every clone and drop of it, on whichever thread, would update the one count all
+/// those frames share. Small payloads get their own copy; larger ones stay slices,
+/// without a copy.
+fn own_payload(frame: &Bytes) -> Bytes {
+    if frame.len() <= COPIED_PAYLOAD_BYTES {
+        Bytes::copy_from_slice(frame)
+    } else {
+        frame.clone()
+    }
 }
 
 /// How deep a version 3 header may nest (as `serde_json`'s limit for version 2).
@@ -842,6 +859,45 @@ mod tests {
         .unwrap();
         assert_eq!(frames.len(), 2);
         assert_eq!(&frames[1][..], b"[5,3]");
+    }
+
+    #[test]
+    fn a_small_payload_is_copied_out_of_the_read_buffer_and_a_large_one_is_not() {
+        let mut small = envelope();
+        small.payload = Bytes::from_static(b"[5,3]");
+        let mut large = envelope();
+        large.payload = Bytes::from(vec![7u8; COPIED_PAYLOAD_BYTES + 1]);
+        let sent = encode(&ToControlPlane::SubmitBatch {
+            request_id: 1,
+            tasks: vec![small, large],
+            wait: false,
+        })
+        .unwrap();
+        // The frames as a socket hands them over: slices of one buffer it read.
+        let mut read = bytes::BytesMut::new();
+        for frame in &sent {
+            read.extend_from_slice(frame);
+        }
+        let read = read.freeze();
+        let buffer = read.as_ptr_range();
+        let mut at = 0;
+        let frames: Vec<Bytes> = sent
+            .iter()
+            .map(|f| {
+                at += f.len();
+                read.slice(at - f.len()..at)
+            })
+            .collect();
+        let ToControlPlane::SubmitBatch { tasks, .. } = decode(&frames).unwrap() else {
+            panic!("not a batch");
+        };
+        assert_eq!(&tasks[0].payload[..], b"[5,3]");
+        assert!(!buffer.contains(&tasks[0].payload.as_ptr()), "copied");
+        assert_eq!(tasks[1].payload.len(), COPIED_PAYLOAD_BYTES + 1);
+        assert!(
+            buffer.contains(&tasks[1].payload.as_ptr()),
+            "a slice, not a copy"
+        );
     }
 
     #[test]
