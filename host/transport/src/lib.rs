@@ -416,7 +416,11 @@ where
                         if frames.is_empty() {
                             continue;
                         }
-                        let peer = frames.remove(0);
+                        // The identity is a slice of the buffer the socket read, as
+                        // every frame is; a copy of its few bytes does not pin that
+                        // buffer for as long as a waiter or a worker entry keeps the
+                        // peer, nor share its count with the frames.
+                        let peer = Bytes::copy_from_slice(&frames.remove(0));
                         match gate.admit(peer, frames) {
                             Some(event) => event,
                             None => continue,
