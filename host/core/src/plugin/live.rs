@@ -320,7 +320,7 @@ impl LivePlugins {
                 return None;
             }
         }
-        let bytes = match std::fs::read(path) {
+        let bytes = match super::file_bytes::FileBytes::read(path) {
             Ok(b) => b,
             Err(err) => {
                 return Some(ReloadReport::Rejected {

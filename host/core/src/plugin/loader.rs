@@ -267,15 +267,16 @@ impl PluginLoader {
 
     /// Loads `path` as a plugin.
     pub fn load(&self, path: &Path) -> Result<LoadedPlugin, LoadError> {
-        let bytes = fs::read(path).map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => LoadError::NotFound {
-                path: path.to_path_buf(),
-            },
-            _ => LoadError::Io {
-                path: path.to_path_buf(),
-                source,
-            },
-        })?;
+        let bytes =
+            super::file_bytes::FileBytes::read(path).map_err(|source| match source.kind() {
+                std::io::ErrorKind::NotFound => LoadError::NotFound {
+                    path: path.to_path_buf(),
+                },
+                _ => LoadError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                },
+            })?;
         self.load_bytes(path, &bytes)
     }
 

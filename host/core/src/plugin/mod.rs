@@ -16,6 +16,7 @@
 
 pub mod abi;
 pub mod call;
+mod file_bytes;
 pub mod live;
 pub mod loader;
 mod plugin_log;
