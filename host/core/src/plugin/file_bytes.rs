@@ -58,8 +58,10 @@ impl FileBytes {
             });
         }
         let layout = Layout::array::<u8>(capacity).map_err(io::Error::other)?;
-        // SAFETY: the layout's size is not zero (checked above).
-        let raw = unsafe { System.alloc(layout) };
+        // SAFETY: the layout's size is not zero (checked above). Zeroed, so every
+        // byte is initialized before a slice is made of it (and calloc of a large
+        // block gets zero pages from the kernel without touching them).
+        let raw = unsafe { System.alloc_zeroed(layout) };
         let ptr = NonNull::new(raw).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::OutOfMemory,
@@ -76,15 +78,14 @@ impl FileBytes {
     /// Reads from `file` until the buffer is full or the file ends.
     fn fill_from(&mut self, file: &mut File) -> io::Result<()> {
         while self.len < self.capacity {
-            // SAFETY: the range [len, capacity) lies inside the allocation; u8 has no
-            // invalid values, and `read` only writes into the slice it is given.
+            // SAFETY: the range [len, capacity) lies inside the allocation, was
+            // zeroed when allocated, and nothing else refers to it.
             let spare = unsafe {
                 std::slice::from_raw_parts_mut(
                     self.ptr.as_ptr().add(self.len),
                     self.capacity - self.len,
                 )
             };
-            spare.fill(0);
             match file.read(spare) {
                 Ok(0) => break,
                 Ok(n) => self.len += n,
