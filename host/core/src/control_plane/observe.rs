@@ -13,6 +13,8 @@ use std::{
     sync::Arc,
 };
 
+use smallvec::SmallVec;
+
 use crate::protocol::{
     api::{ApiEvent, ApiPluginEvent, TaskTotals, ThroughputSample, TimelineEntry},
     for_people,
@@ -73,16 +75,95 @@ impl Histogram {
     }
 }
 
+/// The steps of one timeline: the usual three (submitted, started, final) in place,
+/// more on the heap.
+type Steps = SmallVec<[TimelineEntry; 3]>;
+
 /// One task's recent life.
 #[derive(Debug)]
 struct Trail {
+    id: TaskId,
     /// The task's name, shared by its events.
     name: Arc<str>,
     priority: Priority,
-    steps: Vec<TimelineEntry>,
+    /// Queued again under its id: its steps moved to a newer trail, and this one only
+    /// waits its turn to leave the ring.
+    moved: bool,
+    steps: Steps,
     /// The submission, kept once the task is final (for a retry), within the budget.
-    /// Boxed: the trails are many and walked on every step, so each stays small.
+    /// Boxed: the trails are many, so each stays small.
     envelope: Option<Box<TaskEnvelope>>,
+}
+
+/// The most recent timelines, oldest first, in a ring: a new one goes at the back and
+/// pushes the oldest out of the front, so the eviction on every submission reads memory
+/// in order instead of at a random place of a map. An index finds a task's trail by
+/// its sequence number.
+#[derive(Debug, Default)]
+struct Trails {
+    ring: VecDeque<Trail>,
+    /// The sequence number of `ring[0]`.
+    first: u64,
+    /// Each kept task's trail (its sequence number).
+    index: super::TaskMap<u64>,
+}
+
+impl Trails {
+    fn get(&self, id: &TaskId) -> Option<&Trail> {
+        let seq = *self.index.get(id)?;
+        self.ring.get(usize::try_from(seq - self.first).ok()?)
+    }
+
+    fn get_mut(&mut self, id: &TaskId) -> Option<&mut Trail> {
+        let seq = *self.index.get(id)?;
+        self.ring.get_mut(usize::try_from(seq - self.first).ok()?)
+    }
+
+    fn contains(&self, id: &TaskId) -> bool {
+        self.index.contains_key(id)
+    }
+
+    /// Takes task `id`'s trail out of the kept ones, if kept; its place in the ring
+    /// stays until its turn to leave.
+    fn take(&mut self, id: &TaskId) -> Option<(Arc<str>, Steps, Option<Box<TaskEnvelope>>)> {
+        let seq = self.index.remove(id)?;
+        let trail = self.ring.get_mut(usize::try_from(seq - self.first).ok()?)?;
+        trail.moved = true;
+        Some((
+            trail.name.clone(),
+            std::mem::take(&mut trail.steps),
+            trail.envelope.take(),
+        ))
+    }
+
+    /// Adds `trail` at the back; the oldest leaves first when [`MAX_TRAILS`] are kept
+    /// (given back to free its payload).
+    fn push(&mut self, trail: Trail, mut evicted: impl FnMut(Trail)) {
+        while self.ring.len() >= MAX_TRAILS {
+            let Some(oldest) = self.ring.pop_front() else {
+                break;
+            };
+            self.first += 1;
+            if !oldest.moved {
+                self.index.remove(&oldest.id);
+            }
+            evicted(oldest);
+        }
+        if self.ring.len() == self.ring.capacity() {
+            // Grow to the bound and no further (doubling would overshoot it).
+            let want = (self.ring.len() * 2).clamp(64, MAX_TRAILS);
+            self.ring
+                .reserve_exact(want.saturating_sub(self.ring.len()));
+        }
+        let seq = self.first + self.ring.len() as u64;
+        self.index.insert(trail.id, seq);
+        self.ring.push_back(trail);
+    }
+
+    /// The kept tasks, newest first.
+    fn recent(&self) -> impl Iterator<Item = &TaskId> {
+        self.ring.iter().rev().filter(|t| !t.moved).map(|t| &t.id)
+    }
 }
 
 /// What the dispatcher reports, for the dashboard.
@@ -90,8 +171,7 @@ struct Trail {
 pub struct Observer {
     on: bool,
     feed: Vec<ApiEvent>,
-    order: VecDeque<TaskId>,
-    trails: super::TaskMap<Trail>,
+    trails: Trails,
     kept_bytes: u64,
     totals: TaskTotals,
     /// Final statuses by task name (`success`, `failure`, `cancelled`, `retrying`).
@@ -208,52 +288,38 @@ impl Observer {
         } else {
             "task.queued"
         };
-        if let Some(old) = self.trails.remove(&id) {
+        if let Some((name, steps, kept)) = self.trails.take(&id) {
             // Queued again under its id (a retry or a replay): a fresh timeline, after
             // the old one's steps.
-            self.forget_payload(&old);
-            self.order.retain(|t| *t != id);
-            self.insert_trail(id, old.name, envelope.priority, old.steps);
+            if let Some(kept) = kept {
+                self.kept_bytes -= kept.payload.len() as u64;
+            }
+            self.insert_trail(id, name, envelope.priority, steps);
         } else {
             let name = self.task_name(&envelope.name);
-            // Room for the usual three steps: submitted, started and the final one.
-            self.insert_trail(id, name, envelope.priority, Vec::with_capacity(3));
+            self.insert_trail(id, name, envelope.priority, Steps::new());
         }
         let step = entry(at, if scheduled { "scheduled" } else { "submitted" }, 1);
         self.task_step(kind, id, &envelope.name, step, None, |_| {});
     }
 
-    fn insert_trail(
-        &mut self,
-        id: TaskId,
-        name: Arc<str>,
-        priority: Priority,
-        steps: Vec<TimelineEntry>,
-    ) {
-        while self.order.len() >= MAX_TRAILS {
-            let Some(oldest) = self.order.pop_front() else {
-                break;
-            };
-            if let Some(old) = self.trails.remove(&oldest) {
-                self.forget_payload(&old);
-            }
-        }
-        self.order.push_back(id);
-        self.trails.insert(
-            id,
+    fn insert_trail(&mut self, id: TaskId, name: Arc<str>, priority: Priority, steps: Steps) {
+        let kept_bytes = &mut self.kept_bytes;
+        self.trails.push(
             Trail {
+                id,
                 name,
                 priority,
+                moved: false,
                 steps,
                 envelope: None,
             },
+            |old| {
+                if let Some(envelope) = &old.envelope {
+                    *kept_bytes -= envelope.payload.len() as u64;
+                }
+            },
         );
-    }
-
-    fn forget_payload(&mut self, trail: &Trail) {
-        if let Some(envelope) = &trail.envelope {
-            self.kept_bytes -= envelope.payload.len() as u64;
-        }
     }
 
     /// A task was handed to `worker` for `attempt`, after waiting `waited_ms`.
@@ -463,14 +529,14 @@ impl Observer {
 
     /// The recent tasks, newest first.
     pub fn recent(&self) -> impl Iterator<Item = &TaskId> {
-        self.order.iter().rev()
+        self.trails.recent()
     }
 
     /// Adds task `id` to the recent tasks, without steps (a task restored from the
     /// data directory: what happened before the restart is not kept). Oldest first.
     pub fn seed(&mut self, id: TaskId, name: &str, priority: Priority) {
-        if self.on && !self.trails.contains_key(&id) {
-            self.insert_trail(id, Arc::from(name), priority, Vec::new());
+        if self.on && !self.trails.contains(&id) {
+            self.insert_trail(id, Arc::from(name), priority, Steps::new());
         }
     }
 
@@ -627,6 +693,41 @@ mod tests {
         let record = TaskRecord::new(id, "add", TaskStatus::Failure, big.codec);
         observer.finished(&record, big, 2, true);
         assert!(observer.kept_submission(&id).is_none());
+    }
+
+    #[test]
+    fn a_task_queued_again_keeps_one_timeline_until_it_leaves_the_ring() {
+        let mut observer = Observer::new(true);
+        let task = envelope("add", 2);
+        let id = task.id;
+        observer.submitted(&task, false, 1);
+        let record = TaskRecord::new(id, "add", TaskStatus::Failure, task.codec);
+        observer.finished(&record, task.clone(), 2, true);
+        assert!(observer.kept_submission(&id).is_some());
+        assert_eq!(observer.kept_bytes, 2);
+
+        // Retried under its id: one timeline, the old steps first; the kept payload is
+        // given back.
+        observer.submitted(&task, false, 3);
+        let (_, steps) = observer.timeline(&id).unwrap();
+        let names: Vec<_> = steps.iter().map(|s| s.event).collect();
+        assert_eq!(names, ["submitted", "failure", "submitted"]);
+        assert!(observer.kept_submission(&id).is_none());
+        assert_eq!(observer.kept_bytes, 0);
+        assert_eq!(observer.recent().collect::<Vec<_>>(), [&id]);
+
+        // The ring holds its old place too: filling it pushes that place out first,
+        // then the task itself.
+        for i in 0..MAX_TRAILS - 1 {
+            observer.submitted(&envelope("add", 1), false, 10 + i as u64);
+        }
+        assert!(observer.timeline(&id).is_some());
+        assert_eq!(observer.recent().count(), MAX_TRAILS);
+        assert_eq!(observer.recent().last(), Some(&id));
+        observer.submitted(&envelope("add", 1), false, 20_000);
+        assert!(observer.timeline(&id).is_none());
+        assert_eq!(observer.recent().count(), MAX_TRAILS);
+        assert!(observer.recent().all(|t| *t != id));
     }
 
     #[test]
