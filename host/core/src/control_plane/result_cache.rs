@@ -91,28 +91,40 @@ impl ResultCache {
 
     /// Stores a final record, evicting the least recently read ones while it would not
     /// fit. A record larger than the whole byte budget is not kept: false.
+    /// A record stored again under its id replaces the old one. While the bytes leave
+    /// room, the map is looked up once, by the insertion itself, which gives back the
+    /// record it replaces, if any: a fresh id is the usual case, and each lookup at a
+    /// random place of a large map costs a cache miss.
     pub fn insert(&mut self, record: TaskRecord, now: Instant) -> bool {
         let size = cost(&record);
-        if let Some((_, old)) = self.entries.pop(&record.task_id) {
-            self.bytes -= cost(&old);
+        let id = record.task_id;
+        if self.bytes + size > self.max_bytes {
+            // The old record's bytes count toward the room, so it goes first.
+            if let Some((_, old)) = self.entries.pop(&id) {
+                self.bytes -= cost(&old);
+            }
         }
         if size > self.max_bytes {
             return false;
         }
         while self.bytes + size > self.max_bytes {
             match self.entries.pop_lru() {
-                Some((id, (_, old))) => {
+                Some((old_id, (_, old))) => {
                     self.bytes -= cost(&old);
                     self.stats.evictions += 1;
-                    self.note_dropped(id);
+                    self.note_dropped(old_id);
                 }
                 None => break,
             }
         }
-        if let Some((id, (_, evicted))) = self.entries.push(record.task_id, (now, record)) {
-            self.bytes -= cost(&evicted);
-            self.stats.evictions += 1;
-            self.note_dropped(id);
+        if let Some((old_id, (_, old))) = self.entries.push(id, (now, record)) {
+            // The record it replaced, or the least recently read one, evicted for the
+            // count.
+            self.bytes -= cost(&old);
+            if old_id != id {
+                self.stats.evictions += 1;
+                self.note_dropped(old_id);
+            }
         }
         self.bytes += size;
         true
@@ -263,6 +275,30 @@ mod tests {
         assert!(cache.get(&record(1).task_id, later).is_none());
         assert_eq!(cache.sweep(later + Duration::from_secs(3)), 1);
         assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn a_record_stored_again_replaces_the_old_one_without_evicting_another() {
+        let now = Instant::now();
+        let mut cache = ResultCache::new(2, u64::MAX, Duration::from_secs(5));
+        cache.track_evictions();
+        assert!(cache.insert(record(1), now));
+        assert!(cache.insert(record(2), now));
+        let mut again = record(2);
+        again.value = Bytes::from_static(b"12345");
+        assert!(cache.insert(again, now));
+        assert_eq!(cache.len(), 2);
+        assert_eq!(cache.bytes(), cost(&record(1)) + cost(&record(2)) + 5);
+        assert_eq!(
+            cache.peek(&record(2).task_id).map(|r| r.value.len()),
+            Some(5)
+        );
+        assert!(cache.peek(&record(1).task_id).is_some());
+        assert_eq!((cache.stats().evictions, cache.take_dropped()), (0, vec![]));
+        // Full by count, a fresh id evicts the least recently read.
+        assert!(cache.insert(record(3), now));
+        assert_eq!(cache.take_dropped(), vec![record(1).task_id]);
+        assert_eq!(cache.stats().evictions, 1);
     }
 
     #[test]
