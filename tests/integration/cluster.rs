@@ -62,7 +62,7 @@ fn worker(record: &TaskRecord) -> &str {
     record
         .worker_id
         .as_ref()
-        .map(|w| w.0.as_str())
+        .map(|w| w.as_str())
         .unwrap_or("<none>")
 }
 

@@ -280,7 +280,7 @@ fn sigkill_of_a_subworker_under_load_loses_nothing() {
     }
     let by_killed = records
         .iter()
-        .filter(|r| r.worker_id.as_ref().is_some_and(|w| w.0 == "swk1"))
+        .filter(|r| r.worker_id.as_ref().is_some_and(|w| w.as_str() == "swk1"))
         .count();
     let redelivered = records.iter().filter(|r| r.delivery_count > 1).count();
     eprintln!(

@@ -283,7 +283,7 @@ fn tasks_waiting_behind_a_long_one_are_handed_back_and_run_elsewhere() {
     let long = final_record(&rt, &client, long);
     for record in &records {
         assert_eq!(
-            record.worker_id.as_ref().map(|w| w.0.as_str()),
+            record.worker_id.as_ref().map(|w| w.as_str()),
             Some("sw2"),
             "{record:?}"
         );

@@ -32,7 +32,7 @@ fn a_clients_trace_continues_on_the_control_plane_and_the_subworker() {
     let record = rt
         .block_on(client.submit(task, Duration::from_secs(30)))
         .expect("add succeeds");
-    assert_eq!(record.worker_id.as_ref().map(|w| w.0.as_str()), Some("sw1"));
+    assert_eq!(record.worker_id.as_ref().map(|w| w.as_str()), Some("sw1"));
     let span = format!("task{{task_id={id} task_name=add");
     let traced = format!("trace_id={trace_id}");
     let on_cp = poll_until(Duration::from_secs(10), || {

@@ -239,7 +239,10 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
         if life.draining() {
             after_welcome.push(ToControlPlane::Draining);
         }
-        let hello = ToControlPlane::Hello(Hello::new(PeerKind::Subworker, worker_id.0.clone()));
+        let hello = ToControlPlane::Hello(Hello::new(
+            PeerKind::Subworker,
+            worker_id.as_str().to_string(),
+        ));
         if !send(&mut conn, version, &hello).await {
             if wait_or_stop(backoff, &mut shutdown, &mut life, &executor, grace).await {
                 return finish_without_control_plane(&executor, &undelivered);
@@ -422,7 +425,7 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
                     }
                 }
                 Some(report) = plugins.reports.recv() => {
-                    report.log(&worker_id.0);
+                    report.log(worker_id.as_str());
                     let mut ok = send(&mut conn, version, &ToControlPlane::PluginEvent(PluginEvent::from(&report))).await;
                     if report.changed_tasks() {
                         let tasks = registry.load().task_specs();
@@ -729,7 +732,7 @@ async fn serve_status(
             )
         })?;
     let endpoint = server.endpoints[0].clone();
-    let id = worker_id.0.clone();
+    let id = worker_id.as_str().to_string();
     tokio::spawn(async move {
         while let Some(event) = server.events.recv().await {
             let (peer, frames) = match event {

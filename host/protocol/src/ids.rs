@@ -1,6 +1,6 @@
 //! Identifiers, as newtypes so a task id is never mistaken for anything else.
 
-use std::fmt;
+use std::{fmt, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -43,15 +43,27 @@ impl fmt::Display for TaskId {
     }
 }
 
-/// A worker's id: the control plane's `--worker-id` or a subworker's.
+/// A worker's id: the control plane's `--worker-id` or a subworker's. Shared, not
+/// copied: the control plane keeps it with every task a worker holds and every result
+/// it returned, so a clone is a count, not an allocation. On the wire it is a string.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[non_exhaustive]
-pub struct WorkerId(pub String);
+#[serde(transparent)]
+pub struct WorkerId(Arc<str>);
 
 impl WorkerId {
     /// The worker called `id`.
-    pub fn new(id: impl Into<String>) -> Self {
-        WorkerId(id.into())
+    pub fn new(id: impl AsRef<str>) -> Self {
+        WorkerId(Arc::from(id.as_ref()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The id as a shared string (a count more, no copy).
+    pub fn shared(&self) -> Arc<str> {
+        self.0.clone()
     }
 }
 
@@ -63,7 +75,13 @@ impl fmt::Display for WorkerId {
 
 impl From<&str> for WorkerId {
     fn from(s: &str) -> Self {
-        WorkerId(s.to_string())
+        WorkerId::new(s)
+    }
+}
+
+impl std::borrow::Borrow<str> for WorkerId {
+    fn borrow(&self) -> &str {
+        &self.0
     }
 }
 

@@ -528,7 +528,7 @@ impl Dispatcher {
                 warn!(worker = %id, "subworker connection lost");
                 self.record_event(
                     "worker.lost",
-                    &id.0,
+                    id.as_str(),
                     format!("subworker {id} connection lost"),
                 );
                 self.remove_worker(&id);
@@ -566,7 +566,7 @@ impl Dispatcher {
             warn!(worker = %id, "subworker did not come back from its restart");
             self.record_event(
                 "worker.lost",
-                &id.0,
+                id.as_str(),
                 format!("subworker {id} did not come back from its restart"),
             );
             self.remove_worker(&id);
@@ -1478,7 +1478,7 @@ impl Dispatcher {
                 if let Some(w) = self.workers.get_mut(&from) {
                     w.tasks.remove(&name);
                 }
-                if from.0 == self.config.id {
+                if from.as_str() == self.config.id {
                     self.own_tasks.remove(&name);
                 }
                 if self.known_task(&name) {

@@ -9,7 +9,7 @@
 //! [`MAX_KEPT_PAYLOAD_BYTES`] in all, at most [`MAX_NAMES`] task names counted.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{hash_map::Entry, HashMap, VecDeque},
     sync::Arc,
 };
 
@@ -123,23 +123,52 @@ impl Trails {
         self.index.contains_key(id)
     }
 
-    /// Takes task `id`'s trail out of the kept ones, if kept; its place in the ring
-    /// stays until its turn to leave.
-    fn take(&mut self, id: &TaskId) -> Option<(Arc<str>, Steps, Option<Box<TaskEnvelope>>)> {
-        let seq = self.index.remove(id)?;
-        let trail = self.ring.get_mut(usize::try_from(seq - self.first).ok()?)?;
-        trail.moved = true;
-        Some((
-            trail.name.clone(),
-            std::mem::take(&mut trail.steps),
-            trail.envelope.take(),
-        ))
-    }
-
-    /// Adds `trail` at the back; the oldest leaves first when [`MAX_TRAILS`] are kept
-    /// (given back to free its payload).
-    fn push(&mut self, trail: Trail, mut evicted: impl FnMut(Trail)) {
-        while self.ring.len() >= MAX_TRAILS {
+    /// Starts task `id`'s trail at the back of the ring (named by `name`, called only
+    /// for a task without one). A task queued again under its id keeps its steps: its
+    /// trail moves to the back. The submissions kept with a moved trail and with the
+    /// trails pushed out of the front (past [`MAX_TRAILS`]) go to `given_back`. One
+    /// lookup of the index.
+    fn start(
+        &mut self,
+        id: TaskId,
+        priority: Priority,
+        name: impl FnOnce() -> Arc<str>,
+        mut given_back: impl FnMut(Box<TaskEnvelope>),
+    ) {
+        if self.ring.len() == self.ring.capacity() {
+            // Grow to the bound and no further (doubling would overshoot it).
+            let want = (self.ring.len() * 2).clamp(64, MAX_TRAILS + 1);
+            self.ring
+                .reserve_exact(want.saturating_sub(self.ring.len()));
+        }
+        let seq = self.first + self.ring.len() as u64;
+        let old = match self.index.entry(id) {
+            Entry::Occupied(mut at) => Some(at.insert(seq)),
+            Entry::Vacant(at) => {
+                at.insert(seq);
+                None
+            }
+        };
+        let old = old.and_then(|old| self.ring.get_mut(usize::try_from(old - self.first).ok()?));
+        let (name, steps) = match old {
+            Some(old) => {
+                old.moved = true;
+                if let Some(envelope) = old.envelope.take() {
+                    given_back(envelope);
+                }
+                (old.name.clone(), std::mem::take(&mut old.steps))
+            }
+            None => (name(), Steps::new()),
+        };
+        self.ring.push_back(Trail {
+            id,
+            name,
+            priority,
+            moved: false,
+            steps,
+            envelope: None,
+        });
+        while self.ring.len() > MAX_TRAILS {
             let Some(oldest) = self.ring.pop_front() else {
                 break;
             };
@@ -147,17 +176,10 @@ impl Trails {
             if !oldest.moved {
                 self.index.remove(&oldest.id);
             }
-            evicted(oldest);
+            if let Some(envelope) = oldest.envelope {
+                given_back(envelope);
+            }
         }
-        if self.ring.len() == self.ring.capacity() {
-            // Grow to the bound and no further (doubling would overshoot it).
-            let want = (self.ring.len() * 2).clamp(64, MAX_TRAILS);
-            self.ring
-                .reserve_exact(want.saturating_sub(self.ring.len()));
-        }
-        let seq = self.first + self.ring.len() as u64;
-        self.index.insert(trail.id, seq);
-        self.ring.push_back(trail);
     }
 
     /// The kept tasks, newest first.
@@ -180,8 +202,6 @@ pub struct Observer {
     run: Histogram,
     reloads: u64,
     plugins: HashMap<WorkerId, Vec<PluginInfo>>,
-    /// Worker ids as the events and timelines share them (one per known worker).
-    worker_names: super::FastMap<WorkerId, Arc<str>>,
     /// Task names as the timelines share them (not one allocation per task).
     task_names: super::FastMap<Box<str>, Arc<str>>,
     plugin_history: VecDeque<ApiPluginEvent>,
@@ -288,38 +308,16 @@ impl Observer {
         } else {
             "task.queued"
         };
-        if let Some((name, steps, kept)) = self.trails.take(&id) {
-            // Queued again under its id (a retry or a replay): a fresh timeline, after
-            // the old one's steps.
-            if let Some(kept) = kept {
-                self.kept_bytes -= kept.payload.len() as u64;
-            }
-            self.insert_trail(id, name, envelope.priority, steps);
-        } else {
-            let name = self.task_name(&envelope.name);
-            self.insert_trail(id, name, envelope.priority, Steps::new());
-        }
+        let names = &mut self.task_names;
+        let kept_bytes = &mut self.kept_bytes;
+        self.trails.start(
+            id,
+            envelope.priority,
+            || shared_name(names, &envelope.name),
+            |kept| *kept_bytes -= kept.payload.len() as u64,
+        );
         let step = entry(at, if scheduled { "scheduled" } else { "submitted" }, 1);
         self.task_step(kind, id, &envelope.name, step, None, |_| {});
-    }
-
-    fn insert_trail(&mut self, id: TaskId, name: Arc<str>, priority: Priority, steps: Steps) {
-        let kept_bytes = &mut self.kept_bytes;
-        self.trails.push(
-            Trail {
-                id,
-                name,
-                priority,
-                moved: false,
-                steps,
-                envelope: None,
-            },
-            |old| {
-                if let Some(envelope) = &old.envelope {
-                    *kept_bytes -= envelope.payload.len() as u64;
-                }
-            },
-        );
     }
 
     /// A task was handed to `worker` for `attempt`, after waiting `waited_ms`.
@@ -336,38 +334,12 @@ impl Observer {
             return;
         }
         self.wait.observe(waited_ms as f64 / 1000.0);
-        let worker = self.worker_name(worker);
+        let worker = worker.shared();
         let mut step = entry(at, "started", attempt);
         step.worker_id = Some(worker.clone());
         self.task_step("task.started", id, name, step, None, |event| {
             event.worker_id = Some(worker);
         });
-    }
-
-    /// Task name `name` as timelines share it.
-    fn task_name(&mut self, name: &str) -> Arc<str> {
-        if let Some(shared) = self.task_names.get(name) {
-            return shared.clone();
-        }
-        let shared: Arc<str> = Arc::from(name);
-        // Names are chosen by clients: past this many, each is its own allocation.
-        if self.task_names.len() < MAX_SHARED_NAMES {
-            self.task_names.insert(Box::from(name), shared.clone());
-        }
-        shared
-    }
-
-    /// `worker`'s id as events share it.
-    fn worker_name(&mut self, worker: &WorkerId) -> Arc<str> {
-        if let Some(name) = self.worker_names.get(worker) {
-            return name.clone();
-        }
-        let name: Arc<str> = Arc::from(worker.0.as_str());
-        // Bounded by the workers known; a gone worker's entry goes with it.
-        if self.worker_names.len() < 100_000 {
-            self.worker_names.insert(worker.clone(), name.clone());
-        }
-        name
     }
 
     /// An attempt failed and the task retries after `delay_ms`.
@@ -427,7 +399,7 @@ impl Observer {
                     .observe(done.saturating_sub(started) as f64 / 1000.0);
             }
         }
-        let worker = record.worker_id.as_ref().map(|w| self.worker_name(w));
+        let worker = record.worker_id.as_ref().map(WorkerId::shared);
         let attempt = record.attempts.max(1);
         let mut step = entry(at, status_step(record.status), attempt);
         step.worker_id = worker.clone();
@@ -485,7 +457,6 @@ impl Observer {
     /// `worker` is gone.
     pub fn worker_gone(&mut self, worker: &WorkerId) {
         self.plugins.remove(worker);
-        self.worker_names.remove(worker);
     }
 
     /// A plugin of `worker` was reloaded, retired or rejected.
@@ -514,7 +485,7 @@ impl Observer {
             self.plugin_history.pop_front();
         }
         self.plugin_history
-            .push_back(ApiPluginEvent::new(at, worker.0.clone(), event));
+            .push_back(ApiPluginEvent::new(at, worker.as_str().to_string(), event));
     }
 
     /// The plugins `worker` has loaded.
@@ -536,7 +507,13 @@ impl Observer {
     /// data directory: what happened before the restart is not kept). Oldest first.
     pub fn seed(&mut self, id: TaskId, name: &str, priority: Priority) {
         if self.on && !self.trails.contains(&id) {
-            self.insert_trail(id, Arc::from(name), priority, Steps::new());
+            let kept_bytes = &mut self.kept_bytes;
+            self.trails.start(
+                id,
+                priority,
+                || Arc::from(name),
+                |kept| *kept_bytes -= kept.payload.len() as u64,
+            );
         }
     }
 
@@ -607,6 +584,19 @@ impl Observer {
     pub fn samples(&self) -> impl Iterator<Item = &ThroughputSample> {
         self.samples.iter()
     }
+}
+
+/// Task name `name` as timelines share it, from `names` (bounded: names are chosen by
+/// clients, and past [`MAX_SHARED_NAMES`] each is its own allocation).
+fn shared_name(names: &mut super::FastMap<Box<str>, Arc<str>>, name: &str) -> Arc<str> {
+    if let Some(shared) = names.get(name) {
+        return shared.clone();
+    }
+    let shared: Arc<str> = Arc::from(name);
+    if names.len() < MAX_SHARED_NAMES {
+        names.insert(Box::from(name), shared.clone());
+    }
+    shared
 }
 
 fn entry(at: u64, event: &'static str, attempt: u32) -> TimelineEntry {

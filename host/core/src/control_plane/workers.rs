@@ -508,7 +508,7 @@ mod tests {
         for n in 0..5u8 {
             let id = t.pick("add").cloned().expect("a free worker");
             t.assign(&id, TaskId::from_bytes([n; 16]));
-            *counts.entry(id.0).or_default() += 1;
+            *counts.entry(id.as_str().to_string()).or_default() += 1;
         }
         assert_eq!(counts["w1"], 2);
         assert_eq!(counts["w2"], 2);
@@ -526,7 +526,7 @@ mod tests {
         for n in 0..5u8 {
             let id = t.pick("add").cloned().expect("a free worker");
             t.assign(&id, TaskId::from_bytes([n; 16]));
-            picked.push(id.0);
+            picked.push(id.as_str().to_string());
         }
         assert_eq!(picked[4], "w3", "{picked:?}");
         assert!(!picked[..4].contains(&"w3".to_string()), "{picked:?}");
@@ -540,7 +540,7 @@ mod tests {
         assert_eq!(t.expire(later, Duration::from_secs(30)).len(), 3);
         assert!(t.pick("add").is_none());
         t.touch(&Bytes::from(vec![2u8]), later);
-        assert_eq!(t.pick("add").map(|w| w.0.as_str()), Some("w2"));
+        assert_eq!(t.pick("add").map(|w| w.as_str()), Some("w2"));
     }
 
     #[test]

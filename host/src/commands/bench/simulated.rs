@@ -102,7 +102,10 @@ pub async fn measure(
             .iter()
             .find(|t| t.spec.name == "add")
             .map_or(0, |t| {
-                t.workers.iter().filter(|w| w.0.starts_with("sim")).count()
+                t.workers
+                    .iter()
+                    .filter(|w| w.as_str().starts_with("sim"))
+                    .count()
             });
         if served >= n {
             break;

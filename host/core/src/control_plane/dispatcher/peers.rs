@@ -70,7 +70,7 @@ impl Dispatcher {
         let worker = self
             .workers
             .by_peer(peer)
-            .map(|w| w.0.clone())
+            .map(|w| w.as_str().to_string())
             .unwrap_or_else(|| "unregistered peer".to_string());
         let message = for_people(&event.message, 1024);
         let kind = for_people(&event.kind, 32);
@@ -89,12 +89,12 @@ impl Dispatcher {
     /// `Register`: a subworker joins (or comes back) under its id; see the registration
     /// rules in docs/PROTOCOL.md §8.1.
     pub(super) fn register(&mut self, peer: &PeerId, reg: crate::protocol::Registration, now: Now) {
-        if let Err(reason) = check_worker_tasks(&reg.worker_id.0, &reg.tasks) {
+        if let Err(reason) = check_worker_tasks(reg.worker_id.as_str(), &reg.tasks) {
             self.actions
                 .push(reply(peer, FromControlPlane::Refused { reason }));
             return;
         }
-        let own = reg.worker_id.0 == self.config.id;
+        let own = reg.worker_id.as_str() == self.config.id;
         if own && reg.secret != Some(self.config.own_secret) {
             warn!(worker = %reg.worker_id, "refusing a registration under the control plane's own worker id");
             self.actions.push(reply(
@@ -202,7 +202,7 @@ impl Dispatcher {
         }
         self.record_event(
             "worker.registered",
-            &reg.worker_id.0,
+            reg.worker_id.as_str(),
             format!("subworker {} registered", reg.worker_id),
         );
         self.worker_changed(&reg.worker_id, Some(secret));
@@ -221,7 +221,7 @@ impl Dispatcher {
         }
         if let Some(id) = self.workers.by_peer(peer).cloned() {
             self.names_served(tasks.iter().map(|t| t.name.as_str()));
-            if id.0 == self.config.id {
+            if id.as_str() == self.config.id {
                 self.own_tasks = tasks.iter().map(|t| (t.name.clone(), t.clone())).collect();
             }
             if let Some(worker) = self.workers.get_mut(&id) {
@@ -241,7 +241,7 @@ impl Dispatcher {
             }
             self.record_event(
                 "worker.restarting",
-                &id.0,
+                id.as_str(),
                 format!("subworker {id} restarting in place"),
             );
         }
@@ -251,7 +251,11 @@ impl Dispatcher {
     pub(super) fn unregister(&mut self, peer: &PeerId) {
         if let Some(id) = self.workers.by_peer(peer).cloned() {
             info!(worker = %id, "subworker unregistered");
-            self.record_event("worker.left", &id.0, format!("subworker {id} unregistered"));
+            self.record_event(
+                "worker.left",
+                id.as_str(),
+                format!("subworker {id} unregistered"),
+            );
             self.remove_worker(&id);
         }
         self.peers.remove(peer);

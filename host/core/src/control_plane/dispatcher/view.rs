@@ -183,9 +183,9 @@ impl Dispatcher {
                 let mut tasks: Vec<String> = w.tasks.keys().cloned().collect();
                 tasks.sort();
                 let mut worker = ApiWorker::default();
-                worker.worker_id = w.id.0.clone();
+                worker.worker_id = w.id.as_str().to_string();
                 worker.status = status;
-                worker.own = w.id.0 == self.config.id;
+                worker.own = w.id.as_str() == self.config.id;
                 worker.address = w.address.clone();
                 worker.pid = w.pid;
                 worker.running = w.in_flight.len() as u64;
@@ -221,7 +221,7 @@ impl Dispatcher {
             .iter()
             .map(|p| {
                 let mut plugin = ApiPlugin::default();
-                plugin.worker_id = worker.0.clone();
+                plugin.worker_id = worker.as_str().to_string();
                 plugin.name = p.name.clone();
                 plugin.version = p.version.clone();
                 plugin.build = p.build.clone();

@@ -211,7 +211,7 @@ impl RedbStore {
             let secret: WorkerSecret = self.decode("worker", value.value())?;
             snapshot
                 .workers
-                .push((WorkerId::new(id.value().to_string()), secret));
+                .push((WorkerId::new(id.value()), secret));
         }
         let names = txn.open_table(NAMES).map_err(|e| self.fail(e))?;
         for row in names.iter().map_err(|e| self.fail(e))? {
@@ -289,11 +289,11 @@ impl RedbStore {
                     Some(secret) => {
                         let row = self.encode(secret)?;
                         workers
-                            .insert(id.0.as_str(), row.as_slice())
+                            .insert(id.as_str(), row.as_slice())
                             .map_err(|e| self.fail(e))?;
                     }
                     None => {
-                        workers.remove(id.0.as_str()).map_err(|e| self.fail(e))?;
+                        workers.remove(id.as_str()).map_err(|e| self.fail(e))?;
                     }
                 }
             }
