@@ -135,11 +135,11 @@ impl Trails {
         name: impl FnOnce() -> Arc<str>,
         mut given_back: impl FnMut(Box<TaskEnvelope>),
     ) {
-        if self.ring.len() == self.ring.capacity() {
-            // Grow to the bound and no further (doubling would overshoot it).
-            let want = (self.ring.len() * 2).clamp(64, MAX_TRAILS + 1);
-            self.ring
-                .reserve_exact(want.saturating_sub(self.ring.len()));
+        if self.ring.capacity() == 0 {
+            // Room for the bound at once: growing by doubling would overshoot it, and
+            // leave each smaller copy freed but resident. Pages are touched only as
+            // trails fill them.
+            self.ring.reserve_exact(MAX_TRAILS + 1);
         }
         let seq = self.first + self.ring.len() as u64;
         let old = match self.index.entry(id) {

@@ -209,9 +209,7 @@ impl RedbStore {
         for row in workers.iter().map_err(|e| self.fail(e))? {
             let (id, value) = row.map_err(|e| self.fail(e))?;
             let secret: WorkerSecret = self.decode("worker", value.value())?;
-            snapshot
-                .workers
-                .push((WorkerId::new(id.value()), secret));
+            snapshot.workers.push((WorkerId::new(id.value()), secret));
         }
         let names = txn.open_table(NAMES).map_err(|e| self.fail(e))?;
         for row in names.iter().map_err(|e| self.fail(e))? {
