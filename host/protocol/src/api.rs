@@ -7,7 +7,7 @@
 
 use serde::Serialize;
 
-use std::{borrow::Cow, sync::Arc};
+use std::{borrow::Cow, fmt, ops::Deref, sync::Arc};
 
 use crate::{
     ids::TaskId,
@@ -197,6 +197,74 @@ pub struct ApiTaskPage {
     pub tasks: Vec<StatusJson>,
 }
 
+/// A name that events and timelines share: a task's or a worker's. One the control
+/// plane interned (kept for the life of the process, a bounded set) is cloned by
+/// copying a pointer; any other is shared by a count, which every clone and drop
+/// updates atomically. Serialized as the string.
+#[derive(Clone)]
+pub enum SharedName {
+    /// Interned: kept for good.
+    Interned(&'static str),
+    /// Counted.
+    Counted(Arc<str>),
+}
+
+impl SharedName {
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        match self {
+            SharedName::Interned(s) => s,
+            SharedName::Counted(s) => s,
+        }
+    }
+}
+
+impl Deref for SharedName {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq for SharedName {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for SharedName {}
+
+impl fmt::Debug for SharedName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for SharedName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<&str> for SharedName {
+    fn from(s: &str) -> Self {
+        SharedName::Counted(Arc::from(s))
+    }
+}
+
+impl From<Arc<str>> for SharedName {
+    fn from(s: Arc<str>) -> Self {
+        SharedName::Counted(s)
+    }
+}
+
+impl Serialize for SharedName {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
 /// One step of a task's life.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[non_exhaustive]
@@ -209,7 +277,7 @@ pub struct TimelineEntry {
     /// The attempt it concerns.
     pub attempt: u32,
     /// The worker, for `started` and the final step.
-    pub worker_id: Option<Arc<str>>,
+    pub worker_id: Option<SharedName>,
     /// Why (a retry's error, a re-queue's reason).
     pub message: Option<String>,
 }
@@ -383,9 +451,9 @@ pub struct ApiEvent {
     /// The task, for a task event.
     pub task_id: Option<TaskId>,
     /// The task's name, for a task event.
-    pub task_name: Option<Arc<str>>,
+    pub task_name: Option<SharedName>,
     /// The worker concerned.
-    pub worker_id: Option<Arc<str>>,
+    pub worker_id: Option<SharedName>,
     /// The attempt, for a task event.
     pub attempt: Option<u32>,
     /// The error of a failure, retry or cancel.

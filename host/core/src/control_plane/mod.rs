@@ -19,6 +19,7 @@ pub mod dispatcher;
 pub mod events;
 pub mod http;
 pub mod metrics;
+pub mod names;
 pub mod observe;
 pub mod own_worker;
 pub mod periodic;

@@ -8,15 +8,12 @@
 //! [`MAX_TRAIL_STEPS`] steps, the payloads kept for a retry at most
 //! [`MAX_KEPT_PAYLOAD_BYTES`] in all, at most [`MAX_NAMES`] task names counted.
 
-use std::{
-    collections::{hash_map::Entry, HashMap, VecDeque},
-    sync::Arc,
-};
+use std::collections::{hash_map::Entry, HashMap, VecDeque};
 
 use smallvec::SmallVec;
 
 use crate::protocol::{
-    api::{ApiEvent, ApiPluginEvent, TaskTotals, ThroughputSample, TimelineEntry},
+    api::{ApiEvent, ApiPluginEvent, SharedName, TaskTotals, ThroughputSample, TimelineEntry},
     for_people,
     json::ErrorJson,
     PluginEvent, PluginInfo, Priority, TaskEnvelope, TaskError, TaskId, TaskRecord, TaskStatus,
@@ -84,7 +81,7 @@ type Steps = SmallVec<[TimelineEntry; 3]>;
 struct Trail {
     id: TaskId,
     /// The task's name, shared by its events.
-    name: Arc<str>,
+    name: SharedName,
     priority: Priority,
     /// Queued again under its id: its steps moved to a newer trail, and this one only
     /// waits its turn to leave the ring.
@@ -132,7 +129,7 @@ impl Trails {
         &mut self,
         id: TaskId,
         priority: Priority,
-        name: impl FnOnce() -> Arc<str>,
+        name: impl FnOnce() -> SharedName,
         mut given_back: impl FnMut(Box<TaskEnvelope>),
     ) {
         if self.ring.capacity() == 0 {
@@ -202,17 +199,14 @@ pub struct Observer {
     run: Histogram,
     reloads: u64,
     plugins: HashMap<WorkerId, Vec<PluginInfo>>,
-    /// Task names as the timelines share them (not one allocation per task).
-    task_names: super::FastMap<Box<str>, Arc<str>>,
+    /// Task names and worker ids as events and timelines share them.
+    names: super::names::Names,
     plugin_history: VecDeque<ApiPluginEvent>,
     /// Totals per [`SAMPLE_INTERVAL_MS`], the newest last, and the totals at the last
     /// sample.
     samples: VecDeque<ThroughputSample>,
     sampled: Option<(u64, TaskTotals)>,
 }
-
-/// The most task names [`Observer`] shares.
-const MAX_SHARED_NAMES: usize = 1_000;
 
 /// Milliseconds between throughput samples.
 pub const SAMPLE_INTERVAL_MS: u64 = 1_000;
@@ -290,7 +284,7 @@ impl Observer {
                 }
                 trail.name.clone()
             }
-            None => Arc::from(name),
+            None => self.names.get(name),
         });
         fill(&mut event);
         self.feed.push(event);
@@ -308,12 +302,12 @@ impl Observer {
         } else {
             "task.queued"
         };
-        let names = &mut self.task_names;
+        let names = &mut self.names;
         let kept_bytes = &mut self.kept_bytes;
         self.trails.start(
             id,
             envelope.priority,
-            || shared_name(names, &envelope.name),
+            || names.get(&envelope.name),
             |kept| *kept_bytes -= kept.payload.len() as u64,
         );
         let step = entry(at, if scheduled { "scheduled" } else { "submitted" }, 1);
@@ -334,7 +328,7 @@ impl Observer {
             return;
         }
         self.wait.observe(waited_ms as f64 / 1000.0);
-        let worker = worker.shared();
+        let worker = self.names.worker(worker);
         let mut step = entry(at, "started", attempt);
         step.worker_id = Some(worker.clone());
         self.task_step("task.started", id, name, step, None, |event| {
@@ -399,7 +393,7 @@ impl Observer {
                     .observe(done.saturating_sub(started) as f64 / 1000.0);
             }
         }
-        let worker = record.worker_id.as_ref().map(WorkerId::shared);
+        let worker = record.worker_id.as_ref().map(|w| self.names.worker(w));
         let attempt = record.attempts.max(1);
         let mut step = entry(at, status_step(record.status), attempt);
         step.worker_id = worker.clone();
@@ -442,7 +436,7 @@ impl Observer {
             return;
         }
         let mut event = ApiEvent::new(kind.to_string(), at);
-        event.worker_id = Some(Arc::from(subject));
+        event.worker_id = Some(SharedName::from(subject));
         event.message = Some(message.to_string());
         self.feed.push(event);
     }
@@ -508,10 +502,11 @@ impl Observer {
     pub fn seed(&mut self, id: TaskId, name: &str, priority: Priority) {
         if self.on && !self.trails.contains(&id) {
             let kept_bytes = &mut self.kept_bytes;
+            let names = &mut self.names;
             self.trails.start(
                 id,
                 priority,
-                || Arc::from(name),
+                || names.get(name),
                 |kept| *kept_bytes -= kept.payload.len() as u64,
             );
         }
@@ -584,19 +579,6 @@ impl Observer {
     pub fn samples(&self) -> impl Iterator<Item = &ThroughputSample> {
         self.samples.iter()
     }
-}
-
-/// Task name `name` as timelines share it, from `names` (bounded: names are chosen by
-/// clients, and past [`MAX_SHARED_NAMES`] each is its own allocation).
-fn shared_name(names: &mut super::FastMap<Box<str>, Arc<str>>, name: &str) -> Arc<str> {
-    if let Some(shared) = names.get(name) {
-        return shared.clone();
-    }
-    let shared: Arc<str> = Arc::from(name);
-    if names.len() < MAX_SHARED_NAMES {
-        names.insert(Box::from(name), shared.clone());
-    }
-    shared
 }
 
 fn entry(at: u64, event: &'static str, attempt: u32) -> TimelineEntry {
