@@ -29,6 +29,7 @@ pub mod retry;
 pub mod server;
 pub mod store;
 pub mod task_spans;
+pub mod timeline;
 pub mod wire;
 pub mod workers;
 

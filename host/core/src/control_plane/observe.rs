@@ -10,8 +10,6 @@
 
 use std::collections::{hash_map::Entry, HashMap, VecDeque};
 
-use smallvec::SmallVec;
-
 use crate::protocol::{
     api::{ApiEvent, ApiPluginEvent, SharedName, TaskTotals, ThroughputSample, TimelineEntry},
     for_people,
@@ -22,9 +20,7 @@ use crate::protocol::{
 
 /// The most recent tasks whose timelines are kept.
 pub const MAX_TRAILS: usize = 10_000;
-/// The most steps one timeline keeps (a task retried many times keeps its first and
-/// last steps).
-pub const MAX_TRAIL_STEPS: usize = 64;
+pub use super::timeline::MAX_TRAIL_STEPS;
 /// Payload bytes kept for final tasks so the dashboard can retry them.
 pub const MAX_KEPT_PAYLOAD_BYTES: u64 = 32 << 20;
 /// The most task names counted by name in `/metrics` (the rest count as `_unknown`).
@@ -72,9 +68,7 @@ impl Histogram {
     }
 }
 
-/// The steps of one timeline: the usual three (submitted, started, final) in place,
-/// more on the heap.
-type Steps = SmallVec<[TimelineEntry; 3]>;
+use super::timeline::Steps;
 
 /// One task's recent life.
 #[derive(Debug)]
@@ -155,7 +149,7 @@ impl Trails {
                 }
                 (old.name.clone(), std::mem::take(&mut old.steps))
             }
-            None => (name(), Steps::new()),
+            None => (name(), Steps::default()),
         };
         self.ring.push_back(Trail {
             id,
@@ -269,10 +263,6 @@ impl Observer {
         event.attempt = Some(step.attempt);
         event.task_name = Some(match self.trails.get_mut(&id) {
             Some(trail) => {
-                if trail.steps.len() >= MAX_TRAIL_STEPS {
-                    // Keep the first step and the newest: drop the oldest after it.
-                    trail.steps.remove(1);
-                }
                 trail.steps.push(step);
                 if let Some(envelope) = submission {
                     let size = envelope.payload.len() as u64;
@@ -513,10 +503,8 @@ impl Observer {
     }
 
     /// A task's timeline and priority, if kept.
-    pub fn timeline(&self, id: &TaskId) -> Option<(Priority, &[TimelineEntry])> {
-        self.trails
-            .get(id)
-            .map(|t| (t.priority, t.steps.as_slice()))
+    pub fn timeline(&self, id: &TaskId) -> Option<(Priority, Vec<TimelineEntry>)> {
+        self.trails.get(id).map(|t| (t.priority, t.steps.to_vec()))
     }
 
     /// The submission of a final task, if kept (for a retry).

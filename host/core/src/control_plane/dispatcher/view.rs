@@ -293,7 +293,7 @@ impl Dispatcher {
     pub fn api_task(&self, id: &TaskId) -> Option<TaskDetail> {
         let record = self.record_of(id)?;
         let (priority, timeline) = match self.observer.timeline(id) {
-            Some((priority, steps)) => (priority.as_str(), steps.to_vec()),
+            Some((priority, steps)) => (priority.as_str(), steps),
             None => (
                 self.tasks
                     .get(id)
