@@ -185,8 +185,14 @@ mod tests {
             assert_eq!(rt.block_on(rx).unwrap(), i * 2);
         }
         assert_eq!(count.load(Ordering::Relaxed), 10_000);
+        // Waking a thread per call would start all 64. Other tests run alongside on
+        // two cores, and a thread preempted during a call looks busy, so a few more
+        // than one start (10 seen in a full run of the library's tests).
         let threads = pool.shared.lock().threads;
-        assert!(threads <= 8, "10,000 short calls started {threads} threads");
+        assert!(
+            threads <= 16,
+            "10,000 short calls started {threads} threads"
+        );
     }
 
     #[test]
