@@ -454,10 +454,10 @@ fn clients_subworkers_and_callbacks_survive_a_hostile_server() {
         let task = {
             let mut t =
                 TaskEnvelope::new("add", Codec::Json, Bytes::from(json!([1, 2]).to_string()));
-            t.callback = Some(fastworker_protocol::Callback::new(
+            t.callback = Some(Box::new(fastworker_protocol::Callback::new(
                 hostile.address.clone(),
                 "x",
-            ));
+            )));
             t
         };
         let ok = rt.block_on(async {

@@ -24,10 +24,10 @@ fn a_clients_trace_continues_on_the_control_plane_and_the_subworker() {
 
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let mut task = TaskEnvelope::new("add", Codec::Json, Bytes::from_static(b"[20, 22]"));
-    task.trace = Some(TraceContext::new(
+    task.trace = Some(Box::new(TraceContext::new(
         format!("00-{trace_id}-00f067aa0ba902b7-01"),
         "vendor=x",
-    ));
+    )));
     let id = task.id;
     let record = rt
         .block_on(client.submit(task, Duration::from_secs(30)))
@@ -51,7 +51,7 @@ fn a_clients_trace_continues_on_the_control_plane_and_the_subworker() {
     // Without a trace context of its own (or with a malformed one), a task's trace is
     // named by its id.
     let mut task = TaskEnvelope::new("add", Codec::Json, Bytes::from_static(b"[1, 1]"));
-    task.trace = Some(TraceContext::new("garbage", ""));
+    task.trace = Some(Box::new(TraceContext::new("garbage", "")));
     let id = task.id;
     rt.block_on(client.submit(task, Duration::from_secs(30)))
         .expect("add succeeds");

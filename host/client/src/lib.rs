@@ -327,7 +327,7 @@ impl Client {
         if let Some(current) = propagation::inject(&tracing::Span::current()) {
             for task in &mut tasks {
                 if task.trace.as_ref().and_then(|t| t.trace_id()).is_none() {
-                    task.trace = Some(current.clone());
+                    task.trace = Some(Box::new(current.clone()));
                 }
             }
         }
@@ -393,7 +393,7 @@ impl Client {
         );
         if !span.is_disabled() {
             if task.trace.as_ref().and_then(|t| t.trace_id()).is_none() {
-                task.trace = propagation::inject(&span);
+                task.trace = propagation::inject(&span).map(Box::new);
             }
             match task.trace.as_ref().and_then(|t| t.trace_id()) {
                 Some(trace_id) => span.record("trace_id", tracing::field::display(trace_id)),

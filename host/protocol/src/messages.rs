@@ -159,10 +159,12 @@ pub struct TaskEnvelope {
     pub timeout_secs: Option<f64>,
     /// Retry overrides.
     pub retry: RetryOverride,
-    /// Where to send the result, if anywhere.
-    pub callback: Option<Callback>,
+    /// Where to send the result, if anywhere. Boxed, as the trace context: most tasks
+    /// have neither, and the control plane keeps thousands of envelopes and copies one
+    /// per hand-out (on the wire, the same as unboxed).
+    pub callback: Option<Box<Callback>>,
     /// Trace context, if any.
-    pub trace: Option<TraceContext>,
+    pub trace: Option<Box<TraceContext>>,
     /// Milliseconds to hold the task, counted from when the control plane accepts it
     /// (on its clock, so neither the client's clock nor the time in transit shifts
     /// it); 0 = none. Combines with `not_before_ms`: the later of the two wins.

@@ -89,10 +89,10 @@ fn build(name: &str, values: Vec<Value>, opts: &SubmitArgs) -> anyhow::Result<Ta
     retry.jitter = opts.retry_jitter.then_some(true);
     task.retry = retry;
     task.callback = opts.callback_address.as_ref().map(|address| {
-        Callback::new(
+        Box::new(Callback::new(
             address.clone(),
             opts.callback_data.clone().unwrap_or_default(),
-        )
+        ))
     });
     Ok(task)
 }

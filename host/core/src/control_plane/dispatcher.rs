@@ -1416,7 +1416,7 @@ impl Dispatcher {
             format_args!("handed to {worker} (attempt {})", envelope.attempt),
         );
         if let Some(context) = self.spans.context(&id) {
-            envelope.trace = Some(context);
+            envelope.trace = Some(Box::new(context));
         }
         self.workers.assign(&worker, id);
         if takes_prefetch {
@@ -1704,7 +1704,7 @@ impl Dispatcher {
         }
         if let Some(callback) = &entry.envelope.callback {
             self.actions.push(Action::Callback {
-                callback: callback.clone(),
+                callback: Callback::clone(callback),
                 record: record.clone(),
             });
         }
