@@ -237,14 +237,16 @@ const MAX_MSGPACK_DEPTH: usize = 128;
 /// each string out of the slice, so a declared length never reserves more than the
 /// bytes that are there.
 fn decode_msgpack<M: DeserializeOwned>(body: &[u8]) -> Result<M, ProtocolError> {
-    let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(body));
+    // From the bytes themselves: strings are borrowed while decoding, not copied out.
+    let mut de = rmp_serde::Deserializer::from_read_ref(body);
     de.set_max_depth(MAX_MSGPACK_DEPTH);
     let msg = M::deserialize(&mut de).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
-    let read = de.position();
-    if read != body.len() as u64 {
+    let read = super::msgpack::value_len(body)
+        .ok_or_else(|| ProtocolError::Malformed("the message is cut short".into()))?;
+    if read != body.len() {
         return Err(ProtocolError::Malformed(format!(
             "{} bytes after the message",
-            body.len() as u64 - read
+            body.len() - read
         )));
     }
     Ok(msg)
