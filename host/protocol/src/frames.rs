@@ -233,9 +233,9 @@ fn own_payload(frame: &Bytes) -> Bytes {
 /// How deep a version 3 header may nest (as `serde_json`'s limit for version 2).
 const MAX_MSGPACK_DEPTH: usize = 128;
 
-/// A version 3 header: one MessagePack value and nothing after it. The reader copies
-/// each string out of the slice, so a declared length never reserves more than the
-/// bytes that are there.
+/// A version 3 header: one MessagePack value and nothing after it. Strings are
+/// borrowed from the slice, and a declared length longer than the bytes that are
+/// there is an error, never a reservation.
 fn decode_msgpack<M: DeserializeOwned>(body: &[u8]) -> Result<M, ProtocolError> {
     // From the bytes themselves: strings are borrowed while decoding, not copied out.
     let mut de = rmp_serde::Deserializer::from_read_ref(body);

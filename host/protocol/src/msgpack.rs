@@ -154,4 +154,39 @@ mod tests {
         assert_eq!(value_len(&[0xd4, 0x05, 0xaa]), Some(3));
         assert_eq!(value_len(&[0x92, 0x01, 0xa1, b'z', 0xff]), Some(4));
     }
+
+    #[test]
+    fn every_marker_with_a_length_or_a_count_is_stepped_over() {
+        // array 16 and 32, map 16 and 32, as an encoder writes them.
+        let long: Vec<u32> = (0..70_000).collect();
+        let map: std::collections::BTreeMap<u32, bool> = (0..20).map(|i| (i, true)).collect();
+        let big_map: std::collections::BTreeMap<u32, ()> = (0..70_000).map(|i| (i, ())).collect();
+        for bytes in [
+            rmp_serde::to_vec(&long[..20]).unwrap(),
+            rmp_serde::to_vec(&long).unwrap(),
+            rmp_serde::to_vec(&map).unwrap(),
+            rmp_serde::to_vec(&big_map).unwrap(),
+        ] {
+            assert!(matches!(bytes[0], 0xdc..=0xdf), "{:#x}", bytes[0]);
+            assert_eq!(value_len(&bytes), Some(bytes.len()));
+            assert_eq!(value_len(&bytes[..bytes.len() - 1]), None);
+        }
+        // ext 16 and 32 (length, type, data), fixext 2, 4, 8, 16 (type, data).
+        let mut ext16 = vec![0xc8, 0x01, 0x00, 0x07];
+        ext16.extend(vec![0xaa; 256]);
+        let mut ext32 = vec![0xc9, 0x00, 0x01, 0x00, 0x00, 0x07];
+        ext32.extend(vec![0xaa; 65_536]);
+        for (marker, data) in [(0xd5u8, 2usize), (0xd6, 4), (0xd7, 8), (0xd8, 16)] {
+            let mut fixext = vec![marker, 0x07];
+            fixext.extend(vec![0xaa; data]);
+            assert_eq!(value_len(&fixext), Some(fixext.len()));
+            assert_eq!(value_len(&fixext[..fixext.len() - 1]), None);
+        }
+        for bytes in [ext16, ext32] {
+            assert_eq!(value_len(&bytes), Some(bytes.len()));
+            assert_eq!(value_len(&bytes[..bytes.len() - 1]), None);
+        }
+        // Negative fixint, nil, booleans.
+        assert_eq!(value_len(&[0x93, 0xe0, 0xc0, 0xc3]), Some(4));
+    }
 }

@@ -101,22 +101,26 @@ struct Trails {
 
 impl Trails {
     fn get(&self, id: &TaskId) -> Option<&Trail> {
-        let seq = *self.index.get(id)?;
-        self.ring.get(usize::try_from(seq - self.first).ok()?)
+        self.ring.get(self.place(*self.index.get(id)?)?)
     }
 
     fn get_mut(&mut self, id: &TaskId) -> Option<&mut Trail> {
-        let seq = *self.index.get(id)?;
-        self.ring.get_mut(usize::try_from(seq - self.first).ok()?)
+        let place = self.place(*self.index.get(id)?)?;
+        self.ring.get_mut(place)
     }
 
     fn contains(&self, id: &TaskId) -> bool {
         self.index.contains_key(id)
     }
 
-    /// Starts task `id`'s trail at the back of the ring (named by `name`, called only
-    /// for a task without one). A task queued again under its id keeps its steps: its
-    /// trail moves to the back. The submissions kept with a moved trail and with the
+    /// The place in the ring of the trail numbered `seq` (none if it left).
+    fn place(&self, seq: u64) -> Option<usize> {
+        usize::try_from(seq.checked_sub(self.first)?).ok()
+    }
+
+    /// Starts task `id`'s trail at the back of the ring. A task without one is named by
+    /// `name` (called only then); a task queued again under its id keeps its name and
+    /// steps: its trail moves to the back. The submissions kept with a moved trail and with the
     /// trails pushed out of the front (past [`MAX_TRAILS`]) go to `given_back`. One
     /// lookup of the index.
     fn start(
@@ -140,7 +144,9 @@ impl Trails {
                 None
             }
         };
-        let old = old.and_then(|old| self.ring.get_mut(usize::try_from(old - self.first).ok()?));
+        let old = old
+            .and_then(|old| self.place(old))
+            .and_then(|place| self.ring.get_mut(place));
         let (name, steps) = match old {
             Some(old) => {
                 old.moved = true;

@@ -98,13 +98,20 @@ impl ResultCache {
     pub fn insert(&mut self, record: TaskRecord, now: Instant) -> bool {
         let size = cost(&record);
         let id = record.task_id;
+        let mut replaced = false;
         if self.bytes + size > self.max_bytes {
             // The old record's bytes count toward the room, so it goes first.
             if let Some((_, old)) = self.entries.pop(&id) {
                 self.bytes -= cost(&old);
+                replaced = true;
             }
         }
         if size > self.max_bytes {
+            if replaced {
+                // Nothing is stored under the id any more: the store must forget the
+                // old record too, or it comes back after a restart.
+                self.note_dropped(id);
+            }
             return false;
         }
         while self.bytes + size > self.max_bytes {
@@ -299,6 +306,20 @@ mod tests {
         assert!(cache.insert(record(3), now));
         assert_eq!(cache.take_dropped(), vec![record(1).task_id]);
         assert_eq!(cache.stats().evictions, 1);
+    }
+
+    #[test]
+    fn a_record_too_large_for_the_budget_drops_the_one_it_would_replace() {
+        let now = Instant::now();
+        let mut cache = ResultCache::new(10, 2 * cost(&record(1)), Duration::from_secs(5));
+        cache.track_evictions();
+        assert!(cache.insert(record(1), now));
+        let mut huge = record(1);
+        huge.value = Bytes::from(vec![0u8; 10_000]);
+        assert!(!cache.insert(huge, now));
+        assert_eq!((cache.len(), cache.bytes()), (0, 0));
+        // The store is told, so the old result does not come back after a restart.
+        assert_eq!(cache.take_dropped(), vec![record(1).task_id]);
     }
 
     #[test]
