@@ -239,10 +239,7 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
         if life.draining() {
             after_welcome.push(ToControlPlane::Draining);
         }
-        let hello = ToControlPlane::Hello(Hello::new(
-            PeerKind::Subworker,
-            worker_id.as_str().to_string(),
-        ));
+        let hello = ToControlPlane::Hello(Hello::new(PeerKind::Subworker, worker_id.to_string()));
         if !send(&mut conn, version, &hello).await {
             if wait_or_stop(backoff, &mut shutdown, &mut life, &executor, grace).await {
                 return finish_without_control_plane(&executor, &undelivered);
@@ -732,7 +729,7 @@ async fn serve_status(
             )
         })?;
     let endpoint = server.endpoints[0].clone();
-    let id = worker_id.as_str().to_string();
+    let id = worker_id.to_string();
     tokio::spawn(async move {
         while let Some(event) = server.events.recv().await {
             let (peer, frames) = match event {

@@ -253,12 +253,6 @@ impl From<&str> for SharedName {
     }
 }
 
-impl From<Arc<str>> for SharedName {
-    fn from(s: Arc<str>) -> Self {
-        SharedName::Counted(s)
-    }
-}
-
 impl Serialize for SharedName {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(self.as_str())

@@ -79,12 +79,6 @@ impl From<&str> for WorkerId {
     }
 }
 
-impl std::borrow::Borrow<str> for WorkerId {
-    fn borrow(&self) -> &str {
-        &self.0
-    }
-}
-
 /// Compares two byte strings in time that depends only on their length.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0

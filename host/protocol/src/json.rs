@@ -115,7 +115,7 @@ impl From<&TaskRecord> for StatusJson {
             status: record.status.as_str(),
             result: value_json(record.codec, &record.value),
             error: record.error.as_ref().map(ErrorJson::from),
-            worker_id: record.worker_id.as_ref().map(|w| w.as_str().to_string()),
+            worker_id: record.worker_id.as_ref().map(|w| w.to_string()),
             attempts: record.attempts,
             delivery_count: record.delivery_count,
             submitted_at: record.submitted_ms,

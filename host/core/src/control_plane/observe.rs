@@ -298,14 +298,7 @@ impl Observer {
         } else {
             "task.queued"
         };
-        let names = &mut self.names;
-        let kept_bytes = &mut self.kept_bytes;
-        self.trails.start(
-            id,
-            envelope.priority,
-            || names.get(&envelope.name),
-            |kept| *kept_bytes -= kept.payload.len() as u64,
-        );
+        self.start_trail(id, envelope.priority, &envelope.name);
         let step = entry(at, if scheduled { "scheduled" } else { "submitted" }, 1);
         self.task_step(kind, id, &envelope.name, step, None, |_| {});
     }
@@ -475,7 +468,7 @@ impl Observer {
             self.plugin_history.pop_front();
         }
         self.plugin_history
-            .push_back(ApiPluginEvent::new(at, worker.as_str().to_string(), event));
+            .push_back(ApiPluginEvent::new(at, worker.to_string(), event));
     }
 
     /// The plugins `worker` has loaded.
@@ -497,15 +490,21 @@ impl Observer {
     /// data directory: what happened before the restart is not kept). Oldest first.
     pub fn seed(&mut self, id: TaskId, name: &str, priority: Priority) {
         if self.on && !self.trails.contains(&id) {
-            let kept_bytes = &mut self.kept_bytes;
-            let names = &mut self.names;
-            self.trails.start(
-                id,
-                priority,
-                || names.get(name),
-                |kept| *kept_bytes -= kept.payload.len() as u64,
-            );
+            self.start_trail(id, priority, name);
         }
+    }
+
+    /// Starts task `id`'s trail (see [`Trails::start`]); submissions it gives back no
+    /// longer count toward the kept bytes.
+    fn start_trail(&mut self, id: TaskId, priority: Priority, name: &str) {
+        let names = &mut self.names;
+        let kept_bytes = &mut self.kept_bytes;
+        self.trails.start(
+            id,
+            priority,
+            || names.get(name),
+            |kept| *kept_bytes -= kept.payload.len() as u64,
+        );
     }
 
     /// A task's timeline and priority, if kept.

@@ -98,21 +98,18 @@ impl ResultCache {
     pub fn insert(&mut self, record: TaskRecord, now: Instant) -> bool {
         let size = cost(&record);
         let id = record.task_id;
-        let mut replaced = false;
+        if size > self.max_bytes {
+            // Nothing is stored under the id any more: an old record goes, and the
+            // store forgets it too, or it would come back after a restart.
+            self.remove(&id);
+            return false;
+        }
         if self.bytes + size > self.max_bytes {
-            // The old record's bytes count toward the room, so it goes first.
+            // The old record's bytes count toward the room, so it goes first (replaced,
+            // not dropped).
             if let Some((_, old)) = self.entries.pop(&id) {
                 self.bytes -= cost(&old);
-                replaced = true;
             }
-        }
-        if size > self.max_bytes {
-            if replaced {
-                // Nothing is stored under the id any more: the store must forget the
-                // old record too, or it comes back after a restart.
-                self.note_dropped(id);
-            }
-            return false;
         }
         while self.bytes + size > self.max_bytes {
             match self.entries.pop_lru() {

@@ -74,12 +74,8 @@ impl Steps {
                 (None, _) | (Some(_), None) => true,
                 (Some(new), Some(old)) => new == old,
             };
-            if let (Some(event), true, true, true) = (
-                event,
-                usize::from(*len) < IN_PLACE,
-                step.message.is_none(),
-                same_worker,
-            ) {
+            let fits = usize::from(*len) < IN_PLACE && step.message.is_none() && same_worker;
+            if let (Some(event), true) = (event, fits) {
                 let on_worker = step.worker_id.is_some();
                 if worker.is_none() {
                     *worker = step.worker_id;

@@ -508,7 +508,7 @@ mod tests {
         for n in 0..5u8 {
             let id = t.pick("add").cloned().expect("a free worker");
             t.assign(&id, TaskId::from_bytes([n; 16]));
-            *counts.entry(id.as_str().to_string()).or_default() += 1;
+            *counts.entry(id.to_string()).or_default() += 1;
         }
         assert_eq!(counts["w1"], 2);
         assert_eq!(counts["w2"], 2);
@@ -526,7 +526,7 @@ mod tests {
         for n in 0..5u8 {
             let id = t.pick("add").cloned().expect("a free worker");
             t.assign(&id, TaskId::from_bytes([n; 16]));
-            picked.push(id.as_str().to_string());
+            picked.push(id.to_string());
         }
         assert_eq!(picked[4], "w3", "{picked:?}");
         assert!(!picked[..4].contains(&"w3".to_string()), "{picked:?}");

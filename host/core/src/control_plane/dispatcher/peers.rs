@@ -70,7 +70,7 @@ impl Dispatcher {
         let worker = self
             .workers
             .by_peer(peer)
-            .map(|w| w.as_str().to_string())
+            .map(|w| w.to_string())
             .unwrap_or_else(|| "unregistered peer".to_string());
         let message = for_people(&event.message, 1024);
         let kind = for_people(&event.kind, 32);

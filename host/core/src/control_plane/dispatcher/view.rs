@@ -183,7 +183,7 @@ impl Dispatcher {
                 let mut tasks: Vec<String> = w.tasks.keys().cloned().collect();
                 tasks.sort();
                 let mut worker = ApiWorker::default();
-                worker.worker_id = w.id.as_str().to_string();
+                worker.worker_id = w.id.to_string();
                 worker.status = status;
                 worker.own = w.id.as_str() == self.config.id;
                 worker.address = w.address.clone();
@@ -221,7 +221,7 @@ impl Dispatcher {
             .iter()
             .map(|p| {
                 let mut plugin = ApiPlugin::default();
-                plugin.worker_id = worker.as_str().to_string();
+                plugin.worker_id = worker.to_string();
                 plugin.name = p.name.clone();
                 plugin.version = p.version.clone();
                 plugin.build = p.build.clone();
