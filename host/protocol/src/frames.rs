@@ -241,15 +241,20 @@ fn decode_msgpack<M: DeserializeOwned>(body: &[u8]) -> Result<M, ProtocolError> 
     let mut de = rmp_serde::Deserializer::from_read_ref(body);
     de.set_max_depth(MAX_MSGPACK_DEPTH);
     let msg = M::deserialize(&mut de).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
-    let read = super::msgpack::value_len(body)
-        .ok_or_else(|| ProtocolError::Malformed("the message is cut short".into()))?;
-    if read != body.len() {
-        return Err(ProtocolError::Malformed(format!(
-            "{} bytes after the message",
-            body.len() - read
-        )));
+    // That decoder does not say how much it read, so the end is found by asking for a
+    // marker: only an empty rest fails to give one. Anything else is refused, a whole
+    // second value or the start of one (it is stepped over to learn that, but only in
+    // a header that is refused, and within the same depth limit).
+    match <serde::de::IgnoredAny as serde::Deserialize>::deserialize(&mut de) {
+        Err(rmp_serde::decode::Error::InvalidMarkerRead(e))
+            if e.kind() == std::io::ErrorKind::UnexpectedEof =>
+        {
+            Ok(msg)
+        }
+        _ => Err(ProtocolError::Malformed(
+            "bytes after the message".to_string(),
+        )),
     }
-    Ok(msg)
 }
 
 #[cfg(test)]
@@ -816,9 +821,27 @@ mod tests {
         assert_eq!(
             decode::<ToControlPlane>(&[Bytes::from(longer)]),
             Err(ProtocolError::Malformed(
-                "1 bytes after the message".to_string()
+                "bytes after the message".to_string()
             ))
         );
+        // After it: a whole second message, the start of a string, a lone marker
+        // that MessagePack leaves unused, and a string that declares 4 GiB.
+        for rest in [
+            &frames[0][3..],
+            &[0xd9, 0x0a, b'a'][..],
+            &[0xc1],
+            &[0xdb, 0xff, 0xff, 0xff, 0xff, b'a'],
+        ] {
+            let mut longer = frames[0].to_vec();
+            longer.extend_from_slice(rest);
+            assert_eq!(
+                decode::<ToControlPlane>(&[Bytes::from(longer)]),
+                Err(ProtocolError::Malformed(
+                    "bytes after the message".to_string()
+                )),
+                "{rest:?}"
+            );
+        }
         // A string, a byte string and an array that each declare 4 GiB, with 3
         // bytes behind them: an error, at once.
         for declared in [

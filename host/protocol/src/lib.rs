@@ -28,7 +28,6 @@ pub mod frames;
 pub mod ids;
 pub mod json;
 pub mod messages;
-pub mod msgpack;
 pub mod task_error;
 pub mod v1;
 
