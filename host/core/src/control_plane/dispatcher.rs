@@ -19,6 +19,7 @@ use std::{
 use bytes::Bytes;
 use tracing::{debug, info, warn};
 
+use self::waiters::{Waiter, Waiters};
 use super::{
     dead_letters::DeadLetters,
     delay_queue::DelayQueue,
@@ -131,12 +132,6 @@ pub enum Action {
     },
 }
 
-#[derive(Debug, Clone)]
-enum Waiter {
-    Result(PeerId),
-    Status { peer: PeerId, request_id: u64 },
-}
-
 /// A peer that said hello.
 #[derive(Debug, Clone)]
 pub struct PeerInfo {
@@ -160,7 +155,7 @@ pub struct Dispatcher {
     /// not move a countdown or a retry delay.
     origin: Instant,
     cache: ResultCache,
-    waiters: super::TaskMap<Vec<Waiter>>,
+    waiters: Waiters,
     peers: super::FastMap<PeerId, PeerInfo>,
     next_seq: u64,
     shutting_down: bool,
@@ -535,18 +530,8 @@ impl Dispatcher {
             }
         }
         self.peers.remove(peer);
-        self.forget_waiters_of(peer);
+        self.waiters.forget_peer(peer);
         self.dispatch();
-    }
-
-    /// A peer that is gone waits for nothing any more.
-    fn forget_waiters_of(&mut self, peer: &PeerId) {
-        self.waiters.retain(|_, list| {
-            list.retain(|w| match w {
-                Waiter::Result(p) | Waiter::Status { peer: p, .. } => p != peer,
-            });
-            !list.is_empty()
-        });
     }
 
     /// Moves due tasks to the queues, marks silent subworkers inactive, sweeps the cache.
@@ -789,10 +774,7 @@ impl Dispatcher {
         }
         for task in fresh {
             if wait {
-                self.waiters
-                    .entry(task.id)
-                    .or_default()
-                    .push(Waiter::Result(peer.clone()));
+                self.waiters.add(task.id, Waiter::Result(peer.clone()));
             }
             self.accept(task);
         }
@@ -811,10 +793,7 @@ impl Dispatcher {
         }
         for task in again.iter().filter(|_| wait) {
             if self.tasks.contains(&task.id) {
-                self.waiters
-                    .entry(task.id)
-                    .or_default()
-                    .push(Waiter::Result(peer.clone()));
+                self.waiters.add(task.id, Waiter::Result(peer.clone()));
             } else if let Some(record) = self.cache.get(&task.id, self.now.at) {
                 let msg = FromControlPlane::Result(record.clone());
                 self.actions.push(reply(peer, msg));
@@ -1034,13 +1013,13 @@ impl Dispatcher {
     fn status(&mut self, peer: &PeerId, request_id: u64, task_id: TaskId, wait: bool) {
         let record = if let Some(entry) = self.tasks.get(&task_id) {
             if wait {
-                self.waiters
-                    .entry(task_id)
-                    .or_default()
-                    .push(Waiter::Status {
+                self.waiters.add(
+                    task_id,
+                    Waiter::Status {
                         peer: peer.clone(),
                         request_id,
-                    });
+                    },
+                );
                 return;
             }
             let mut record = entry.record.clone();
@@ -1689,8 +1668,9 @@ impl Dispatcher {
         entry.record.completed_ms = Some(self.now.unix_ms);
         self.spans.close(&id, status.as_str());
         let record = entry.record;
-        for waiter in self.waiters.remove(&id).unwrap_or_default() {
-            let action = match waiter {
+        let actions = &mut self.actions;
+        self.waiters.drain(&id, |waiter| {
+            actions.push(match waiter {
                 Waiter::Result(peer) => reply(&peer, FromControlPlane::Result(record.clone())),
                 Waiter::Status { peer, request_id } => reply(
                     &peer,
@@ -1699,9 +1679,8 @@ impl Dispatcher {
                         record: Some(record.clone()),
                     },
                 ),
-            };
-            self.actions.push(action);
-        }
+            })
+        });
         if let Some(callback) = &entry.envelope.callback {
             self.actions.push(Action::Callback {
                 callback: Callback::clone(callback),
@@ -1828,6 +1807,7 @@ mod durable;
 mod peers;
 mod task_store;
 mod view;
+mod waiters;
 use super::store::TaskEntry;
 pub use durable::{Restored, Unsaved};
 use task_store::TaskStore;
