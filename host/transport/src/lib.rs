@@ -254,6 +254,15 @@ struct Gate {
 }
 
 impl Gate {
+    /// The peer named `identity`: the gate's own handle for one it knows, shared by
+    /// every message from it (a clone is a count, not an allocation and a copy).
+    fn peer(&self, identity: &[u8]) -> PeerId {
+        match self.peers.get_key_value(identity) {
+            Some((peer, _)) => peer.clone(),
+            None => Bytes::copy_from_slice(identity),
+        }
+    }
+
     /// The message to hand up, if any.
     fn admit(&mut self, peer: PeerId, mut frames: Vec<Bytes>) -> Option<ServerEvent> {
         let Some(key) = &self.key else {
@@ -417,10 +426,11 @@ where
                             continue;
                         }
                         // The identity is a slice of the buffer the socket read, as
-                        // every frame is; a copy of its few bytes does not pin that
-                        // buffer for as long as a waiter or a worker entry keeps the
-                        // peer, nor share its count with the frames.
-                        let peer = Bytes::copy_from_slice(&frames.remove(0));
+                        // every frame is: it is not kept (it would pin that buffer for
+                        // as long as a waiter or a worker entry keeps the peer), but
+                        // looked up among the peers the gate knows.
+                        let identity = frames.remove(0);
+                        let peer = gate.peer(&identity);
                         match gate.admit(peer, frames) {
                             Some(event) => event,
                             None => continue,
