@@ -18,6 +18,7 @@
 //! - [`subworker`]: the subworker's loop.
 //! - [`error`]: why a control plane or subworker could not start or stopped.
 
+pub mod child;
 pub mod control_plane;
 pub mod error;
 pub mod executor;

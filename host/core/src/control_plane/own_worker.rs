@@ -235,27 +235,9 @@ fn spawn(command: &ChildCommand) -> std::io::Result<Child> {
     for (key, value) in &command.env {
         cmd.env(key, value);
     }
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::unix::process::CommandExt;
-        let parent = std::process::id();
-        // SAFETY: between fork and exec only async-signal-safe calls run here:
-        // prctl(2) and getppid(2), no allocation and no locks.
-        unsafe {
-            cmd.pre_exec(move || {
-                // The child dies with the thread that started it (this supervisor,
-                // which lives as long as the control plane supervises it).
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // The parent may have died before prctl took effect.
-                if u32::try_from(libc::getppid()).ok() != Some(parent) {
-                    return Err(std::io::Error::other("the control plane is gone"));
-                }
-                Ok(())
-            });
-        }
-    }
+    // It dies with the thread that started it (this supervisor, which lives as long
+    // as the control plane supervises it).
+    crate::child::dies_with_parent(&mut cmd);
     cmd.spawn()
 }
 

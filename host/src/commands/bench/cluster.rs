@@ -47,6 +47,8 @@ impl Process {
         mut command: Command,
         stdout: Option<PathBuf>,
     ) -> anyhow::Result<Process> {
+        // Killing the bench (say by `timeout`) takes its cluster and floor with it.
+        fastworker_host::child::dies_with_parent(&mut command);
         let child = command
             .stdin(Stdio::null())
             .spawn()
