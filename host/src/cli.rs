@@ -208,6 +208,10 @@ pub struct BenchArgs {
     /// Sequential round trips per latency measurement.
     #[arg(long, default_value_t = 2_000)]
     pub round_trips: usize,
+    /// Throughput measurements per case, each of --tasks tasks: the median is reported
+    /// (one run of a fifth of a second swings by a third on a shared machine).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub repeat: u32,
     /// Only the main case (control plane + 1 subworker) and the floor.
     #[arg(long)]
     pub quick: bool,

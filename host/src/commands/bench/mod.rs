@@ -38,7 +38,10 @@ const BATCH_WAIT: Duration = Duration::from_secs(120);
 #[derive(Debug, Clone, Default)]
 struct Case {
     name: String,
+    /// The median of `throughput_runs`.
     throughput: Option<f64>,
+    /// Each throughput measurement (tasks/s), in order.
+    throughput_runs: Vec<f64>,
     rtt: Option<[f64; 3]>,
     cpu_us_per_task: Vec<(String, f64)>,
     rss: Vec<(String, f64, f64)>,
@@ -123,6 +126,18 @@ async fn throughput(
     Ok(total as f64 / started.elapsed().as_secs_f64())
 }
 
+/// The median of `values` (the mean of the middle two for an even count).
+fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(sorted[n / 2]),
+        _ => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
+    }
+}
+
 /// p50, p99 and p99.9 of `n` sequential round trips of `make`'s tasks, in ms.
 async fn round_trips(
     client: &Client,
@@ -162,23 +177,29 @@ async fn add_case(
     )
     .await?;
     let idle: Vec<_> = cluster.processes.iter().map(|p| usage(p.pid())).collect();
-    let rate = throughput(
-        &client,
-        args.tasks,
-        |i| add_task(i as i64),
-        |r, s| check_add(r, s as i64),
-    )
-    .await?;
+    let mut runs = Vec::new();
+    for _ in 0..args.repeat {
+        let rate = throughput(
+            &client,
+            args.tasks,
+            |i| add_task(i as i64),
+            |r, s| check_add(r, s as i64),
+        )
+        .await?;
+        runs.push(rate);
+    }
+    let tasks_run = args.tasks as f64 * f64::from(args.repeat);
     let mut case = Case {
         name: name.to_string(),
-        throughput: Some(rate),
+        throughput: median(&runs),
+        throughput_runs: runs,
         ..Case::default()
     };
     for ((process, before), fresh) in cluster.processes.iter().zip(idle).zip(fresh) {
         let after = usage(process.pid());
         case.cpu_us_per_task.push((
             process.name.clone(),
-            (after.cpu_secs - before.cpu_secs) * 1e6 / args.tasks as f64,
+            (after.cpu_secs - before.cpu_secs) * 1e6 / tasks_run,
         ));
         case.rss
             .push((process.name.clone(), fresh.rss_mib, after.peak_rss_mib));
@@ -350,6 +371,7 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
                     cases.push(Case {
                         name: format!("echo of {} (default flags)", bytes_label(*size)),
                         throughput: Some(rate),
+                        throughput_runs: vec![rate],
                         rtt: Some(rtt),
                         ..Case::default()
                     });
@@ -420,6 +442,7 @@ fn report(
             json!({
                 "name": c.name,
                 "throughput_tasks_per_s": c.throughput,
+                "throughput_runs_tasks_per_s": c.throughput_runs,
                 "rtt_ms": c.rtt.map(|r| json!({"p50": r[0], "p99": r[1], "p99_9": r[2]})),
                 "cpu_us_per_task": c.cpu_us_per_task.iter().map(|(n, us)| (n.clone(), json!(us))).collect::<serde_json::Map<String, Value>>(),
                 "rss_mib": c.rss.iter().map(|(n, idle, peak)| (n.clone(), json!({"idle": idle, "peak": peak}))).collect::<serde_json::Map<String, Value>>(),
@@ -427,6 +450,7 @@ fn report(
         };
         let out = json!({
             "throughput_tasks_per_s": throughput,
+            "throughput_runs_tasks_per_s": main.throughput_runs,
             "rtt_p50_ms": rtt_p50,
             "rtt_p99_ms": main.rtt.map(|r| r[1]),
             "rtt_p99_9_ms": main.rtt.map(|r| r[2]),
@@ -459,8 +483,9 @@ fn report(
         return Ok(());
     }
     let mut text = format!(
-        "fastworker bench on {} ({} tasks per throughput case, {} round trips)\n\n",
+        "fastworker bench on {} (throughput: the median of {} runs of {} tasks per case, min–max beside it; {} round trips)\n\n",
         machine(),
+        args.repeat,
         args.tasks,
         args.round_trips
     );
@@ -484,7 +509,7 @@ fn report(
         text.push_str(&format!(
             "| {} | {} | {rtt} | {cpu} | {rss} |\n",
             case.name,
-            case.throughput.map_or("".into(), |t| format!("{t:.0}")),
+            throughput_cell(case),
         ));
     }
     text.push_str("\n| ZeroMQ floor (same engine, same run) | messages/s | round trip p50 (ms) |\n|---|---|---|\n");
@@ -513,6 +538,24 @@ fn report(
     ));
     crate::commands::emit(text.as_bytes());
     Ok(())
+}
+
+/// "median (min–max)" of a case's throughput runs; the median alone for one run.
+fn throughput_cell(case: &Case) -> String {
+    let Some(median) = case.throughput else {
+        return String::new();
+    };
+    let lowest = case
+        .throughput_runs
+        .iter()
+        .copied()
+        .fold(f64::INFINITY, f64::min);
+    let highest = case.throughput_runs.iter().copied().fold(0.0, f64::max);
+    if case.throughput_runs.len() > 1 {
+        format!("{median:.0} ({lowest:.0}–{highest:.0})")
+    } else {
+        format!("{median:.0}")
+    }
 }
 
 /// The machine, for the report: cores and CPU model.
