@@ -185,13 +185,16 @@ mod tests {
             assert_eq!(rt.block_on(rx).unwrap(), i * 2);
         }
         assert_eq!(count.load(Ordering::Relaxed), 10_000);
-        // Waking a thread per call would start all 64. Other tests run alongside on
-        // two cores, and a thread preempted during a call looks busy, so a few more
-        // than one start (10 seen in a full run of the library's tests).
+        // Waking a thread per call starts all 64 (checked by breaking the rule). How
+        // few the rule starts depends on timing: a thread preempted during a call looks
+        // busy, so under load more start (10 seen in a full run of the library's tests,
+        // 29 in a CI run on a loaded machine). Fewer than all is what holds whatever the
+        // timing; how much CPU the pool costs per call is the bench's to measure
+        // (`fastworker bench`: subworker CPU per task).
         let threads = pool.shared.lock().threads;
         assert!(
-            threads <= 16,
-            "10,000 short calls started {threads} threads"
+            threads < 64,
+            "10,000 short calls started {threads} threads: one per call"
         );
     }
 
