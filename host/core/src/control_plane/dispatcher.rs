@@ -558,11 +558,7 @@ impl Dispatcher {
         }
         for id in self.workers.expire(now.at, self.config.inactive_after) {
             warn!(worker = %id, "subworker inactive: no message for {:?}", self.config.inactive_after);
-            let held: Vec<TaskId> = self
-                .workers
-                .get_mut(&id)
-                .map(|w| w.in_flight.drain().collect())
-                .unwrap_or_default();
+            let held = self.workers.take_in_flight(&id);
             for task in held {
                 self.worker_lost_task(task, &id);
             }
@@ -1343,7 +1339,10 @@ impl Dispatcher {
         // A subworker that takes prefetched tasks with all its slots taken queues
         // this one: it is `assigned` until the subworker reports it started.
         let (takes_prefetch, prefetched) = self.workers.get(&worker).map_or((false, false), |w| {
-            (w.prefetch, w.prefetch && w.would_prefetch())
+            (
+                w.takes_prefetched(),
+                w.takes_prefetched() && w.would_prefetch(),
+            )
         });
         let Some(entry) = self.tasks.get_mut(&id) else {
             return;
@@ -1648,7 +1647,7 @@ impl Dispatcher {
         self.worker_changed(id, None);
         self.observer.worker_gone(id);
         if let Some(worker) = self.workers.remove(id) {
-            for task in worker.in_flight {
+            for task in worker.into_in_flight() {
                 self.worker_lost_task(task, id);
             }
         }

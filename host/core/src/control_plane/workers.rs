@@ -10,8 +10,17 @@
 //! have a free slot, the least loaded (running / concurrency) wins; ties go to the one
 //! that was handed work longest ago, so equal workers share evenly. A fallback worker
 //! (the control plane's own subworker) is chosen only when no other can take the task.
+//!
+//! The table keeps its workers ranked in that order (`Rank`), updated wherever a
+//! worker's load changes, so a pick walks from the least loaded and stops at the first
+//! that can take the task, or as soon as the rest have no free slot: with 1,000
+//! subworkers, scanning them all was more than half of the control plane's time per
+//! task. Prefetch questions look only at the workers that take prefetched tasks.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
 
 use super::FastMap;
 use crate::{
@@ -28,10 +37,10 @@ pub struct WorkerEntry {
     pub peer: PeerId,
     /// The tasks it serves.
     pub tasks: FastMap<String, TaskSpec>,
-    /// Its slots.
-    pub concurrency: u32,
-    /// Tasks it holds now.
-    pub in_flight: super::TaskSet,
+    /// Its slots (its rank depends on it: changed only by the table).
+    concurrency: u32,
+    /// Tasks it holds now (its rank depends on them: changed only by the table).
+    in_flight: super::TaskSet,
     /// When it last said anything.
     pub last_seen: Instant,
     /// Whether it gets work (false after `inactive_after` of silence).
@@ -52,12 +61,13 @@ pub struct WorkerEntry {
     pub restarting: bool,
     /// When its connection dropped while restarting.
     pub gone_since: Option<Instant>,
-    /// Chosen only when no other worker can take a task.
-    pub fallback: bool,
+    /// Chosen only when no other worker can take a task (changed only by the table).
+    fallback: bool,
     /// Known from the store and not connected since this start.
     pub from_store: bool,
-    /// It takes prefetched tasks (it registered with `prefetch`).
-    pub prefetch: bool,
+    /// It takes prefetched tasks (it registered with `prefetch`; changed only by the
+    /// table, which keeps the set of those that do).
+    prefetch: bool,
     /// Each task name's recent mean run time in ns, as it reports it.
     pub run_ns: FastMap<String, u64>,
     /// It handed back tasks because every slot was taken (by long tasks, or by one
@@ -82,7 +92,62 @@ pub const MAX_PREFETCH_PER_SLOT: u32 = 256;
 /// more than this many queued.
 pub const MAX_PREFETCHED: u32 = 512;
 
+/// Where a worker stands for the next task among the workers of its group (the
+/// fallback, or the others), in the order a pick prefers: the least loaded, then the
+/// fewest tasks held, then the one handed work longest ago (its id last, so the order
+/// is total).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Rank {
+    /// running / concurrency, as the bits of a non-negative `f64` (which order as the
+    /// numbers do).
+    load: u64,
+    held: usize,
+    last_assigned: u64,
+    id: WorkerId,
+}
+
+impl Rank {
+    /// No free slot: its load is at least 1.
+    fn full(&self) -> bool {
+        self.load >= 1.0f64.to_bits()
+    }
+}
+
 impl WorkerEntry {
+    /// Its slots.
+    pub fn concurrency(&self) -> u32 {
+        self.concurrency
+    }
+
+    /// The tasks it holds now.
+    pub fn in_flight(&self) -> &super::TaskSet {
+        &self.in_flight
+    }
+
+    /// The tasks it held, once it is out of the table.
+    pub fn into_in_flight(self) -> super::TaskSet {
+        self.in_flight
+    }
+
+    /// Is it the fallback (chosen only when no other worker can take a task)?
+    pub fn is_fallback(&self) -> bool {
+        self.fallback
+    }
+
+    /// Did it register as taking prefetched tasks?
+    pub fn takes_prefetched(&self) -> bool {
+        self.prefetch
+    }
+
+    fn rank(&self) -> Rank {
+        Rank {
+            load: self.load().to_bits(),
+            held: self.in_flight.len(),
+            last_assigned: self.last_assigned,
+            id: self.id.clone(),
+        }
+    }
+
     /// The most tasks it may hold at once when handed one named `name`: its slots,
     /// and for a subworker that takes prefetched tasks, as many more per slot as fit
     /// in [`PREFETCH_BUDGET_NS`] of that name's measured run time (none until it has
@@ -159,6 +224,11 @@ impl WorkerEntry {
 #[derive(Debug)]
 pub struct WorkerTable {
     workers: FastMap<WorkerId, WorkerEntry>,
+    /// Every worker by its [`Rank`], the others first, then the fallback: kept in step
+    /// with `workers` by [`Self::change`], [`Self::insert`] and [`Self::remove`].
+    ranked: [BTreeSet<Rank>; 2],
+    /// The workers that registered as taking prefetched tasks.
+    prefetchers: BTreeSet<WorkerId>,
     by_peer: FastMap<PeerId, WorkerId>,
     assign_clock: u64,
     /// The most tasks per slot a window holds (1: no prefetching).
@@ -177,6 +247,8 @@ impl WorkerTable {
     pub fn new(max_per_slot: u32) -> Self {
         WorkerTable {
             workers: FastMap::default(),
+            ranked: Default::default(),
+            prefetchers: BTreeSet::new(),
             by_peer: FastMap::default(),
             assign_clock: 0,
             max_per_slot: max_per_slot.max(1),
@@ -202,8 +274,7 @@ impl WorkerTable {
         let tasks = tasks.into_iter().map(|t| (t.name.clone(), t)).collect();
         let mut in_flight = super::TaskSet::default();
         let mut totals = (0, 0);
-        if let Some(old) = self.workers.remove(&id) {
-            self.by_peer.remove(&old.peer);
+        if let Some(old) = self.remove(&id) {
             totals = (old.assigned_total, old.completed_total);
             for task in old.in_flight {
                 if still_running.contains(&task) {
@@ -214,33 +285,30 @@ impl WorkerTable {
             }
         }
         self.by_peer.insert(peer.clone(), id.clone());
-        self.workers.insert(
-            id.clone(),
-            WorkerEntry {
-                id,
-                peer,
-                tasks,
-                concurrency: concurrency.max(1),
-                in_flight,
-                last_seen: now,
-                active: true,
-                draining: false,
-                address,
-                pid,
-                secret,
-                assigned_total: totals.0,
-                completed_total: totals.1,
-                restarting: false,
-                gone_since: None,
-                fallback: false,
-                from_store: false,
-                prefetch: false,
-                run_ns: FastMap::default(),
-                stalled: false,
-                max_per_slot: self.max_per_slot,
-                last_assigned: 0,
-            },
-        );
+        self.insert(WorkerEntry {
+            id,
+            peer,
+            tasks,
+            concurrency: concurrency.max(1),
+            in_flight,
+            last_seen: now,
+            active: true,
+            draining: false,
+            address,
+            pid,
+            secret,
+            assigned_total: totals.0,
+            completed_total: totals.1,
+            restarting: false,
+            gone_since: None,
+            fallback: false,
+            from_store: false,
+            prefetch: false,
+            run_ns: FastMap::default(),
+            stalled: false,
+            max_per_slot: self.max_per_slot,
+            last_assigned: 0,
+        });
         registered
     }
 
@@ -255,33 +323,31 @@ impl WorkerTable {
         in_flight: super::TaskSet,
         now: Instant,
     ) {
-        self.workers.insert(
-            id.clone(),
-            WorkerEntry {
-                id,
-                peer: PeerId::new(),
-                tasks: FastMap::default(),
-                concurrency: 1,
-                in_flight,
-                last_seen: now,
-                active: false,
-                draining: true,
-                address: None,
-                pid: 0,
-                secret,
-                assigned_total: 0,
-                completed_total: 0,
-                restarting: true,
-                gone_since: Some(now),
-                fallback: false,
-                from_store: true,
-                prefetch: false,
-                run_ns: FastMap::default(),
-                stalled: false,
-                max_per_slot: self.max_per_slot,
-                last_assigned: 0,
-            },
-        );
+        self.remove(&id);
+        self.insert(WorkerEntry {
+            id,
+            peer: PeerId::new(),
+            tasks: FastMap::default(),
+            concurrency: 1,
+            in_flight,
+            last_seen: now,
+            active: false,
+            draining: true,
+            address: None,
+            pid: 0,
+            secret,
+            assigned_total: 0,
+            completed_total: 0,
+            restarting: true,
+            gone_since: Some(now),
+            fallback: false,
+            from_store: true,
+            prefetch: false,
+            run_ns: FastMap::default(),
+            stalled: false,
+            max_per_slot: self.max_per_slot,
+            last_assigned: 0,
+        });
     }
 
     /// The worker on connection `peer`.
@@ -311,8 +377,49 @@ impl WorkerTable {
     /// Removes a worker; returns what it held.
     pub fn remove(&mut self, id: &WorkerId) -> Option<WorkerEntry> {
         let worker = self.workers.remove(id)?;
+        self.ranked[usize::from(worker.fallback)].remove(&worker.rank());
+        self.prefetchers.remove(id);
         self.by_peer.remove(&worker.peer);
         Some(worker)
+    }
+
+    /// Adds `worker` (none under its id may be in the table).
+    fn insert(&mut self, worker: WorkerEntry) {
+        self.ranked[usize::from(worker.fallback)].insert(worker.rank());
+        if worker.prefetch {
+            self.prefetchers.insert(worker.id.clone());
+        }
+        self.workers.insert(worker.id.clone(), worker);
+    }
+
+    /// Changes worker `id` by `f`, keeping its rank and the prefetching set in step.
+    fn change<R>(&mut self, id: &WorkerId, f: impl FnOnce(&mut WorkerEntry) -> R) -> Option<R> {
+        let worker = self.workers.get_mut(id)?;
+        self.ranked[usize::from(worker.fallback)].remove(&worker.rank());
+        let prefetched = worker.prefetch;
+        let result = f(worker);
+        self.ranked[usize::from(worker.fallback)].insert(worker.rank());
+        match (prefetched, worker.prefetch) {
+            (false, true) => {
+                self.prefetchers.insert(worker.id.clone());
+            }
+            (true, false) => {
+                self.prefetchers.remove(id);
+            }
+            _ => {}
+        }
+        Some(result)
+    }
+
+    /// Sets whether worker `id` takes prefetched tasks.
+    pub fn set_prefetch(&mut self, id: &WorkerId, prefetch: bool) {
+        self.change(id, |w| w.prefetch = prefetch);
+    }
+
+    /// Takes every task worker `id` holds away from it.
+    pub fn take_in_flight(&mut self, id: &WorkerId) -> Vec<TaskId> {
+        self.change(id, |w| w.in_flight.drain().collect())
+            .unwrap_or_default()
     }
 
     /// A restarting worker's connection dropped: keep it (inactive) until it registers
@@ -366,9 +473,7 @@ impl WorkerTable {
 
     /// Marks worker `id` as the fallback: it gets only what no other worker can take.
     pub fn set_fallback(&mut self, id: &WorkerId) {
-        if let Some(worker) = self.workers.get_mut(id) {
-            worker.fallback = true;
-        }
+        self.change(id, |w| w.fallback = true);
     }
 
     /// The least-loaded worker with a free slot that can take `name` now (a fallback
@@ -376,20 +481,11 @@ impl WorkerTable {
     /// slots: that one takes it, prefetched).
     pub fn pick(&self, name: &str) -> Option<&WorkerId> {
         let best = self
-            .workers
-            .values()
-            .filter(|w| w.can_take(name))
-            .min_by(|a, b| {
-                a.fallback
-                    .cmp(&b.fallback)
-                    .then(a.load().total_cmp(&b.load()))
-                    .then(a.in_flight.len().cmp(&b.in_flight.len()))
-                    .then(a.last_assigned.cmp(&b.last_assigned))
-            })?;
+            .first_free(false, name)
+            .or_else(|| self.first_free(true, name))?;
         if best.fallback
             && self
-                .workers
-                .values()
+                .prefetching()
                 .any(|w| !w.fallback && w.can_prefetch(name))
         {
             return None;
@@ -397,11 +493,35 @@ impl WorkerTable {
         Some(&best.id)
     }
 
+    /// In rank order, the first worker of the group `fallback` that can take `name`
+    /// now; the walk ends where the group's workers have no free slot left.
+    fn first_free(&self, fallback: bool, name: &str) -> Option<&WorkerEntry> {
+        for rank in &self.ranked[usize::from(fallback)] {
+            if rank.full() {
+                return None;
+            }
+            let Some(worker) = self.workers.get(&rank.id) else {
+                debug_assert!(false, "ranked worker {} is not in the table", rank.id);
+                continue;
+            };
+            if worker.can_take(name) {
+                return Some(worker);
+            }
+        }
+        None
+    }
+
+    /// The workers that registered as taking prefetched tasks.
+    fn prefetching(&self) -> impl Iterator<Item = &WorkerEntry> {
+        self.prefetchers
+            .iter()
+            .filter_map(|id| self.workers.get(id))
+    }
+
     /// The least-loaded worker, not in `reserved`, that may be handed `name` past its
     /// slots (a fallback worker last).
     pub fn pick_prefetch(&self, name: &str, reserved: &[WorkerId]) -> Option<&WorkerId> {
-        self.workers
-            .values()
+        self.prefetching()
             .filter(|w| w.can_prefetch(name) && !reserved.contains(&w.id))
             .min_by(|a, b| {
                 a.fallback
@@ -414,20 +534,18 @@ impl WorkerTable {
 
     /// Does any worker take prefetched tasks now?
     pub fn anyone_prefetches(&self) -> bool {
-        self.workers.values().any(WorkerEntry::prefetches_now)
+        self.prefetching().any(WorkerEntry::prefetches_now)
     }
 
     /// Does any worker not in `reserved` take prefetched tasks named `name` now?
     pub fn anyone_prefetches_for(&self, name: &str, reserved: &[WorkerId]) -> bool {
-        self.workers
-            .values()
+        self.prefetching()
             .any(|w| w.prefetches_now_for(name) && !reserved.contains(&w.id))
     }
 
     /// The workers not in `reserved` that take prefetched tasks named `name` now.
     pub fn prefetching_for(&self, name: &str, reserved: &[WorkerId]) -> Vec<WorkerId> {
-        self.workers
-            .values()
+        self.prefetching()
             .filter(|w| w.prefetches_now_for(name) && !reserved.contains(&w.id))
             .map(|w| w.id.clone())
             .collect()
@@ -452,20 +570,29 @@ impl WorkerTable {
     /// Records that `task` went to worker `id`.
     pub fn assign(&mut self, id: &WorkerId, task: TaskId) {
         self.assign_clock += 1;
-        if let Some(worker) = self.workers.get_mut(id) {
+        let clock = self.assign_clock;
+        self.change(id, |worker| {
             worker.in_flight.insert(task);
             worker.assigned_total += 1;
-            worker.last_assigned = self.assign_clock;
-        }
+            worker.last_assigned = clock;
+        });
     }
 
     /// Records that worker `id` no longer holds `task`.
     pub fn release(&mut self, id: &WorkerId, task: &TaskId, completed: bool) {
-        if let Some(worker) = self.workers.get_mut(id) {
-            if worker.in_flight.remove(task) && completed {
+        if !self
+            .workers
+            .get(id)
+            .is_some_and(|w| w.in_flight.contains(task))
+        {
+            return;
+        }
+        self.change(id, |worker| {
+            worker.in_flight.remove(task);
+            if completed {
                 worker.completed_total += 1;
             }
-        }
+        });
     }
 
     /// Every worker.
@@ -566,5 +693,102 @@ mod tests {
         assert!(t.get(&w1).unwrap().in_flight.contains(&a));
         assert_eq!(t.by_peer(&Bytes::from_static(b"new")), Some(&w1));
         assert!(t.by_peer(&Bytes::from(vec![1u8])).is_none());
+    }
+
+    /// The pick as it was before the ranked index: a scan of every worker.
+    fn scanned_pick<'t>(t: &'t WorkerTable, name: &str) -> Option<&'t WorkerId> {
+        let best = t
+            .workers
+            .values()
+            .filter(|w| w.can_take(name))
+            .min_by(|a, b| {
+                a.fallback
+                    .cmp(&b.fallback)
+                    .then(a.load().total_cmp(&b.load()))
+                    .then(a.in_flight.len().cmp(&b.in_flight.len()))
+                    .then(a.last_assigned.cmp(&b.last_assigned))
+                    .then(a.id.cmp(&b.id))
+            })?;
+        if best.fallback
+            && t.workers
+                .values()
+                .any(|w| !w.fallback && w.can_prefetch(name))
+        {
+            return None;
+        }
+        Some(&best.id)
+    }
+
+    /// The index holds exactly the table's workers, each at its current rank.
+    fn assert_in_step(t: &WorkerTable) {
+        let ranked: usize = t.ranked.iter().map(BTreeSet::len).sum();
+        assert_eq!(ranked, t.workers.len());
+        for w in t.workers.values() {
+            assert!(
+                t.ranked[usize::from(w.fallback)].contains(&w.rank()),
+                "{}",
+                w.id
+            );
+            assert_eq!(t.prefetchers.contains(&w.id), w.prefetch, "{}", w.id);
+        }
+        assert!(t.prefetchers.iter().all(|id| t.workers.contains_key(id)));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+        /// Whatever happens to the workers, a pick through the index is the pick of a
+        /// scan over all of them.
+        #[test]
+        fn the_ranked_pick_is_the_scanned_pick(
+            ops in proptest::collection::vec((0u8..10, 0u8..6, 0u8..8), 1..150),
+        ) {
+            let now = Instant::now();
+            let mut t = WorkerTable::new(MAX_PREFETCH_PER_SLOT);
+            let mut next_task = 0u32;
+            for (op, w, arg) in ops {
+                let id = WorkerId::new(format!("w{w}"));
+                let names = if w % 2 == 0 { vec![spec("add")] } else { vec![spec("add"), spec("mul")] };
+                match op {
+                    0 | 1 => {
+                        let running: Vec<TaskId> = t
+                            .get(&id)
+                            .map(|e| e.in_flight.iter().copied().filter(|_| arg % 2 == 0).collect())
+                            .unwrap_or_default();
+                        t.register(Bytes::from(vec![w, arg]), id.clone(), names, u32::from(arg % 3 + 1), None, 0, WorkerSecret::new(), &running, now);
+                    }
+                    2 | 3 => {
+                        next_task += 1;
+                        let mut bytes = [0u8; 16];
+                        bytes[..4].copy_from_slice(&next_task.to_le_bytes());
+                        t.assign(&id, TaskId::from_bytes(bytes));
+                    }
+                    4 => {
+                        let held = t.get(&id).and_then(|e| e.in_flight.iter().next().copied());
+                        if let Some(task) = held {
+                            t.release(&id, &task, arg % 2 == 0);
+                        }
+                    }
+                    5 => t.set_fallback(&id),
+                    6 => t.set_prefetch(&id, arg % 2 == 0),
+                    7 => {
+                        t.remove(&id);
+                    }
+                    8 => {
+                        t.take_in_flight(&id);
+                    }
+                    _ => {
+                        if arg % 2 == 0 {
+                            t.expire(now + Duration::from_secs(60), Duration::from_secs(30));
+                        } else if let Some(peer) = t.get(&id).map(|e| e.peer.clone()) {
+                            t.touch(&peer, now);
+                        }
+                    }
+                }
+                assert_in_step(&t);
+                for name in ["add", "mul", "none"] {
+                    proptest::prop_assert_eq!(t.pick(name), scanned_pick(&t, name), "{}", name);
+                }
+            }
+        }
     }
 }

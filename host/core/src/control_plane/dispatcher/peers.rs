@@ -191,9 +191,7 @@ impl Dispatcher {
         if own {
             self.workers.set_fallback(&reg.worker_id);
         }
-        if let Some(worker) = self.workers.get_mut(&reg.worker_id) {
-            worker.prefetch = reg.prefetch;
-        }
+        self.workers.set_prefetch(&reg.worker_id, reg.prefetch);
         for task in registered.orphaned {
             self.worker_lost_task(task, &reg.worker_id);
         }

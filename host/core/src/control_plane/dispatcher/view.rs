@@ -188,8 +188,8 @@ impl Dispatcher {
                 worker.own = w.id.as_str() == self.config.id;
                 worker.address = w.address.clone();
                 worker.pid = w.pid;
-                worker.running = w.in_flight.len() as u64;
-                worker.slots = u64::from(w.concurrency);
+                worker.running = w.in_flight().len() as u64;
+                worker.slots = u64::from(w.concurrency());
                 worker.window = u64::from(w.widest_window());
                 worker.run_us = w
                     .run_ns
