@@ -241,11 +241,12 @@ fn decode_msgpack<M: DeserializeOwned>(body: &[u8]) -> Result<M, ProtocolError> 
     let mut de = rmp_serde::Deserializer::from_read_ref(body);
     de.set_max_depth(MAX_MSGPACK_DEPTH);
     let msg = M::deserialize(&mut de).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
-    // That decoder does not say how much it read, so the end is found by asking for a
-    // marker: only an empty rest fails to give one. Anything else is refused, a whole
-    // second value or the start of one (it is stepped over to learn that, but only in
-    // a header that is refused, and within the same depth limit).
-    match <serde::de::IgnoredAny as serde::Deserialize>::deserialize(&mut de) {
+    // That decoder does not say how much it read, so the end is found by asking for
+    // one more value: only an empty rest fails to give its first marker. The visitor
+    // refuses whatever value it is shown, before reading into it, so a rest that
+    // starts a value (an array cut before its first element, say, whose element's
+    // marker is missing too) fails differently and is refused.
+    match serde::Deserializer::deserialize_any(&mut de, NoValue) {
         Err(rmp_serde::decode::Error::InvalidMarkerRead(e))
             if e.kind() == std::io::ErrorKind::UnexpectedEof =>
         {
@@ -254,6 +255,17 @@ fn decode_msgpack<M: DeserializeOwned>(body: &[u8]) -> Result<M, ProtocolError> 
         _ => Err(ProtocolError::Malformed(
             "bytes after the message".to_string(),
         )),
+    }
+}
+
+/// Refuses every value: what [`decode_msgpack`] asks for after the message.
+struct NoValue;
+
+impl serde::de::Visitor<'_> for NoValue {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("nothing after the message")
     }
 }
 
@@ -826,11 +838,18 @@ mod tests {
         );
         // After it: a whole second message, the start of a string, a lone marker
         // that MessagePack leaves unused, and a string that declares 4 GiB.
+        let second = &frames[0][3..];
         for rest in [
-            &frames[0][3..],
+            second,
+            &second[..2],
             &[0xd9, 0x0a, b'a'][..],
             &[0xc1],
             &[0xdb, 0xff, 0xff, 0xff, 0xff, b'a'],
+            // An array or a map that ends before its first or next element.
+            &[0x91],
+            &[0x81],
+            &[0x92, 0x01],
+            &[0xdc, 0x00, 0x05],
         ] {
             let mut longer = frames[0].to_vec();
             longer.extend_from_slice(rest);
