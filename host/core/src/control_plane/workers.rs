@@ -740,7 +740,7 @@ mod tests {
         /// scan over all of them.
         #[test]
         fn the_ranked_pick_is_the_scanned_pick(
-            ops in proptest::collection::vec((0u8..10, 0u8..6, 0u8..8), 1..150),
+            ops in proptest::collection::vec((0u8..14, 0u8..6, 0u8..8), 1..150),
         ) {
             let now = Instant::now();
             let mut t = WorkerTable::new(MAX_PREFETCH_PER_SLOT);
@@ -776,11 +776,32 @@ mod tests {
                     8 => {
                         t.take_in_flight(&id);
                     }
-                    _ => {
+                    9 => {
                         if arg % 2 == 0 {
                             t.expire(now + Duration::from_secs(60), Duration::from_secs(30));
                         } else if let Some(peer) = t.get(&id).map(|e| e.peer.clone()) {
                             t.touch(&peer, now);
+                        }
+                    }
+                    // Measured run times: a window past the slots for a prefetching
+                    // worker (so the fallback rule's prefetch check can say no).
+                    10 => t.record_run_times(
+                        &id,
+                        [("add".to_string(), 1_000u64 << arg), ("mul".to_string(), 50_000)].into(),
+                    ),
+                    11 => {
+                        if let Some(w) = t.get_mut(&id) {
+                            w.stalled = arg % 2 == 0;
+                        }
+                    }
+                    12 => {
+                        if let Some(w) = t.get_mut(&id) {
+                            w.draining = arg % 2 == 0;
+                        }
+                    }
+                    _ => {
+                        if t.get(&id).is_none() {
+                            t.restore_parked(id.clone(), WorkerSecret::new(), Default::default(), now);
                         }
                     }
                 }
