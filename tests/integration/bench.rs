@@ -61,8 +61,29 @@ fn bench_quick_reports_the_cluster_against_the_floor_as_json() {
     );
 }
 
-/// Pids of the live processes whose parent is `parent` (zombies count as gone).
-fn live_children(parent: u32) -> Vec<u32> {
+/// A process, named by its pid and its start time (clock ticks after boot), so a pid
+/// reused by another process is not taken for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Proc {
+    pid: u32,
+    started: u64,
+}
+
+/// The parent pid and start time of `pid`, if it exists and is not a zombie.
+fn stat(pid: u32) -> Option<(u32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command's closing parenthesis: state (field 3), parent (4), ...,
+    // start time (22).
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    Some((fields.get(1)?.parse().ok()?, fields.get(19)?.parse().ok()?))
+}
+
+/// The live processes whose parent is `parent`.
+fn live_children(parent: u32) -> Vec<Proc> {
     let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return found;
@@ -75,31 +96,23 @@ fn live_children(parent: u32) -> Vec<u32> {
         else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // After the command's closing parenthesis: state, then the parent's pid.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
-            continue;
-        };
-        let mut fields = rest.split_whitespace();
-        let state = fields.next();
-        let ppid = fields.next().and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(parent) && state != Some("Z") {
-            found.push(pid);
+        if let Some((ppid, started)) = stat(pid) {
+            if ppid == parent {
+                found.push(Proc { pid, started });
+            }
         }
     }
     found
 }
 
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            stat.rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next().map(|s| s != "Z"))
-        })
-        .unwrap_or(false)
+fn alive(process: Proc) -> bool {
+    stat(process.pid).is_some_and(|(_, started)| started == process.started)
+}
+
+fn command_line(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|bytes| String::from_utf8_lossy(&bytes).replace('\0', " "))
+        .unwrap_or_default()
 }
 
 #[cfg(target_os = "linux")]
@@ -110,31 +123,55 @@ fn a_killed_bench_leaves_no_process_behind() {
     let _heavy = crate::support::heavy();
     let dir = TestDir::new();
     let mut cmd = dir.fastworker();
-    cmd.args(["bench", "--quick", "--json", "--plugin"])
-        .arg(plugin_artifact("mytasks"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
+    cmd.args([
+        "bench",
+        "--quick",
+        "--json",
+        "--tasks",
+        "1000",
+        "--round-trips",
+        "100",
+        "--plugin",
+    ])
+    .arg(plugin_artifact("mytasks"))
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
     let mut bench = cmd.spawn().expect("bench starts");
-    // Its floor's processes start first; then the cluster's.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut children = Vec::new();
-    while Instant::now() < deadline && children.len() < 2 {
+    // Its floor's processes come first, then the cluster: wait for the cluster's
+    // control plane and its own subworker (a child of the control plane).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut started = Vec::new();
+    while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
-        children = live_children(bench.id());
+        let children = live_children(bench.id());
+        let control_plane = children
+            .iter()
+            .find(|c| command_line(c.pid).contains("control-plane"))
+            .copied();
+        if let Some(cp) = control_plane {
+            let own = live_children(cp.pid);
+            if !own.is_empty() {
+                started = children.into_iter().chain(own).collect();
+                break;
+            }
+        }
     }
     bench.kill().expect("SIGKILL to the bench");
     bench.wait().expect("the bench is reaped");
-    assert!(children.len() >= 2, "the bench started {children:?}");
+    assert!(
+        started.len() >= 2,
+        "the bench's control plane and its own subworker did not start: {started:?}"
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline && children.iter().any(|&pid| alive(pid)) {
+    while Instant::now() < deadline && started.iter().any(|&p| alive(p)) {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let left: Vec<u32> = children.iter().copied().filter(|&pid| alive(pid)).collect();
-    for &pid in &left {
-        // SAFETY: kill(2) with a pid this test saw as the bench's child; no memory is
-        // touched.
+    let left: Vec<Proc> = started.iter().copied().filter(|&p| alive(p)).collect();
+    for p in &left {
+        // SAFETY: kill(2) on a pid this test saw as the bench's child or grandchild,
+        // checked again by its start time just above; no memory is touched.
         unsafe {
-            libc::kill(pid as i32, libc::SIGKILL);
+            libc::kill(p.pid as i32, libc::SIGKILL);
         }
     }
     assert!(

@@ -483,7 +483,7 @@ fn report(
         return Ok(());
     }
     let mut text = format!(
-        "fastworker bench on {} (throughput: the median of {} runs of {} tasks per case, min–max beside it; {} round trips)\n\n",
+        "fastworker bench on {} (throughput: the median of {} runs of {} tasks per cluster case, min–max beside it, one run for each echo case; {} round trips)\n\n",
         machine(),
         args.repeat,
         args.tasks,
