@@ -728,14 +728,14 @@ impl Dispatcher {
         let mut by_name: std::collections::BTreeMap<&str, (&TaskSpec, Vec<WorkerId>)> =
             std::collections::BTreeMap::new();
         let mut workers: Vec<_> = self.workers.iter().collect();
-        workers.sort_by(|a, b| a.id.cmp(&b.id));
+        workers.sort_by(|a, b| a.id().cmp(b.id()));
         for worker in workers {
             for (name, spec) in &worker.tasks {
                 by_name
                     .entry(name.as_str())
                     .or_insert_with(|| (spec, Vec::new()))
                     .1
-                    .push(worker.id.clone());
+                    .push(worker.id().clone());
             }
         }
         for (name, spec) in &self.own_tasks {

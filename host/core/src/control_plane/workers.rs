@@ -31,8 +31,8 @@ use crate::{
 /// One subworker.
 #[derive(Debug)]
 pub struct WorkerEntry {
-    /// Its id.
-    pub id: WorkerId,
+    /// Its id (its rank and the prefetching set name it: set only by the table).
+    id: WorkerId,
     /// Its current connection.
     pub peer: PeerId,
     /// The tasks it serves.
@@ -114,6 +114,11 @@ impl Rank {
 }
 
 impl WorkerEntry {
+    /// Its id.
+    pub fn id(&self) -> &WorkerId {
+        &self.id
+    }
+
     /// Its slots.
     pub fn concurrency(&self) -> u32 {
         self.concurrency

@@ -183,9 +183,9 @@ impl Dispatcher {
                 let mut tasks: Vec<String> = w.tasks.keys().cloned().collect();
                 tasks.sort();
                 let mut worker = ApiWorker::default();
-                worker.worker_id = w.id.to_string();
+                worker.worker_id = w.id().to_string();
                 worker.status = status;
-                worker.own = w.id.as_str() == self.config.id;
+                worker.own = w.id().as_str() == self.config.id;
                 worker.address = w.address.clone();
                 worker.pid = w.pid;
                 worker.running = w.in_flight().len() as u64;
@@ -207,7 +207,7 @@ impl Dispatcher {
                 worker.assigned_total = w.assigned_total;
                 worker.completed_total = w.completed_total;
                 worker.tasks = tasks;
-                worker.plugins = self.api_plugins_of(&w.id);
+                worker.plugins = self.api_plugins_of(w.id());
                 worker
             })
             .collect();
@@ -356,7 +356,7 @@ impl Dispatcher {
 
     /// `GET /api/plugins`.
     pub fn api_plugins(&self) -> ApiPlugins {
-        let mut ids: Vec<&WorkerId> = self.workers.iter().map(|w| &w.id).collect();
+        let mut ids: Vec<&WorkerId> = self.workers.iter().map(|w| w.id()).collect();
         ids.sort();
         let plugins = ids
             .into_iter()
