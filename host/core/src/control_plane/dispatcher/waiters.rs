@@ -43,16 +43,16 @@ impl Waiters {
             Entry::Vacant(place) => {
                 place.insert(Waiting::One(waiter));
             }
-            Entry::Occupied(mut place) => match place.get_mut() {
-                Waiting::Many(list) => list.push(waiter),
-                one @ Waiting::One(_) => {
-                    let Waiting::One(first) = std::mem::replace(one, Waiting::Many(Vec::new()))
-                    else {
-                        unreachable!("matched as one waiter just above")
-                    };
-                    *one = Waiting::Many(vec![first, waiter]);
-                }
-            },
+            Entry::Occupied(mut place) => {
+                let waiting = place.get_mut();
+                *waiting = match std::mem::replace(waiting, Waiting::Many(Vec::new())) {
+                    Waiting::One(first) => Waiting::Many(vec![first, waiter]),
+                    Waiting::Many(mut list) => {
+                        list.push(waiter);
+                        Waiting::Many(list)
+                    }
+                };
+            }
         }
     }
 
