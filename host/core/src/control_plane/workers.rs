@@ -585,16 +585,8 @@ impl WorkerTable {
 
     /// Records that worker `id` no longer holds `task`.
     pub fn release(&mut self, id: &WorkerId, task: &TaskId, completed: bool) {
-        if !self
-            .workers
-            .get(id)
-            .is_some_and(|w| w.in_flight.contains(task))
-        {
-            return;
-        }
         self.change(id, |worker| {
-            worker.in_flight.remove(task);
-            if completed {
+            if worker.in_flight.remove(task) && completed {
                 worker.completed_total += 1;
             }
         });
