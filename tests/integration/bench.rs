@@ -1,28 +1,31 @@
 //! `fastworker bench` end to end, small: it starts its own cluster and ZeroMQ floor as
 //! real processes, checks every result, and reports the keys its JSON promises.
 
+use std::process::Command;
+
 use serde_json::Value;
 
 use crate::support::{plugin_artifact, run, TestDir};
+
+/// `fastworker bench --quick --json` of `tasks` tasks and `round_trips` round trips
+/// (plus `extra`), on the mytasks plugin.
+fn quick_bench(dir: &TestDir, tasks: u32, round_trips: u32, extra: &[&str]) -> Command {
+    let mut cmd = dir.fastworker();
+    cmd.args(["bench", "--quick", "--json", "--tasks"])
+        .arg(tasks.to_string())
+        .arg("--round-trips")
+        .arg(round_trips.to_string())
+        .args(extra)
+        .arg("--plugin")
+        .arg(plugin_artifact("mytasks"));
+    cmd
+}
 
 #[test]
 fn bench_quick_reports_the_cluster_against_the_floor_as_json() {
     let _heavy = crate::support::heavy();
     let dir = TestDir::new();
-    let mut cmd = dir.fastworker();
-    cmd.args([
-        "bench",
-        "--quick",
-        "--json",
-        "--tasks",
-        "3000",
-        "--round-trips",
-        "300",
-        "--repeat",
-        "3",
-        "--plugin",
-    ])
-    .arg(plugin_artifact("mytasks"));
+    let cmd = quick_bench(&dir, 3000, 300, &["--repeat", "3"]);
     let out = run(cmd);
     assert!(out.status.success(), "{out:?}");
     let report: Value = serde_json::from_str(out.stdout.trim()).expect("one JSON object");
@@ -118,54 +121,36 @@ fn command_line(pid: u32) -> String {
 #[cfg(target_os = "linux")]
 #[test]
 fn a_killed_bench_leaves_no_process_behind() {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
+
+    use crate::procs::poll_until;
 
     let _heavy = crate::support::heavy();
     let dir = TestDir::new();
-    let mut cmd = dir.fastworker();
-    cmd.args([
-        "bench",
-        "--quick",
-        "--json",
-        "--tasks",
-        "1000",
-        "--round-trips",
-        "100",
-        "--plugin",
-    ])
-    .arg(plugin_artifact("mytasks"))
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null());
+    let mut cmd = quick_bench(&dir, 1000, 100, &[]);
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
     let mut bench = cmd.spawn().expect("bench starts");
     // Its floor's processes come first, then the cluster: wait for the cluster's
     // control plane and its own subworker (a child of the control plane).
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut started = Vec::new();
-    while Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
+    let started = poll_until(Duration::from_secs(120), || {
         let children = live_children(bench.id());
-        let control_plane = children
+        let cp = children
             .iter()
-            .find(|c| command_line(c.pid).contains("control-plane"))
-            .copied();
-        if let Some(cp) = control_plane {
-            let own = live_children(cp.pid);
-            if !own.is_empty() {
-                started = children.into_iter().chain(own).collect();
-                break;
-            }
-        }
-    }
+            .find(|c| command_line(c.pid).contains("control-plane"))?;
+        let own = live_children(cp.pid);
+        (!own.is_empty()).then(|| children.into_iter().chain(own).collect::<Vec<_>>())
+    })
+    .unwrap_or_default();
     bench.kill().expect("SIGKILL to the bench");
     bench.wait().expect("the bench is reaped");
     assert!(
         started.len() >= 2,
         "the bench's control plane and its own subworker did not start: {started:?}"
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline && started.iter().any(|&p| alive(p)) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    poll_until(Duration::from_secs(10), || {
+        (!started.iter().any(|&p| alive(p))).then_some(())
+    });
     let left: Vec<Proc> = started.iter().copied().filter(|&p| alive(p)).collect();
     for p in &left {
         // SAFETY: kill(2) on a pid this test saw as the bench's child or grandchild,
