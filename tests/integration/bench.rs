@@ -56,6 +56,30 @@ fn bench_quick_reports_the_cluster_against_the_floor_as_json() {
         report["rtt_p50_ms"].as_f64() >= report["floor_rtt_p50_ms"].as_f64(),
         "{report}"
     );
+    // Context switches per round trip, of each process: a reply wakes its client at
+    // least once, in fastworker and in the floor.
+    for (key, processes) in [
+        (
+            "rtt_context_switches_by_process",
+            ["client", "control-plane", "sw1"],
+        ),
+        (
+            "floor_rtt_context_switches_by_process",
+            ["client", "relay", "echo"],
+        ),
+    ] {
+        for process in processes {
+            let per_round_trip = report[key][process].as_f64().unwrap_or(-1.0);
+            assert!(per_round_trip >= 0.5, "{key}.{process}: {report}");
+        }
+    }
+    // The control plane's loop runs on a runtime worker, where its sockets are read
+    // and written: run on the main thread instead, a round trip cost it 11 context
+    // switches (each message crossed between threads twice more); now about 4.
+    let control_plane = report["rtt_context_switches_by_process"]["control-plane"]
+        .as_f64()
+        .unwrap_or(f64::MAX);
+    assert!(control_plane < 8.0, "{report}");
     let floors = report["floors"].as_array().expect("floors");
     assert!(floors.iter().any(|f| f["name"] == "echo, 64 B"), "{report}");
     assert!(

@@ -47,7 +47,9 @@ impl Process {
         mut command: Command,
         stdout: Option<PathBuf>,
     ) -> anyhow::Result<Process> {
-        // Killing the bench (say by `timeout`) takes its cluster and floor with it.
+        // Killing the bench (say by `timeout`) takes its cluster and floor with it. The
+        // bench starts them from its runtime's worker threads, which live as long as
+        // the bench.
         fastworker_host::child::dies_with_parent(&mut command);
         let child = command
             .stdin(Stdio::null())
@@ -131,6 +133,48 @@ pub fn usage(pid: u32) -> Usage {
         rss_mib: kib("VmRSS:") / 1024.0,
         peak_rss_mib: kib("VmHWM:") / 1024.0,
     }
+}
+
+/// Context switches of every thread of `pid` so far, voluntary and not (0 when they
+/// cannot be read). Each hand-off of a message between threads or processes costs one
+/// at least, whatever the machine's speed: a steady count where timings are noisy.
+pub fn context_switches(pid: u32) -> u64 {
+    let Ok(threads) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    threads
+        .flatten()
+        .filter_map(|thread| fs::read_to_string(thread.path().join("status")).ok())
+        .map(|status| {
+            status
+                .lines()
+                .filter(|l| {
+                    l.starts_with("voluntary_ctxt_switches:")
+                        || l.starts_with("nonvoluntary_ctxt_switches:")
+                })
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+/// Context switches per round trip of each named process, from counts taken before
+/// and after `round_trips` of them.
+pub fn switches_per_round_trip(
+    before: &[(String, u64)],
+    after: &[(String, u64)],
+    round_trips: usize,
+) -> Vec<(String, f64)> {
+    before
+        .iter()
+        .zip(after)
+        .map(|((name, b), (_, a))| {
+            (
+                name.clone(),
+                a.saturating_sub(*b) as f64 / round_trips.max(1) as f64,
+            )
+        })
+        .collect()
 }
 
 /// How a cluster is started.

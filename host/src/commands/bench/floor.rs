@@ -16,7 +16,16 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use zeromq::{DealerSocket, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
+use super::cluster::{context_switches, switches_per_round_trip};
 use crate::cli::BenchFloorArgs;
+
+/// The context switches of each named process so far.
+pub fn switch_counts(processes: &[(String, u32)]) -> Vec<(String, u64)> {
+    processes
+        .iter()
+        .map(|(name, pid)| (name.clone(), context_switches(*pid)))
+        .collect()
+}
 
 /// `fastworker bench-floor echo|relay`: serves until killed.
 pub fn serve(args: &BenchFloorArgs) -> anyhow::Result<()> {
@@ -70,22 +79,26 @@ async fn relay(front: &str, back: &str) -> anyhow::Result<()> {
 }
 
 /// What a floor shape did.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct FloorResult {
     /// Sequential round trips, p50, ms.
     pub rtt_p50_ms: f64,
     /// Messages echoed per second with a window in flight.
     pub msgs_per_s: f64,
+    /// Context switches per sequential round trip, of each process in `processes`.
+    pub switches_per_rtt: Vec<(String, f64)>,
 }
 
 /// Measures a client against `address`: `round_trips` sequential round trips of a
-/// `size`-byte message, then `messages` with up to `window` in flight.
+/// `size`-byte message (counting the context switches of `processes` meanwhile), then
+/// `messages` with up to `window` in flight.
 pub async fn measure(
     address: &str,
     size: usize,
     round_trips: usize,
     messages: usize,
     window: usize,
+    processes: &[(String, u32)],
 ) -> anyhow::Result<FloorResult> {
     let mut client = DealerSocket::new();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -106,12 +119,15 @@ pub async fn measure(
         client.recv().await?;
     }
     let mut rtt = hdrhistogram::Histogram::<u64>::new(3)?;
+    let switches_before = switch_counts(processes);
     for _ in 0..round_trips {
         let started = Instant::now();
         client.send(message()).await?;
         client.recv().await?;
         rtt.record(started.elapsed().as_nanos() as u64)?;
     }
+    let switches_per_rtt =
+        switches_per_round_trip(&switches_before, &switch_counts(processes), round_trips);
     let started = Instant::now();
     let (mut sent, mut received) = (0, 0);
     while received < messages {
@@ -126,5 +142,6 @@ pub async fn measure(
     Ok(FloorResult {
         rtt_p50_ms: rtt.value_at_quantile(0.5) as f64 / 1e6,
         msgs_per_s: messages as f64 / elapsed,
+        switches_per_rtt,
     })
 }

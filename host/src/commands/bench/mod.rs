@@ -43,6 +43,8 @@ struct Case {
     /// Each throughput measurement (tasks/s), in order.
     throughput_runs: Vec<f64>,
     rtt: Option<[f64; 3]>,
+    /// Context switches per round trip, by process (the client is this one).
+    switches_per_rtt: Vec<(String, f64)>,
     cpu_us_per_task: Vec<(String, f64)>,
     rss: Vec<(String, f64, f64)>,
 }
@@ -205,7 +207,15 @@ async fn add_case(
             .push((process.name.clone(), fresh.rss_mib, after.peak_rss_mib));
     }
     if with_rtt {
+        let mut processes = vec![("client".to_string(), std::process::id())];
+        processes.extend(cluster.processes.iter().map(|p| (p.name.clone(), p.pid())));
+        let before = floor::switch_counts(&processes);
         case.rtt = Some(round_trips(&client, args.round_trips, |i| add_task(i as i64)).await?);
+        case.switches_per_rtt = cluster::switches_per_round_trip(
+            &before,
+            &floor::switch_counts(&processes),
+            args.round_trips,
+        );
     }
     Ok((case, cluster))
 }
@@ -232,11 +242,26 @@ async fn floor_cases(
             }
             cluster::Process::start(role, command)
         };
-    let _echo = start("echo", &echo_address, None)?;
-    let _relay = start("relay", &relay_address, Some(&echo_address))?;
+    let echo_process = start("echo", &echo_address, None)?;
+    let relay_process = start("relay", &relay_address, Some(&echo_address))?;
+    let client = ("client".to_string(), std::process::id());
+    let echo_alone = [client.clone(), ("echo".to_string(), echo_process.pid())];
+    let relayed = [
+        client,
+        ("relay".to_string(), relay_process.pid()),
+        ("echo".to_string(), echo_process.pid()),
+    ];
     let messages = args.tasks.max(10_000) * 5;
     let mut results = Vec::new();
-    let echo = floor::measure(&echo_address, 64, args.round_trips, messages, BATCH).await?;
+    let echo = floor::measure(
+        &echo_address,
+        64,
+        args.round_trips,
+        messages,
+        BATCH,
+        &echo_alone,
+    )
+    .await?;
     results.push(("echo, 64 B".to_string(), echo));
     for size in sizes {
         let n = if *size > 16 << 10 {
@@ -244,7 +269,8 @@ async fn floor_cases(
         } else {
             messages
         };
-        let relay = floor::measure(&relay_address, *size, args.round_trips, n, BATCH).await?;
+        let relay =
+            floor::measure(&relay_address, *size, args.round_trips, n, BATCH, &relayed).await?;
         results.push((format!("relay, {}", bytes_label(*size)), relay));
     }
     Ok(results)
@@ -264,7 +290,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(bench(args))
+    // The clients run on a worker, as the services do (see `serve` in main.rs): on
+    // this thread, each reply would reach them through one more thread.
+    let args = args.clone();
+    runtime.block_on(runtime.spawn(async move { bench(&args).await }))?
 }
 
 async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
@@ -428,8 +457,15 @@ fn report(
     let relay = floors
         .iter()
         .find(|(n, _)| n == "relay, 64 B")
-        .map(|(_, r)| *r)
+        .map(|(_, r)| r.clone())
         .context("no relay floor")?;
+    let total = |switches: &[(String, f64)]| switches.iter().map(|(_, n)| n).sum::<f64>();
+    let by_process = |switches: &[(String, f64)]| {
+        switches
+            .iter()
+            .map(|(n, per)| (n.clone(), json!(per)))
+            .collect::<serde_json::Map<String, Value>>()
+    };
     let rtt_p50 = main.rtt.map_or(0.0, |r| r[0]);
     let throughput = main.throughput.unwrap_or(0.0);
     let cp_idle_rss = main
@@ -458,6 +494,10 @@ fn report(
             "floor_msgs_per_s": relay.msgs_per_s,
             "rtt_ratio_to_floor": rtt_p50 / relay.rtt_p50_ms,
             "throughput_ratio_to_floor": throughput / relay.msgs_per_s,
+            "rtt_context_switches": total(&main.switches_per_rtt),
+            "rtt_context_switches_by_process": by_process(&main.switches_per_rtt),
+            "floor_rtt_context_switches": total(&relay.switches_per_rtt),
+            "floor_rtt_context_switches_by_process": by_process(&relay.switches_per_rtt),
             "cp_cpu_us_per_task": cpu_of(main, "control-plane"),
             "sw_cpu_us_per_task": cpu_of(main, "sw"),
             "cp_idle_rss_mib": cp_idle_rss,
@@ -535,6 +575,20 @@ fn report(
         "\nfastworker (control plane + 1 subworker, default flags) against the three-process relay: round trip p50 {:.2}x, throughput {:.2}x\n",
         rtt_p50 / relay.rtt_p50_ms,
         throughput / relay.msgs_per_s
+    ));
+    let listed = |switches: &[(String, f64)]| {
+        switches
+            .iter()
+            .map(|(n, per)| format!("{n} {per:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    text.push_str(&format!(
+        "context switches per round trip: fastworker {:.1} ({}), the relay {:.1} ({})\n",
+        total(&main.switches_per_rtt),
+        listed(&main.switches_per_rtt),
+        total(&relay.switches_per_rtt),
+        listed(&relay.switches_per_rtt)
     ));
     crate::commands::emit(text.as_bytes());
     Ok(())
