@@ -155,5 +155,4 @@ fn main() {
         )
         .await;
     });
-    transport::relay::remove_private_dir();
 }

@@ -711,7 +711,7 @@ pub fn into_success(record: TaskRecord) -> Result<TaskRecord, ClientError> {
 const KEEPALIVE: Duration = Duration::from_secs(2);
 
 /// Owns the connection: sends what callers queue, routes what comes back, and — since
-/// a `zeromq` 0.7 DEALER does not reconnect by itself — opens a new connection (with
+/// a connection does not reconnect by itself — opens a new connection (with
 /// backoff) when a send fails (a keepalive ping every 2 s finds a dead one while idle)
 /// and says hello again. Calls waiting on the lost connection, including the one whose
 /// send failed, fail at once with `Disconnected`: nothing is resent behind the caller's

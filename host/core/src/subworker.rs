@@ -2,7 +2,7 @@
 //! outcomes, heartbeats, and reconnects when the control plane goes quiet.
 //!
 //! Liveness runs both ways: the subworker heartbeats every `--heartbeat-interval` and
-//! the control plane acknowledges each one. `zeromq` 0.7's DEALER does not reconnect by
+//! the control plane acknowledges each one. A connection does not reconnect by
 //! itself, so after three missed acknowledgements the subworker opens a new connection
 //! (with backoff), registers again naming the tasks it is still running, and resends
 //! outcomes it could not deliver.
@@ -618,8 +618,6 @@ fn restart_in_place(secret: Option<WorkerSecret>, newest_epoch: u64) -> HostErro
             command.env(SECRET_ENV, secret.to_hex());
         }
         command.env(EPOCH_ENV, newest_epoch.to_string());
-        // Our Unix sockets close on exec; the new process makes its own directory.
-        crate::transport::relay::remove_private_dir();
         let err = command.exec();
         HostError::Restart(err.to_string())
     }

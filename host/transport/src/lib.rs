@@ -1,50 +1,49 @@
 //! # fastworker-transport
 //!
-//! The ZeroMQ transport that clients and the host share, behind a small interface: a [`Server`] (a ROUTER bound to
-//! one or more endpoints) and a [`Connection`] (a DEALER connected to one endpoint).
-//! Everything above this module sees frames, never sockets, so the transport could be
-//! swapped.
+//! The transport that clients and the host share, behind a small interface: a
+//! [`Server`] (a ZeroMQ ROUTER bound to one or more endpoints) and a [`Connection`] (a
+//! ZeroMQ DEALER connected to one endpoint). Everything above this module sees frames,
+//! never sockets.
 //!
-//! No byte from the network reaches the `zeromq` crate unchecked: every TCP
-//! connection goes through the guard in [`relay`], which reads the ZMTP framing
-//! ([`zmtp`]) and disconnects a peer that declares a frame or message over
-//! [`TransportConfig::max_message_bytes`] before anything is allocated for it. The
-//! crate's own sockets listen and connect only on Unix sockets in a private directory.
+//! The wire is ZMTP 3.0 over TCP with the NULL mechanism, so any ZeroMQ peer (libzmq
+//! through pyzmq, say) talks to it; the engine is this crate's own ([`zmtp`] for the
+//! format, [`stream`] for a connection): every frame a peer declares is checked against
+//! [`TransportConfig::max_message_bytes`] before anything is read or reserved for it.
+//! A connection's messages are read and decoded by one task per connection and written
+//! by one writer task, on the socket itself.
 //!
-//! Facts about `zeromq` 0.7 this is built around (see docs/PROTOCOL.md):
-//! - a DEALER does not reconnect by itself after the ROUTER restarts, so the
-//!   connecting side watches for silence and reconnects itself (`subworker`, `client`);
-//! - a ROUTER send to a peer that stopped reading blocks, so every send goes through one
-//!   writer task and is bounded by [`SEND_TIMEOUT`]: a stuck peer costs at most that
-//!   once, its message is dropped with a log line, and further messages to it are
-//!   dropped at once for [`STALL_BACKOFF`] so it does not slow everyone else;
-//! - a dropped peer is reported by the socket monitor at once ([`ServerEvent::Disconnected`]).
+//! - Every send is bounded by [`SEND_TIMEOUT`]: a peer that stops reading for that long
+//!   is disconnected (its stream is mid-message), so it costs the others at most that
+//!   once.
+//! - A server names its peers itself (a routing identity per connection): a peer can
+//!   never take over another's.
+//! - A dropped peer is reported after its last message ([`ServerEvent::Disconnected`]).
+//! - A connection does not reconnect by itself: the connecting side watches for
+//!   silence and reconnects (`subworker`, `client`).
 
 pub mod auth;
+pub mod front;
 pub mod log_limit;
-pub mod relay;
+pub mod stream;
 pub mod zmtp;
 
-use std::{
-    collections::HashMap,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use futures::StreamExt;
-use tokio::sync::mpsc;
+use tokio::{
+    net::TcpStream,
+    sync::{mpsc, Notify},
+};
 use tracing::{debug, info, warn};
-use zeromq::{
-    DealerRecvHalf, DealerSendHalf, DealerSocket, RouterSocket, Socket, SocketEvent, SocketOptions,
-    SocketRecv, SocketSend, ZmqMessage,
+
+use crate::{
+    front::{Front, Open, MAX_UNESTABLISHED_MESSAGE},
+    stream::{MessageReader, MessageWriter, StreamError},
+    zmtp::SocketType,
 };
 
-/// The longest one send may take before the message is dropped.
+/// The longest one send may take; then the connection is closed.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// How long messages to a peer whose send timed out are dropped without trying.
-pub const STALL_BACKOFF: Duration = Duration::from_secs(10);
 
 /// A ROUTER's name for a connected peer (its routing identity).
 pub type PeerId = Bytes;
@@ -157,6 +156,8 @@ enum Outgoing {
     Raw(PeerId, Vec<Bytes>, bool),
     /// The peer's handshake succeeded: seal what it is sent from now on.
     Open(PeerId, auth::Sealer),
+    /// A peer's connection is up: its messages go to this writer.
+    Attach(PeerId, MessageWriter),
     /// The peer is gone.
     Forget(PeerId),
     /// Encode on the writer task (`None`: nothing to send), then send like `Send`.
@@ -220,8 +221,8 @@ pub struct Server<E = ServerEvent> {
     pub outbox: Outbox,
     /// The endpoints actually bound (port 0 resolved).
     pub endpoints: Vec<String>,
-    /// The guard's view of the connections: source addresses, closing one.
-    pub front: Arc<relay::Front>,
+    /// The connections: source addresses, closing one.
+    pub front: Arc<Front>,
     accept_loops: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -235,7 +236,9 @@ impl<E> Drop for Server<E> {
 
 /// Where a server's peer is in the cluster-key handshake.
 enum PeerAuth {
-    /// No key: its first message was admitted (and the guard told it is established).
+    /// Nothing admitted yet.
+    New,
+    /// No key: its first message was admitted.
     Plain,
     /// Sent its `ClientHello`; we sent the challenge.
     Challenged(auth::ServerHandshake),
@@ -245,63 +248,58 @@ enum PeerAuth {
     Refused,
 }
 
-/// What the reader does with one message, by the peer's handshake state.
+/// What one connection's reader does with each message, by the peer's handshake state.
 struct Gate {
     key: Option<auth::ClusterKey>,
-    peers: HashMap<PeerId, PeerAuth>,
+    peer: PeerId,
+    auth: PeerAuth,
     outbox: Outbox,
-    front: Arc<relay::Front>,
+    front: Arc<Front>,
 }
 
 impl Gate {
-    /// The peer named `identity`: the gate's own handle for one it knows, shared by
-    /// every message from it (a clone is a count, not an allocation and a copy).
-    fn peer(&self, identity: &[u8]) -> PeerId {
-        match self.peers.get_key_value(identity) {
-            Some((peer, _)) => peer.clone(),
-            None => Bytes::copy_from_slice(identity),
-        }
+    /// Past the handshake (the handshake timeout and the small limit no longer apply).
+    fn established(&self) -> bool {
+        matches!(self.auth, PeerAuth::Plain | PeerAuth::Open(_))
     }
 
     /// The message to hand up, if any.
-    fn admit(&mut self, peer: PeerId, mut frames: Vec<Bytes>) -> Option<ServerEvent> {
+    fn admit(&mut self, mut frames: Vec<Bytes>) -> Option<ServerEvent> {
+        let peer = self.peer.clone();
         let Some(key) = &self.key else {
-            match self.peers.get(&peer) {
-                Some(PeerAuth::Plain) => {}
-                Some(_) => return None,
-                None => {
+            match self.auth {
+                PeerAuth::Plain => {}
+                PeerAuth::New => {
                     if let Some(auth::Handshake::ClientHello(_)) = auth::Handshake::decode(&frames)
                     {
                         self.refuse_handshake(
-                            peer,
                             "this server has no cluster key: connect without one",
                         );
                         return None;
                     }
-                    // Told once, not on every message.
-                    self.front.peers.established(&peer);
-                    self.peers.insert(peer.clone(), PeerAuth::Plain);
+                    self.auth = PeerAuth::Plain;
                 }
+                _ => return None,
             }
             return Some(ServerEvent::Message { peer, frames });
         };
-        match self.peers.get_mut(&peer) {
-            Some(PeerAuth::Open(opener)) => match opener.open(&mut frames) {
+        match &mut self.auth {
+            PeerAuth::Open(opener) => match opener.open(&mut frames) {
                 Ok(()) => Some(ServerEvent::Message { peer, frames }),
                 Err(err) => {
                     let source = self.front.peers.source(&peer);
                     self.front
                         .warn_peer(source, "seal", &format!("closed a connection: {err}"));
-                    self.peers.insert(peer.clone(), PeerAuth::Refused);
+                    self.auth = PeerAuth::Refused;
                     self.front.peers.disconnect(&peer);
                     None
                 }
             },
-            Some(PeerAuth::Refused | PeerAuth::Plain) => None,
-            Some(PeerAuth::Challenged(handshake)) => {
+            PeerAuth::Refused | PeerAuth::Plain => None,
+            PeerAuth::Challenged(handshake) => {
                 let proof = match auth::Handshake::decode(&frames) {
                     Some(auth::Handshake::ClientProof(p)) => p,
-                    _ => return self.refuse(peer, frames),
+                    _ => return self.refuse(frames),
                 };
                 match handshake.verify(key, &proof) {
                     Some((accept, session)) => {
@@ -310,9 +308,7 @@ impl Gate {
                             .tx
                             .send(Outgoing::Open(peer.clone(), session.sealer));
                         self.outbox.raw(&peer, vec![accept], false);
-                        self.peers
-                            .insert(peer.clone(), PeerAuth::Open(session.opener));
-                        self.front.peers.established(&peer);
+                        self.auth = PeerAuth::Open(session.opener);
                         None
                     }
                     None => {
@@ -322,50 +318,44 @@ impl Gate {
                             "refused",
                             "refused a peer that does not know the cluster key",
                         );
-                        self.refuse_handshake(
-                            peer,
-                            "wrong cluster key: this server does not know it",
-                        );
+                        self.refuse_handshake("wrong cluster key: this server does not know it");
                         None
                     }
                 }
             }
-            None => match auth::Handshake::decode(&frames) {
+            PeerAuth::New => match auth::Handshake::decode(&frames) {
                 Some(auth::Handshake::ClientHello(cn)) => {
                     let (handshake, challenge) = auth::ServerHandshake::challenge(cn);
                     self.outbox.raw(&peer, vec![challenge], false);
-                    self.peers.insert(peer, PeerAuth::Challenged(handshake));
+                    self.auth = PeerAuth::Challenged(handshake);
                     None
                 }
-                _ => self.refuse(peer, frames),
+                _ => self.refuse(frames),
             },
         }
     }
 
     /// Answers a handshake with a refusal and closes the connection.
-    fn refuse_handshake(&mut self, peer: PeerId, reason: &str) {
+    fn refuse_handshake(&mut self, reason: &str) {
         let refusal = auth::Handshake::Refuse(reason.to_string());
-        self.outbox.raw(&peer, vec![refusal.encode()], true);
-        self.peers.insert(peer, PeerAuth::Refused);
+        self.outbox.raw(&self.peer, vec![refusal.encode()], true);
+        self.auth = PeerAuth::Refused;
     }
 
     /// A peer that skipped the handshake: the layer above answers it in its protocol.
-    fn refuse(&mut self, peer: PeerId, frames: Vec<Bytes>) -> Option<ServerEvent> {
-        let source = self.front.peers.source(&peer);
+    fn refuse(&mut self, frames: Vec<Bytes>) -> Option<ServerEvent> {
+        let source = self.front.peers.source(&self.peer);
         self.front
             .warn_peer(source, "refused", "refused a peer without the cluster key");
-        self.peers.insert(peer.clone(), PeerAuth::Refused);
-        Some(ServerEvent::Unauthenticated { peer, frames })
-    }
-
-    fn forget(&mut self, peer: &PeerId) {
-        self.peers.remove(peer);
-        let _ = self.outbox.tx.send(Outgoing::Forget(peer.clone()));
+        self.auth = PeerAuth::Refused;
+        Some(ServerEvent::Unauthenticated {
+            peer: self.peer.clone(),
+            frames,
+        })
     }
 }
 
-/// Binds a ROUTER to every endpoint in `endpoints` (each behind the guard) and starts
-/// its reader and writer tasks.
+/// Binds a ROUTER to every endpoint in `endpoints` and starts its tasks.
 pub async fn bind(
     endpoints: &[String],
     config: &TransportConfig,
@@ -373,165 +363,48 @@ pub async fn bind(
     bind_mapped(endpoints, config, |event| event).await
 }
 
-/// Like [`bind`], with each event turned into an `E` by `map` on the reader task
+/// What every connection of a server shares.
+struct Shared<E, F> {
+    events: mpsc::Sender<E>,
+    map: F,
+    outbox: Outbox,
+    front: Arc<Front>,
+}
+
+/// Like [`bind`], with each event turned into an `E` by `map` on the connection's task
 /// (decoding a message there, say), so the owner gets it without another hand-off
 /// between tasks.
 pub async fn bind_mapped<E, F>(
     endpoints: &[String],
     config: &TransportConfig,
-    mut map: F,
+    map: F,
 ) -> Result<Server<E>, TransportError>
 where
     E: Send + 'static,
-    F: FnMut(ServerEvent) -> E + Send + 'static,
+    F: Fn(ServerEvent) -> E + Send + Sync + 'static,
 {
-    let inner = relay::private_socket("s")?;
-    let mut socket = RouterSocket::new();
-    socket
-        .bind(&format!("ipc://{}", inner.display()))
-        .await
-        .map_err(|e| TransportError::Bind {
-            endpoint: inner.display().to_string(),
-            reason: e.to_string(),
-        })?;
-    let front = relay::Front::new(config.clone(), inner);
+    let front = Front::new(config.clone());
+    let (event_tx, event_rx) = mpsc::channel(4096);
+    let (out_tx, out_rx) = mpsc::unbounded_channel::<Outgoing>();
+    let outbox = Outbox { tx: out_tx };
+    let shared = Arc::new(Shared {
+        events: event_tx,
+        map,
+        outbox: outbox.clone(),
+        front: front.clone(),
+    });
     let mut bound = Vec::new();
     let mut accept_loops = Vec::new();
     for endpoint in endpoints {
-        let (resolved, task) = relay::listen(endpoint, front.clone()).await?;
+        let shared = shared.clone();
+        let serve: front::OnConnection = Arc::new(move |stream, source, open| {
+            tokio::spawn(serve_peer(stream, source, open, shared.clone()));
+        });
+        let (resolved, task) = front::listen(endpoint, front.clone(), serve).await?;
         bound.push(resolved);
         accept_loops.push(task);
     }
-    let mut monitor = socket.monitor();
-    let (mut send_half, mut recv_half) = socket.split();
-    let (event_tx, event_rx) = mpsc::channel(4096);
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Outgoing>();
-    let outbox = Outbox { tx: out_tx };
-
-    // One task reads both the socket and its monitor, so a peer's messages and its
-    // disconnection reach the handshake gate (and the layer above) in order.
-    let mut gate = Gate {
-        key: config.key.clone(),
-        peers: HashMap::new(),
-        outbox: outbox.clone(),
-        front: front.clone(),
-    };
-    tokio::spawn(async move {
-        loop {
-            let event = tokio::select! {
-                message = recv_half.recv() => match message {
-                    Ok(message) => {
-                        let mut frames = message.into_vec();
-                        if frames.is_empty() {
-                            continue;
-                        }
-                        // The identity is a slice of the buffer the socket read, as
-                        // every frame is: it is not kept (it would pin that buffer for
-                        // as long as a waiter or a worker entry keeps the peer), but
-                        // looked up among the peers the gate knows.
-                        let identity = frames.remove(0);
-                        let peer = gate.peer(&identity);
-                        match gate.admit(peer, frames) {
-                            Some(event) => event,
-                            None => continue,
-                        }
-                    }
-                    Err(err) => {
-                        debug!("server socket closed: {err}");
-                        break;
-                    }
-                },
-                event = monitor.next() => match event {
-                    Some(SocketEvent::Disconnected(peer)) => {
-                        let peer = Bytes::from(peer);
-                        gate.forget(&peer);
-                        ServerEvent::Disconnected(peer)
-                    }
-                    Some(_) => continue,
-                    None => break,
-                },
-            };
-            if event_tx.send(map(event)).await.is_err() {
-                break;
-            }
-        }
-    });
-    let writer_front = front.clone();
-    let keyed = config.key.is_some();
-    tokio::spawn(async move {
-        // Peers whose last send timed out, and since when: one peer that stopped
-        // reading must not cost every other peer SEND_TIMEOUT per message, so messages
-        // to it are dropped at once for STALL_BACKOFF before it is tried again.
-        let mut stalled: HashMap<PeerId, Instant> = HashMap::new();
-        let mut sealers: HashMap<PeerId, auth::Sealer> = HashMap::new();
-        while let Some(out) = out_rx.recv().await {
-            let (peer, mut frames, close, seal) = match out {
-                Outgoing::Open(peer, sealer) => {
-                    sealers.insert(peer, sealer);
-                    continue;
-                }
-                Outgoing::Forget(peer) => {
-                    sealers.remove(&peer);
-                    stalled.remove(&peer);
-                    continue;
-                }
-                Outgoing::Flushed(done) => {
-                    let _ = done.send(());
-                    continue;
-                }
-                Outgoing::Raw(peer, frames, close) => (peer, frames, close, false),
-                Outgoing::Send(peer, frames) => (peer, frames, false, true),
-                Outgoing::Encode(peer, encode) => match encode() {
-                    Some(frames) => (peer, frames, false, true),
-                    None => continue,
-                },
-            };
-            if seal && keyed {
-                let Some(sealer) = sealers.get_mut(&peer) else {
-                    debug!(
-                        "no session with this peer (gone, or never authenticated): message dropped"
-                    );
-                    continue;
-                };
-                sealer.seal(&mut frames);
-            }
-            if close {
-                // Let the refusal reach the peer before its connection is closed.
-                let front = writer_front.clone();
-                let closing = peer.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    front.peers.disconnect(&closing);
-                });
-            }
-            if let Some(since) = stalled.get(&peer) {
-                if since.elapsed() < STALL_BACKOFF {
-                    debug!("a peer that stopped reading: message dropped");
-                    continue;
-                }
-                stalled.remove(&peer);
-            }
-            let mut all = Vec::with_capacity(frames.len() + 1);
-            all.push(peer.clone());
-            all.append(&mut frames);
-            let Ok(message) = ZmqMessage::try_from(all) else {
-                continue;
-            };
-            match tokio::time::timeout(SEND_TIMEOUT, send_half.send(message)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(err)) => debug!("send to a peer failed: {err}"),
-                Err(_) => {
-                    warn!(
-                        "send to a peer timed out after {SEND_TIMEOUT:?}; its messages are dropped for {STALL_BACKOFF:?}"
-                    );
-                    stalled.insert(peer, Instant::now());
-                    if stalled.len() > 1024 {
-                        stalled.retain(|_, since| since.elapsed() < STALL_BACKOFF);
-                    }
-                }
-            }
-        }
-    });
+    tokio::spawn(write_all_peers(out_rx, front.clone(), config.key.is_some()));
     if config.key.is_some() {
         info!("cluster key set: peers must prove they know it, and every message is sealed");
     }
@@ -544,47 +417,234 @@ where
     })
 }
 
+/// Why a server's connection ended.
+enum End {
+    Stream(StreamError),
+    HandshakeTimeout,
+    Disconnected,
+    ServerGone,
+}
+
+/// One accepted connection: the handshake, then its messages through the gate to the
+/// server's owner, until it closes, breaks a rule, or is closed.
+async fn serve_peer<E, F>(
+    stream: TcpStream,
+    source: SocketAddr,
+    _open: Open,
+    shared: Arc<Shared<E, F>>,
+) where
+    E: Send + 'static,
+    F: Fn(ServerEvent) -> E + Send + Sync + 'static,
+{
+    let front = &shared.front;
+    let config = &front.config;
+    let deadline = tokio::time::Instant::now() + config.handshake_timeout;
+    let max = config.max_message_bytes;
+    let handshake = stream::handshake(
+        stream,
+        SocketType::Router,
+        max.min(MAX_UNESTABLISHED_MESSAGE),
+    );
+    let (mut reader, writer) = match tokio::time::timeout_at(deadline, handshake).await {
+        Ok(Ok(halves)) => halves,
+        Ok(Err(err)) => return report_end(front, source, End::Stream(err)),
+        Err(_) => return report_end(front, source, End::HandshakeTimeout),
+    };
+    let peer: PeerId = Bytes::copy_from_slice(&rand::random::<[u8; 16]>());
+    let close = Arc::new(Notify::new());
+    front.peers.insert(peer.clone(), source, close.clone());
+    let _ = shared
+        .outbox
+        .tx
+        .send(Outgoing::Attach(peer.clone(), writer));
+    let mut gate = Gate {
+        key: config.key.clone(),
+        peer: peer.clone(),
+        auth: PeerAuth::New,
+        outbox: shared.outbox.clone(),
+        front: front.clone(),
+    };
+    let end = loop {
+        tokio::select! {
+            message = reader.next() => match message {
+                Ok(frames) => {
+                    let was_established = gate.established();
+                    let event = gate.admit(frames);
+                    if !was_established && gate.established() {
+                        reader.set_limit(max);
+                    }
+                    if let Some(event) = event {
+                        if shared.events.send((shared.map)(event)).await.is_err() {
+                            break End::ServerGone;
+                        }
+                    }
+                }
+                Err(err) => break End::Stream(err),
+            },
+            () = close.notified() => break End::Disconnected,
+            () = tokio::time::sleep_until(deadline), if !gate.established() => break End::HandshakeTimeout,
+        }
+    };
+    front.peers.remove(&peer);
+    let _ = shared.outbox.tx.send(Outgoing::Forget(peer.clone()));
+    let _ = shared
+        .events
+        .send((shared.map)(ServerEvent::Disconnected(peer)))
+        .await;
+    report_end(front, source, end);
+}
+
+/// Logs why a connection ended (a warning, rate-limited, when the peer misbehaved).
+fn report_end(front: &Front, source: SocketAddr, end: End) {
+    match end {
+        End::Stream(StreamError::Violation(v)) => {
+            front.warn_peer(Some(source), "violation", &format!("closed a connection: {v}"))
+        }
+        End::HandshakeTimeout => front.warn_peer(
+            Some(source),
+            "handshake",
+            &format!(
+                "closed a connection that did not finish its handshake within {:?} (--handshake-timeout)",
+                front.config.handshake_timeout
+            ),
+        ),
+        End::Stream(err) => debug!(peer = %source, "connection ended: {err}"),
+        End::Disconnected | End::ServerGone => debug!(peer = %source, "connection closed"),
+    }
+}
+
+/// The writer task: sends every queued message on its peer's connection, sealed when
+/// the peer has a session. A send that fails or takes longer than [`SEND_TIMEOUT`]
+/// closes that connection.
+async fn write_all_peers(
+    mut queue: mpsc::UnboundedReceiver<Outgoing>,
+    front: Arc<Front>,
+    keyed: bool,
+) {
+    let mut writers: HashMap<PeerId, MessageWriter> = HashMap::new();
+    let mut sealers: HashMap<PeerId, auth::Sealer> = HashMap::new();
+    while let Some(out) = queue.recv().await {
+        let (peer, mut frames, close, seal) = match out {
+            Outgoing::Attach(peer, writer) => {
+                writers.insert(peer, writer);
+                continue;
+            }
+            Outgoing::Open(peer, sealer) => {
+                sealers.insert(peer, sealer);
+                continue;
+            }
+            Outgoing::Forget(peer) => {
+                writers.remove(&peer);
+                sealers.remove(&peer);
+                continue;
+            }
+            Outgoing::Flushed(done) => {
+                let _ = done.send(());
+                continue;
+            }
+            Outgoing::Raw(peer, frames, close) => (peer, frames, close, false),
+            Outgoing::Send(peer, frames) => (peer, frames, false, true),
+            Outgoing::Encode(peer, encode) => match encode() {
+                Some(frames) => (peer, frames, false, true),
+                None => continue,
+            },
+        };
+        if frames.is_empty() {
+            continue;
+        }
+        if seal && keyed {
+            let Some(sealer) = sealers.get_mut(&peer) else {
+                debug!("no session with this peer (gone, or never authenticated): message dropped");
+                continue;
+            };
+            sealer.seal(&mut frames);
+        }
+        let Some(writer) = writers.get_mut(&peer) else {
+            debug!("a message to a peer that is gone: dropped");
+            continue;
+        };
+        if close {
+            // Let the refusal reach the peer before its connection is closed.
+            let front = front.clone();
+            let closing = peer.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                front.peers.disconnect(&closing);
+            });
+        }
+        let failed = match tokio::time::timeout(SEND_TIMEOUT, writer.send(&frames)).await {
+            Ok(Ok(())) => None,
+            Ok(Err(err)) => Some(err.to_string()),
+            Err(_) => Some(format!("it read nothing for {SEND_TIMEOUT:?}")),
+        };
+        if let Some(why) = failed {
+            let source = front.peers.source(&peer);
+            warn!(
+                peer = %source.map_or_else(|| "unknown".to_string(), |s| s.ip().to_string()),
+                "closed a connection: a send to it failed ({why})"
+            );
+            writers.remove(&peer);
+            front.peers.disconnect(&peer);
+        }
+    }
+}
+
 /// The sending half of a [`Connection`].
 pub struct ConnectionSender {
-    send: DealerSendHalf,
+    writer: MessageWriter,
     endpoint: String,
     sealer: Option<auth::Sealer>,
+    /// A send failed or timed out half way: the stream is mid-message.
+    broken: bool,
 }
 
 impl ConnectionSender {
-    /// Sends `frames` (sealed, with a key), bounded by [`SEND_TIMEOUT`].
+    /// Sends `frames` (sealed, with a key), bounded by [`SEND_TIMEOUT`]. After a failed
+    /// send every later one fails too: make a new connection.
     pub async fn send(&mut self, mut frames: Vec<Bytes>) -> Result<(), TransportError> {
+        if self.broken {
+            return Err(TransportError::Closed(format!(
+                "{}: an earlier send failed",
+                self.endpoint
+            )));
+        }
+        if frames.is_empty() {
+            return Err(TransportError::Closed("empty message".to_string()));
+        }
         if let Some(sealer) = &mut self.sealer {
             sealer.seal(&mut frames);
         }
-        let message = ZmqMessage::try_from(frames)
-            .map_err(|_| TransportError::Closed("empty message".to_string()))?;
-        match tokio::time::timeout(SEND_TIMEOUT, self.send.send(message)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(err)) => Err(TransportError::Closed(format!("{}: {err}", self.endpoint))),
-            Err(_) => Err(TransportError::Closed(format!(
-                "{}: send timed out",
-                self.endpoint
-            ))),
-        }
+        let failed = match tokio::time::timeout(SEND_TIMEOUT, self.writer.send(&frames)).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(err)) => err.to_string(),
+            Err(_) => "send timed out".to_string(),
+        };
+        self.broken = true;
+        Err(TransportError::Closed(format!(
+            "{}: {failed}",
+            self.endpoint
+        )))
     }
 }
 
 /// The receiving half of a [`Connection`].
 pub struct ConnectionReceiver {
-    recv: DealerRecvHalf,
+    reader: MessageReader,
+    endpoint: String,
     opener: Option<auth::Opener>,
 }
 
 impl ConnectionReceiver {
-    /// The next message's frames (checked and unsealed, with a key).
+    /// The next message's frames (checked and unsealed, with a key). Cancel-safe.
     pub async fn recv(&mut self) -> Result<Vec<Bytes>, TransportError> {
-        let mut frames = self
-            .recv
-            .recv()
-            .await
-            .map(ZmqMessage::into_vec)
-            .map_err(|e| TransportError::Closed(e.to_string()))?;
+        let mut frames = match self.reader.next().await {
+            Ok(frames) => frames,
+            Err(StreamError::Violation(v)) => {
+                warn!("closed the connection to {}: {v}", self.endpoint);
+                return Err(TransportError::Closed(format!("{}: {v}", self.endpoint)));
+            }
+            Err(err) => return Err(TransportError::Closed(format!("{}: {err}", self.endpoint))),
+        };
         if let Some(opener) = &mut self.opener {
             opener
                 .open(&mut frames)
@@ -602,35 +662,37 @@ pub struct Connection {
     pub receiver: ConnectionReceiver,
 }
 
-/// Connects a DEALER to `endpoint` (through the guard), waiting at most `timeout` for
-/// the peer; with a key, proves it and checks the server's proof first.
+/// Connects a DEALER to `endpoint`, waiting at most `timeout` for the peer; with a key,
+/// proves it and checks the server's proof first.
 pub async fn connect(
     endpoint: &str,
     timeout: Duration,
     config: &TransportConfig,
 ) -> Result<Connection, TransportError> {
-    let mut options = SocketOptions::default();
-    options.connect_timeout(timeout);
-    let mut socket = DealerSocket::with_options(options);
     let connect_err = |reason: String| TransportError::Connect {
         endpoint: endpoint.to_string(),
         reason,
     };
     let deadline = tokio::time::Instant::now() + timeout;
-    let private = relay::dial(endpoint, timeout, config.max_message_bytes).await?;
-    match tokio::time::timeout_at(deadline, socket.connect(&private)).await {
-        Ok(Ok(())) => {}
+    let stream = front::dial(endpoint, timeout).await?;
+    let handshake = stream::handshake(stream, SocketType::Dealer, config.max_message_bytes);
+    let (reader, writer) = match tokio::time::timeout_at(deadline, handshake).await {
+        Ok(Ok(halves)) => halves,
         Ok(Err(err)) => return Err(connect_err(err.to_string())),
         Err(_) => return Err(connect_err(format!("no answer within {timeout:?}"))),
-    }
-    let (send, recv) = socket.split();
+    };
     let mut conn = Connection {
         sender: ConnectionSender {
-            send,
+            writer,
             endpoint: endpoint.to_string(),
             sealer: None,
+            broken: false,
         },
-        receiver: ConnectionReceiver { recv, opener: None },
+        receiver: ConnectionReceiver {
+            reader,
+            endpoint: endpoint.to_string(),
+            opener: None,
+        },
     };
     if let Some(key) = &config.key {
         let session = tokio::time::timeout_at(deadline, authenticate(&mut conn, key))

@@ -1,6 +1,8 @@
-//! The floor fastworker is measured against: the `zeromq` crate the transport is
-//! built on, with nothing of fastworker's in the way. Two shapes, each in processes of
-//! their own (this binary, `fastworker bench-floor ROLE`):
+//! The floor fastworker is measured against: the ZeroMQ engine the transport is built
+//! on (`fastworker_transport::stream`, ZMTP over TCP), with nothing of fastworker's in
+//! the way. Two shapes, each in processes of their own (this binary, `fastworker
+//! bench-floor ROLE`), each serving a connection on one task of a single-threaded
+//! runtime:
 //!
 //! - **echo**: a DEALER client and a ROUTER that sends every message back (two
 //!   processes: one hop each way, like a client and a control plane);
@@ -8,13 +10,21 @@
 //!   processes: two hops each way, like client → control plane → subworker).
 //!
 //! Each is measured like fastworker: sequential round trips (p50) and messages per
-//! second with a window in flight.
+//! second with a window in flight, by the transport's own `Connection` (fastworker's
+//! client uses it too).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use zeromq::{DealerSocket, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
+use fastworker_transport::{
+    self as transport,
+    front::tcp_target,
+    stream::{handshake, MessageWriter},
+    zmtp::SocketType,
+    TransportConfig,
+};
+use tokio::net::{TcpListener, TcpStream};
 
 use super::cluster::{context_switches, switches_per_round_trip};
 use crate::cli::BenchFloorArgs;
@@ -33,49 +43,53 @@ pub fn serve(args: &BenchFloorArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        match args.role.as_str() {
-            "echo" => echo(&args.bind).await,
-            _ => {
-                let back = args
-                    .connect
-                    .as_deref()
-                    .context("a relay needs --connect (its echo)")?;
-                relay(&args.bind, back).await
-            }
+        let listener = TcpListener::bind(tcp_target(&args.bind).map_err(anyhow::Error::msg)?)
+            .await
+            .context("the floor cannot bind")?;
+        loop {
+            let (stream, _) = listener.accept().await.context("the floor's listener")?;
+            let back = args.connect.clone();
+            let role = args.role.clone();
+            tokio::spawn(async move {
+                let served = match role.as_str() {
+                    "echo" => echo(stream).await,
+                    _ => match back {
+                        Some(back) => relay(stream, &back).await,
+                        None => Err(anyhow::anyhow!("a relay needs --connect (its echo)")),
+                    },
+                };
+                if let Err(err) = served {
+                    tracing::debug!("a floor connection ended: {err:#}");
+                }
+            });
         }
     })
 }
 
-async fn echo(bind: &str) -> anyhow::Result<()> {
-    let mut socket = RouterSocket::new();
-    socket.bind(bind).await.context("the echo cannot bind")?;
+/// Sends every message of one connection back.
+async fn echo(stream: TcpStream) -> anyhow::Result<()> {
+    let (mut reader, mut writer) = handshake(stream, SocketType::Router, u64::MAX).await?;
     loop {
-        let message = socket.recv().await.context("the echo's socket")?;
-        socket.send(message).await.context("the echo's socket")?;
+        let message = reader.next().await?;
+        writer.send(&message).await?;
     }
 }
 
-async fn relay(front: &str, back: &str) -> anyhow::Result<()> {
-    let mut front_socket = RouterSocket::new();
-    front_socket
-        .bind(front)
-        .await
-        .context("the relay cannot bind")?;
-    let mut back_socket = DealerSocket::new();
-    back_socket
-        .connect(back)
-        .await
-        .context("the relay cannot connect")?;
+/// Relays one connection's messages to a connection of its own to `back`, and back.
+async fn relay(stream: TcpStream, back: &str) -> anyhow::Result<()> {
+    let (mut front_in, mut front_out) = handshake(stream, SocketType::Router, u64::MAX).await?;
+    let back_stream = transport::front::dial(back, Duration::from_secs(10)).await?;
+    let (mut back_in, mut back_out) = handshake(back_stream, SocketType::Dealer, u64::MAX).await?;
     loop {
         tokio::select! {
-            message = front_socket.recv() => {
-                back_socket.send(message.context("the relay's front")?).await.context("the relay's back")?;
-            }
-            message = back_socket.recv() => {
-                front_socket.send(message.context("the relay's back")?).await.context("the relay's front")?;
-            }
+            message = front_in.next() => forward(message?, &mut back_out).await?,
+            message = back_in.next() => forward(message?, &mut front_out).await?,
         }
     }
+}
+
+async fn forward(message: Vec<Bytes>, to: &mut MessageWriter) -> anyhow::Result<()> {
+    to.send(&message).await.context("the relay's other side")
 }
 
 /// What a floor shape did.
@@ -100,42 +114,39 @@ pub async fn measure(
     window: usize,
     processes: &[(String, u32)],
 ) -> anyhow::Result<FloorResult> {
-    let mut client = DealerSocket::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match client.connect(address).await {
-            Ok(()) => break,
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(20)).await
-            }
-            Err(err) => return Err(err).context("cannot reach the floor's server"),
-        }
-    }
+    let connection = transport::connect(
+        address,
+        Duration::from_secs(20),
+        &TransportConfig::default(),
+    )
+    .await
+    .context("cannot reach the floor's server")?;
+    let (mut client, mut replies) = (connection.sender, connection.receiver);
     let payload = Bytes::from(vec![7u8; size]);
-    let message = || ZmqMessage::from(payload.clone());
+    let message = || vec![payload.clone()];
     // Warm up: the first messages wait for the connection.
     for _ in 0..100 {
         client.send(message()).await?;
-        client.recv().await?;
+        replies.recv().await?;
     }
     let mut rtt = hdrhistogram::Histogram::<u64>::new(3)?;
     let switches_before = switch_counts(processes);
     for _ in 0..round_trips {
-        let started = Instant::now();
+        let started = std::time::Instant::now();
         client.send(message()).await?;
-        client.recv().await?;
+        replies.recv().await?;
         rtt.record(started.elapsed().as_nanos() as u64)?;
     }
     let switches_per_rtt =
         switches_per_round_trip(&switches_before, &switch_counts(processes), round_trips);
-    let started = Instant::now();
+    let started = std::time::Instant::now();
     let (mut sent, mut received) = (0, 0);
     while received < messages {
         while sent < messages && sent - received < window {
             client.send(message()).await?;
             sent += 1;
         }
-        client.recv().await?;
+        replies.recv().await?;
         received += 1;
     }
     let elapsed = started.elapsed().as_secs_f64();

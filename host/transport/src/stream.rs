@@ -1,0 +1,202 @@
+//! One ZMTP connection over TCP, read and written where it is used: the handshake, then
+//! a [`MessageReader`] and a [`MessageWriter`] on the stream's two halves. No task and
+//! no buffer between the socket and its user: a message read is decoded from the
+//! bytes the socket gave, and a message sent is one write.
+
+use std::io;
+
+use bytes::{Bytes, BytesMut};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+        TcpStream,
+    },
+};
+
+use crate::zmtp::{self, Decoder, SocketType, Unit, Violation, GREETING_LEN};
+
+/// Room made in the read buffer before each read.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Why a connection cannot go on.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The peer closed it.
+    #[error("closed by the peer")]
+    Closed,
+    /// The socket failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The peer broke the protocol or a limit.
+    #[error("{0}")]
+    Violation(#[from] Violation),
+}
+
+/// Reads messages from a connection's read half.
+pub struct MessageReader {
+    read: OwnedReadHalf,
+    buf: BytesMut,
+    decoder: Decoder,
+}
+
+impl MessageReader {
+    /// Changes the message limit (for messages not begun yet).
+    pub fn set_limit(&mut self, max_message: u64) {
+        self.decoder.set_limit(max_message);
+    }
+
+    /// The next message's frames. Cancel-safe: bytes already read stay for the next
+    /// call. Commands after the handshake are read past.
+    pub async fn next(&mut self) -> Result<Vec<Bytes>, StreamError> {
+        loop {
+            if let Some(unit) = self.decoder.decode(&mut self.buf)? {
+                match unit {
+                    Unit::Message(frames) => return Ok(frames),
+                    Unit::Command(_) => continue,
+                }
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Reads more bytes into the buffer.
+    async fn fill(&mut self) -> Result<(), StreamError> {
+        self.buf.reserve(READ_CHUNK);
+        match self.read.read_buf(&mut self.buf).await? {
+            0 => Err(StreamError::Closed),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Writes messages to a connection's write half.
+pub struct MessageWriter {
+    write: OwnedWriteHalf,
+    buf: BytesMut,
+}
+
+impl MessageWriter {
+    /// Sends one message. Not cancel-safe: a send dropped half way leaves the stream
+    /// mid-frame, so the connection must be closed after one.
+    pub async fn send(&mut self, frames: &[Bytes]) -> io::Result<()> {
+        self.buf.clear();
+        zmtp::encode_message(frames, &mut self.buf);
+        let result = self.write.write_all(&self.buf).await;
+        // A large message's buffer is not kept for the small ones after it.
+        if self.buf.capacity() > 4 * READ_CHUNK {
+            self.buf = BytesMut::new();
+        }
+        result
+    }
+}
+
+/// Greets the peer on `stream` as `ours` and checks its greeting and READY: then the
+/// connection carries messages, read with at most `max_message` bytes each (until
+/// [`MessageReader::set_limit`]).
+pub async fn handshake(
+    stream: TcpStream,
+    ours: SocketType,
+    max_message: u64,
+) -> Result<(MessageReader, MessageWriter), StreamError> {
+    let _ = stream.set_nodelay(true);
+    let (read, mut write) = stream.into_split();
+    let mut hello = BytesMut::with_capacity(GREETING_LEN + 32);
+    hello.extend_from_slice(&zmtp::greeting());
+    hello.extend_from_slice(&zmtp::ready_frame(ours));
+    write.write_all(&hello).await?;
+    let mut reader = MessageReader {
+        read,
+        buf: BytesMut::with_capacity(READ_CHUNK),
+        decoder: Decoder::new(max_message),
+    };
+    while reader.buf.len() < GREETING_LEN {
+        // The signature's first byte tells a peer that does not speak ZMTP at once.
+        if reader.buf.first().is_some_and(|b| *b != 0xff) {
+            return Err(Violation::BadGreeting.into());
+        }
+        reader.fill().await?;
+    }
+    zmtp::check_greeting(&reader.buf.split_to(GREETING_LEN))?;
+    loop {
+        match reader.decoder.decode(&mut reader.buf)? {
+            Some(Unit::Command(body)) => {
+                zmtp::check_ready(&body, ours)?;
+                break;
+            }
+            Some(Unit::Message(_)) => {
+                return Err(Violation::BadReady("the first frame is not a command").into())
+            }
+            None => reader.fill().await?,
+        }
+    }
+    Ok((
+        reader,
+        MessageWriter {
+            write,
+            buf: BytesMut::new(),
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (client, accepted) = tokio::join!(TcpStream::connect(address), listener.accept());
+        (client.unwrap(), accepted.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn a_router_and_a_dealer_exchange_messages_both_ways() {
+        let (client, server) = pair().await;
+        let (dealer, router) = tokio::join!(
+            handshake(client, SocketType::Dealer, 1 << 20),
+            handshake(server, SocketType::Router, 1 << 20)
+        );
+        let (mut dealer_in, mut dealer_out) = dealer.unwrap();
+        let (mut router_in, mut router_out) = router.unwrap();
+        let message = vec![Bytes::from_static(b"head"), Bytes::from(vec![3u8; 70_000])];
+        dealer_out.send(&message).await.unwrap();
+        assert_eq!(router_in.next().await.unwrap(), message);
+        router_out.send(&message[..1]).await.unwrap();
+        assert_eq!(dealer_in.next().await.unwrap(), message[..1].to_vec());
+    }
+
+    #[tokio::test]
+    async fn two_dealers_do_not_talk_to_a_pub_and_http_is_not_zmtp() {
+        let (client, server) = pair().await;
+        let (dealer, ()) = tokio::join!(handshake(client, SocketType::Dealer, 1 << 20), async {
+            // A PUB's greeting and READY, written by hand.
+            let (_read, mut write) = server.into_split();
+            let mut bytes = zmtp::greeting().to_vec();
+            let body = b"\x05READY\x0bSocket-Type\x00\x00\x00\x03PUB";
+            bytes.push(0x04);
+            bytes.push(body.len() as u8);
+            bytes.extend_from_slice(body);
+            write.write_all(&bytes).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        });
+        assert!(matches!(
+            dealer,
+            Err(StreamError::Violation(Violation::SocketType { .. }))
+        ));
+        let (client, server) = pair().await;
+        let (router, _) = tokio::join!(handshake(server, SocketType::Router, 1 << 20), async {
+            let mut client = client;
+            client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+            client
+        });
+        assert!(matches!(
+            router,
+            Err(StreamError::Violation(Violation::BadGreeting))
+        ));
+    }
+}
