@@ -1,9 +1,9 @@
-//! What the guard and the cluster key cost at the transport level: one echo server
-//! and one client in this process, over TCP on 127.0.0.1, three ways:
-//! - **raw**: the `zeromq` crate's ROUTER and DEALER alone, as fastworker used them
-//!   before the guard (and as a peer could crash them);
-//! - **guarded**: fastworker's transport (every connection relayed through the ZMTP
-//!   guard on both sides), no key;
+//! What fastworker's transport and the cluster key cost at the transport level: one
+//! echo server and one client in this process, over TCP on 127.0.0.1, three ways:
+//! - **raw**: the `zeromq` crate's ROUTER and DEALER alone (another ZeroMQ engine, which
+//!   fastworker used before its own: a peer could crash it);
+//! - **guarded**: fastworker's transport (its own ZMTP engine, every declared size
+//!   checked), no key;
 //! - **guarded + key**: the same with the cluster-key handshake and a seal (HMAC-SHA256
 //!   and a sequence number) on every message.
 //!
