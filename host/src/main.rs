@@ -92,15 +92,9 @@ fn init_logging(
 /// the process exits even if a plugin call still runs on a blocking thread (a task
 /// that ignored its timeout): dropping the runtime would wait for it forever.
 fn serve(fut: impl Future<Output = anyhow::Result<()>> + Send + 'static) -> anyhow::Result<()> {
-    let runtime = if std::env::var_os("FW_CT").is_some() {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?
-    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     // On a worker thread, not this one: a task woken by a socket then runs where the
     // socket was read, and what it sends is written there too. Run on this thread
     // (`block_on`), every message crossed between threads twice more (11 context

@@ -96,16 +96,24 @@ fn cluster(
     let mut d = dashboard::start(dir, &["--prefetch", &WINDOW.to_string()], &[]);
     let sw = d.cp.subworker(dir, "sw1", sw_args);
     let client = connect(rt, &d.cp.base);
-    let warm: Vec<TaskEnvelope> = (0..20).map(|_| stamp(SHORT_US, Priority::Normal)).collect();
-    let records = rt
-        .block_on(client.submit_batch_wait(warm, WAIT))
-        .expect("the warm-up runs");
-    assert!(records.iter().all(|r| r.status == TaskStatus::Success));
-    let measured = poll_until(Duration::from_secs(10), || {
-        let w = worker(&d);
-        (w["run_us"]["stamp"].as_f64()? > 0.0).then_some(w)
-    })
-    .expect("sw1 reports the run time of stamp");
+    // A run time goes up at once with one long call (a call preempted on a loaded
+    // machine is one) and down by an eighth per short call: warm up until it is down.
+    let mut measured = Value::Null;
+    for _ in 0..10 {
+        let warm: Vec<TaskEnvelope> = (0..20).map(|_| stamp(SHORT_US, Priority::Normal)).collect();
+        let records = rt
+            .block_on(client.submit_batch_wait(warm, WAIT))
+            .expect("the warm-up runs");
+        assert!(records.iter().all(|r| r.status == TaskStatus::Success));
+        measured = poll_until(Duration::from_secs(10), || {
+            let w = worker(&d);
+            (w["run_us"]["stamp"].as_f64()? > 0.0).then_some(w)
+        })
+        .expect("sw1 reports the run time of stamp");
+        if measured["windows"]["stamp"].as_u64().unwrap_or(0) >= 2 {
+            break;
+        }
+    }
     let window = measured["windows"]["stamp"].as_u64().unwrap_or(0);
     assert!(
         (2..=WINDOW).contains(&window),

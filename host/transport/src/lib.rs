@@ -464,13 +464,16 @@ async fn serve_peer<E, F>(
         outbox: shared.outbox.clone(),
         front: front.clone(),
     };
+    // Once established, the handshake deadline no longer applies (even when the peer is
+    // refused later, say for a bad seal: then it is closed for that).
+    let mut established = false;
     let end = loop {
         tokio::select! {
             message = reader.next() => match message {
                 Ok(frames) => {
-                    let was_established = gate.established();
                     let event = gate.admit(frames);
-                    if !was_established && gate.established() {
+                    if !established && gate.established() {
+                        established = true;
                         reader.set_limit(max);
                     }
                     if let Some(event) = event {
@@ -482,7 +485,7 @@ async fn serve_peer<E, F>(
                 Err(err) => break End::Stream(err),
             },
             () = close.notified() => break End::Disconnected,
-            () = tokio::time::sleep_until(deadline), if !gate.established() => break End::HandshakeTimeout,
+            () = tokio::time::sleep_until(deadline), if !established => break End::HandshakeTimeout,
         }
     };
     front.peers.remove(&peer);
@@ -511,6 +514,12 @@ fn report_end(front: &Front, source: SocketAddr, end: End) {
         End::Stream(err) => debug!(peer = %source, "connection ended: {err}"),
         End::Disconnected | End::ServerGone => debug!(peer = %source, "connection closed"),
     }
+}
+
+/// Why a send to a peer did not go through.
+enum Stalled {
+    Failed(String),
+    Timeout,
 }
 
 /// The writer task: sends every queued message on its peer's connection, sealed when
@@ -574,17 +583,26 @@ async fn write_all_peers(
         }
         let failed = match tokio::time::timeout(SEND_TIMEOUT, writer.send(&frames)).await {
             Ok(Ok(())) => None,
-            Ok(Err(err)) => Some(err.to_string()),
-            Err(_) => Some(format!("it read nothing for {SEND_TIMEOUT:?}")),
+            Ok(Err(err)) => Some(Stalled::Failed(err.to_string())),
+            Err(_) => Some(Stalled::Timeout),
         };
-        if let Some(why) = failed {
-            let source = front.peers.source(&peer);
-            warn!(
-                peer = %source.map_or_else(|| "unknown".to_string(), |s| s.ip().to_string()),
-                "closed a connection: a send to it failed ({why})"
-            );
-            writers.remove(&peer);
-            front.peers.disconnect(&peer);
+        match failed {
+            None => {}
+            Some(Stalled::Failed(why)) => {
+                // It reset or closed (its reader task reports it gone).
+                debug!("a send to a peer failed ({why}): its connection is closed");
+                writers.remove(&peer);
+                front.peers.disconnect(&peer);
+            }
+            Some(Stalled::Timeout) => {
+                front.warn_peer(
+                    front.peers.source(&peer),
+                    "stalled",
+                    &format!("closed a connection that read nothing for {SEND_TIMEOUT:?}"),
+                );
+                writers.remove(&peer);
+                front.peers.disconnect(&peer);
+            }
         }
     }
 }

@@ -62,6 +62,11 @@ impl MessageReader {
 
     /// Reads more bytes into the buffer.
     async fn fill(&mut self) -> Result<(), StreamError> {
+        // After a large message the buffer is not kept large: what is left of it moves
+        // to a fresh one (a large frame cut from it keeps only its own allocation).
+        if self.buf.capacity() > 4 * READ_CHUNK && self.buf.len() < READ_CHUNK {
+            self.buf = BytesMut::from(&self.buf[..]);
+        }
         self.buf.reserve(READ_CHUNK);
         match self.read.read_buf(&mut self.buf).await? {
             0 => Err(StreamError::Closed),
@@ -168,6 +173,90 @@ mod tests {
         assert_eq!(router_in.next().await.unwrap(), message);
         router_out.send(&message[..1]).await.unwrap();
         assert_eq!(dealer_in.next().await.unwrap(), message[..1].to_vec());
+    }
+
+    /// Our greeting and READY as a DEALER, for a peer written by hand.
+    fn dealer_hello() -> Vec<u8> {
+        let mut bytes = zmtp::greeting().to_vec();
+        bytes.extend_from_slice(&zmtp::ready_frame(SocketType::Dealer));
+        bytes
+    }
+
+    #[tokio::test]
+    async fn a_handshake_and_a_message_arriving_a_byte_at_a_time_are_read() {
+        let (client, server) = pair().await;
+        let peer = tokio::spawn(async move {
+            let mut client = client;
+            let mut bytes = dealer_hello();
+            bytes.extend_from_slice(&[0x01, 2, b'h', b'i', 0x00, 1, b'!']);
+            for byte in bytes {
+                client.write_all(&[byte]).await.unwrap();
+                client.flush().await.unwrap();
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+            client
+        });
+        let (mut reader, _writer) = handshake(server, SocketType::Router, 1 << 20)
+            .await
+            .unwrap();
+        let message = reader.next().await.unwrap();
+        assert_eq!(
+            message,
+            vec![Bytes::from_static(b"hi"), Bytes::from_static(b"!")]
+        );
+        drop(peer.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_read_dropped_half_way_loses_nothing() {
+        let (client, server) = pair().await;
+        let (dealer, router) = tokio::join!(
+            async {
+                let mut client = client;
+                client.write_all(&dealer_hello()).await.unwrap();
+                client
+            },
+            handshake(server, SocketType::Router, 1 << 20)
+        );
+        let mut client = dealer;
+        let (mut reader, _writer) = router.unwrap();
+        // Half a message, then the read is given up (as a `select!` does).
+        client.write_all(&[0x01, 3, b'a', b'b']).await.unwrap();
+        let gave_up = tokio::time::timeout(Duration::from_millis(100), reader.next()).await;
+        assert!(gave_up.is_err());
+        client.write_all(&[b'c', 0x00, 1, b'd']).await.unwrap();
+        let message = reader.next().await.unwrap();
+        assert_eq!(
+            message,
+            vec![Bytes::from_static(b"abc"), Bytes::from_static(b"d")]
+        );
+    }
+
+    #[tokio::test]
+    async fn one_wrong_first_byte_is_enough_and_the_first_frame_must_be_a_command() {
+        let (client, server) = pair().await;
+        let mut client = client;
+        // One byte, and the connection stays open: refused without waiting for more.
+        client.write_all(&[0x00]).await.unwrap();
+        let refused = tokio::time::timeout(
+            Duration::from_secs(5),
+            handshake(server, SocketType::Router, 1 << 20),
+        )
+        .await
+        .expect("refused at once");
+        assert!(matches!(
+            refused,
+            Err(StreamError::Violation(Violation::BadGreeting))
+        ));
+        let (client, server) = pair().await;
+        let mut client = client;
+        let mut bytes = zmtp::greeting().to_vec();
+        bytes.extend_from_slice(&[0x00, 2, b'h', b'i']);
+        client.write_all(&bytes).await.unwrap();
+        assert!(matches!(
+            handshake(server, SocketType::Router, 1 << 20).await,
+            Err(StreamError::Violation(Violation::BadReady(_)))
+        ));
     }
 
     #[tokio::test]

@@ -22,6 +22,16 @@ pub const MAX_COMMAND_BYTES: u64 = 64 * 1024;
 /// receiver keeps a handle per frame, so a million empty frames are not free.
 pub const FRAME_OVERHEAD: u64 = 64;
 
+/// Frames shorter than this are copied out of the read buffer; longer ones are cut
+/// from it without a copy. A frame kept (a queued task's payload, say) never holds more
+/// than about twice its own size of read buffer alive: a peer sending a frame per read
+/// cannot make the process keep a whole buffer per frame.
+pub const COPY_BELOW: usize = 16 * 1024;
+
+/// The largest message limit a [`Decoder`] takes (larger ones are lowered to it), so
+/// that no size arithmetic can overflow.
+pub const MAX_LIMIT: u64 = 1 << 40;
+
 const FLAG_MORE: u8 = 0x01;
 const FLAG_LONG: u8 = 0x02;
 const FLAG_COMMAND: u8 = 0x04;
@@ -215,17 +225,17 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    /// A decoder refusing messages over `max_message` bytes.
+    /// A decoder refusing messages over `max_message` bytes (at most [`MAX_LIMIT`]).
     pub fn new(max_message: u64) -> Self {
         Decoder {
-            max_message,
+            max_message: max_message.min(MAX_LIMIT),
             ..Decoder::default()
         }
     }
 
     /// Changes the message limit (for frames not begun yet).
     pub fn set_limit(&mut self, max_message: u64) {
-        self.max_message = max_message;
+        self.max_message = max_message.min(MAX_LIMIT);
     }
 
     /// The next complete message or command at the front of `buf` (taken out of it),
@@ -281,7 +291,13 @@ impl Decoder {
                 return Ok(None);
             }
             buf.advance(header);
-            let body = buf.split_to(size).freeze();
+            let body = if size < COPY_BELOW {
+                let body = Bytes::copy_from_slice(&buf[..size]);
+                buf.advance(size);
+                body
+            } else {
+                buf.split_to(size).freeze()
+            };
             if command {
                 return Ok(Some(Unit::Command(body)));
             }
@@ -360,6 +376,43 @@ mod tests {
         bomb.extend_from_slice(&(1u64 << 62).to_be_bytes());
         let err = decode_all(&mut Decoder::new(80 << 20), &bomb).unwrap_err();
         assert!(matches!(err, Violation::FrameTooLarge { declared, .. } if declared == 1 << 62));
+    }
+
+    #[test]
+    fn a_limit_near_the_top_of_u64_cannot_overflow() {
+        let mut huge = vec![FLAG_LONG];
+        huge.extend_from_slice(&u64::MAX.to_be_bytes());
+        for limit in [u64::MAX, u64::MAX - 1, MAX_LIMIT] {
+            assert!(matches!(
+                decode_all(&mut Decoder::new(limit), &huge),
+                Err(Violation::FrameTooLarge { .. })
+            ));
+        }
+        let mut decoder = Decoder::new(1);
+        decoder.set_limit(u64::MAX);
+        assert!(decode_all(&mut decoder, &huge).is_err());
+    }
+
+    #[test]
+    fn a_small_frame_keeps_no_hold_on_the_read_buffer_and_a_large_one_is_not_copied() {
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        buf.extend_from_slice(&frame(b"tiny", false));
+        let mut decoder = Decoder::new(1 << 20);
+        let Some(Unit::Message(frames)) = decoder.decode(&mut buf).unwrap() else {
+            panic!("a message");
+        };
+        // Nothing else refers to the buffer: its whole room can be used again.
+        assert!(buf.try_reclaim(64 * 1024));
+        drop(frames);
+        let large = vec![5u8; COPY_BELOW];
+        buf.extend_from_slice(&frame(&large, false));
+        let start = buf.as_ptr() as usize;
+        let Some(Unit::Message(frames)) = decoder.decode(&mut buf).unwrap() else {
+            panic!("a message");
+        };
+        // Cut from the buffer in place: its bytes start 9 bytes (the header) in.
+        assert_eq!(frames[0].as_ptr() as usize, start + 9);
+        assert_eq!(frames[0], large);
     }
 
     #[test]

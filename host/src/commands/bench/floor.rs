@@ -20,7 +20,7 @@ use bytes::Bytes;
 use fastworker_transport::{
     self as transport,
     front::tcp_target,
-    stream::{handshake, MessageWriter},
+    stream::{handshake, MessageReader, MessageWriter},
     zmtp::SocketType,
     TransportConfig,
 };
@@ -66,30 +66,34 @@ pub fn serve(args: &BenchFloorArgs) -> anyhow::Result<()> {
     })
 }
 
+/// The floor's message limit: the transport's default, as fastworker's.
+const LIMIT: u64 = transport::DEFAULT_MAX_MESSAGE_BYTES;
+
 /// Sends every message of one connection back.
 async fn echo(stream: TcpStream) -> anyhow::Result<()> {
-    let (mut reader, mut writer) = handshake(stream, SocketType::Router, u64::MAX).await?;
+    let (mut reader, mut writer) = handshake(stream, SocketType::Router, LIMIT).await?;
     loop {
         let message = reader.next().await?;
         writer.send(&message).await?;
     }
 }
 
-/// Relays one connection's messages to a connection of its own to `back`, and back.
+/// Relays one connection's messages to a connection of its own to `back`, and back:
+/// each way reads and writes on its own (a way blocked on a full socket does not stop
+/// the other).
 async fn relay(stream: TcpStream, back: &str) -> anyhow::Result<()> {
-    let (mut front_in, mut front_out) = handshake(stream, SocketType::Router, u64::MAX).await?;
+    let (front_in, front_out) = handshake(stream, SocketType::Router, LIMIT).await?;
     let back_stream = transport::front::dial(back, Duration::from_secs(10)).await?;
-    let (mut back_in, mut back_out) = handshake(back_stream, SocketType::Dealer, u64::MAX).await?;
-    loop {
-        tokio::select! {
-            message = front_in.next() => forward(message?, &mut back_out).await?,
-            message = back_in.next() => forward(message?, &mut front_out).await?,
-        }
-    }
+    let (back_in, back_out) = handshake(back_stream, SocketType::Dealer, LIMIT).await?;
+    tokio::try_join!(forward(front_in, back_out), forward(back_in, front_out))?;
+    Ok(())
 }
 
-async fn forward(message: Vec<Bytes>, to: &mut MessageWriter) -> anyhow::Result<()> {
-    to.send(&message).await.context("the relay's other side")
+async fn forward(mut from: MessageReader, mut to: MessageWriter) -> anyhow::Result<()> {
+    loop {
+        let message = from.next().await?;
+        to.send(&message).await.context("the relay's other side")?;
+    }
 }
 
 /// What a floor shape did.
@@ -139,16 +143,25 @@ pub async fn measure(
     }
     let switches_per_rtt =
         switches_per_round_trip(&switches_before, &switch_counts(processes), round_trips);
+    // Sending and receiving at once (a client that stops reading while it sends a
+    // window of large messages would block all three processes on full sockets).
     let started = std::time::Instant::now();
-    let (mut sent, mut received) = (0, 0);
-    while received < messages {
-        while sent < messages && sent - received < window {
+    let in_flight = tokio::sync::Semaphore::new(window);
+    let sending = async {
+        for _ in 0..messages {
+            in_flight.acquire().await?.forget();
             client.send(message()).await?;
-            sent += 1;
         }
-        replies.recv().await?;
-        received += 1;
-    }
+        anyhow::Ok(())
+    };
+    let receiving = async {
+        for _ in 0..messages {
+            replies.recv().await?;
+            in_flight.add_permits(1);
+        }
+        anyhow::Ok(())
+    };
+    tokio::try_join!(sending, receiving)?;
     let elapsed = started.elapsed().as_secs_f64();
     Ok(FloorResult {
         rtt_p50_ms: rtt.value_at_quantile(0.5) as f64 / 1e6,
