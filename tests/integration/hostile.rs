@@ -646,3 +646,76 @@ fn a_subworker_whose_connection_keeps_dropping_backs_off() {
     );
     sw.kill();
 }
+
+/// Peers that stop reading while the control plane has answers for them hold up no
+/// one else: each has its own writer, whose socket fills and, after SEND_TIMEOUT
+/// without progress, is closed. (With one writer for all, each such peer stopped every
+/// send for 2 s.)
+#[test]
+fn peers_that_stop_reading_hold_up_no_one_else() {
+    use fastworker_protocol::{self as protocol, Hello, PeerKind, ToControlPlane};
+
+    let _heavy = crate::support::heavy();
+    let dir = mytasks_dir();
+    let mut cp = ControlPlane::start(&dir, &["--task-modules", "mytasks"]);
+    let rt = runtime();
+    // Hello in the oldest version, as every client greets; then the current one.
+    let encode =
+        |version: u8, msg: &ToControlPlane| protocol::encode_as(version, msg).expect("encodes");
+    // Three peers ask for the task list 20,000 times each (about a kilobyte per
+    // answer, more than the sockets hold) and never read an answer.
+    let stallers: Vec<_> = (0..3)
+        .map(|i| {
+            rt.block_on(async {
+                let mut conn = fastworker_transport::connect(
+                    &cp.base,
+                    Duration::from_secs(10),
+                    &client_config(),
+                )
+                .await
+                .expect("connects");
+                let hello = Hello::new(PeerKind::Client, format!("staller-{i}"));
+                conn.sender
+                    .send(encode(
+                        protocol::MIN_PROTOCOL_VERSION,
+                        &ToControlPlane::Hello(hello),
+                    ))
+                    .await
+                    .expect("hello");
+                for request_id in 1..=20_000 {
+                    let ask = encode(
+                        protocol::PROTOCOL_VERSION,
+                        &ToControlPlane::Tasks { request_id },
+                    );
+                    if conn.sender.send(ask).await.is_err() {
+                        break;
+                    }
+                }
+                conn
+            })
+        })
+        .collect();
+    // Round trips of another client meanwhile: each within a second, not behind 2 s
+    // per stalled peer.
+    let started = Instant::now();
+    for _ in 0..20 {
+        assert!(add_works(&cp.base), "{}", cp.proc.describe());
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "20 round trips took {took:?} beside peers that stopped reading\n{}",
+        cp.proc.describe()
+    );
+    // The stalled peers are closed once their sends made no progress for 2 s.
+    let closed = crate::procs::poll_until(Duration::from_secs(20), || {
+        cp.proc
+            .stderr()
+            .contains("closed a connection that read nothing for")
+            .then_some(())
+    });
+    assert!(closed.is_some(), "{}", cp.proc.describe());
+    drop(stallers);
+    assert!(add_works(&cp.base));
+    assert!(alive(&mut cp.proc));
+}

@@ -148,35 +148,46 @@ pub enum ServerEvent {
     Disconnected(PeerId),
 }
 
-/// What the writer task is asked to do.
+/// What a peer's writer task is asked to do.
 enum Outgoing {
     /// Send, sealed when the connection has a session.
-    Send(PeerId, Vec<Bytes>),
+    Send(Vec<Bytes>),
     /// Send as is (handshake frames, a refusal), then close the connection if asked.
-    Raw(PeerId, Vec<Bytes>, bool),
+    Raw(Vec<Bytes>, bool),
     /// The peer's handshake succeeded: seal what it is sent from now on.
-    Open(PeerId, auth::Sealer),
-    /// A peer's connection is up: its messages go to this writer.
-    Attach(PeerId, MessageWriter),
-    /// The peer is gone.
-    Forget(PeerId),
+    Open(auth::Sealer),
     /// Encode on the writer task (`None`: nothing to send), then send like `Send`.
-    Encode(PeerId, Box<dyn FnOnce() -> Option<Vec<Bytes>> + Send>),
+    Encode(Box<dyn FnOnce() -> Option<Vec<Bytes>> + Send>),
     /// Answer once everything queued before has been handed to the socket.
     Flushed(tokio::sync::oneshot::Sender<()>),
 }
 
-/// Sends messages to a server's peers. Cheap to clone; never blocks the caller.
-#[derive(Clone)]
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Sends messages to a server's peers, each through its own writer task (so a peer
+/// that stops reading holds up no other). Cheap to clone; never blocks the caller.
+#[derive(Clone, Default)]
 pub struct Outbox {
-    tx: mpsc::UnboundedSender<Outgoing>,
+    /// Each connected peer's writer queue.
+    routes: Arc<std::sync::Mutex<HashMap<PeerId, mpsc::UnboundedSender<Outgoing>>>>,
 }
 
 impl Outbox {
+    fn route(&self, peer: &PeerId, out: Outgoing) {
+        let sent = match lock(&self.routes).get(peer) {
+            Some(queue) => queue.send(out).is_ok(),
+            None => false,
+        };
+        if !sent {
+            debug!("a message to a peer that is gone: dropped");
+        }
+    }
+
     /// Queues `frames` for `peer`.
     pub fn send(&self, peer: &PeerId, frames: Vec<Bytes>) {
-        // Fails only when the writer task has ended, i.e. at shutdown.
-        let _ = self.tx.send(Outgoing::Send(peer.clone(), frames));
+        self.route(peer, Outgoing::Send(frames));
     }
 
     /// Sends `frames` unsealed to a peer that did not authenticate, then closes its
@@ -185,30 +196,49 @@ impl Outbox {
         self.raw(peer, frames, true);
     }
 
-    /// Queues a message for `peer` that `encode` turns into frames on the writer
-    /// task (so the caller neither encodes nor hands the message to a task of its own
-    /// first); `None` from `encode` sends nothing.
+    /// Queues a message for `peer` that `encode` turns into frames on the peer's
+    /// writer task (so the caller neither encodes nor hands the message to a task of
+    /// its own first); `None` from `encode` sends nothing.
     pub fn send_encoded(
         &self,
         peer: &PeerId,
         encode: impl FnOnce() -> Option<Vec<Bytes>> + Send + 'static,
     ) {
-        let _ = self
-            .tx
-            .send(Outgoing::Encode(peer.clone(), Box::new(encode)));
+        self.route(peer, Outgoing::Encode(Box::new(encode)));
     }
 
-    /// Waits (at most `limit`) until everything queued before this call has been
-    /// handed to the socket.
+    /// Waits (at most `limit`) until everything queued before this call, to every
+    /// peer, has been handed to its socket.
     pub async fn flush(&self, limit: Duration) {
-        let (done, flushed) = tokio::sync::oneshot::channel();
-        if self.tx.send(Outgoing::Flushed(done)).is_ok() {
-            let _ = tokio::time::timeout(limit, flushed).await;
-        }
+        let answers: Vec<_> = lock(&self.routes)
+            .values()
+            .filter_map(|queue| {
+                let (done, flushed) = tokio::sync::oneshot::channel();
+                queue.send(Outgoing::Flushed(done)).ok().map(|()| flushed)
+            })
+            .collect();
+        let _ = tokio::time::timeout(limit, async {
+            for flushed in answers {
+                let _ = flushed.await;
+            }
+        })
+        .await;
     }
 
     fn raw(&self, peer: &PeerId, frames: Vec<Bytes>, close: bool) {
-        let _ = self.tx.send(Outgoing::Raw(peer.clone(), frames, close));
+        self.route(peer, Outgoing::Raw(frames, close));
+    }
+
+    /// Starts `peer`'s writer task on `writer`.
+    fn attach(&self, peer: PeerId, writer: MessageWriter, front: Arc<Front>, keyed: bool) {
+        let (queue, queued) = mpsc::unbounded_channel();
+        lock(&self.routes).insert(peer.clone(), queue);
+        tokio::spawn(write_peer(peer, writer, queued, front, keyed));
+    }
+
+    /// `peer` is gone: its writer sends what is queued (if it can) and ends.
+    fn detach(&self, peer: &PeerId) {
+        lock(&self.routes).remove(peer);
     }
 }
 
@@ -303,10 +333,7 @@ impl Gate {
                 };
                 match handshake.verify(key, &proof) {
                     Some((accept, session)) => {
-                        let _ = self
-                            .outbox
-                            .tx
-                            .send(Outgoing::Open(peer.clone(), session.sealer));
+                        self.outbox.route(&peer, Outgoing::Open(session.sealer));
                         self.outbox.raw(&peer, vec![accept], false);
                         self.auth = PeerAuth::Open(session.opener);
                         None
@@ -385,8 +412,7 @@ where
 {
     let front = Front::new(config.clone());
     let (event_tx, event_rx) = mpsc::channel(4096);
-    let (out_tx, out_rx) = mpsc::unbounded_channel::<Outgoing>();
-    let outbox = Outbox { tx: out_tx };
+    let outbox = Outbox::default();
     let shared = Arc::new(Shared {
         events: event_tx,
         map,
@@ -404,7 +430,6 @@ where
         bound.push(resolved);
         accept_loops.push(task);
     }
-    tokio::spawn(write_all_peers(out_rx, front.clone(), config.key.is_some()));
     if config.key.is_some() {
         info!("cluster key set: peers must prove they know it, and every message is sealed");
     }
@@ -453,10 +478,9 @@ async fn serve_peer<E, F>(
     let peer: PeerId = Bytes::copy_from_slice(&rand::random::<[u8; 16]>());
     let close = Arc::new(Notify::new());
     front.peers.insert(peer.clone(), source, close.clone());
-    let _ = shared
+    shared
         .outbox
-        .tx
-        .send(Outgoing::Attach(peer.clone(), writer));
+        .attach(peer.clone(), writer, front.clone(), config.key.is_some());
     let mut gate = Gate {
         key: config.key.clone(),
         peer: peer.clone(),
@@ -489,7 +513,7 @@ async fn serve_peer<E, F>(
         }
     };
     front.peers.remove(&peer);
-    let _ = shared.outbox.tx.send(Outgoing::Forget(peer.clone()));
+    shared.outbox.detach(&peer);
     let _ = shared
         .events
         .send((shared.map)(ServerEvent::Disconnected(peer)))
@@ -516,45 +540,31 @@ fn report_end(front: &Front, source: SocketAddr, end: End) {
     }
 }
 
-/// Why a send to a peer did not go through.
-enum Stalled {
-    Failed(String),
-    Timeout,
-}
-
-/// The writer task: sends every queued message on its peer's connection, sealed when
-/// the peer has a session. A send that fails or takes longer than [`SEND_TIMEOUT`]
-/// closes that connection.
-async fn write_all_peers(
+/// A peer's writer task: sends what is queued for it, sealed when it has a session.
+/// A send that fails, or that makes no progress for [`SEND_TIMEOUT`] (the peer reads
+/// nothing), closes the connection; what is still queued is dropped.
+async fn write_peer(
+    peer: PeerId,
+    mut writer: MessageWriter,
     mut queue: mpsc::UnboundedReceiver<Outgoing>,
     front: Arc<Front>,
     keyed: bool,
 ) {
-    let mut writers: HashMap<PeerId, MessageWriter> = HashMap::new();
-    let mut sealers: HashMap<PeerId, auth::Sealer> = HashMap::new();
+    let mut sealer: Option<auth::Sealer> = None;
     while let Some(out) = queue.recv().await {
-        let (peer, mut frames, close, seal) = match out {
-            Outgoing::Attach(peer, writer) => {
-                writers.insert(peer, writer);
-                continue;
-            }
-            Outgoing::Open(peer, sealer) => {
-                sealers.insert(peer, sealer);
-                continue;
-            }
-            Outgoing::Forget(peer) => {
-                writers.remove(&peer);
-                sealers.remove(&peer);
+        let (mut frames, close, seal) = match out {
+            Outgoing::Open(session) => {
+                sealer = Some(session);
                 continue;
             }
             Outgoing::Flushed(done) => {
                 let _ = done.send(());
                 continue;
             }
-            Outgoing::Raw(peer, frames, close) => (peer, frames, close, false),
-            Outgoing::Send(peer, frames) => (peer, frames, false, true),
-            Outgoing::Encode(peer, encode) => match encode() {
-                Some(frames) => (peer, frames, false, true),
+            Outgoing::Raw(frames, close) => (frames, close, false),
+            Outgoing::Send(frames) => (frames, false, true),
+            Outgoing::Encode(encode) => match encode() {
+                Some(frames) => (frames, false, true),
                 None => continue,
             },
         };
@@ -562,16 +572,12 @@ async fn write_all_peers(
             continue;
         }
         if seal && keyed {
-            let Some(sealer) = sealers.get_mut(&peer) else {
-                debug!("no session with this peer (gone, or never authenticated): message dropped");
+            let Some(sealer) = sealer.as_mut() else {
+                debug!("no session with this peer (never authenticated): message dropped");
                 continue;
             };
             sealer.seal(&mut frames);
         }
-        let Some(writer) = writers.get_mut(&peer) else {
-            debug!("a message to a peer that is gone: dropped");
-            continue;
-        };
         if close {
             // Let the refusal reach the peer before its connection is closed.
             let front = front.clone();
@@ -581,27 +587,22 @@ async fn write_all_peers(
                 front.peers.disconnect(&closing);
             });
         }
-        let failed = match tokio::time::timeout(SEND_TIMEOUT, writer.send(&frames)).await {
-            Ok(Ok(())) => None,
-            Ok(Err(err)) => Some(Stalled::Failed(err.to_string())),
-            Err(_) => Some(Stalled::Timeout),
-        };
-        match failed {
-            None => {}
-            Some(Stalled::Failed(why)) => {
-                // It reset or closed (its reader task reports it gone).
-                debug!("a send to a peer failed ({why}): its connection is closed");
-                writers.remove(&peer);
-                front.peers.disconnect(&peer);
-            }
-            Some(Stalled::Timeout) => {
+        match writer.send_within(&frames, SEND_TIMEOUT).await {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::TimedOut => {
                 front.warn_peer(
                     front.peers.source(&peer),
                     "stalled",
                     &format!("closed a connection that read nothing for {SEND_TIMEOUT:?}"),
                 );
-                writers.remove(&peer);
                 front.peers.disconnect(&peer);
+                return;
+            }
+            Err(err) => {
+                // It reset or closed (its reader task reports it gone).
+                debug!("a send to a peer failed ({err}): its connection is closed");
+                front.peers.disconnect(&peer);
+                return;
             }
         }
     }

@@ -3,7 +3,7 @@
 //! no buffer between the socket and its user: a message read is decoded from the
 //! bytes the socket gave, and a message sent is one write.
 
-use std::io;
+use std::{io, time::Duration};
 
 use bytes::{Bytes, BytesMut};
 use tokio::{
@@ -85,9 +85,37 @@ impl MessageWriter {
     /// Sends one message. Not cancel-safe: a send dropped half way leaves the stream
     /// mid-frame, so the connection must be closed after one.
     pub async fn send(&mut self, frames: &[Bytes]) -> io::Result<()> {
+        self.send_within(frames, Duration::MAX).await
+    }
+
+    /// Sends one message, failing with [`io::ErrorKind::TimedOut`] when the socket
+    /// takes nothing for `stall` (a large message to a slow reader takes as long as
+    /// it needs while it moves). After an error the connection must be closed.
+    pub async fn send_within(&mut self, frames: &[Bytes], stall: Duration) -> io::Result<()> {
         self.buf.clear();
         zmtp::encode_message(frames, &mut self.buf);
-        let result = self.write.write_all(&self.buf).await;
+        let mut written = 0;
+        let mut result = Ok(());
+        while written < self.buf.len() {
+            match tokio::time::timeout(stall, self.write.write(&self.buf[written..])).await {
+                Ok(Ok(0)) => {
+                    result = Err(io::ErrorKind::WriteZero.into());
+                    break;
+                }
+                Ok(Ok(n)) => written += n,
+                Ok(Err(err)) => {
+                    result = Err(err);
+                    break;
+                }
+                Err(_) => {
+                    result = Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("the peer took nothing for {stall:?}"),
+                    ));
+                    break;
+                }
+            }
+        }
         // A large message's buffer is not kept for the small ones after it.
         if self.buf.capacity() > 4 * READ_CHUNK {
             self.buf = BytesMut::new();
@@ -146,8 +174,6 @@ pub async fn handshake(
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use tokio::net::TcpListener;
 
     use super::*;
