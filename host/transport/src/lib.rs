@@ -9,12 +9,12 @@
 //! through pyzmq, say) talks to it; the engine is this crate's own ([`zmtp`] for the
 //! format, [`stream`] for a connection): every frame a peer declares is checked against
 //! [`TransportConfig::max_message_bytes`] before anything is read or reserved for it.
-//! A connection's messages are read and decoded by one task per connection and written
-//! by one writer task, on the socket itself.
+//! A server reads each connection on a task of its own and writes to each on another
+//! (the peer's writer), on the socket itself.
 //!
-//! - Every send is bounded by [`SEND_TIMEOUT`]: a peer that stops reading for that long
-//!   is disconnected (its stream is mid-message), so it costs the others at most that
-//!   once.
+//! - Every send is bounded by [`SEND_TIMEOUT`] of no progress: a peer that reads
+//!   nothing for that long is disconnected (its stream is mid-message). It holds up
+//!   no other peer meanwhile: each has its own writer.
 //! - A server names its peers itself (a routing identity per connection): a peer can
 //!   never take over another's.
 //! - A dropped peer is reported after its last message ([`ServerEvent::Disconnected`]).
