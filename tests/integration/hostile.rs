@@ -719,3 +719,76 @@ fn peers_that_stop_reading_hold_up_no_one_else() {
     assert!(add_works(&cp.base));
     assert!(alive(&mut cp.proc));
 }
+
+/// A peer that reads, but far more slowly than it asks, cannot make the control plane
+/// queue answers for it without end: past MAX_QUEUED_PER_PEER waiting messages it is
+/// disconnected (its writer never stalls for SEND_TIMEOUT: each read lets a write
+/// move).
+#[test]
+fn a_peer_that_reads_too_slowly_for_what_it_asks_is_disconnected() {
+    use fastworker_protocol::{self as protocol, Hello, PeerKind, ToControlPlane};
+
+    let _heavy = crate::support::heavy();
+    let dir = mytasks_dir();
+    let mut cp = ControlPlane::start(&dir, &["--task-modules", "mytasks"]);
+    let rt = runtime();
+    let closed = rt.block_on(async {
+        let conn =
+            fastworker_transport::connect(&cp.base, Duration::from_secs(10), &client_config())
+                .await
+                .expect("connects");
+        let (mut sender, mut receiver) = (conn.sender, conn.receiver);
+        let hello = Hello::new(PeerKind::Client, "slow-reader".to_string());
+        let hello = protocol::encode_as(
+            protocol::MIN_PROTOCOL_VERSION,
+            &ToControlPlane::Hello(hello),
+        )
+        .expect("encodes");
+        sender.send(hello).await.expect("hello");
+        // About 5,000 answers a second read (enough for the control plane's writes to
+        // keep moving), while asking as fast as the socket takes it.
+        let reading = async {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut read = 0u64;
+            while Instant::now() < deadline {
+                if receiver.recv().await.is_err() {
+                    return true;
+                }
+                read += 1;
+                if read.is_multiple_of(5) {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            false
+        };
+        let asking = async {
+            for request_id in 1..=fastworker_transport::MAX_QUEUED_PER_PEER as u64 * 2 {
+                let ask = protocol::encode_as(
+                    protocol::PROTOCOL_VERSION,
+                    &ToControlPlane::Tasks { request_id },
+                )
+                .expect("encodes");
+                if sender.send(ask).await.is_err() {
+                    break;
+                }
+            }
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            closed = reading => closed,
+            () = asking => false,
+        }
+    });
+    assert!(
+        closed,
+        "the slow reader was never disconnected\n{}",
+        cp.proc.describe()
+    );
+    assert!(
+        cp.proc.stderr().contains("read too slowly"),
+        "{}",
+        cp.proc.describe()
+    );
+    assert!(add_works(&cp.base));
+    assert!(alive(&mut cp.proc));
+}

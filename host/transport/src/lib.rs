@@ -42,8 +42,14 @@ use crate::{
     zmtp::SocketType,
 };
 
-/// The longest one send may take; then the connection is closed.
+/// How long a send may make no progress (the peer reads nothing); then the connection
+/// is closed.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The most messages queued for one peer of a server: a peer that reads too slowly
+/// for what it asks is disconnected past this, instead of growing the queue without
+/// end.
+pub const MAX_QUEUED_PER_PEER: usize = 65_536;
 
 /// A ROUTER's name for a connected peer (its routing identity).
 pub type PeerId = Bytes;
@@ -166,18 +172,48 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A peer's writer queue, and how many messages wait in it.
+struct Route {
+    queue: mpsc::UnboundedSender<Outgoing>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+}
+
 /// Sends messages to a server's peers, each through its own writer task (so a peer
 /// that stops reading holds up no other). Cheap to clone; never blocks the caller.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Outbox {
     /// Each connected peer's writer queue.
-    routes: Arc<std::sync::Mutex<HashMap<PeerId, mpsc::UnboundedSender<Outgoing>>>>,
+    routes: Arc<std::sync::Mutex<HashMap<PeerId, Route>>>,
+    front: Arc<Front>,
 }
 
 impl Outbox {
+    fn new(front: Arc<Front>) -> Self {
+        Outbox {
+            routes: Arc::default(),
+            front,
+        }
+    }
+
     fn route(&self, peer: &PeerId, out: Outgoing) {
+        use std::sync::atomic::Ordering;
         let sent = match lock(&self.routes).get(peer) {
-            Some(queue) => queue.send(out).is_ok(),
+            Some(route) => {
+                if route.queued.fetch_add(1, Ordering::AcqRel) >= MAX_QUEUED_PER_PEER {
+                    route.queued.fetch_sub(1, Ordering::AcqRel);
+                    self.front.warn_peer(
+                        self.front.peers.source(peer),
+                        "backlog",
+                        &format!(
+                            "closed a connection that read too slowly ({MAX_QUEUED_PER_PEER} messages waited for it)"
+                        ),
+                    );
+                    self.front.peers.disconnect(peer);
+                    false
+                } else {
+                    route.queue.send(out).is_ok()
+                }
+            }
             None => false,
         };
         if !sent {
@@ -212,9 +248,13 @@ impl Outbox {
     pub async fn flush(&self, limit: Duration) {
         let answers: Vec<_> = lock(&self.routes)
             .values()
-            .filter_map(|queue| {
+            .filter_map(|route| {
                 let (done, flushed) = tokio::sync::oneshot::channel();
-                queue.send(Outgoing::Flushed(done)).ok().map(|()| flushed)
+                route
+                    .queue
+                    .send(Outgoing::Flushed(done))
+                    .ok()
+                    .map(|()| flushed)
             })
             .collect();
         let _ = tokio::time::timeout(limit, async {
@@ -229,11 +269,25 @@ impl Outbox {
         self.route(peer, Outgoing::Raw(frames, close));
     }
 
-    /// Starts `peer`'s writer task on `writer`.
-    fn attach(&self, peer: PeerId, writer: MessageWriter, front: Arc<Front>, keyed: bool) {
-        let (queue, queued) = mpsc::unbounded_channel();
-        lock(&self.routes).insert(peer.clone(), queue);
-        tokio::spawn(write_peer(peer, writer, queued, front, keyed));
+    /// Starts `peer`'s writer task on `writer`; it holds the connection's place
+    /// (`open`) until the socket is closed.
+    fn attach(&self, peer: PeerId, writer: MessageWriter, open: Open, keyed: bool) {
+        let (queue, receiver) = mpsc::unbounded_channel();
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        lock(&self.routes).insert(
+            peer.clone(),
+            Route {
+                queue,
+                queued: queued.clone(),
+            },
+        );
+        let writing = Writing {
+            peer,
+            front: self.front.clone(),
+            queued,
+            _open: open,
+        };
+        tokio::spawn(write_peer(writing, writer, receiver, keyed));
     }
 
     /// `peer` is gone: its writer sends what is queued (if it can) and ends.
@@ -412,7 +466,7 @@ where
 {
     let front = Front::new(config.clone());
     let (event_tx, event_rx) = mpsc::channel(4096);
-    let outbox = Outbox::default();
+    let outbox = Outbox::new(front.clone());
     let shared = Arc::new(Shared {
         events: event_tx,
         map,
@@ -455,7 +509,7 @@ enum End {
 async fn serve_peer<E, F>(
     stream: TcpStream,
     source: SocketAddr,
-    _open: Open,
+    open: Open,
     shared: Arc<Shared<E, F>>,
 ) where
     E: Send + 'static,
@@ -480,7 +534,13 @@ async fn serve_peer<E, F>(
     front.peers.insert(peer.clone(), source, close.clone());
     shared
         .outbox
-        .attach(peer.clone(), writer, front.clone(), config.key.is_some());
+        .attach(peer.clone(), writer, open, config.key.is_some());
+    // However this task ends (a panic included), the peer leaves the tables.
+    let leaving = Leaving {
+        peer: peer.clone(),
+        front: front.clone(),
+        outbox: shared.outbox.clone(),
+    };
     let mut gate = Gate {
         key: config.key.clone(),
         peer: peer.clone(),
@@ -512,8 +572,7 @@ async fn serve_peer<E, F>(
             () = tokio::time::sleep_until(deadline), if !established => break End::HandshakeTimeout,
         }
     };
-    front.peers.remove(&peer);
-    shared.outbox.detach(&peer);
+    drop(leaving);
     let _ = shared
         .events
         .send((shared.map)(ServerEvent::Disconnected(peer)))
@@ -540,18 +599,53 @@ fn report_end(front: &Front, source: SocketAddr, end: End) {
     }
 }
 
+/// What a peer's writer task holds: when it ends (a panic included), the connection is
+/// closed and its place freed.
+struct Writing {
+    peer: PeerId,
+    front: Arc<Front>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+    _open: Open,
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        self.front.peers.disconnect(&self.peer);
+    }
+}
+
+/// Takes a connection's peer out of the tables when its reading task ends.
+struct Leaving {
+    peer: PeerId,
+    front: Arc<Front>,
+    outbox: Outbox,
+}
+
+impl Drop for Leaving {
+    fn drop(&mut self) {
+        self.front.peers.remove(&self.peer);
+        self.outbox.detach(&self.peer);
+    }
+}
+
 /// A peer's writer task: sends what is queued for it, sealed when it has a session.
 /// A send that fails, or that makes no progress for [`SEND_TIMEOUT`] (the peer reads
 /// nothing), closes the connection; what is still queued is dropped.
 async fn write_peer(
-    peer: PeerId,
+    writing: Writing,
     mut writer: MessageWriter,
     mut queue: mpsc::UnboundedReceiver<Outgoing>,
-    front: Arc<Front>,
     keyed: bool,
 ) {
+    let Writing {
+        ref peer,
+        ref front,
+        ref queued,
+        ..
+    } = writing;
     let mut sealer: Option<auth::Sealer> = None;
     while let Some(out) = queue.recv().await {
+        queued.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         let (mut frames, close, seal) = match out {
             Outgoing::Open(session) => {
                 sealer = Some(session);
@@ -591,17 +685,17 @@ async fn write_peer(
             Ok(()) => {}
             Err(err) if err.kind() == std::io::ErrorKind::TimedOut => {
                 front.warn_peer(
-                    front.peers.source(&peer),
+                    front.peers.source(peer),
                     "stalled",
                     &format!("closed a connection that read nothing for {SEND_TIMEOUT:?}"),
                 );
-                front.peers.disconnect(&peer);
+                front.peers.disconnect(peer);
                 return;
             }
             Err(err) => {
                 // It reset or closed (its reader task reports it gone).
                 debug!("a send to a peer failed ({err}): its connection is closed");
-                front.peers.disconnect(&peer);
+                front.peers.disconnect(peer);
                 return;
             }
         }

@@ -103,6 +103,7 @@ impl MessageWriter {
                     break;
                 }
                 Ok(Ok(n)) => written += n,
+                Ok(Err(err)) if err.kind() == io::ErrorKind::Interrupted => {}
                 Ok(Err(err)) => {
                     result = Err(err);
                     break;

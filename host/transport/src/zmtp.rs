@@ -23,9 +23,10 @@ pub const MAX_COMMAND_BYTES: u64 = 64 * 1024;
 pub const FRAME_OVERHEAD: u64 = 64;
 
 /// Frames shorter than this are copied out of the read buffer; longer ones are cut
-/// from it without a copy. A frame kept (a queued task's payload, say) never holds more
-/// than about twice its own size of read buffer alive: a peer sending a frame per read
-/// cannot make the process keep a whole buffer per frame.
+/// from it without a copy. A frame kept (a queued task's payload, say) holds at most a
+/// few times its own size of read buffer alive (about 64 KiB for one of 16 KiB): a
+/// peer sending a frame per read cannot make the process keep a whole buffer per
+/// small frame.
 pub const COPY_BELOW: usize = 16 * 1024;
 
 /// The largest message limit a [`Decoder`] takes (larger ones are lowered to it), so

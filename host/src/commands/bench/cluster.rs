@@ -4,6 +4,7 @@
 //! dropped; and what one process costs (`/proc`: CPU time, RSS).
 
 use std::{
+    collections::HashMap,
     fs,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -135,44 +136,50 @@ pub fn usage(pid: u32) -> Usage {
     }
 }
 
-/// Context switches of every thread of `pid` so far, voluntary and not (0 when they
-/// cannot be read). Each hand-off of a message between threads or processes costs one
-/// at least, whatever the machine's speed: a steady count where timings are noisy.
-pub fn context_switches(pid: u32) -> u64 {
+/// Context switches of each thread of `pid` so far (by thread id), voluntary and not
+/// (none when they cannot be read). Each hand-off of a message between threads or
+/// processes costs one at least, whatever the machine's speed: a steady count where
+/// timings are noisy.
+pub fn context_switches(pid: u32) -> HashMap<u32, u64> {
     let Ok(threads) = fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
+        return HashMap::new();
     };
     threads
         .flatten()
-        .filter_map(|thread| fs::read_to_string(thread.path().join("status")).ok())
-        .map(|status| {
-            status
+        .filter_map(|thread| {
+            let tid = thread.file_name().to_str()?.parse::<u32>().ok()?;
+            let status = fs::read_to_string(thread.path().join("status")).ok()?;
+            let switches = status
                 .lines()
                 .filter(|l| {
                     l.starts_with("voluntary_ctxt_switches:")
                         || l.starts_with("nonvoluntary_ctxt_switches:")
                 })
                 .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-                .sum::<u64>()
+                .sum::<u64>();
+            Some((tid, switches))
         })
-        .sum()
+        .collect()
 }
 
 /// Context switches per round trip of each named process, from counts taken before
-/// and after `round_trips` of them.
+/// and after `round_trips` of them: per thread, so a thread that ends meanwhile takes
+/// only its own share away, not its whole life's count (one that starts counts all of
+/// its own).
 pub fn switches_per_round_trip(
-    before: &[(String, u64)],
-    after: &[(String, u64)],
+    before: &[(String, HashMap<u32, u64>)],
+    after: &[(String, HashMap<u32, u64>)],
     round_trips: usize,
 ) -> Vec<(String, f64)> {
     before
         .iter()
         .zip(after)
-        .map(|((name, b), (_, a))| {
-            (
-                name.clone(),
-                a.saturating_sub(*b) as f64 / round_trips.max(1) as f64,
-            )
+        .map(|((name, before), (_, after))| {
+            let during: u64 = after
+                .iter()
+                .map(|(tid, now)| now.saturating_sub(before.get(tid).copied().unwrap_or(0)))
+                .sum();
+            (name.clone(), during as f64 / round_trips.max(1) as f64)
         })
         .collect()
 }

@@ -30,7 +30,9 @@ use super::cluster::{context_switches, switches_per_round_trip};
 use crate::cli::BenchFloorArgs;
 
 /// The context switches of each named process so far.
-pub fn switch_counts(processes: &[(String, u32)]) -> Vec<(String, u64)> {
+pub fn switch_counts(
+    processes: &[(String, u32)],
+) -> Vec<(String, std::collections::HashMap<u32, u64>)> {
     processes
         .iter()
         .map(|(name, pid)| (name.clone(), context_switches(*pid)))
