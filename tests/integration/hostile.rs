@@ -647,50 +647,55 @@ fn a_subworker_whose_connection_keeps_dropping_backs_off() {
     sw.kill();
 }
 
+/// A raw connection to the control plane at `base` that said `Hello` as client `name`
+/// (in the oldest version, as every client greets), with the cluster key when the
+/// suite has one.
+async fn hello_connection(base: &str, name: &str) -> fastworker_transport::Connection {
+    use fastworker_protocol::{self as protocol, Hello, PeerKind, ToControlPlane};
+
+    let mut conn = fastworker_transport::connect(base, Duration::from_secs(10), &client_config())
+        .await
+        .expect("connects");
+    let hello = ToControlPlane::Hello(Hello::new(PeerKind::Client, name.to_string()));
+    let hello = protocol::encode_as(protocol::MIN_PROTOCOL_VERSION, &hello).expect("encodes");
+    conn.sender.send(hello).await.expect("hello");
+    conn
+}
+
+/// Asks for the task list `times` times on `sender` (about a kilobyte answered for
+/// a dozen bytes asked), as fast as the socket takes it; stops at the first failed send.
+async fn ask_for_the_task_list(sender: &mut fastworker_transport::ConnectionSender, times: u64) {
+    use fastworker_protocol::{self as protocol, ToControlPlane};
+
+    for request_id in 1..=times {
+        let ask = protocol::encode_as(
+            protocol::PROTOCOL_VERSION,
+            &ToControlPlane::Tasks { request_id },
+        )
+        .expect("encodes");
+        if sender.send(ask).await.is_err() {
+            break;
+        }
+    }
+}
+
 /// Peers that stop reading while the control plane has answers for them hold up no
 /// one else: each has its own writer, whose socket fills and, after SEND_TIMEOUT
 /// without progress, is closed. (With one writer for all, each such peer stopped every
 /// send for 2 s.)
 #[test]
 fn peers_that_stop_reading_hold_up_no_one_else() {
-    use fastworker_protocol::{self as protocol, Hello, PeerKind, ToControlPlane};
-
     let _heavy = crate::support::heavy();
     let dir = mytasks_dir();
     let mut cp = ControlPlane::start(&dir, &["--task-modules", "mytasks"]);
     let rt = runtime();
-    // Hello in the oldest version, as every client greets; then the current one.
-    let encode =
-        |version: u8, msg: &ToControlPlane| protocol::encode_as(version, msg).expect("encodes");
-    // Three peers ask for the task list 20,000 times each (about a kilobyte per
-    // answer, more than the sockets hold) and never read an answer.
+    // Three peers ask for the task list 20,000 times each (more answers than the
+    // sockets hold) and never read an answer.
     let stallers: Vec<_> = (0..3)
         .map(|i| {
             rt.block_on(async {
-                let mut conn = fastworker_transport::connect(
-                    &cp.base,
-                    Duration::from_secs(10),
-                    &client_config(),
-                )
-                .await
-                .expect("connects");
-                let hello = Hello::new(PeerKind::Client, format!("staller-{i}"));
-                conn.sender
-                    .send(encode(
-                        protocol::MIN_PROTOCOL_VERSION,
-                        &ToControlPlane::Hello(hello),
-                    ))
-                    .await
-                    .expect("hello");
-                for request_id in 1..=20_000 {
-                    let ask = encode(
-                        protocol::PROTOCOL_VERSION,
-                        &ToControlPlane::Tasks { request_id },
-                    );
-                    if conn.sender.send(ask).await.is_err() {
-                        break;
-                    }
-                }
+                let mut conn = hello_connection(&cp.base, &format!("staller-{i}")).await;
+                ask_for_the_task_list(&mut conn.sender, 20_000).await;
                 conn
             })
         })
@@ -726,25 +731,13 @@ fn peers_that_stop_reading_hold_up_no_one_else() {
 /// move).
 #[test]
 fn a_peer_that_reads_too_slowly_for_what_it_asks_is_disconnected() {
-    use fastworker_protocol::{self as protocol, Hello, PeerKind, ToControlPlane};
-
     let _heavy = crate::support::heavy();
     let dir = mytasks_dir();
     let mut cp = ControlPlane::start(&dir, &["--task-modules", "mytasks"]);
     let rt = runtime();
     let closed = rt.block_on(async {
-        let conn =
-            fastworker_transport::connect(&cp.base, Duration::from_secs(10), &client_config())
-                .await
-                .expect("connects");
+        let conn = hello_connection(&cp.base, "slow-reader").await;
         let (mut sender, mut receiver) = (conn.sender, conn.receiver);
-        let hello = Hello::new(PeerKind::Client, "slow-reader".to_string());
-        let hello = protocol::encode_as(
-            protocol::MIN_PROTOCOL_VERSION,
-            &ToControlPlane::Hello(hello),
-        )
-        .expect("encodes");
-        sender.send(hello).await.expect("hello");
         // About 5,000 answers a second read (enough for the control plane's writes to
         // keep moving), while asking as fast as the socket takes it.
         let reading = async {
@@ -762,16 +755,8 @@ fn a_peer_that_reads_too_slowly_for_what_it_asks_is_disconnected() {
             false
         };
         let asking = async {
-            for request_id in 1..=fastworker_transport::MAX_QUEUED_PER_PEER as u64 * 2 {
-                let ask = protocol::encode_as(
-                    protocol::PROTOCOL_VERSION,
-                    &ToControlPlane::Tasks { request_id },
-                )
-                .expect("encodes");
-                if sender.send(ask).await.is_err() {
-                    break;
-                }
-            }
+            let times = fastworker_transport::MAX_QUEUED_PER_PEER as u64 * 2;
+            ask_for_the_task_list(&mut sender, times).await;
             std::future::pending::<()>().await
         };
         tokio::select! {

@@ -36,7 +36,8 @@ pub const LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 pub use crate::log_limit::LogLimiter;
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Locks `m`, also after a panic elsewhere held it (what it guards stays consistent).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 

@@ -37,7 +37,7 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    front::{Front, Open, MAX_UNESTABLISHED_MESSAGE},
+    front::{lock, Front, Open, MAX_UNESTABLISHED_MESSAGE},
     stream::{MessageReader, MessageWriter, StreamError},
     zmtp::SocketType,
 };
@@ -166,10 +166,6 @@ enum Outgoing {
     Encode(Box<dyn FnOnce() -> Option<Vec<Bytes>> + Send>),
     /// Answer once everything queued before has been handed to the socket.
     Flushed(tokio::sync::oneshot::Sender<()>),
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A peer's writer queue, and how many messages wait in it.
@@ -337,8 +333,8 @@ struct Gate {
     key: Option<auth::ClusterKey>,
     peer: PeerId,
     auth: PeerAuth,
+    /// Where it is answered (and, through `outbox.front`, the connections).
     outbox: Outbox,
-    front: Arc<Front>,
 }
 
 impl Gate {
@@ -371,11 +367,14 @@ impl Gate {
             PeerAuth::Open(opener) => match opener.open(&mut frames) {
                 Ok(()) => Some(ServerEvent::Message { peer, frames }),
                 Err(err) => {
-                    let source = self.front.peers.source(&peer);
-                    self.front
-                        .warn_peer(source, "seal", &format!("closed a connection: {err}"));
+                    let source = self.outbox.front.peers.source(&peer);
+                    self.outbox.front.warn_peer(
+                        source,
+                        "seal",
+                        &format!("closed a connection: {err}"),
+                    );
                     self.auth = PeerAuth::Refused;
-                    self.front.peers.disconnect(&peer);
+                    self.outbox.front.peers.disconnect(&peer);
                     None
                 }
             },
@@ -393,8 +392,8 @@ impl Gate {
                         None
                     }
                     None => {
-                        let source = self.front.peers.source(&peer);
-                        self.front.warn_peer(
+                        let source = self.outbox.front.peers.source(&peer);
+                        self.outbox.front.warn_peer(
                             source,
                             "refused",
                             "refused a peer that does not know the cluster key",
@@ -425,8 +424,9 @@ impl Gate {
 
     /// A peer that skipped the handshake: the layer above answers it in its protocol.
     fn refuse(&mut self, frames: Vec<Bytes>) -> Option<ServerEvent> {
-        let source = self.front.peers.source(&self.peer);
-        self.front
+        let source = self.outbox.front.peers.source(&self.peer);
+        self.outbox
+            .front
             .warn_peer(source, "refused", "refused a peer without the cluster key");
         self.auth = PeerAuth::Refused;
         Some(ServerEvent::Unauthenticated {
@@ -448,8 +448,8 @@ pub async fn bind(
 struct Shared<E, F> {
     events: mpsc::Sender<E>,
     map: F,
+    /// The writers, and through `outbox.front` the connections.
     outbox: Outbox,
-    front: Arc<Front>,
 }
 
 /// Like [`bind`], with each event turned into an `E` by `map` on the connection's task
@@ -471,7 +471,6 @@ where
         events: event_tx,
         map,
         outbox: outbox.clone(),
-        front: front.clone(),
     });
     let mut bound = Vec::new();
     let mut accept_loops = Vec::new();
@@ -515,7 +514,7 @@ async fn serve_peer<E, F>(
     E: Send + 'static,
     F: Fn(ServerEvent) -> E + Send + Sync + 'static,
 {
-    let front = &shared.front;
+    let front = &shared.outbox.front;
     let config = &front.config;
     let deadline = tokio::time::Instant::now() + config.handshake_timeout;
     let max = config.max_message_bytes;
@@ -538,7 +537,6 @@ async fn serve_peer<E, F>(
     // However this task ends (a panic included), the peer leaves the tables.
     let leaving = Leaving {
         peer: peer.clone(),
-        front: front.clone(),
         outbox: shared.outbox.clone(),
     };
     let mut gate = Gate {
@@ -546,7 +544,6 @@ async fn serve_peer<E, F>(
         peer: peer.clone(),
         auth: PeerAuth::New,
         outbox: shared.outbox.clone(),
-        front: front.clone(),
     };
     // Once established, the handshake deadline no longer applies (even when the peer is
     // refused later, say for a bad seal: then it is closed for that).
@@ -617,13 +614,12 @@ impl Drop for Writing {
 /// Takes a connection's peer out of the tables when its reading task ends.
 struct Leaving {
     peer: PeerId,
-    front: Arc<Front>,
     outbox: Outbox,
 }
 
 impl Drop for Leaving {
     fn drop(&mut self) {
-        self.front.peers.remove(&self.peer);
+        self.outbox.front.peers.remove(&self.peer);
         self.outbox.detach(&self.peer);
     }
 }

@@ -162,6 +162,16 @@ pub fn context_switches(pid: u32) -> HashMap<u32, u64> {
         .collect()
 }
 
+/// The context switches of each named process so far.
+pub fn switch_counts(
+    processes: &[(String, u32)],
+) -> Vec<(String, std::collections::HashMap<u32, u64>)> {
+    processes
+        .iter()
+        .map(|(name, pid)| (name.clone(), context_switches(*pid)))
+        .collect()
+}
+
 /// Context switches per round trip of each named process, from counts taken before
 /// and after `round_trips` of them: per thread, so a thread that ends meanwhile takes
 /// only its own share away, not its whole life's count (one that starts counts all of

@@ -26,18 +26,8 @@ use fastworker_transport::{
 };
 use tokio::net::{TcpListener, TcpStream};
 
-use super::cluster::{context_switches, switches_per_round_trip};
+use super::cluster::{switch_counts, switches_per_round_trip};
 use crate::cli::BenchFloorArgs;
-
-/// The context switches of each named process so far.
-pub fn switch_counts(
-    processes: &[(String, u32)],
-) -> Vec<(String, std::collections::HashMap<u32, u64>)> {
-    processes
-        .iter()
-        .map(|(name, pid)| (name.clone(), context_switches(*pid)))
-        .collect()
-}
 
 /// `fastworker bench-floor echo|relay`: serves until killed.
 pub fn serve(args: &BenchFloorArgs) -> anyhow::Result<()> {

@@ -209,11 +209,11 @@ async fn add_case(
     if with_rtt {
         let mut processes = vec![("client".to_string(), std::process::id())];
         processes.extend(cluster.processes.iter().map(|p| (p.name.clone(), p.pid())));
-        let before = floor::switch_counts(&processes);
+        let before = cluster::switch_counts(&processes);
         case.rtt = Some(round_trips(&client, args.round_trips, |i| add_task(i as i64)).await?);
         case.switches_per_rtt = cluster::switches_per_round_trip(
             &before,
-            &floor::switch_counts(&processes),
+            &cluster::switch_counts(&processes),
             args.round_trips,
         );
     }
