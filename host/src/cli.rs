@@ -556,6 +556,11 @@ pub struct SubworkerArgs {
     /// How many tasks this subworker runs at once.
     #[arg(long, env = "FASTWORKER_WORKER_CONCURRENCY", default_value_t = 1)]
     pub concurrency: u32,
+    /// Microseconds: a task whose recent calls averaged under this runs on the async
+    /// runtime's own threads, one at a time, instead of being handed to a call thread
+    /// (a hand-off costs more than such a call). 0 turns this off.
+    #[arg(long, env = "FASTWORKER_INLINE_BELOW_US", default_value_t = 20)]
+    pub inline_below_us: u64,
     /// Seconds between heartbeats.
     #[arg(long, default_value_t = 1.0)]
     pub heartbeat_interval: f64,

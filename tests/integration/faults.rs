@@ -4,7 +4,10 @@
 //! only the process it happens in and the task that caused it; every other task ends
 //! as a success. Each test counts accepted, final, lost (0) and foreign (0) results.
 
-use std::{collections::HashSet, time::Duration};
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 use fastworker_client::{decode_value, Client};
@@ -205,6 +208,69 @@ fn a_hung_task_in_the_control_planes_child_frees_its_slot_and_restarts_the_child
     })
     .expect("the restarted child runs tasks");
     assert_eq!(decode_value::<i64>(&after).ok(), Some(2));
+}
+
+/// A task whose calls have been short runs on the subworker's async runtime, not on a
+/// call thread (`--inline-below-us`, raised here so 1 ms calls count as short). When
+/// one of its calls hangs, its deadline is still watched: it is reported timed out at
+/// its timeout (a watchdog on the runtime, spawned from inside the call, would never
+/// run while the call held that worker, and the call would end as a success after
+/// 20 s), the subworker says which thread it holds, and it serves on with the other.
+#[test]
+fn a_short_task_that_hangs_on_the_runtime_is_timed_out_and_the_subworker_serves_on() {
+    let dir = crash_dir();
+    let mut cp = ControlPlane::start(&dir, &[]);
+    let mut sw = cp.subworker_with_env(
+        &dir,
+        "sw-inline",
+        &["--concurrency", "2", "--inline-below-us", "1000000"],
+        // Two runtime workers whatever the machine's cores: short calls run on the
+        // runtime only when it has two or more.
+        &[("TOKIO_WORKER_THREADS", "2")],
+    );
+    let rt = runtime();
+    let client = connect(&rt, &cp.base);
+    // The first call of a name runs on a call thread and measures it; the next run on
+    // the runtime.
+    for _ in 0..3 {
+        rt.block_on(client.submit(task("hang_ms", json!([1])), RESULT_WAIT))
+            .expect("a 1 ms call");
+    }
+    let mut hung = task("hang_ms", json!([20_000]));
+    hung.timeout_secs = Some(0.5);
+    let submitted = Instant::now();
+    let hung_id = rt.block_on(client.delay(hung)).expect("accepted");
+    let timed_out = rt
+        .block_on(client.result(hung_id, RESULT_WAIT))
+        .expect("status")
+        .expect("known");
+    let waited = submitted.elapsed();
+    assert_eq!(
+        timed_out.error.as_ref().map(|e| e.kind),
+        Some(ErrorKind::TimedOut),
+        "{timed_out:?}\n{}",
+        sw.describe()
+    );
+    assert!(
+        waited < Duration::from_secs(10),
+        "timed out after {waited:?}, not at its 0.5 s timeout"
+    );
+    sw.wait_for(
+        true,
+        "holds one of the runtime's threads",
+        Duration::from_secs(10),
+    );
+    // The hung call still holds its runtime thread: tasks keep running meanwhile.
+    for i in 0..20 {
+        let record = rt
+            .block_on(client.submit(task("add", json!([i, 1])), Duration::from_secs(5)))
+            .expect("a task while the hung call holds its thread");
+        assert_eq!(decode_value::<i64>(&record).ok(), Some(i + 1));
+    }
+    assert!(
+        submitted.elapsed() < Duration::from_secs(20),
+        "the tasks after it waited for the hung call to return"
+    );
 }
 
 /// Nobody but the control plane's own child registers under the control plane's id:

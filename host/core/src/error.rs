@@ -33,6 +33,9 @@ pub enum HostError {
     /// The dashboard's HTTP endpoint could not be bound.
     #[error("{0}")]
     Dashboard(String),
+    /// A thread the process needs could not be started.
+    #[error("cannot start a thread: {0}")]
+    Thread(std::io::Error),
     /// A subworker could not replace itself with a fresh copy.
     #[error("cannot restart in place: {0}")]
     Restart(String),

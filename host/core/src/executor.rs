@@ -6,10 +6,17 @@
 //! runs one task after another while any wait, reporting each outcome on a channel:
 //! no hand-off to the async runtime and back between two short tasks.
 //!
-//! A task with a deadline has a watchdog on the runtime: when the deadline passes
-//! first, the task is reported `timed_out` and its context is cancelled so a
-//! cooperative task stops; one that ignores that keeps its thread until it returns
-//! (counted by [`Executor::overdue`]), and its slot goes on on another thread.
+//! A call whose task name's recent calls averaged under `inline_below` (a few µs) runs
+//! on the async runtime instead, as a task of its own: handing it to a pool thread and
+//! its outcome back cost more than the call (about four context switches per round
+//! trip). At most one such call runs at a time, and only on a runtime with two or more
+//! workers, so a short task that suddenly blocks holds at most one of them.
+//!
+//! A task with a deadline is watched by the [`Deadlines`](deadlines) thread: when the
+//! deadline passes first, the task is reported `timed_out` and its context is
+//! cancelled so a cooperative task stops; one that ignores that keeps its thread until
+//! it returns (counted by [`Executor::overdue`]), and its slot goes on on another
+//! thread.
 
 use std::{
     collections::HashMap,
@@ -22,7 +29,7 @@ use std::{
 };
 
 use tokio::sync::mpsc;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::{
     plugin::{call::call_task, CallContext},
@@ -35,8 +42,10 @@ use crate::{
 pub use crate::plugin::SharedRegistry;
 
 mod call_pool;
+mod deadlines;
 mod local_queue;
 use call_pool::CallPool;
+use deadlines::Deadlines;
 use local_queue::LocalQueue;
 
 /// The most threads plugin calls may hold at once: the slots a host offers, plus tasks
@@ -69,8 +78,16 @@ pub struct Executor {
     run_times: Arc<Mutex<HashMap<String, RunTime>>>,
     slots: Arc<Mutex<Slots>>,
     concurrency: usize,
-    /// Where deadlines are watched.
-    runtime: tokio::runtime::Handle,
+    /// Watches the running tasks' deadlines.
+    deadlines: Deadlines,
+    /// Where short calls run; `None` when they may not run there (a runtime with
+    /// fewer than two workers, or turned off).
+    runtime: Option<tokio::runtime::Handle>,
+    /// Calls whose name's recent mean is under this run on `runtime`.
+    inline_below: Duration,
+    /// A call runs on the runtime now (or ran past its deadline there and has not
+    /// returned): no other may start there.
+    inline_busy: Arc<AtomicBool>,
 }
 
 /// A task taken off the queue into a slot.
@@ -79,15 +96,6 @@ struct Admitted {
     lease: LeaseToken,
     cancelled: Arc<AtomicBool>,
     assignment: Arc<Mutex<(u32, LeaseToken)>>,
-}
-
-/// Aborts a watchdog when dropped (the call returned, or its thread panicked).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// A task name's recent mean plugin call time.
@@ -120,13 +128,23 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Executor {
     /// An executor over `registry` running `concurrency` tasks at once, reporting to
-    /// `outcomes`. Must be called inside a tokio runtime (deadlines are watched there).
+    /// `outcomes`; calls whose name's recent mean run time is under `inline_below`
+    /// run on the current tokio runtime when it has two or more workers
+    /// ([`Duration::ZERO`]: never). Fails when its deadline thread cannot start.
     pub fn new(
         registry: SharedRegistry,
         outcomes: mpsc::UnboundedSender<TaskOutcome>,
         concurrency: usize,
-    ) -> Self {
-        Executor {
+        inline_below: Duration,
+    ) -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .ok()
+            .filter(|runtime| {
+                runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+                    && runtime.metrics().num_workers() >= 2
+                    && !inline_below.is_zero()
+            });
+        Ok(Executor {
             registry,
             running: Arc::new(Mutex::new(HashMap::new())),
             overdue: Arc::new(Mutex::new(HashMap::new())),
@@ -135,19 +153,22 @@ impl Executor {
             run_times: Arc::new(Mutex::new(HashMap::new())),
             slots: Arc::new(Mutex::new(Slots::default())),
             concurrency: concurrency.max(1),
-            runtime: tokio::runtime::Handle::current(),
-        }
+            deadlines: Deadlines::start()?,
+            runtime,
+            inline_below,
+            inline_busy: Arc::new(AtomicBool::new(false)),
+        })
     }
 
     /// Takes `task` under `lease`: it starts when a slot is free, most urgent first.
-    /// A `prefetched` task's start is reported by [`Self::take_started`]. Must be
-    /// called inside a tokio runtime.
+    /// A `prefetched` task's start is reported by [`Self::take_started`].
     pub fn enqueue(&self, task: TaskEnvelope, lease: LeaseToken, prefetched: bool) {
         lock(&self.slots).waiting.push(task, lease, prefetched);
         self.fill();
     }
 
-    /// Starts a slot's thread for each waiting task while slots are free.
+    /// Starts each waiting task while slots are free: a short call on the runtime
+    /// (when this runs on it and none runs there yet), others on a slot's thread.
     fn fill(&self) {
         loop {
             let first = {
@@ -162,7 +183,41 @@ impl Executor {
                 first
             };
             let this = self.clone();
-            self.calls.run(move || this.run_slot(first));
+            match self.inline_runtime(&first.task.name) {
+                Some(runtime) => {
+                    runtime.spawn(async move { this.run_inline(first) });
+                }
+                None => self.calls.run(move || this.run_slot(first)),
+            }
+        }
+    }
+
+    /// The runtime to run a call of `name` on, if it may run there: its recent calls
+    /// were short, this thread is one of the runtime's, and no call runs there now
+    /// (which this then claims).
+    fn inline_runtime(&self, name: &str) -> Option<&tokio::runtime::Handle> {
+        let runtime = self.runtime.as_ref()?;
+        let short = lock(&self.run_times)
+            .get(name)
+            .is_some_and(|t| Duration::from_nanos(t.mean_ns) < self.inline_below);
+        // A deadline's thread or a pool thread frees slots too: it hands to the pool.
+        let on_runtime = tokio::runtime::Handle::try_current().is_ok();
+        (short
+            && on_runtime
+            && self
+                .inline_busy
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok())
+        .then_some(runtime)
+    }
+
+    /// Runs one short call on a runtime worker, then gives its slot back (unless the
+    /// call ran past its deadline: that freed the slot already).
+    fn run_inline(&self, admitted: Admitted) {
+        let keeps_slot = self.run_guarded(admitted, true);
+        self.inline_busy.store(false, Ordering::Release);
+        if keeps_slot {
+            self.free_slot();
         }
     }
 
@@ -321,26 +376,7 @@ impl Executor {
     fn run_slot(&self, first: Admitted) {
         let mut next = first;
         loop {
-            let task_id = next.task.id;
-            let (delivery, lease) = (next.task.delivery_count, next.lease);
-            let kept = catch_unwind(AssertUnwindSafe(|| self.run_one(next)));
-            let keeps_slot = match kept {
-                Ok(keeps_slot) => keeps_slot,
-                Err(_) => {
-                    let error = TaskError::new(
-                        ErrorKind::Internal,
-                        "the task's thread failed outside the plugin (a panic in the host)",
-                    );
-                    let mut outcome =
-                        TaskOutcome::new(task_id, delivery, lease, AttemptResult::Failure(error));
-                    outcome.completed_ms = now_ms();
-                    let mut running = lock(&self.running);
-                    running.remove(&task_id);
-                    self.report(outcome);
-                    true
-                }
-            };
-            if !keeps_slot {
+            if !self.run_guarded(next, false) {
                 return;
             }
             let mut slots = lock(&self.slots);
@@ -352,9 +388,32 @@ impl Executor {
         }
     }
 
-    /// Runs `task` under `lease` on this thread and reports its outcome. False when
-    /// it ran past its deadline: its slot was given to another thread meanwhile.
-    fn run_one(&self, admitted: Admitted) -> bool {
+    /// [`Self::run_one`], reporting a panic outside the plugin as the task's failure.
+    fn run_guarded(&self, admitted: Admitted, on_runtime: bool) -> bool {
+        let task_id = admitted.task.id;
+        let (delivery, lease) = (admitted.task.delivery_count, admitted.lease);
+        match catch_unwind(AssertUnwindSafe(|| self.run_one(admitted, on_runtime))) {
+            Ok(keeps_slot) => keeps_slot,
+            Err(_) => {
+                let error = TaskError::new(
+                    ErrorKind::Internal,
+                    "the task's thread failed outside the plugin (a panic in the host)",
+                );
+                let mut outcome =
+                    TaskOutcome::new(task_id, delivery, lease, AttemptResult::Failure(error));
+                outcome.completed_ms = now_ms();
+                let mut running = lock(&self.running);
+                running.remove(&task_id);
+                self.report(outcome);
+                true
+            }
+        }
+    }
+
+    /// Runs `task` under `lease` on this thread (`on_runtime`: a runtime worker) and
+    /// reports its outcome. False when it ran past its deadline: its slot was given to
+    /// another thread meanwhile.
+    fn run_one(&self, admitted: Admitted, on_runtime: bool) -> bool {
         let Admitted {
             task,
             lease,
@@ -422,17 +481,23 @@ impl Executor {
         }
         let _in_span = span.enter();
         // Set by whoever ends the attempt first: this thread when the call returns,
-        // or the watchdog when the deadline passes.
+        // or the deadline thread when the deadline passes.
         let finished = Arc::new(AtomicBool::new(false));
         let watchdog = (deadline_ms > 0).then(|| {
             let this = self.clone();
             let (finished, cancelled, task) = (finished.clone(), cancelled.clone(), task.clone());
             let assignment = assignment.clone();
-            let wait = Duration::from_millis(deadline_ms.saturating_sub(now_ms()));
-            AbortOnDrop(self.runtime.spawn(async move {
-                tokio::time::sleep(wait).await;
-                this.time_out(&task, &finished, &cancelled, &assignment, started_ms);
-            }))
+            let at = Instant::now() + Duration::from_millis(deadline_ms.saturating_sub(now_ms()));
+            self.deadlines.watch(at, move || {
+                this.time_out(
+                    &task,
+                    &finished,
+                    &cancelled,
+                    &assignment,
+                    started_ms,
+                    on_runtime,
+                );
+            })
         });
         let began = Instant::now();
         let result = call_task(handle.info(), &ctx, codec, &task.payload);
@@ -473,6 +538,7 @@ impl Executor {
         cancelled: &AtomicBool,
         assignment: &Mutex<(u32, LeaseToken)>,
         started_ms: u64,
+        on_runtime: bool,
     ) {
         {
             // Under the lock the task's thread takes to leave `overdue`: it cannot
@@ -484,6 +550,13 @@ impl Executor {
             overdue.insert(task.id, Instant::now());
         }
         cancelled.store(true, Ordering::SeqCst);
+        if on_runtime {
+            warn!(
+                task = %task.id,
+                "task `{}` ran past its timeout in a call that was short until now: it holds one of the runtime's threads until it returns (the others serve on; no other call runs there meanwhile)",
+                task.name
+            );
+        }
         // It ran at least this long: never a short task.
         let ran = Duration::from_millis(now_ms().saturating_sub(started_ms));
         self.record_run_time(&task.name, ran);

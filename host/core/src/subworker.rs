@@ -59,6 +59,9 @@ pub struct SubworkerConfig {
     pub plugin_dir: PathBuf,
     /// Tasks run at once.
     pub concurrency: u32,
+    /// Calls of a task name whose recent calls averaged under this run on the async
+    /// runtime, not a pool thread ([`Duration::ZERO`]: never).
+    pub inline_below: Duration,
     /// How often it heartbeats.
     pub heartbeat_interval: Duration,
     /// Whether it watches its plugin files and reloads them.
@@ -122,7 +125,13 @@ pub async fn run(args: SubworkerConfig) -> Result<(), HostError> {
     };
 
     let (outcome_tx, mut outcomes) = mpsc::unbounded_channel::<TaskOutcome>();
-    let executor = Executor::new(registry.clone(), outcome_tx, args.concurrency as usize);
+    let executor = Executor::new(
+        registry.clone(),
+        outcome_tx,
+        args.concurrency as usize,
+        args.inline_below,
+    )
+    .map_err(HostError::Thread)?;
     let mut undelivered: VecDeque<TaskOutcome> = VecDeque::new();
     // The first stop signal drains (see the module docs); a second one exits at once.
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);

@@ -203,6 +203,7 @@ pub fn subworker_config(args: &SubworkerArgs) -> anyhow::Result<SubworkerConfig>
         task_modules: args.task_modules.clone(),
         plugin_dir: args.plugins.plugin_dir.clone(),
         concurrency: args.concurrency.max(1),
+        inline_below: std::time::Duration::from_micros(args.inline_below_us),
         heartbeat_interval: secs(args.heartbeat_interval, 0.05, 3600.0),
         watch: !args.no_watch,
         max_reloads: args.max_reloads,

@@ -218,6 +218,43 @@ pub struct Cluster {
     dir: PathBuf,
 }
 
+/// The name the control plane's own child subworker is reported under.
+pub const OWN_WORKER: &str = "own-worker";
+
+impl Cluster {
+    /// Every process that serves the cluster, by name and pid: the control plane, its
+    /// own child subworker (which takes tasks like the others), and the subworkers.
+    pub fn measured(&self) -> Vec<(String, u32)> {
+        let mut measured: Vec<(String, u32)> = self
+            .processes
+            .iter()
+            .map(|p| (p.name.clone(), p.pid()))
+            .collect();
+        if let Some(control_plane) = self.processes.first() {
+            for child in children(control_plane.pid()) {
+                measured.insert(1, (OWN_WORKER.to_string(), child));
+            }
+        }
+        measured
+    }
+}
+
+/// The children of `pid` (none when they cannot be read).
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(threads) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    threads
+        .flatten()
+        .filter_map(|thread| fs::read_to_string(thread.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|pid| pid.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.processes.clear();

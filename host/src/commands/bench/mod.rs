@@ -168,7 +168,8 @@ async fn add_case(
 ) -> anyhow::Result<(Case, Cluster)> {
     let cluster = Cluster::start(shape, plugin, run).await?;
     // Idle memory: started and registered, no task run yet.
-    let fresh: Vec<_> = cluster.processes.iter().map(|p| usage(p.pid())).collect();
+    let measured = cluster.measured();
+    let fresh: Vec<_> = measured.iter().map(|(_, pid)| usage(*pid)).collect();
     let client = cluster.client().await?;
     // Warm up.
     throughput(
@@ -178,7 +179,7 @@ async fn add_case(
         |r, s| check_add(r, s as i64),
     )
     .await?;
-    let idle: Vec<_> = cluster.processes.iter().map(|p| usage(p.pid())).collect();
+    let idle: Vec<_> = measured.iter().map(|(_, pid)| usage(*pid)).collect();
     let mut runs = Vec::new();
     for _ in 0..args.repeat {
         let rate = throughput(
@@ -197,18 +198,18 @@ async fn add_case(
         throughput_runs: runs,
         ..Case::default()
     };
-    for ((process, before), fresh) in cluster.processes.iter().zip(idle).zip(fresh) {
-        let after = usage(process.pid());
+    for (((name, pid), before), fresh) in measured.iter().zip(idle).zip(fresh) {
+        let after = usage(*pid);
         case.cpu_us_per_task.push((
-            process.name.clone(),
+            name.clone(),
             (after.cpu_secs - before.cpu_secs) * 1e6 / tasks_run,
         ));
         case.rss
-            .push((process.name.clone(), fresh.rss_mib, after.peak_rss_mib));
+            .push((name.clone(), fresh.rss_mib, after.peak_rss_mib));
     }
     if with_rtt {
         let mut processes = vec![("client".to_string(), std::process::id())];
-        processes.extend(cluster.processes.iter().map(|p| (p.name.clone(), p.pid())));
+        processes.extend(measured);
         let before = cluster::switch_counts(&processes);
         case.rtt = Some(round_trips(&client, args.round_trips, |i| add_task(i as i64)).await?);
         case.switches_per_rtt = cluster::switches_per_round_trip(
