@@ -1271,3 +1271,81 @@ fn results_to_a_peer_that_reads_them_share_messages_and_others_get_one_each() {
     let (single, grouped, _) = results_of_a_batch(&cp, Vec::new());
     assert_eq!((single, grouped), (300, 0));
 }
+
+/// What a raw client that says `features` in its `Hello` hears, in order, for three
+/// `Submit`s with `wait`: `add` (runs), `no_such_task` (refused) and `add` again.
+fn answers_to_waiting_submits(cp: &ControlPlane, features: Vec<String>) -> Vec<String> {
+    let rt = runtime();
+    rt.block_on(async {
+        let mut conn = transport::connect(&cp.base, Duration::from_secs(5), &client_config())
+            .await
+            .expect("connect");
+        let mut hello = Hello::new(PeerKind::Client, "raw");
+        hello.features = features;
+        conn.sender
+            .send(protocol::encode_as(1, &ToControlPlane::Hello(hello)).unwrap())
+            .await
+            .unwrap();
+        let mut version = 1;
+        let mut heard = Vec::new();
+        for (request_id, name) in [(1, "add"), (2, "no_such_task"), (3, "add")] {
+            let submit = ToControlPlane::Submit {
+                request_id,
+                task: TaskEnvelope::new(name, Codec::Json, Bytes::from_static(b"[2,3]")),
+                wait: true,
+            };
+            conn.sender
+                .send(protocol::encode_as(version, &submit).unwrap())
+                .await
+                .unwrap();
+            // Read until this submit's final answer: a `Result` or a `Rejected`.
+            loop {
+                let frames = tokio::time::timeout(Duration::from_secs(10), conn.receiver.recv())
+                    .await
+                    .expect("an answer in time")
+                    .expect("an answer");
+                match protocol::decode::<FromControlPlane>(&frames).expect("decodes") {
+                    FromControlPlane::Welcome(w) => version = w.protocol_version,
+                    FromControlPlane::Accepted { request_id, .. } => {
+                        heard.push(format!("Accepted {request_id}"))
+                    }
+                    FromControlPlane::Rejected { request_id, .. } => {
+                        heard.push(format!("Rejected {request_id}"));
+                        break;
+                    }
+                    FromControlPlane::Result(record) => {
+                        assert_eq!(&record.value[..], b"5", "{record:?}");
+                        heard.push(format!("Result {request_id}"));
+                        break;
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+        heard
+    })
+}
+
+/// A client that says `accepted-by-result` gets no `Accepted` for a task it waits for
+/// (its result answers it; one wake-up per task instead of two), and still gets
+/// `Rejected` for one that is refused. Other clients hear `Accepted` first, as before.
+#[test]
+fn a_waiting_submit_is_answered_by_its_result_alone_when_the_client_asks() {
+    let dir = mytasks_dir();
+    let mut cp = ControlPlane::start(&dir, &[]);
+    let _sw = cp.subworker(&dir, "sw1", &[]);
+    let quiet =
+        answers_to_waiting_submits(&cp, vec![protocol::ACCEPTED_BY_RESULT_FEATURE.to_string()]);
+    assert_eq!(quiet, ["Result 1", "Rejected 2", "Result 3"]);
+    let older = answers_to_waiting_submits(&cp, Vec::new());
+    assert_eq!(
+        older,
+        [
+            "Accepted 1",
+            "Result 1",
+            "Rejected 2",
+            "Accepted 3",
+            "Result 3"
+        ]
+    );
+}

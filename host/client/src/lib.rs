@@ -193,9 +193,11 @@ impl Client {
         });
         let mut hello = Hello::new(PeerKind::Client, format!("client-{}", std::process::id()));
         // This client reads `Results`: the control plane may group the results it pushes.
-        hello
-            .features
-            .push(protocol::RESULTS_BATCH_FEATURE.to_string());
+        // A task it submits and waits for is answered by its result: no `Accepted`.
+        hello.features.extend([
+            protocol::RESULTS_BATCH_FEATURE.to_string(),
+            protocol::ACCEPTED_BY_RESULT_FEATURE.to_string(),
+        ]);
         let hello = protocol::encode_as(
             protocol::MIN_PROTOCOL_VERSION,
             &ToControlPlane::Hello(hello),
@@ -281,6 +283,21 @@ impl Client {
         limit: Duration,
         make: impl FnOnce(u64) -> ToControlPlane,
     ) -> Result<FromControlPlane, ClientError> {
+        let mut request = self.send_request(make)?;
+        match tokio::time::timeout(limit, &mut request.answer).await {
+            Ok(Ok(FromControlPlane::Rejected { error, .. })) => Err(ClientError::Rejected(error)),
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(_)) => Err(ClientError::Disconnected),
+            Err(_) => Err(ClientError::Timeout(limit)),
+        }
+    }
+
+    /// Sends the request `make` builds with a fresh request id; its answer arrives on
+    /// the returned [`Request`].
+    fn send_request(
+        &self,
+        make: impl FnOnce(u64) -> ToControlPlane,
+    ) -> Result<Request<'_>, ClientError> {
         let id = self.shared.next_request.fetch_add(1, Ordering::Relaxed);
         let version = self.shared.version.load(Ordering::SeqCst);
         let frames = protocol::encode_as(version, &make(id))
@@ -302,36 +319,27 @@ impl Client {
             pending.insert(id, tx);
             self.shared.epoch.load(Ordering::SeqCst)
         };
+        let request = Request {
+            shared: &self.shared,
+            id,
+            answer: rx,
+        };
         if self.outgoing.send((epoch, frames)).is_err() {
-            lock(&self.shared.pending).remove(&id);
             return Err(ClientError::Disconnected);
         }
-        match tokio::time::timeout(limit, rx).await {
-            Ok(Ok(FromControlPlane::Rejected { error, .. })) => Err(ClientError::Rejected(error)),
-            Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(_)) => Err(ClientError::Disconnected),
-            Err(_) => {
-                lock(&self.shared.pending).remove(&id);
-                Err(ClientError::Timeout(limit))
-            }
-        }
+        Ok(request)
     }
 
+    /// Submits `tasks` (with `wait`: their results are pushed when final) and waits
+    /// for `Accepted`. A lone task waited for goes as a batch of one: the control plane
+    /// answers a `Submit` with `wait` from this client by its result alone.
     async fn submit_many(
         &self,
         mut tasks: Vec<TaskEnvelope>,
         wait: bool,
     ) -> Result<Vec<TaskId>, ClientError> {
-        // Tasks continue the caller's trace when a tracing system is installed;
-        // without one nothing is added (their spans are named by their ids).
-        if let Some(current) = propagation::inject(&tracing::Span::current()) {
-            for task in &mut tasks {
-                if task.trace.as_ref().and_then(|t| t.trace_id()).is_none() {
-                    task.trace = Some(Box::new(current.clone()));
-                }
-            }
-        }
-        let answer = if tasks.len() == 1 {
+        continue_current_trace(&mut tasks);
+        let answer = if tasks.len() == 1 && !wait {
             let task = tasks.into_iter().next().expect("one task");
             self.request(|request_id| ToControlPlane::Submit {
                 request_id,
@@ -401,13 +409,25 @@ impl Client {
             };
         }
         let submit_and_wait = async move {
-            let (tx, rx) = oneshot::channel();
+            let mut tasks = [task];
+            continue_current_trace(&mut tasks);
+            let [task] = tasks;
+            let (tx, record) = oneshot::channel();
             lock(&self.shared.waiting).insert(id, tx);
-            if let Err(err) = self.submit_many(vec![task], true).await {
+            let answered = match self.send_request(|request_id| ToControlPlane::Submit {
+                request_id,
+                task,
+                wait: true,
+            }) {
+                Ok(request) => tokio::time::timeout(wait, answer_by_result(request, record))
+                    .await
+                    .unwrap_or(Err(ClientError::NotFinal { id, waited: wait })),
+                Err(err) => Err(err),
+            };
+            if answered.is_err() {
                 lock(&self.shared.waiting).remove(&id);
-                return Err(err);
             }
-            self.await_record(id, rx, wait).await
+            answered
         };
         tracing::Instrument::instrument(submit_and_wait, span).await
     }
@@ -707,6 +727,52 @@ pub fn into_success(record: TaskRecord) -> Result<TaskRecord, ClientError> {
     })
 }
 
+/// A request sent and not answered yet. Dropped unanswered (its caller stopped
+/// waiting), it is forgotten: an answer that comes later is dropped.
+struct Request<'a> {
+    shared: &'a Shared,
+    id: u64,
+    answer: oneshot::Receiver<FromControlPlane>,
+}
+
+impl Drop for Request<'_> {
+    fn drop(&mut self) {
+        lock(&self.shared.pending).remove(&self.id);
+    }
+}
+
+/// The final record of a task submitted with `wait` by `request`: it arrives on
+/// `record`, after `Accepted`, or alone from a control plane that answers such a
+/// submit by its result. A `Rejected` answer is an error.
+async fn answer_by_result(
+    mut request: Request<'_>,
+    mut record: oneshot::Receiver<TaskRecord>,
+) -> Result<TaskRecord, ClientError> {
+    tokio::select! {
+        biased;
+        done = &mut record => return done.map_err(|_| ClientError::Disconnected),
+        answer = &mut request.answer => match answer {
+            Ok(FromControlPlane::Accepted { .. }) => {}
+            Ok(FromControlPlane::Rejected { error, .. }) => return Err(ClientError::Rejected(error)),
+            Ok(other) => return Err(ClientError::Unexpected(format!("{other:?}"))),
+            Err(_) => return Err(ClientError::Disconnected),
+        },
+    }
+    record.await.map_err(|_| ClientError::Disconnected)
+}
+
+/// Tasks continue the caller's trace when a tracing system is installed; without one
+/// nothing is added (their spans are named by their ids).
+fn continue_current_trace(tasks: &mut [TaskEnvelope]) {
+    if let Some(current) = propagation::inject(&tracing::Span::current()) {
+        for task in tasks {
+            if task.trace.as_ref().and_then(|t| t.trace_id()).is_none() {
+                task.trace = Some(Box::new(current.clone()));
+            }
+        }
+    }
+}
+
 /// How often an idle client checks that its connection still works.
 const KEEPALIVE: Duration = Duration::from_secs(2);
 
@@ -821,17 +887,16 @@ fn route(shared: &Shared, msg: FromControlPlane) {
         | FromControlPlane::TaskList { request_id, .. }
         | FromControlPlane::QueuedList { request_id, .. }
         | FromControlPlane::Purged { request_id, .. } => *request_id,
-        FromControlPlane::Result(record) => {
-            if let Some(tx) = lock(&shared.waiting).remove(&record.task_id) {
-                let _ = tx.send(record.clone());
-            }
-            return;
-        }
-        FromControlPlane::Results { records } => {
+        FromControlPlane::Result(_) | FromControlPlane::Results { .. } => {
+            let records = match msg {
+                FromControlPlane::Result(record) => vec![record],
+                FromControlPlane::Results { records } => records,
+                _ => return,
+            };
             let mut waiting = lock(&shared.waiting);
             for record in records {
                 if let Some(tx) = waiting.remove(&record.task_id) {
-                    let _ = tx.send(record.clone());
+                    let _ = tx.send(record);
                 }
             }
             return;

@@ -90,6 +90,10 @@ pub struct Executor {
     inline_busy: Arc<AtomicBool>,
 }
 
+/// How long a call on the runtime may run before another worker is woken to serve
+/// the runtime meanwhile (the deadline thread wakes at most this often for it).
+const INLINE_STALL: Duration = Duration::from_millis(1);
+
 /// A task taken off the queue into a slot.
 struct Admitted {
     task: TaskEnvelope,
@@ -214,7 +218,19 @@ impl Executor {
     /// Runs one short call on a runtime worker, then gives its slot back (unless the
     /// call ran past its deadline: that freed the slot already).
     fn run_inline(&self, admitted: Admitted) {
+        // While the call runs, this worker runs no other task and does not poll the
+        // runtime's sockets; if no other worker is awake, nobody does (a call that
+        // blocked 1.5 s held up a cancel that long). A call still running after
+        // INLINE_STALL has the deadline thread spawn a no-op task from outside the
+        // runtime, which wakes a sleeping worker to take over.
+        let wake_another = self.runtime.clone().map(|runtime| {
+            self.deadlines
+                .watch(Instant::now() + INLINE_STALL, move || {
+                    runtime.spawn(async {});
+                })
+        });
         let keeps_slot = self.run_guarded(admitted, true);
+        drop(wake_another);
         self.inline_busy.store(false, Ordering::Release);
         if keeps_slot {
             self.free_slot();

@@ -83,6 +83,12 @@ pub const HELLO_FIRST: &str = "send Hello first";
 /// version 2.
 pub const RESULTS_BATCH_FEATURE: &str = "results-batch";
 
+/// A `Hello` feature: this client needs no `Accepted` for a `Submit` with `wait`: the
+/// task's final `Result` answers it (a `Rejected` still comes when it is not
+/// accepted), so the client wakes once per task. A control plane that does not know
+/// the feature sends `Accepted` as before, and such a client reads it. Any version.
+pub const ACCEPTED_BY_RESULT_FEATURE: &str = "accepted-by-result";
+
 /// A `Welcome` feature: this control plane reads `Outcomes` (several outcomes in one
 /// message), so a subworker may group the outcomes it reports. Since version 2.
 pub const OUTCOMES_BATCH_FEATURE: &str = "outcomes-batch";

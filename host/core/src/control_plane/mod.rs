@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod names;
 pub mod observe;
 pub mod own_worker;
+mod peer_terms;
 pub mod periodic;
 pub mod queue;
 pub mod result_cache;

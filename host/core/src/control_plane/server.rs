@@ -22,6 +22,7 @@ use crate::probe::probe_reply;
 
 use super::dispatcher::{Action, Dispatcher, DispatcherConfig, Now};
 use super::http::calls::{answer, Call, LoopContext};
+use super::peer_terms::PeerTerms;
 use super::{
     commit::{CommitsDone, Committer},
     own_worker::{ChildCommand, ChildExit, Supervisor},
@@ -113,55 +114,15 @@ pub fn subworker_endpoint(base: &str, port: u16) -> Option<String> {
     Some(format!("{host}:{port}"))
 }
 
-/// What each connected peer speaks: the protocol version its `Welcome` agreed (the
-/// oldest before that, which every build reads), and whether it reads `Results`.
-#[derive(Debug, Default)]
-struct PeerVersions {
-    versions: super::FastMap<PeerId, u8>,
-    /// Peers whose `Hello` has the feature `results-batch`.
-    batched: super::FastSet<PeerId>,
-}
-
-impl PeerVersions {
-    fn heard(&mut self, peer: &PeerId, version: u8) {
-        self.versions.insert(peer.clone(), version);
-    }
-
-    /// Notes what a peer's `Hello` says it reads.
-    fn hello(&mut self, peer: &PeerId, hello: &crate::protocol::Hello) {
-        if hello
-            .features
-            .iter()
-            .any(|f| f == protocol::RESULTS_BATCH_FEATURE)
-        {
-            self.batched.insert(peer.clone());
-        } else {
-            self.batched.remove(peer);
-        }
-    }
-
-    /// The agreed version; `None` before a `Welcome` or after the peer left.
-    fn of(&self, peer: &PeerId) -> Option<u8> {
-        self.versions.get(peer).copied()
-    }
-
-    /// May results to `peer` be grouped into `Results` messages?
-    fn batches_results(&self, peer: &PeerId) -> bool {
-        self.batched.contains(peer) && self.of(peer).is_some_and(|v| v >= 2)
-    }
-
-    fn forget(&mut self, peer: &PeerId) {
-        self.versions.remove(peer);
-        self.batched.remove(peer);
-    }
-}
-
 /// Sends `msg` to `peer` in the version it speaks; a `Welcome` sets that version.
-fn send(encoder: &Encoder, versions: &mut PeerVersions, peer: &PeerId, msg: FromControlPlane) {
+/// Not an `Accepted` the peer said it does not need.
+fn send(encoder: &Encoder, terms: &mut PeerTerms, peer: &PeerId, msg: FromControlPlane) {
     if let FromControlPlane::Welcome(welcome) = &msg {
-        versions.heard(peer, welcome.protocol_version);
+        terms.heard(peer, welcome.protocol_version);
     }
-    encoder.send(peer, versions.of(peer), msg);
+    if terms.wants(peer, &msg) {
+        encoder.send(peer, terms.version(peer), msg);
+    }
 }
 
 /// Where a process on this host reaches `endpoint`: a wildcard address becomes loopback.
@@ -285,7 +246,7 @@ pub async fn run(
     let mut announce = tokio::time::interval(Duration::from_secs(2));
     let mut sweep = tokio::time::interval(Duration::from_secs(60));
     let mut discovery_peers: Vec<PeerId> = Vec::new();
-    let mut versions = PeerVersions::default();
+    let mut terms = PeerTerms::default();
     // Messages arrive decoded (by the transport's reader task) and leave to be
     // encoded (by its writer task): neither happens on this loop.
     let inbound = &mut server.events;
@@ -301,7 +262,7 @@ pub async fn run(
                 let Some(event) = event else {
                     return Err(HostError::Stopped("the control plane's socket closed".into()));
                 };
-                handle_event(event, &mut dispatcher, &mut versions, &server.outbox);
+                handle_event(event, &mut dispatcher, &mut terms, &server.outbox);
                 // Under load, more are waiting: handle them before sending what they
                 // produce, so replies and results to one peer can share a message;
                 // but not for long, or subworkers wait for their next tasks.
@@ -311,7 +272,7 @@ pub async fn run(
                         break;
                     }
                     match inbound.try_recv() {
-                        Ok(event) => handle_event(event, &mut dispatcher, &mut versions, &server.outbox),
+                        Ok(event) => handle_event(event, &mut dispatcher, &mut terms, &server.outbox),
                         Err(_) => break,
                     }
                 }
@@ -363,7 +324,7 @@ pub async fn run(
             Some(written) = next_commit(&mut commits_done) => {
                 if let Some(committer) = committer.as_mut() {
                     let actions = committer.finish(&mut dispatcher, written);
-                    perform_all(actions, &encoder, &mut versions, &callback_config);
+                    perform_all(actions, &encoder, &mut terms, &callback_config);
                 }
             }
             _ = announce.tick() => {
@@ -391,7 +352,7 @@ pub async fn run(
             }
         }
         let actions = releasable(&mut committer, &mut dispatcher);
-        perform_all(actions, &encoder, &mut versions, &callback_config);
+        perform_all(actions, &encoder, &mut terms, &callback_config);
         if let Some(http) = &http {
             http.hub.publish(dispatcher.drain_feed());
         }
@@ -440,7 +401,7 @@ pub async fn run(
                     (Some(committer), Some(done)) => committer.flush(&mut dispatcher, done).await,
                     _ => dispatcher.take_actions(),
                 };
-                perform_all(last, &encoder, &mut versions, &callback_config);
+                perform_all(last, &encoder, &mut terms, &callback_config);
                 if committer.is_some() {
                     info!(
                         "kept {} queued, {} scheduled and {} running task(s) in the data directory for the next start",
@@ -526,22 +487,20 @@ const RESULTS_BYTES_PER_MESSAGE: usize = 1 << 20;
 fn handle_event(
     event: Inbound,
     dispatcher: &mut Dispatcher,
-    versions: &mut PeerVersions,
+    terms: &mut PeerTerms,
     outbox: &Outbox,
 ) {
     match event {
         Inbound::Message { peer, msg } => match *msg {
             Ok(msg) => {
-                if let ToControlPlane::Hello(hello) = &msg {
-                    versions.hello(&peer, hello);
-                }
+                terms.received(&peer, &msg);
                 dispatcher.handle(&peer, msg, Now::current());
             }
             Err(err) => dispatcher.malformed(&peer, &err),
         },
         Inbound::Unauthenticated(peer) => crate::probe::refuse_unauthenticated(outbox, &peer),
         Inbound::Disconnected(peer) => {
-            versions.forget(&peer);
+            terms.forget(&peer);
             dispatcher.peer_disconnected(&peer, Now::current())
         }
     }
@@ -554,7 +513,7 @@ fn handle_event(
 fn perform_all(
     actions: Vec<Action>,
     encoder: &Encoder,
-    versions: &mut PeerVersions,
+    terms: &mut PeerTerms,
     callbacks: &TransportConfig,
 ) {
     let mut grouped: Vec<(PeerId, Vec<TaskRecord>)> = Vec::new();
@@ -563,13 +522,13 @@ fn perform_all(
             Action::Send {
                 peer,
                 msg: FromControlPlane::Result(record),
-            } if versions.batches_results(&peer) => {
+            } if terms.batches_results(&peer) => {
                 match grouped.iter_mut().find(|(p, _)| p == &peer) {
                     Some((_, records)) => records.push(record),
                     None => grouped.push((peer, vec![record])),
                 }
             }
-            Action::Send { peer, msg } => send(encoder, versions, &peer, msg),
+            Action::Send { peer, msg } => send(encoder, terms, &peer, msg),
             Action::Callback { callback, record } => {
                 tokio::spawn(deliver_callback(callback, record, callbacks.clone()));
             }
@@ -577,7 +536,7 @@ fn perform_all(
     }
     for (peer, records) in grouped {
         for msg in group_results(records) {
-            send(encoder, versions, &peer, msg);
+            send(encoder, terms, &peer, msg);
         }
     }
 }
