@@ -1175,24 +1175,30 @@ fn tasks_whose_only_worker_is_gone_say_why_and_fail_after_the_unserved_timeout()
     assert!(cp.proc.try_exit().is_none());
 }
 
+/// A connection to `cp` that said `Hello` (in version 1) with `features`.
+async fn raw_client(cp: &ControlPlane, features: Vec<String>) -> transport::Connection {
+    let mut conn = transport::connect(&cp.base, Duration::from_secs(5), &client_config())
+        .await
+        .expect("connect");
+    let mut hello = Hello::new(PeerKind::Client, "raw");
+    hello.features = features;
+    conn.sender
+        .send(protocol::encode_as(1, &ToControlPlane::Hello(hello)).unwrap())
+        .await
+        .unwrap();
+    conn
+}
+
 /// Pushes the results of a 300-task batch to a raw connection; returns how many
 /// records came in `Result` and in `Results` messages, and every task id seen.
-fn results_of_a_batch(cp: &ControlPlane, features: Vec<String>) -> (usize, usize, Vec<TaskId>) {
+fn results_of_a_batch(cp: &ControlPlane, mut features: Vec<String>) -> (usize, usize, Vec<TaskId>) {
     let rt = runtime();
     rt.block_on(async {
-        let mut conn = transport::connect(&cp.base, Duration::from_secs(5), &client_config())
-            .await
-            .expect("connect");
-        let mut hello = Hello::new(PeerKind::Client, "raw");
-        hello.features = features;
-        hello.features.push(format!(
+        features.push(format!(
             "{}{PROTOCOL_VERSION}",
             protocol::PROTOCOL_MAX_FEATURE
         ));
-        conn.sender
-            .send(protocol::encode_as(1, &ToControlPlane::Hello(hello)).unwrap())
-            .await
-            .unwrap();
+        let mut conn = raw_client(cp, features).await;
         let tasks: Vec<TaskEnvelope> = (0..300)
             .map(|i| TaskEnvelope::new("add", Codec::Json, Bytes::from(format!("[{i},1]"))))
             .collect();
@@ -1277,15 +1283,7 @@ fn results_to_a_peer_that_reads_them_share_messages_and_others_get_one_each() {
 fn answers_to_waiting_submits(cp: &ControlPlane, features: Vec<String>) -> Vec<String> {
     let rt = runtime();
     rt.block_on(async {
-        let mut conn = transport::connect(&cp.base, Duration::from_secs(5), &client_config())
-            .await
-            .expect("connect");
-        let mut hello = Hello::new(PeerKind::Client, "raw");
-        hello.features = features;
-        conn.sender
-            .send(protocol::encode_as(1, &ToControlPlane::Hello(hello)).unwrap())
-            .await
-            .unwrap();
+        let mut conn = raw_client(cp, features).await;
         let mut version = 1;
         let mut heard = Vec::new();
         for (request_id, name) in [(1, "add"), (2, "no_such_task"), (3, "add")] {
