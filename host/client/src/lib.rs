@@ -737,6 +737,11 @@ struct Request<'a> {
 
 impl Drop for Request<'_> {
     fn drop(&mut self) {
+        // Closed first: dropping the sender of a receiver still open wakes the task
+        // that last polled it, which is this one. Woken during its own poll, a task
+        // is rescheduled, and on a multi-threaded runtime another worker is woken to
+        // run it (a context switch per round trip, found with `perf`).
+        self.answer.close();
         lock(&self.shared.pending).remove(&self.id);
     }
 }
@@ -908,5 +913,58 @@ fn route(shared: &Shared, msg: FromControlPlane) {
     };
     if let Some(tx) = lock(&shared.pending).remove(&request_id) {
         let _ = tx.send(msg);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        future::Future,
+        pin::Pin,
+        sync::atomic::AtomicUsize,
+        task::{Context, Wake, Waker},
+    };
+
+    use super::*;
+
+    /// Counts its wake-ups.
+    struct CountingWaker(AtomicUsize);
+
+    impl Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A task that waited for an answer and gives the request up (a waiting submit
+    /// answered by its result) is not woken by that: woken during its own poll, it
+    /// would be rescheduled, and another worker woken to run it.
+    #[test]
+    fn a_request_given_up_does_not_wake_the_task_that_waited_for_it() {
+        let shared = Shared {
+            next_request: AtomicU64::new(1),
+            pending: Mutex::new(HashMap::new()),
+            waiting: Mutex::new(HashMap::new()),
+            epoch: AtomicU64::new(0),
+            version: AtomicU8::new(protocol::MIN_PROTOCOL_VERSION),
+        };
+        let (tx, answer) = oneshot::channel();
+        lock(&shared.pending).insert(7, tx);
+        let mut request = Request {
+            shared: &shared,
+            id: 7,
+            answer,
+        };
+        let wakes = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut request.answer).poll(&mut cx).is_pending());
+        drop(request);
+        assert!(lock(&shared.pending).is_empty(), "the request is forgotten");
+        assert_eq!(
+            wakes.0.load(Ordering::SeqCst),
+            0,
+            "the waiting task was woken"
+        );
     }
 }

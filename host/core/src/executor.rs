@@ -91,8 +91,10 @@ pub struct Executor {
 }
 
 /// How long a call on the runtime may run before another worker is woken to serve
-/// the runtime meanwhile (the deadline thread wakes at most this often for it).
-const INLINE_STALL: Duration = Duration::from_millis(1);
+/// the runtime meanwhile: the longest the runtime's sockets may wait for a call that
+/// was short and is no longer. The deadline thread wakes about twice per this span
+/// while short calls keep coming.
+const INLINE_STALL: Duration = Duration::from_millis(5);
 
 /// A task taken off the queue into a slot.
 struct Admitted {
