@@ -409,9 +409,7 @@ impl Client {
             };
         }
         let submit_and_wait = async move {
-            let mut tasks = [task];
-            continue_current_trace(&mut tasks);
-            let [task] = tasks;
+            continue_current_trace(std::slice::from_mut(&mut task));
             let (tx, record) = oneshot::channel();
             lock(&self.shared.waiting).insert(id, tx);
             let answered = match self.send_request(|request_id| ToControlPlane::Submit {
@@ -871,6 +869,11 @@ async fn run_connection(
 }
 
 fn route(shared: &Shared, msg: FromControlPlane) {
+    let msg = match msg {
+        FromControlPlane::Result(record) => return deliver(shared, [record]),
+        FromControlPlane::Results { records } => return deliver(shared, records),
+        other => other,
+    };
     let request_id = match &msg {
         FromControlPlane::Welcome(welcome) => {
             if (protocol::MIN_PROTOCOL_VERSION..=protocol::max_version())
@@ -892,20 +895,6 @@ fn route(shared: &Shared, msg: FromControlPlane) {
         | FromControlPlane::TaskList { request_id, .. }
         | FromControlPlane::QueuedList { request_id, .. }
         | FromControlPlane::Purged { request_id, .. } => *request_id,
-        FromControlPlane::Result(_) | FromControlPlane::Results { .. } => {
-            let records = match msg {
-                FromControlPlane::Result(record) => vec![record],
-                FromControlPlane::Results { records } => records,
-                _ => return,
-            };
-            let mut waiting = lock(&shared.waiting);
-            for record in records {
-                if let Some(tx) = waiting.remove(&record.task_id) {
-                    let _ = tx.send(record);
-                }
-            }
-            return;
-        }
         other => {
             debug!("client: ignoring {other:?}");
             return;
@@ -913,6 +902,16 @@ fn route(shared: &Shared, msg: FromControlPlane) {
     };
     if let Some(tx) = lock(&shared.pending).remove(&request_id) {
         let _ = tx.send(msg);
+    }
+}
+
+/// Hands final records to the callers waiting for them.
+fn deliver(shared: &Shared, records: impl IntoIterator<Item = TaskRecord>) {
+    let mut waiting = lock(&shared.waiting);
+    for record in records {
+        if let Some(tx) = waiting.remove(&record.task_id) {
+            let _ = tx.send(record);
+        }
     }
 }
 

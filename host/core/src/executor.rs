@@ -191,7 +191,8 @@ impl Executor {
             let this = self.clone();
             match self.inline_runtime(&first.task.name) {
                 Some(runtime) => {
-                    runtime.spawn(async move { this.run_inline(first) });
+                    let handle = runtime.clone();
+                    runtime.spawn(async move { this.run_inline(first, handle) });
                 }
                 None => self.calls.run(move || this.run_slot(first)),
             }
@@ -219,18 +220,17 @@ impl Executor {
 
     /// Runs one short call on a runtime worker, then gives its slot back (unless the
     /// call ran past its deadline: that freed the slot already).
-    fn run_inline(&self, admitted: Admitted) {
+    fn run_inline(&self, admitted: Admitted, runtime: tokio::runtime::Handle) {
         // While the call runs, this worker runs no other task and does not poll the
         // runtime's sockets; if no other worker is awake, nobody does (a call that
         // blocked 1.5 s held up a cancel that long). A call still running after
         // INLINE_STALL has the deadline thread spawn a no-op task from outside the
         // runtime, which wakes a sleeping worker to take over.
-        let wake_another = self.runtime.clone().map(|runtime| {
-            self.deadlines
-                .watch(Instant::now() + INLINE_STALL, move || {
-                    runtime.spawn(async {});
-                })
-        });
+        let wake_another = self
+            .deadlines
+            .watch(Instant::now() + INLINE_STALL, move || {
+                runtime.spawn(async {});
+            });
         let keeps_slot = self.run_guarded(admitted, true);
         drop(wake_another);
         self.inline_busy.store(false, Ordering::Release);
