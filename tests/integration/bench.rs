@@ -73,6 +73,17 @@ fn bench_quick_reports_the_cluster_against_the_floor_as_json() {
             assert!(per_round_trip >= 0.5, "{key}.{process}: {report}");
         }
     }
+    // CPU per round trip, of each process: each reads and writes a message at least,
+    // which takes a microsecond of system calls at the least.
+    for (key, processes) in [
+        ("rtt_cpu_us_by_process", ["client", "control-plane", "sw1"]),
+        ("floor_rtt_cpu_us_by_process", ["client", "relay", "echo"]),
+    ] {
+        for process in processes {
+            let per_round_trip = report[key][process].as_f64().unwrap_or(-1.0);
+            assert!(per_round_trip >= 1.0, "{key}.{process}: {report}");
+        }
+    }
     // The control plane's loop runs on a runtime worker, where its sockets are read
     // and written: run on the main thread instead, a round trip cost it 11 context
     // switches (each message crossed between threads twice more); now about 4.

@@ -136,11 +136,21 @@ pub fn usage(pid: u32) -> Usage {
     }
 }
 
-/// Context switches of each thread of `pid` so far (by thread id), voluntary and not
-/// (none when they cannot be read). Each hand-off of a message between threads or
-/// processes costs one at least, whatever the machine's speed: a steady count where
-/// timings are noisy.
-pub fn context_switches(pid: u32) -> HashMap<u32, u64> {
+/// What one thread has spent so far.
+#[derive(Debug, Clone, Copy, Default)]
+struct ThreadSpent {
+    /// Context switches, voluntary and not. Each hand-off of a message between
+    /// threads or processes costs one at least, whatever the machine's speed: a steady
+    /// count where timings are noisy.
+    switches: u64,
+    /// Time on a CPU, ns (the scheduler's own count, `schedstat`: finer than the
+    /// clock ticks of `stat`).
+    cpu_ns: u64,
+}
+
+/// What each thread of `pid` has spent so far, by thread id (none when it cannot be
+/// read).
+fn threads_spent(pid: u32) -> HashMap<u32, ThreadSpent> {
     let Ok(threads) = fs::read_dir(format!("/proc/{pid}/task")) else {
         return HashMap::new();
     };
@@ -157,39 +167,70 @@ pub fn context_switches(pid: u32) -> HashMap<u32, u64> {
                 })
                 .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
                 .sum::<u64>();
-            Some((tid, switches))
+            let cpu_ns = fs::read_to_string(thread.path().join("schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0);
+            Some((tid, ThreadSpent { switches, cpu_ns }))
         })
         .collect()
 }
 
-/// The context switches of each named process so far.
-pub fn switch_counts(
-    processes: &[(String, u32)],
-) -> Vec<(String, std::collections::HashMap<u32, u64>)> {
+/// What a named process has spent so far, thread by thread.
+#[derive(Debug, Clone)]
+pub struct Spent {
+    name: String,
+    threads: HashMap<u32, ThreadSpent>,
+}
+
+/// What each named process has spent so far.
+pub fn spent(processes: &[(String, u32)]) -> Vec<Spent> {
     processes
         .iter()
-        .map(|(name, pid)| (name.clone(), context_switches(*pid)))
+        .map(|(name, pid)| Spent {
+            name: name.clone(),
+            threads: threads_spent(*pid),
+        })
         .collect()
 }
 
-/// Context switches per round trip of each named process, from counts taken before
-/// and after `round_trips` of them: per thread, so a thread that ends meanwhile takes
+/// What one process spent per round trip.
+#[derive(Debug, Clone, Default)]
+pub struct PerRoundTrip {
+    /// The process's name.
+    pub name: String,
+    /// Context switches.
+    pub switches: f64,
+    /// CPU time (user + system), µs. Round trips run one after another, one process
+    /// at a time: these add up to about the round trip itself.
+    pub cpu_us: f64,
+}
+
+/// What each process spent per round trip, from what it had spent before and after
+/// `round_trips` of them. Counted per thread, so a thread that ends meanwhile takes
 /// only its own share away, not its whole life's count (one that starts counts all of
 /// its own).
-pub fn switches_per_round_trip(
-    before: &[(String, HashMap<u32, u64>)],
-    after: &[(String, HashMap<u32, u64>)],
-    round_trips: usize,
-) -> Vec<(String, f64)> {
+pub fn per_round_trip(before: &[Spent], after: &[Spent], round_trips: usize) -> Vec<PerRoundTrip> {
+    let n = round_trips.max(1) as f64;
     before
         .iter()
         .zip(after)
-        .map(|((name, before), (_, after))| {
-            let during: u64 = after
+        .map(|(before, after)| {
+            let during = after
+                .threads
                 .iter()
-                .map(|(tid, now)| now.saturating_sub(before.get(tid).copied().unwrap_or(0)))
-                .sum();
-            (name.clone(), during as f64 / round_trips.max(1) as f64)
+                .fold(ThreadSpent::default(), |sum, (tid, now)| {
+                    let then = before.threads.get(tid).copied().unwrap_or_default();
+                    ThreadSpent {
+                        switches: sum.switches + now.switches.saturating_sub(then.switches),
+                        cpu_ns: sum.cpu_ns + now.cpu_ns.saturating_sub(then.cpu_ns),
+                    }
+                });
+            PerRoundTrip {
+                name: before.name.clone(),
+                switches: during.switches as f64 / n,
+                cpu_us: during.cpu_ns as f64 / 1e3 / n,
+            }
         })
         .collect()
 }

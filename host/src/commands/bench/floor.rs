@@ -26,7 +26,7 @@ use fastworker_transport::{
 };
 use tokio::net::{TcpListener, TcpStream};
 
-use super::cluster::{switch_counts, switches_per_round_trip};
+use super::cluster::{per_round_trip, spent, PerRoundTrip};
 use crate::cli::BenchFloorArgs;
 
 /// `fastworker bench-floor echo|relay`: serves until killed.
@@ -95,12 +95,12 @@ pub struct FloorResult {
     pub rtt_p50_ms: f64,
     /// Messages echoed per second with a window in flight.
     pub msgs_per_s: f64,
-    /// Context switches per sequential round trip, of each process in `processes`.
-    pub switches_per_rtt: Vec<(String, f64)>,
+    /// What each process in `processes` spent per sequential round trip.
+    pub per_rtt: Vec<PerRoundTrip>,
 }
 
 /// Measures a client against `address`: `round_trips` sequential round trips of a
-/// `size`-byte message (counting the context switches of `processes` meanwhile), then
+/// `size`-byte message (with what `processes` spend meanwhile), then
 /// `messages` with up to `window` in flight.
 pub async fn measure(
     address: &str,
@@ -126,15 +126,14 @@ pub async fn measure(
         replies.recv().await?;
     }
     let mut rtt = hdrhistogram::Histogram::<u64>::new(3)?;
-    let switches_before = switch_counts(processes);
+    let before = spent(processes);
     for _ in 0..round_trips {
         let started = std::time::Instant::now();
         client.send(message()).await?;
         replies.recv().await?;
         rtt.record(started.elapsed().as_nanos() as u64)?;
     }
-    let switches_per_rtt =
-        switches_per_round_trip(&switches_before, &switch_counts(processes), round_trips);
+    let per_rtt = per_round_trip(&before, &spent(processes), round_trips);
     // Sending and receiving at once (a client that stops reading while it sends a
     // window of large messages would block all three processes on full sockets).
     let started = std::time::Instant::now();
@@ -158,6 +157,6 @@ pub async fn measure(
     Ok(FloorResult {
         rtt_p50_ms: rtt.value_at_quantile(0.5) as f64 / 1e6,
         msgs_per_s: messages as f64 / elapsed,
-        switches_per_rtt,
+        per_rtt,
     })
 }

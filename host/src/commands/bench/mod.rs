@@ -43,8 +43,8 @@ struct Case {
     /// Each throughput measurement (tasks/s), in order.
     throughput_runs: Vec<f64>,
     rtt: Option<[f64; 3]>,
-    /// Context switches per round trip, by process (the client is this one).
-    switches_per_rtt: Vec<(String, f64)>,
+    /// What each process spent per round trip (the client is this one).
+    per_rtt: Vec<cluster::PerRoundTrip>,
     cpu_us_per_task: Vec<(String, f64)>,
     rss: Vec<(String, f64, f64)>,
 }
@@ -210,13 +210,10 @@ async fn add_case(
     if with_rtt {
         let mut processes = vec![("client".to_string(), std::process::id())];
         processes.extend(measured);
-        let before = cluster::switch_counts(&processes);
+        let before = cluster::spent(&processes);
         case.rtt = Some(round_trips(&client, args.round_trips, |i| add_task(i as i64)).await?);
-        case.switches_per_rtt = cluster::switches_per_round_trip(
-            &before,
-            &cluster::switch_counts(&processes),
-            args.round_trips,
-        );
+        case.per_rtt =
+            cluster::per_round_trip(&before, &cluster::spent(&processes), args.round_trips);
     }
     Ok((case, cluster))
 }
@@ -460,11 +457,14 @@ fn report(
         .find(|(n, _)| n == "relay, 64 B")
         .map(|(_, r)| r.clone())
         .context("no relay floor")?;
-    let total = |switches: &[(String, f64)]| switches.iter().map(|(_, n)| n).sum::<f64>();
-    let by_process = |switches: &[(String, f64)]| {
-        switches
-            .iter()
-            .map(|(n, per)| (n.clone(), json!(per)))
+    let switches = |p: &cluster::PerRoundTrip| p.switches;
+    let cpu_us = |p: &cluster::PerRoundTrip| p.cpu_us;
+    let total = |per: &[cluster::PerRoundTrip], of: fn(&cluster::PerRoundTrip) -> f64| {
+        per.iter().map(of).sum::<f64>()
+    };
+    let by_process = |per: &[cluster::PerRoundTrip], of: fn(&cluster::PerRoundTrip) -> f64| {
+        per.iter()
+            .map(|p| (p.name.clone(), json!(of(p))))
             .collect::<serde_json::Map<String, Value>>()
     };
     let rtt_p50 = main.rtt.map_or(0.0, |r| r[0]);
@@ -495,10 +495,14 @@ fn report(
             "floor_msgs_per_s": relay.msgs_per_s,
             "rtt_ratio_to_floor": rtt_p50 / relay.rtt_p50_ms,
             "throughput_ratio_to_floor": throughput / relay.msgs_per_s,
-            "rtt_context_switches": total(&main.switches_per_rtt),
-            "rtt_context_switches_by_process": by_process(&main.switches_per_rtt),
-            "floor_rtt_context_switches": total(&relay.switches_per_rtt),
-            "floor_rtt_context_switches_by_process": by_process(&relay.switches_per_rtt),
+            "rtt_context_switches": total(&main.per_rtt, switches),
+            "rtt_context_switches_by_process": by_process(&main.per_rtt, switches),
+            "floor_rtt_context_switches": total(&relay.per_rtt, switches),
+            "floor_rtt_context_switches_by_process": by_process(&relay.per_rtt, switches),
+            "rtt_cpu_us": total(&main.per_rtt, cpu_us),
+            "rtt_cpu_us_by_process": by_process(&main.per_rtt, cpu_us),
+            "floor_rtt_cpu_us": total(&relay.per_rtt, cpu_us),
+            "floor_rtt_cpu_us_by_process": by_process(&relay.per_rtt, cpu_us),
             "cp_cpu_us_per_task": cpu_of(main, "control-plane"),
             "sw_cpu_us_per_task": cpu_of(main, "sw"),
             "cp_idle_rss_mib": cp_idle_rss,
@@ -577,19 +581,25 @@ fn report(
         rtt_p50 / relay.rtt_p50_ms,
         throughput / relay.msgs_per_s
     ));
-    let listed = |switches: &[(String, f64)]| {
-        switches
-            .iter()
-            .map(|(n, per)| format!("{n} {per:.1}"))
+    let listed = |per: &[cluster::PerRoundTrip], of: fn(&cluster::PerRoundTrip) -> f64| {
+        per.iter()
+            .map(|p| format!("{} {:.1}", p.name, of(p)))
             .collect::<Vec<_>>()
             .join(", ")
     };
     text.push_str(&format!(
         "context switches per round trip: fastworker {:.1} ({}), the relay {:.1} ({})\n",
-        total(&main.switches_per_rtt),
-        listed(&main.switches_per_rtt),
-        total(&relay.switches_per_rtt),
-        listed(&relay.switches_per_rtt)
+        total(&main.per_rtt, switches),
+        listed(&main.per_rtt, switches),
+        total(&relay.per_rtt, switches),
+        listed(&relay.per_rtt, switches)
+    ));
+    text.push_str(&format!(
+        "CPU µs per round trip: fastworker {:.1} ({}), the relay {:.1} ({})\n",
+        total(&main.per_rtt, cpu_us),
+        listed(&main.per_rtt, cpu_us),
+        total(&relay.per_rtt, cpu_us),
+        listed(&relay.per_rtt, cpu_us)
     ));
     crate::commands::emit(text.as_bytes());
     Ok(())
