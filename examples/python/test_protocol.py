@@ -362,7 +362,7 @@ class Checks:
     def check_discover(self):
         a = fw.discover(self.discovery)
         eq(a, {"control_plane_id": "control-plane", "base_address": self.base,
-               "subworker_address": self.sub, "protocol_version": 3},  # the newest it speaks
+               "subworker_address": self.sub, "protocol_version": 4},  # the newest it speaks
            "announcement")
         eq(fw.submit(a["base_address"], "add", [2, 2]), 4, "submit to the announced address")
 
@@ -401,14 +401,14 @@ class Checks:
                ("rejected", 0, "not a fastworker message (bad magic)"), "bad magic")
             r.send([b"FW\x09" + fw.encode_hello("x")[0][3:]])
             eq(r.recv(), {"type": "refused", "reason":
-                          "protocol version 9 is not supported (this peer speaks versions 1 to 3;"
+                          "protocol version 9 is not supported (this peer speaks versions 1 to 4;"
                           " version 1 or later is required)"},
                "other header version")
             hello = bytearray(fw.encode_hello("x")[0])
             hello[7] = 9  # Hello.protocol_version, and no protocol-max: speaks 9 only
             eq(r.recv() if r.send([bytes(hello)]) is None else None,
                {"type": "refused", "reason":
-                "no protocol version in common: this control plane speaks versions 1 to 3,"
+                "no protocol version in common: this control plane speaks versions 1 to 4,"
                 " the peer 9 to 9"},
                "other Hello version")
             r.send([fw.encode_hello("x")[0] + b"\x00"])

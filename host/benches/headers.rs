@@ -1,6 +1,6 @@
 //! What writing and reading a message's header costs in each protocol version that
-//! carries the hot messages: version 2 (JSON) and version 3 (MessagePack with field
-//! names). Each iteration encodes or decodes one message of 64 entries, through the
+//! carries the hot messages: version 2 (JSON), version 3 (MessagePack with field
+//! names) and version 4 (MessagePack with fields by position). Each iteration encodes or decodes one message of 64 entries, through the
 //! protocol crate's own `encode_as` and `decode` (header and payload frames), so the
 //! per-entry cost is the time per iteration over 64.
 //!
@@ -89,11 +89,12 @@ fn results() -> FromControlPlane {
     }
 }
 
-/// Benches writing and reading `msg` in versions 2 and 3, as `name/v{N}/{write,read}`.
+/// Benches writing and reading `msg` in versions 2, 3 and 4, as
+/// `name/v{N}/{write,read}`.
 fn both_ways<M: Message>(c: &mut Criterion, name: &str, msg: &M) {
     let mut group = c.benchmark_group(name);
     group.throughput(Throughput::Elements(ENTRIES as u64));
-    for version in [2u8, 3] {
+    for version in [2u8, 3, 4] {
         let frames = encode_as(version, msg).expect("encodes");
         group.bench_function(format!("v{version}/write"), |b| {
             b.iter(|| encode_as(version, black_box(msg)).expect("encodes"))

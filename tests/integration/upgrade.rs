@@ -1,11 +1,13 @@
 //! Protocol compatibility: processes that speak only the previous version (version 1,
-//! the frozen bincode encoding) and processes that speak the current one work together
-//! in every direction, and a running cluster is upgraded one process at a time without
-//! failing or losing a task.
+//! the frozen bincode encoding), processes of the last release (version 3, MessagePack
+//! with field names) and processes that speak the current one work together in every
+//! direction, and a running cluster is upgraded one process at a time without failing
+//! or losing a task.
 //!
 //! A "previous" process is this build held on version 1 (`FASTWORKER_PROTOCOL_MAX=1`),
 //! or, when `FASTWORKER_PREVIOUS_BIN` names one, a `fastworker` binary built from the
-//! last commit before version 2 (`.ci/run` builds it when the history is there).
+//! last commit before version 2 (`.ci/run` builds it when the history is there). A
+//! process of the last release is this build held on version 3.
 
 use std::{
     collections::HashMap,
@@ -31,11 +33,12 @@ use crate::{
     support::{client_config, run, TestDir},
 };
 
-/// `FASTWORKER_PROTOCOL_MAX` for a process of the previous version, none for the
-/// current one.
+/// `FASTWORKER_PROTOCOL_MAX` for a process of the previous version or of the last
+/// release, none for the current one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Build {
     Previous,
+    LastRelease,
     Current,
 }
 
@@ -43,6 +46,11 @@ impl Build {
     fn command(self, dir: &TestDir) -> std::process::Command {
         match (self, std::env::var_os("FASTWORKER_PREVIOUS_BIN")) {
             (Build::Current, _) => dir.fastworker(),
+            (Build::LastRelease, _) => {
+                let mut cmd = dir.fastworker();
+                cmd.env("FASTWORKER_PROTOCOL_MAX", "3");
+                cmd
+            }
             (Build::Previous, Some(binary)) => {
                 // A previous release loads plugins built against its own SDK: its
                 // `mytasks` was built beside its binary, and bare names find it here.
@@ -135,13 +143,14 @@ impl Cluster {
 #[test]
 fn previous_and_current_processes_work_together_in_every_direction() {
     let dir = mytasks_dir();
-    for cp_build in [Build::Previous, Build::Current] {
-        for sw_build in [Build::Previous, Build::Current] {
+    let builds = [Build::Previous, Build::LastRelease, Build::Current];
+    for cp_build in builds {
+        for sw_build in builds {
             let at = Cluster::new();
             // No task modules: every task runs on the subworker.
             let mut cp = at.control_plane(&dir, cp_build, "cp", &[]);
             let mut sw = at.subworker(&dir, sw_build, "sw");
-            for client_build in [Build::Previous, Build::Current] {
+            for client_build in builds {
                 assert_eq!(
                     at.submit_add(&dir, client_build),
                     "8",
@@ -185,12 +194,17 @@ fn the_handshake_agrees_on_the_newest_shared_version_or_names_both_ranges() {
             .unwrap_or_default();
         protocol::encode_as(1, &ToControlPlane::Hello(hello)).expect("encodes")
     };
-    // A current peer: version 3, and the Welcome is written in it.
+    // A current peer: version 4, and the Welcome is written in it.
+    match handshake(&at.base, hello(1, Some(4))) {
+        (4, FromControlPlane::Welcome(w)) => assert_eq!(w.protocol_version, 4),
+        other => panic!("{other:?}"),
+    }
+    // A version-3 build (the previous release): version 3.
     match handshake(&at.base, hello(1, Some(3))) {
         (3, FromControlPlane::Welcome(w)) => assert_eq!(w.protocol_version, 3),
         other => panic!("{other:?}"),
     }
-    // A version-2 build (the Python client, the previous release): version 2.
+    // A version-2 build (the Python client): version 2.
     match handshake(&at.base, hello(1, Some(2))) {
         (2, FromControlPlane::Welcome(w)) => assert_eq!(w.protocol_version, 2),
         other => panic!("{other:?}"),
@@ -200,11 +214,11 @@ fn the_handshake_agrees_on_the_newest_shared_version_or_names_both_ranges() {
         (1, FromControlPlane::Welcome(w)) => assert_eq!(w.protocol_version, 1),
         other => panic!("{other:?}"),
     }
-    // A future peer that dropped versions 1 to 3: refused, naming both ranges.
-    match handshake(&at.base, hello(4, Some(5))) {
+    // A future peer that dropped versions 1 to 4: refused, naming both ranges.
+    match handshake(&at.base, hello(5, Some(6))) {
         (_, FromControlPlane::Refused { reason }) => {
             assert!(
-                reason.contains("1 to 3") && reason.contains("4 to 5"),
+                reason.contains("1 to 4") && reason.contains("5 to 6"),
                 "{reason}"
             )
         }
@@ -357,7 +371,7 @@ fn a_client_lists_what_the_cluster_serves_with_docs_and_signatures() {
                 matches!(&listed, Err(fastworker_client::ClientError::Unsupported(m)) if m.contains("version 2")),
                 "{listed:?}"
             ),
-            Build::Current => {
+            Build::LastRelease | Build::Current => {
                 let tasks = listed.expect("the current control plane lists its tasks");
                 let add = tasks
                     .iter()

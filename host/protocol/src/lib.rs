@@ -5,7 +5,8 @@
 //! A message is a ZeroMQ multipart message. Frame 0 is the header: the bytes `F` `W`,
 //! one byte naming the version it is written in, then the message: bincode 1 in
 //! version 1 (fixed-width little-endian integers, u64 lengths, u32 enum tags), JSON
-//! in version 2, MessagePack with field names in version 3 ([`PROTOCOL_VERSION`]).
+//! in version 2, MessagePack with field names in version 3, MessagePack with fields
+//! by position in version 4 ([`PROTOCOL_VERSION`]).
 //! Task payloads and result values are *not* in the header: each travels untouched in
 //! a frame of its own after it, in the order the header lists them, so the control
 //! plane never decodes or re-encodes task data.
@@ -37,9 +38,10 @@ pub use ids::{LeaseToken, TaskId, WorkerId, WorkerSecret};
 pub use messages::*;
 pub use task_error::{ErrorKind, TaskError};
 
-/// The newest protocol version this build speaks (version 3: MessagePack headers;
-/// version 2 has JSON headers, version 1 bincode).
-pub const PROTOCOL_VERSION: u8 = 3;
+/// The newest protocol version this build speaks (version 4: MessagePack headers with
+/// fields by position; version 3 has MessagePack with field names, version 2 JSON,
+/// version 1 bincode).
+pub const PROTOCOL_VERSION: u8 = 4;
 
 /// The oldest protocol version this build speaks (version 1: bincode headers, the
 /// first authenticated version). Anything older is refused, naming this one.
