@@ -240,6 +240,25 @@ fn the_handshake_agrees_on_the_newest_shared_version_or_names_both_ranges() {
     cp.kill();
 }
 
+/// A process held on an older version names the versions it speaks when it refuses a
+/// newer header, not the versions of the build it runs.
+#[test]
+fn a_control_plane_held_on_version_3_refuses_a_version_4_header_naming_its_own_range() {
+    let dir = mytasks_dir();
+    let at = Cluster::new();
+    let mut cp = at.control_plane(&dir, Build::LastRelease, "cp", &[]);
+    let hello = ToControlPlane::Hello(Hello::new(PeerKind::Client, "probe"));
+    match handshake(&at.base, protocol::encode_as(4, &hello).expect("encodes")) {
+        (_, FromControlPlane::Refused { reason }) => assert!(
+            reason.contains("protocol version 4 is not supported")
+                && reason.contains("versions 1 to 3;"),
+            "{reason}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    cp.kill();
+}
+
 /// `add(i, 100000)`, with an id chosen here so a resubmission is the same task.
 fn add(i: i64) -> TaskEnvelope {
     TaskEnvelope::new(

@@ -394,6 +394,8 @@ pub struct Registration {
     /// its own, starts them in priority order as slots free up, reads `Assigns` and
     /// reports `Report`. Set only toward a control plane whose `Welcome` has the
     /// feature `prefetch`. Since version 2.
+    /// Last in the struct, and must stay last: left out when false, it would shift any
+    /// field after it in version 4's arrays (docs/PROTOCOL.md §0.4).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub prefetch: bool,
 }
@@ -592,6 +594,8 @@ pub enum ToControlPlane {
         /// Tasks it hands back without having started them (its slots are stuck on
         /// long tasks, it is draining, or it was paused): the control plane queues
         /// them again in their places, for any worker.
+        /// Last in the variant, and must stay last: left out when empty, it would
+        /// shift any field after it in version 4's arrays (docs/PROTOCOL.md §0.4).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         returned: Vec<TaskId>,
     },

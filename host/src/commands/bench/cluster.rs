@@ -136,21 +136,11 @@ pub fn usage(pid: u32) -> Usage {
     }
 }
 
-/// What one thread has spent so far.
-#[derive(Debug, Clone, Copy, Default)]
-struct ThreadSpent {
-    /// Context switches, voluntary and not. Each hand-off of a message between
-    /// threads or processes costs one at least, whatever the machine's speed: a steady
-    /// count where timings are noisy.
-    switches: u64,
-    /// Time on a CPU, ns (the scheduler's own count, `schedstat`: finer than the
-    /// clock ticks of `stat`).
-    cpu_ns: u64,
-}
-
-/// What each thread of `pid` has spent so far, by thread id (none when it cannot be
-/// read).
-fn threads_spent(pid: u32) -> HashMap<u32, ThreadSpent> {
+/// Context switches of each thread of `pid` so far, voluntary and not, by thread id
+/// (none when they cannot be read). Each hand-off of a message between threads or
+/// processes costs one at least, whatever the machine's speed: a steady count where
+/// timings are noisy.
+fn context_switches(pid: u32) -> HashMap<u32, u64> {
     let Ok(threads) = fs::read_dir(format!("/proc/{pid}/task")) else {
         return HashMap::new();
     };
@@ -167,20 +157,42 @@ fn threads_spent(pid: u32) -> HashMap<u32, ThreadSpent> {
                 })
                 .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
                 .sum::<u64>();
-            let cpu_ns = fs::read_to_string(thread.path().join("schedstat"))
-                .ok()
-                .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-                .unwrap_or(0);
-            Some((tid, ThreadSpent { switches, cpu_ns }))
+            Some((tid, switches))
         })
         .collect()
 }
 
-/// What a named process has spent so far, thread by thread.
+/// CPU time of `pid` so far, in ns: its CPU clock (every thread's, ended ones too, up
+/// to date, in ns), else the clock ticks of `/proc/PID/stat`.
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(pid_t) = libc::pid_t::try_from(pid) else {
+        return 0;
+    };
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: clock_getcpuclockid writes one clockid_t through the pointer, which
+    // points to a local of that type.
+    let found = unsafe { libc::clock_getcpuclockid(pid_t, &mut clock) } == 0;
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through the pointer, which points to a
+    // local of that type.
+    if found && unsafe { libc::clock_gettime(clock, &mut now) } == 0 {
+        return (now.tv_sec as u64)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(now.tv_nsec as u64);
+    }
+    (usage(pid).cpu_secs * 1e9) as u64
+}
+
+/// What a named process has spent so far.
 #[derive(Debug, Clone)]
 pub struct Spent {
     name: String,
-    threads: HashMap<u32, ThreadSpent>,
+    /// Context switches, thread by thread.
+    switches: HashMap<u32, u64>,
+    cpu_ns: u64,
 }
 
 /// What each named process has spent so far.
@@ -189,7 +201,8 @@ pub fn spent(processes: &[(String, u32)]) -> Vec<Spent> {
         .iter()
         .map(|(name, pid)| Spent {
             name: name.clone(),
-            threads: threads_spent(*pid),
+            switches: context_switches(*pid),
+            cpu_ns: cpu_ns(*pid),
         })
         .collect()
 }
@@ -207,29 +220,26 @@ pub struct PerRoundTrip {
 }
 
 /// What each process spent per round trip, from what it had spent before and after
-/// `round_trips` of them. Counted per thread, so a thread that ends meanwhile takes
-/// only its own share away, not its whole life's count (one that starts counts all of
-/// its own).
+/// `round_trips` of them. Switches are counted per thread, so a thread that ends
+/// meanwhile takes only its own share away, not its whole life's count (one that
+/// starts counts all of its own).
 pub fn per_round_trip(before: &[Spent], after: &[Spent], round_trips: usize) -> Vec<PerRoundTrip> {
     let n = round_trips.max(1) as f64;
     before
         .iter()
         .zip(after)
         .map(|(before, after)| {
-            let during = after
-                .threads
+            let switches: u64 = after
+                .switches
                 .iter()
-                .fold(ThreadSpent::default(), |sum, (tid, now)| {
-                    let then = before.threads.get(tid).copied().unwrap_or_default();
-                    ThreadSpent {
-                        switches: sum.switches + now.switches.saturating_sub(then.switches),
-                        cpu_ns: sum.cpu_ns + now.cpu_ns.saturating_sub(then.cpu_ns),
-                    }
-                });
+                .map(|(tid, now)| {
+                    now.saturating_sub(before.switches.get(tid).copied().unwrap_or(0))
+                })
+                .sum();
             PerRoundTrip {
                 name: before.name.clone(),
-                switches: during.switches as f64 / n,
-                cpu_us: during.cpu_ns as f64 / 1e3 / n,
+                switches: switches as f64 / n,
+                cpu_us: after.cpu_ns.saturating_sub(before.cpu_ns) as f64 / 1e3 / n,
             }
         })
         .collect()
