@@ -587,20 +587,21 @@ fn report(
             .collect::<Vec<_>>()
             .join(", ")
     };
-    text.push_str(&format!(
-        "context switches per round trip: fastworker {:.1} ({}), the relay {:.1} ({})\n",
-        total(&main.per_rtt, switches),
-        listed(&main.per_rtt, switches),
-        total(&relay.per_rtt, switches),
-        listed(&relay.per_rtt, switches)
-    ));
-    text.push_str(&format!(
-        "CPU µs per round trip: fastworker {:.1} ({}), the relay {:.1} ({})\n",
-        total(&main.per_rtt, cpu_us),
-        listed(&main.per_rtt, cpu_us),
-        total(&relay.per_rtt, cpu_us),
-        listed(&relay.per_rtt, cpu_us)
-    ));
+    for (what, of) in [
+        (
+            "context switches",
+            switches as fn(&cluster::PerRoundTrip) -> f64,
+        ),
+        ("CPU µs", cpu_us),
+    ] {
+        text.push_str(&format!(
+            "{what} per round trip: fastworker {:.1} ({}), the relay {:.1} ({})\n",
+            total(&main.per_rtt, of),
+            listed(&main.per_rtt, of),
+            total(&relay.per_rtt, of),
+            listed(&relay.per_rtt, of)
+        ));
+    }
     crate::commands::emit(text.as_bytes());
     Ok(())
 }
