@@ -19,7 +19,6 @@
 //! thread.
 
 use std::{
-    collections::HashMap,
     panic::{catch_unwind, AssertUnwindSafe},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -32,6 +31,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::{
+    fast_map::{FastMap, TaskMap},
     plugin::{call::call_task, CallContext},
     protocol::{
         now_ms, AttemptResult, LeaseToken, RunningClaim, TaskEnvelope, TaskId, TaskOutcome,
@@ -70,12 +70,12 @@ struct Running {
 #[derive(Clone)]
 pub struct Executor {
     registry: SharedRegistry,
-    running: Arc<Mutex<HashMap<TaskId, Running>>>,
-    overdue: Arc<Mutex<HashMap<TaskId, Instant>>>,
+    running: Arc<Mutex<TaskMap<Running>>>,
+    overdue: Arc<Mutex<TaskMap<Instant>>>,
     outcomes: mpsc::UnboundedSender<TaskOutcome>,
     calls: CallPool,
     /// Each task name's recent mean plugin call time.
-    run_times: Arc<Mutex<HashMap<String, RunTime>>>,
+    run_times: Arc<Mutex<FastMap<String, RunTime>>>,
     slots: Arc<Mutex<Slots>>,
     concurrency: usize,
     /// Watches the running tasks' deadlines.
@@ -152,11 +152,11 @@ impl Executor {
             });
         Ok(Executor {
             registry,
-            running: Arc::new(Mutex::new(HashMap::new())),
-            overdue: Arc::new(Mutex::new(HashMap::new())),
+            running: Arc::new(Mutex::new(TaskMap::default())),
+            overdue: Arc::new(Mutex::new(TaskMap::default())),
             outcomes,
             calls: CallPool::new(MAX_CALL_THREADS),
-            run_times: Arc::new(Mutex::new(HashMap::new())),
+            run_times: Arc::new(Mutex::new(FastMap::default())),
             slots: Arc::new(Mutex::new(Slots::default())),
             concurrency: concurrency.max(1),
             deadlines: Deadlines::start()?,

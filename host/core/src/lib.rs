@@ -22,6 +22,7 @@ pub mod child;
 pub mod control_plane;
 pub mod error;
 pub mod executor;
+pub mod fast_map;
 pub mod plugin;
 pub mod probe;
 pub mod shutdown;

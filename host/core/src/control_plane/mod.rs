@@ -34,19 +34,8 @@ pub mod timeline;
 pub mod wire;
 pub mod workers;
 
-/// Maps and sets on every task's path, keyed by task id, task name, worker id or
-/// connection (the tasks, the queues, the worker table, the dashboard's counts):
-/// foldhash, seeded per process so keys a client picks cannot be aimed at one bucket,
-/// instead of SipHash, which was a few percent of the control plane's time under load
-/// (`perf`) and about a tenth of the dispatcher's instructions (callgrind,
-/// `cargo bench --bench dispatcher`).
-pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-/// See [`FastMap`].
-pub type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
-/// A [`FastMap`] keyed by task id.
-pub(crate) type TaskMap<V> = FastMap<crate::protocol::TaskId, V>;
-/// A [`FastSet`] of task ids.
-pub(crate) type TaskSet = FastSet<crate::protocol::TaskId>;
+pub use crate::fast_map::{FastMap, FastSet};
+pub(crate) use crate::fast_map::{TaskMap, TaskSet};
 
 /// A task spec for tests: no retries, 1 s first delay, x2 backoff, 10 s cap.
 #[cfg(test)]

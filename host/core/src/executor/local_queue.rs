@@ -5,7 +5,7 @@
 //! of them. Those wait here and start in priority order (then in the order they came),
 //! so a critical task handed out behind a queue of low ones starts first.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use crate::protocol::{LeaseToken, Priority, TaskEnvelope, TaskId};
 
@@ -25,7 +25,7 @@ pub(crate) struct Waiting {
 #[derive(Debug, Default)]
 pub(crate) struct LocalQueue {
     order: BTreeMap<(Priority, u64), Waiting>,
-    by_id: HashMap<TaskId, (Priority, u64)>,
+    by_id: crate::fast_map::TaskMap<(Priority, u64)>,
     next_seq: u64,
 }
 

@@ -5,7 +5,7 @@
 //! (and so the old version's code, which stays mapped).
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -60,7 +60,7 @@ impl TaskHandle {
 #[derive(Clone, Default)]
 pub struct PluginRegistry {
     plugins: BTreeMap<PathBuf, Arc<LoadedPlugin>>,
-    tasks: HashMap<String, TaskHandle>,
+    tasks: crate::fast_map::FastMap<String, TaskHandle>,
 }
 
 /// The key a source file is known by: its canonical path when it exists, else its
