@@ -46,11 +46,7 @@ impl Build {
     fn command(self, dir: &TestDir) -> std::process::Command {
         match (self, std::env::var_os("FASTWORKER_PREVIOUS_BIN")) {
             (Build::Current, _) => dir.fastworker(),
-            (Build::LastRelease, _) => {
-                let mut cmd = dir.fastworker();
-                cmd.env("FASTWORKER_PROTOCOL_MAX", "3");
-                cmd
-            }
+            (Build::LastRelease, _) => held_on(dir, 3),
             (Build::Previous, Some(binary)) => {
                 // A previous release loads plugins built against its own SDK: its
                 // `mytasks` was built beside its binary, and bare names find it here.
@@ -66,13 +62,16 @@ impl Build {
                 cmd.env("FASTWORKER_PLUGIN_DIR", plugins);
                 cmd
             }
-            (Build::Previous, None) => {
-                let mut cmd = dir.fastworker();
-                cmd.env("FASTWORKER_PROTOCOL_MAX", "1");
-                cmd
-            }
+            (Build::Previous, None) => held_on(dir, 1),
         }
     }
+}
+
+/// This build, held on protocol `version` (as a build of that version speaks).
+fn held_on(dir: &TestDir, version: u8) -> std::process::Command {
+    let mut cmd = dir.fastworker();
+    cmd.env("FASTWORKER_PROTOCOL_MAX", version.to_string());
+    cmd
 }
 
 struct Cluster {

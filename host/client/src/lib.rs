@@ -126,6 +126,19 @@ struct Shared {
 /// A message queued for the connection task, with the epoch it was queued in.
 type Outgoing = (u64, Vec<Bytes>);
 
+impl Shared {
+    /// Nothing pending, first epoch, the oldest version until a `Welcome` says.
+    fn new() -> Self {
+        Shared {
+            next_request: AtomicU64::new(1),
+            pending: Mutex::new(HashMap::new()),
+            waiting: Mutex::new(HashMap::new()),
+            epoch: AtomicU64::new(0),
+            version: AtomicU8::new(protocol::MIN_PROTOCOL_VERSION),
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -184,13 +197,7 @@ impl Client {
         config: &TransportConfig,
     ) -> Result<Client, ClientError> {
         let conn = transport::connect(address, timeout, config).await?;
-        let shared = Arc::new(Shared {
-            next_request: AtomicU64::new(1),
-            pending: Mutex::new(HashMap::new()),
-            waiting: Mutex::new(HashMap::new()),
-            epoch: AtomicU64::new(0),
-            version: AtomicU8::new(protocol::MIN_PROTOCOL_VERSION),
-        });
+        let shared = Arc::new(Shared::new());
         let mut hello = Hello::new(PeerKind::Client, format!("client-{}", std::process::id()));
         // This client reads `Results`: the control plane may group the results it pushes.
         // A task it submits and waits for is answered by its result: no `Accepted`.
@@ -940,13 +947,7 @@ mod tests {
     /// would be rescheduled, and another worker woken to run it.
     #[test]
     fn a_request_given_up_does_not_wake_the_task_that_waited_for_it() {
-        let shared = Shared {
-            next_request: AtomicU64::new(1),
-            pending: Mutex::new(HashMap::new()),
-            waiting: Mutex::new(HashMap::new()),
-            epoch: AtomicU64::new(0),
-            version: AtomicU8::new(protocol::MIN_PROTOCOL_VERSION),
-        };
+        let shared = Shared::new();
         let (tx, answer) = oneshot::channel();
         lock(&shared.pending).insert(7, tx);
         let mut request = Request {

@@ -154,8 +154,9 @@ pub fn encode<M: Message>(msg: &M) -> Result<Vec<Bytes>, ProtocolError> {
     encode_as(crate::max_version(), msg)
 }
 
-/// What a header's buffer starts with: a lone task's or result's header fits (a
-/// version 4 `Assigns` of one task is about 110 bytes), a batch's grows it.
+/// What a header's buffer starts with: a lone task's or result's header fits (the
+/// example `Assign` of one task is 81 bytes in version 4, 272 in version 3), a
+/// batch's grows it.
 const HEADER_CAPACITY: usize = 256;
 
 /// Encodes `msg` as frames in protocol `version`: the header, then one frame per

@@ -457,12 +457,11 @@ fn report(
         .find(|(n, _)| n == "relay, 64 B")
         .map(|(_, r)| r.clone())
         .context("no relay floor")?;
-    let switches = |p: &cluster::PerRoundTrip| p.switches;
-    let cpu_us = |p: &cluster::PerRoundTrip| p.cpu_us;
-    let total = |per: &[cluster::PerRoundTrip], of: fn(&cluster::PerRoundTrip) -> f64| {
-        per.iter().map(of).sum::<f64>()
-    };
-    let by_process = |per: &[cluster::PerRoundTrip], of: fn(&cluster::PerRoundTrip) -> f64| {
+    type Of = fn(&cluster::PerRoundTrip) -> f64;
+    let switches: Of = |p| p.switches;
+    let cpu_us: Of = |p| p.cpu_us;
+    let total = |per: &[cluster::PerRoundTrip], of: Of| per.iter().map(of).sum::<f64>();
+    let by_process = |per: &[cluster::PerRoundTrip], of: Of| {
         per.iter()
             .map(|p| (p.name.clone(), json!(of(p))))
             .collect::<serde_json::Map<String, Value>>()
@@ -581,19 +580,13 @@ fn report(
         rtt_p50 / relay.rtt_p50_ms,
         throughput / relay.msgs_per_s
     ));
-    let listed = |per: &[cluster::PerRoundTrip], of: fn(&cluster::PerRoundTrip) -> f64| {
+    let listed = |per: &[cluster::PerRoundTrip], of: Of| {
         per.iter()
             .map(|p| format!("{} {:.1}", p.name, of(p)))
             .collect::<Vec<_>>()
             .join(", ")
     };
-    for (what, of) in [
-        (
-            "context switches",
-            switches as fn(&cluster::PerRoundTrip) -> f64,
-        ),
-        ("CPU µs", cpu_us),
-    ] {
+    for (what, of) in [("context switches", switches), ("CPU µs", cpu_us)] {
         text.push_str(&format!(
             "{what} per round trip: fastworker {:.1} ({}), the relay {:.1} ({})\n",
             total(&main.per_rtt, of),
