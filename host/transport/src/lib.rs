@@ -38,7 +38,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     front::{lock, Front, Open, MAX_UNESTABLISHED_MESSAGE},
-    stream::{MessageReader, MessageWriter, StreamError},
+    stream::{MessageReader, MessageWriter, StreamError, TrySend},
     zmtp::SocketType,
 };
 
@@ -164,14 +164,42 @@ enum Outgoing {
     Open(auth::Sealer),
     /// Encode on the writer task (`None`: nothing to send), then send like `Send`.
     Encode(Box<dyn FnOnce() -> Option<Vec<Bytes>> + Send>),
+    /// Finish the message the sender began writing itself ([`Outbox::write_now`]).
+    Finish,
     /// Answer once everything queued before has been handed to the socket.
     Flushed(tokio::sync::oneshot::Sender<()>),
 }
 
-/// A peer's writer queue, and how many messages wait in it.
+/// A peer's writer queue, how many messages wait in it, and its socket.
 struct Route {
     queue: mpsc::UnboundedSender<Outgoing>,
+    /// Messages queued and not yet written (counted down by the writer task once the
+    /// socket took the message, under the wire's lock).
     queued: Arc<std::sync::atomic::AtomicUsize>,
+    wire: Arc<tokio::sync::Mutex<Wire>>,
+}
+
+/// A peer's socket, written by its writer task or, when nothing waits for it, by the
+/// sender itself ([`Outbox::send_encoded`]).
+struct Wire {
+    writer: MessageWriter,
+    /// Seals what the peer is sent, once its handshake succeeded (with a key).
+    sealer: Option<auth::Sealer>,
+    keyed: bool,
+}
+
+impl Wire {
+    /// `frames` sealed for the peer; `None` (dropped) when it has a key and no session.
+    fn seal(&mut self, mut frames: Vec<Bytes>) -> Option<Vec<Bytes>> {
+        if self.keyed {
+            let Some(sealer) = self.sealer.as_mut() else {
+                debug!("no session with this peer (never authenticated): message dropped");
+                return None;
+            };
+            sealer.seal(&mut frames);
+        }
+        Some(frames)
+    }
 }
 
 /// Sends messages to a server's peers, each through its own writer task (so a peer
@@ -217,9 +245,62 @@ impl Outbox {
         }
     }
 
-    /// Queues `frames` for `peer`.
+    /// Sends `frames` to `peer`: at once when nothing waits for it, else queued.
     pub fn send(&self, peer: &PeerId, frames: Vec<Bytes>) {
-        self.route(peer, Outgoing::Send(frames));
+        if let Err(frames) = self.write_now(peer, move || Some(frames)) {
+            if let Some(frames) = frames() {
+                self.route(peer, Outgoing::Send(frames));
+            }
+        }
+    }
+
+    /// Writes the message `make` builds to `peer`'s socket from the caller's thread,
+    /// when nothing is queued for it and its writer is idle: no hand-off to the
+    /// writer task (a task wake-up and a poll per message, on every round trip). What
+    /// the socket does not take at once is finished by the writer task. `Err(make)`,
+    /// not called, when the message must be queued instead.
+    fn write_now<F>(&self, peer: &PeerId, make: F) -> Result<(), F>
+    where
+        F: FnOnce() -> Option<Vec<Bytes>>,
+    {
+        use std::sync::atomic::Ordering;
+        let (wire, queued, queue) = match lock(&self.routes).get(peer) {
+            Some(route) if route.queued.load(Ordering::Acquire) == 0 => (
+                route.wire.clone(),
+                route.queued.clone(),
+                route.queue.clone(),
+            ),
+            _ => return Err(make),
+        };
+        let Ok(mut wire) = wire.try_lock() else {
+            return Err(make);
+        };
+        // Checked again under the lock: the writer counts a message down only once
+        // the socket took it, under this lock, so none is half sent or waiting.
+        if queued.load(Ordering::Acquire) != 0 {
+            return Err(make);
+        }
+        let Some(frames) = make().and_then(|frames| wire.seal(frames)) else {
+            return Ok(());
+        };
+        if frames.is_empty() {
+            return Ok(());
+        }
+        match wire.writer.try_send(&frames) {
+            Ok(TrySend::Sent) => {}
+            Ok(TrySend::Pending) => {
+                // The writer task finishes it before anything queued after it.
+                queued.fetch_add(1, Ordering::AcqRel);
+                if queue.send(Outgoing::Finish).is_err() {
+                    self.front.peers.disconnect(peer);
+                }
+            }
+            Err(err) => {
+                debug!("a send to a peer failed ({err}): its connection is closed");
+                self.front.peers.disconnect(peer);
+            }
+        }
+        Ok(())
     }
 
     /// Sends `frames` unsealed to a peer that did not authenticate, then closes its
@@ -230,13 +311,27 @@ impl Outbox {
 
     /// Queues a message for `peer` that `encode` turns into frames on the peer's
     /// writer task (so the caller neither encodes nor hands the message to a task of
-    /// its own first); `None` from `encode` sends nothing.
+    /// its own first); `None` from `encode` sends nothing. For a caller under load,
+    /// which goes on while the writer sends.
     pub fn send_encoded(
         &self,
         peer: &PeerId,
         encode: impl FnOnce() -> Option<Vec<Bytes>> + Send + 'static,
     ) {
         self.route(peer, Outgoing::Encode(Box::new(encode)));
+    }
+
+    /// Like [`Outbox::send_encoded`], but when nothing waits for `peer` and its writer
+    /// is idle, encodes and writes here and now: no hand-off to the writer task (a
+    /// task wake-up and a poll, on the path of every round trip). For a lone message.
+    pub fn send_encoded_at_once(
+        &self,
+        peer: &PeerId,
+        encode: impl FnOnce() -> Option<Vec<Bytes>> + Send + 'static,
+    ) {
+        if let Err(encode) = self.write_now(peer, encode) {
+            self.route(peer, Outgoing::Encode(Box::new(encode)));
+        }
     }
 
     /// Waits (at most `limit`) until everything queued before this call, to every
@@ -246,6 +341,10 @@ impl Outbox {
             .values()
             .filter_map(|route| {
                 let (done, flushed) = tokio::sync::oneshot::channel();
+                // Counted like any message: the writer counts every one down.
+                route
+                    .queued
+                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 route
                     .queue
                     .send(Outgoing::Flushed(done))
@@ -270,11 +369,17 @@ impl Outbox {
     fn attach(&self, peer: PeerId, writer: MessageWriter, open: Open, keyed: bool) {
         let (queue, receiver) = mpsc::unbounded_channel();
         let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let wire = Arc::new(tokio::sync::Mutex::new(Wire {
+            writer,
+            sealer: None,
+            keyed,
+        }));
         lock(&self.routes).insert(
             peer.clone(),
             Route {
                 queue,
                 queued: queued.clone(),
+                wire: wire.clone(),
             },
         );
         let writing = Writing {
@@ -283,7 +388,7 @@ impl Outbox {
             queued,
             _open: open,
         };
-        tokio::spawn(write_peer(writing, writer, receiver, keyed));
+        tokio::spawn(write_peer(writing, wire, receiver));
     }
 
     /// `peer` is gone: its writer sends what is queued (if it can) and ends.
@@ -629,9 +734,8 @@ impl Drop for Leaving {
 /// nothing), closes the connection; what is still queued is dropped.
 async fn write_peer(
     writing: Writing,
-    mut writer: MessageWriter,
+    wire: Arc<tokio::sync::Mutex<Wire>>,
     mut queue: mpsc::UnboundedReceiver<Outgoing>,
-    keyed: bool,
 ) {
     let Writing {
         ref peer,
@@ -639,63 +743,75 @@ async fn write_peer(
         ref queued,
         ..
     } = writing;
-    let mut sealer: Option<auth::Sealer> = None;
     while let Some(out) = queue.recv().await {
+        let mut wire = wire.lock().await;
+        let sent = write_one(peer, front, &mut wire, out).await;
+        // Under the lock: a sender that finds nothing queued finds the socket idle.
         queued.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-        let (mut frames, close, seal) = match out {
-            Outgoing::Open(session) => {
-                sealer = Some(session);
-                continue;
-            }
-            Outgoing::Flushed(done) => {
-                let _ = done.send(());
-                continue;
-            }
-            Outgoing::Raw(frames, close) => (frames, close, false),
-            Outgoing::Send(frames) => (frames, false, true),
-            Outgoing::Encode(encode) => match encode() {
-                Some(frames) => (frames, false, true),
-                None => continue,
-            },
-        };
-        if frames.is_empty() {
-            continue;
-        }
-        if seal && keyed {
-            let Some(sealer) = sealer.as_mut() else {
-                debug!("no session with this peer (never authenticated): message dropped");
-                continue;
-            };
-            sealer.seal(&mut frames);
-        }
-        if close {
-            // Let the refusal reach the peer before its connection is closed.
-            let front = front.clone();
-            let closing = peer.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                front.peers.disconnect(&closing);
-            });
-        }
-        match writer.send_within(&frames, SEND_TIMEOUT).await {
-            Ok(()) => {}
-            Err(err) if err.kind() == std::io::ErrorKind::TimedOut => {
+        drop(wire);
+        if let Err(err) = sent {
+            if err.kind() == std::io::ErrorKind::TimedOut {
                 front.warn_peer(
                     front.peers.source(peer),
                     "stalled",
                     &format!("closed a connection that read nothing for {SEND_TIMEOUT:?}"),
                 );
-                front.peers.disconnect(peer);
-                return;
-            }
-            Err(err) => {
+            } else {
                 // It reset or closed (its reader task reports it gone).
                 debug!("a send to a peer failed ({err}): its connection is closed");
-                front.peers.disconnect(peer);
-                return;
             }
+            front.peers.disconnect(peer);
+            return;
         }
     }
+}
+
+/// Does what `out` asks on the peer's socket: first finishes a message its sender
+/// began ([`Outbox::write_now`]).
+async fn write_one(
+    peer: &PeerId,
+    front: &Arc<Front>,
+    wire: &mut Wire,
+    out: Outgoing,
+) -> std::io::Result<()> {
+    wire.writer.finish_within(SEND_TIMEOUT).await?;
+    let (frames, close, seal) = match out {
+        Outgoing::Open(session) => {
+            wire.sealer = Some(session);
+            return Ok(());
+        }
+        Outgoing::Flushed(done) => {
+            let _ = done.send(());
+            return Ok(());
+        }
+        Outgoing::Finish => return Ok(()),
+        Outgoing::Raw(frames, close) => (frames, close, false),
+        Outgoing::Send(frames) => (frames, false, true),
+        Outgoing::Encode(encode) => match encode() {
+            Some(frames) => (frames, false, true),
+            None => return Ok(()),
+        },
+    };
+    let frames = match seal {
+        true => match wire.seal(frames) {
+            Some(frames) => frames,
+            None => return Ok(()),
+        },
+        false => frames,
+    };
+    if frames.is_empty() {
+        return Ok(());
+    }
+    if close {
+        // Let the refusal reach the peer before its connection is closed.
+        let front = front.clone();
+        let closing = peer.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            front.peers.disconnect(&closing);
+        });
+    }
+    wire.writer.send_within(&frames, SEND_TIMEOUT).await
 }
 
 /// The sending half of a [`Connection`].
@@ -847,5 +963,77 @@ async fn authenticate(
         }),
         Some(auth::Handshake::Refuse(reason)) => Err(refused(reason)),
         _ => Err(unexpected("no answer to the proof")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `server` hears next, within a bound.
+    async fn next_event(server: &mut Server) -> ServerEvent {
+        tokio::time::timeout(Duration::from_secs(10), server.events.recv())
+            .await
+            .expect("an event within 10 s")
+            .expect("the server is up")
+    }
+
+    /// A server sends to an idle peer itself and queues behind a message the socket
+    /// could not take at once: with and without the cluster key (sealed either way),
+    /// the peer reads every message whole and in the order it was sent.
+    #[tokio::test]
+    async fn messages_sent_at_once_or_queued_behind_a_large_one_arrive_whole_and_in_order() {
+        for key in [
+            None,
+            Some(auth::ClusterKey::parse(&auth::ClusterKey::generate_hex()).unwrap()),
+        ] {
+            let config = TransportConfig::default().with_key(key);
+            let mut server = bind(&["tcp://127.0.0.1:0".to_string()], &config)
+                .await
+                .unwrap();
+            let mut conn = connect(&server.endpoints[0], Duration::from_secs(10), &config)
+                .await
+                .unwrap();
+            conn.sender
+                .send(vec![Bytes::from_static(b"hello")])
+                .await
+                .unwrap();
+            let peer = match next_event(&mut server).await {
+                ServerEvent::Message { peer, frames } => {
+                    assert_eq!(frames, vec![Bytes::from_static(b"hello")]);
+                    peer
+                }
+                other => panic!("{other:?}"),
+            };
+            let numbered = |i: u32| vec![Bytes::from(i.to_be_bytes().to_vec())];
+            // Nothing waits for the peer: sent by the caller itself.
+            server.outbox.send(&peer, numbered(0));
+            assert_eq!(conn.receiver.recv().await.unwrap(), numbered(0));
+            // The peer reads nothing while a message far larger than the socket's
+            // buffers goes, and many after it, by both ways of sending.
+            let large = vec![Bytes::from(vec![7u8; 24 << 20])];
+            server.outbox.send(&peer, large.clone());
+            for i in 1..=200u32 {
+                match i % 3 {
+                    0 => server.outbox.send(&peer, numbered(i)),
+                    1 => server.outbox.send_encoded(&peer, move || Some(numbered(i))),
+                    _ => server
+                        .outbox
+                        .send_encoded_at_once(&peer, move || Some(numbered(i))),
+                }
+            }
+            let received = tokio::time::timeout(Duration::from_secs(20), conn.receiver.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(received == large, "the large message arrives whole, first");
+            for i in 1..=200u32 {
+                assert_eq!(conn.receiver.recv().await.unwrap(), numbered(i));
+            }
+            // Everything written: the next message goes at once again, and arrives.
+            server.outbox.flush(Duration::from_secs(5)).await;
+            server.outbox.send(&peer, numbered(201));
+            assert_eq!(conn.receiver.recv().await.unwrap(), numbered(201));
+        }
     }
 }

@@ -79,6 +79,19 @@ impl MessageReader {
 pub struct MessageWriter {
     write: OwnedWriteHalf,
     buf: BytesMut,
+    /// How much of `buf` the socket has taken: a message is pending while it is short
+    /// of `buf.len()`.
+    written: usize,
+}
+
+/// What [`MessageWriter::try_send`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrySend {
+    /// The socket took the whole message.
+    Sent,
+    /// The socket took part of it, or nothing: the rest is pending, for
+    /// [`MessageWriter::finish_within`].
+    Pending,
 }
 
 impl MessageWriter {
@@ -92,17 +105,47 @@ impl MessageWriter {
     /// takes nothing for `stall` (a large message to a slow reader takes as long as
     /// it needs while it moves). After an error the connection must be closed.
     pub async fn send_within(&mut self, frames: &[Bytes], stall: Duration) -> io::Result<()> {
-        self.buf.clear();
-        zmtp::encode_message(frames, &mut self.buf);
-        let mut written = 0;
+        self.begin(frames);
+        self.finish_within(stall).await
+    }
+
+    /// Hands one message to the socket without waiting: what the socket takes now
+    /// (the whole message, on an idle connection), the rest pending for
+    /// [`MessageWriter::finish_within`], which must be called before the next message.
+    /// No task and no wake-up between the caller and the socket. After an error the
+    /// connection must be closed.
+    pub fn try_send(&mut self, frames: &[Bytes]) -> io::Result<TrySend> {
+        self.begin(frames);
+        while self.written < self.buf.len() {
+            match self.write.try_write(&self.buf[self.written..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.written += n,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(TrySend::Pending),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
+        self.done();
+        Ok(TrySend::Sent)
+    }
+
+    /// Whether part of a message begun by [`MessageWriter::try_send`] waits to be
+    /// written.
+    pub fn is_pending(&self) -> bool {
+        self.written < self.buf.len()
+    }
+
+    /// Writes what is pending of the current message (nothing, when none is), failing
+    /// with [`io::ErrorKind::TimedOut`] when the socket takes nothing for `stall`.
+    pub async fn finish_within(&mut self, stall: Duration) -> io::Result<()> {
         let mut result = Ok(());
-        while written < self.buf.len() {
-            match tokio::time::timeout(stall, self.write.write(&self.buf[written..])).await {
+        while self.written < self.buf.len() {
+            match tokio::time::timeout(stall, self.write.write(&self.buf[self.written..])).await {
                 Ok(Ok(0)) => {
                     result = Err(io::ErrorKind::WriteZero.into());
                     break;
                 }
-                Ok(Ok(n)) => written += n,
+                Ok(Ok(n)) => self.written += n,
                 Ok(Err(err)) if err.kind() == io::ErrorKind::Interrupted => {}
                 Ok(Err(err)) => {
                     result = Err(err);
@@ -117,11 +160,29 @@ impl MessageWriter {
                 }
             }
         }
-        // A large message's buffer is not kept for the small ones after it.
+        self.done();
+        result
+    }
+
+    /// Encodes the next message into the buffer (nothing of it written yet).
+    fn begin(&mut self, frames: &[Bytes]) {
+        debug_assert!(
+            !self.is_pending(),
+            "a message begun before the last one ended"
+        );
+        self.buf.clear();
+        self.written = 0;
+        zmtp::encode_message(frames, &mut self.buf);
+    }
+
+    /// The current message is over (sent, or failed): a large message's buffer is not
+    /// kept for the small ones after it.
+    fn done(&mut self) {
+        self.buf.clear();
+        self.written = 0;
         if self.buf.capacity() > 4 * READ_CHUNK {
             self.buf = BytesMut::new();
         }
-        result
     }
 }
 
@@ -169,6 +230,7 @@ pub async fn handshake(
         MessageWriter {
             write,
             buf: BytesMut::new(),
+            written: 0,
         },
     ))
 }
@@ -200,6 +262,56 @@ mod tests {
         assert_eq!(router_in.next().await.unwrap(), message);
         router_out.send(&message[..1]).await.unwrap();
         assert_eq!(dealer_in.next().await.unwrap(), message[..1].to_vec());
+    }
+
+    #[tokio::test]
+    async fn try_send_hands_a_message_to_an_idle_socket_and_leaves_what_does_not_fit_pending() {
+        let (client, server) = pair().await;
+        let limit = 64 << 20;
+        let (dealer, router) = tokio::join!(
+            handshake(client, SocketType::Dealer, limit),
+            handshake(server, SocketType::Router, limit)
+        );
+        let (mut dealer_in, _dealer_out) = dealer.unwrap();
+        let (_router_in, mut router_out) = router.unwrap();
+        // The handshake's write made the socket known writable: a small message goes
+        // whole, at once.
+        let small = vec![Bytes::from_static(b"small")];
+        let mut sent = router_out.try_send(&small).unwrap();
+        for _ in 0..100 {
+            if sent == TrySend::Sent {
+                break;
+            }
+            router_out
+                .finish_within(Duration::from_secs(5))
+                .await
+                .unwrap();
+            sent = router_out.try_send(&small).unwrap();
+        }
+        assert_eq!(sent, TrySend::Sent);
+        assert!(!router_out.is_pending());
+        assert_eq!(dealer_in.next().await.unwrap(), small);
+        // Far more than loopback's socket buffers while nobody reads: part of it waits.
+        let large = vec![Bytes::from(vec![9u8; 32 << 20])];
+        assert_eq!(router_out.try_send(&large).unwrap(), TrySend::Pending);
+        assert!(router_out.is_pending());
+        let reading = tokio::spawn(async move {
+            let first = dealer_in.next().await.unwrap();
+            let second = dealer_in.next().await.unwrap();
+            (first, second)
+        });
+        router_out
+            .finish_within(Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert!(!router_out.is_pending());
+        router_out.send(&small).await.unwrap();
+        let (first, second) = tokio::time::timeout(Duration::from_secs(10), reading)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(first, large, "the message finished later arrives whole");
+        assert_eq!(second, small, "and before what was sent after it");
     }
 
     /// Our greeting and READY as a DEALER, for a peer written by hand.

@@ -27,7 +27,7 @@ use super::{
     commit::{CommitsDone, Committer},
     own_worker::{ChildCommand, ChildExit, Supervisor},
     store::{redb_store::RedbStore, Store},
-    wire::{self, Encoder, Inbound},
+    wire::{self, Delivery, Encoder, Inbound},
 };
 use crate::{
     protocol::{self, Announcement, FromControlPlane, TaskRecord, ToControlPlane, WorkerSecret},
@@ -116,12 +116,18 @@ pub fn subworker_endpoint(base: &str, port: u16) -> Option<String> {
 
 /// Sends `msg` to `peer` in the version it speaks; a `Welcome` sets that version.
 /// Not an `Accepted` the peer said it does not need.
-fn send(encoder: &Encoder, terms: &mut PeerTerms, peer: &PeerId, msg: FromControlPlane) {
+fn send(
+    encoder: &Encoder,
+    delivery: Delivery,
+    terms: &mut PeerTerms,
+    peer: &PeerId,
+    msg: FromControlPlane,
+) {
     if let FromControlPlane::Welcome(welcome) = &msg {
         terms.heard(peer, welcome.protocol_version);
     }
     if terms.wants(peer, &msg) {
-        encoder.send(peer, terms.version(peer), msg);
+        encoder.send(peer, terms.version(peer), msg, delivery);
     }
 }
 
@@ -257,6 +263,10 @@ pub async fn run(
     let grace = args.shutdown_grace;
 
     loop {
+        // A round that handled one message (or none: a timer) with none waiting after
+        // it writes what it produced itself; otherwise it is under load, and leaves
+        // the writing to the peers' writer tasks, beside it.
+        let mut delivery = Delivery::AtOnce;
         tokio::select! {
             event = inbound.recv() => {
                 let Some(event) = event else {
@@ -272,9 +282,15 @@ pub async fn run(
                         break;
                     }
                     match inbound.try_recv() {
-                        Ok(event) => handle_event(event, &mut dispatcher, &mut terms, &server.outbox),
+                        Ok(event) => {
+                            delivery = Delivery::Queued;
+                            handle_event(event, &mut dispatcher, &mut terms, &server.outbox);
+                        }
                         Err(_) => break,
                     }
+                }
+                if !inbound.is_empty() {
+                    delivery = Delivery::Queued;
                 }
             }
             event = discovery.events.recv() => match event {
@@ -324,7 +340,7 @@ pub async fn run(
             Some(written) = next_commit(&mut commits_done) => {
                 if let Some(committer) = committer.as_mut() {
                     let actions = committer.finish(&mut dispatcher, written);
-                    perform_all(actions, &encoder, &mut terms, &callback_config);
+                    perform_all(actions, &encoder, Delivery::Queued, &mut terms, &callback_config);
                 }
             }
             _ = announce.tick() => {
@@ -352,7 +368,7 @@ pub async fn run(
             }
         }
         let actions = releasable(&mut committer, &mut dispatcher);
-        perform_all(actions, &encoder, &mut terms, &callback_config);
+        perform_all(actions, &encoder, delivery, &mut terms, &callback_config);
         if let Some(http) = &http {
             http.hub.publish(dispatcher.drain_feed());
         }
@@ -401,7 +417,13 @@ pub async fn run(
                     (Some(committer), Some(done)) => committer.flush(&mut dispatcher, done).await,
                     _ => dispatcher.take_actions(),
                 };
-                perform_all(last, &encoder, &mut terms, &callback_config);
+                perform_all(
+                    last,
+                    &encoder,
+                    Delivery::Queued,
+                    &mut terms,
+                    &callback_config,
+                );
                 if committer.is_some() {
                     info!(
                         "kept {} queued, {} scheduled and {} running task(s) in the data directory for the next start",
@@ -513,6 +535,7 @@ fn handle_event(
 fn perform_all(
     actions: Vec<Action>,
     encoder: &Encoder,
+    delivery: Delivery,
     terms: &mut PeerTerms,
     callbacks: &TransportConfig,
 ) {
@@ -528,7 +551,7 @@ fn perform_all(
                     None => grouped.push((peer, vec![record])),
                 }
             }
-            Action::Send { peer, msg } => send(encoder, terms, &peer, msg),
+            Action::Send { peer, msg } => send(encoder, delivery, terms, &peer, msg),
             Action::Callback { callback, record } => {
                 tokio::spawn(deliver_callback(callback, record, callbacks.clone()));
             }
@@ -536,7 +559,7 @@ fn perform_all(
     }
     for (peer, records) in grouped {
         for msg in group_results(records) {
-            send(encoder, terms, &peer, msg);
+            send(encoder, delivery, terms, &peer, msg);
         }
     }
 }

@@ -1,11 +1,14 @@
 //! The control plane's wire stages, so the event loop, which every message passes
 //! through one at a time, neither decodes nor encodes (under load that was a fifth of
 //! its time, `perf`): messages are decoded on the transport's reader task
-//! ([`inbound`]) and encoded on its writer task ([`Encoder`]), each alongside the loop
-//! on the runtime's other thread, with no hand-off between tasks of their own.
+//! ([`inbound`]) and, under load, encoded on its writer task ([`Encoder`]), each
+//! alongside the loop on the runtime's other thread, with no hand-off between tasks of
+//! their own. A lone message is encoded and written by the loop itself
+//! ([`Delivery::AtOnce`]): on a round trip the hand-off to the writer cost more than
+//! the encoding.
 //!
-//! Each of those tasks is first in first out, so messages keep their order per peer
-//! (and across peers).
+//! Each of those tasks is first in first out, and the loop writes only to a peer with
+//! nothing queued, so messages keep their order per peer (and across peers).
 
 use tracing::{debug, warn};
 
@@ -44,7 +47,19 @@ pub fn inbound(event: ServerEvent) -> Inbound {
     }
 }
 
-/// Queues messages for peers, each encoded on the transport's writer task.
+/// How the loop's messages of one round leave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Encoded and written by the loop itself to a peer whose socket is idle (else
+    /// queued): a lone message reaches the socket without a hand-off to a writer task.
+    AtOnce,
+    /// Encoded and written by each peer's writer task while the loop goes on: under
+    /// load, where writing on the loop cost a tenth of the throughput (`bench`).
+    Queued,
+}
+
+/// Queues messages for peers, each encoded on the transport's writer task, or
+/// written at once ([`Delivery`]).
 #[derive(Clone)]
 pub struct Encoder {
     outbox: Outbox,
@@ -56,10 +71,16 @@ impl Encoder {
         Encoder { outbox }
     }
 
-    /// Queues `msg` for `peer` in protocol `version` (`None` when the peer has none:
-    /// it left).
-    pub fn send(&self, peer: &PeerId, version: Option<u8>, msg: FromControlPlane) {
-        self.outbox.send_encoded(peer, move || {
+    /// Sends `msg` to `peer` in protocol `version` (`None` when the peer has none:
+    /// it left), as `delivery` says.
+    pub fn send(
+        &self,
+        peer: &PeerId,
+        version: Option<u8>,
+        msg: FromControlPlane,
+        delivery: Delivery,
+    ) {
+        let encode = move || {
             match protocol::encode_as(version.unwrap_or(protocol::MIN_PROTOCOL_VERSION), &msg) {
                 Ok(frames) => Some(frames),
                 // A late answer to a peer that has gone (its version is forgotten):
@@ -73,7 +94,11 @@ impl Encoder {
                     None
                 }
             }
-        });
+        };
+        match delivery {
+            Delivery::AtOnce => self.outbox.send_encoded_at_once(peer, encode),
+            Delivery::Queued => self.outbox.send_encoded(peer, encode),
+        }
     }
 
     /// Waits (at most `limit`) until every message queued before this call has been
