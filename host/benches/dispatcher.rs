@@ -28,6 +28,7 @@ use fastworker_protocol::{
     AttemptResult, Codec, FromControlPlane, Hello, PeerKind, Registration, TaskEnvelope,
     TaskOutcome, TaskSpec, ToControlPlane, WorkerId, WorkerSecret, PROTOCOL_VERSION,
 };
+use fastworker_transport::PeerId;
 
 /// Tasks per iteration.
 const BATCH: usize = 1_000;
@@ -62,11 +63,11 @@ fn hello(kind: PeerKind) -> ToControlPlane {
 }
 
 /// A dispatcher with a client and a prefetching subworker that has run `add` before.
-fn cluster(observe: bool) -> (Dispatcher, Bytes, Bytes) {
+fn cluster(observe: bool) -> (Dispatcher, PeerId, PeerId) {
     let now = Now::current();
     let mut d = Dispatcher::new(config(observe), now);
-    let client = Bytes::from_static(b"client");
-    let worker = Bytes::from_static(b"worker");
+    let client = PeerId::named(b"client");
+    let worker = PeerId::named(b"worker");
     d.handle(&client, hello(PeerKind::Client), now);
     d.handle(&worker, hello(PeerKind::Subworker), now);
     let mut registration = Registration::new(WorkerId::new("sw1"), vec![TaskSpec::new("add")], 1);
@@ -87,7 +88,7 @@ fn cluster(observe: bool) -> (Dispatcher, Bytes, Bytes) {
 }
 
 /// The outcomes the subworker owes for what `actions` assigned to it.
-fn assigned(actions: &[Action], worker: &Bytes, owed: &mut Vec<TaskOutcome>) {
+fn assigned(actions: &[Action], worker: &PeerId, owed: &mut Vec<TaskOutcome>) {
     for action in actions {
         if let Action::Send {
             peer,
@@ -132,7 +133,7 @@ fn results(actions: &[Action]) -> usize {
 }
 
 /// One batch through: submitted, assigned, reported, every result out.
-fn one_batch(d: &mut Dispatcher, client: &Bytes, worker: &Bytes) {
+fn one_batch(d: &mut Dispatcher, client: &PeerId, worker: &PeerId) {
     let now = Now::current();
     let tasks: Vec<TaskEnvelope> = (0..BATCH)
         .map(|i| {

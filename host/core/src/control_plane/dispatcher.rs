@@ -208,10 +208,7 @@ pub const MAX_DEAD_LETTERS: usize = 10_000;
 pub const MAX_QUEUED_LISTED: usize = 10_000;
 
 fn reply(peer: &PeerId, msg: FromControlPlane) -> Action {
-    Action::Send {
-        peer: peer.clone(),
-        msg,
-    }
+    Action::Send { peer: *peer, msg }
 }
 
 impl Dispatcher {
@@ -780,7 +777,7 @@ impl Dispatcher {
         }
         for task in fresh {
             if wait {
-                self.waiters.add(task.id, Waiter::Result(peer.clone()));
+                self.waiters.add(task.id, Waiter::Result(*peer));
             }
             self.accept(task);
         }
@@ -799,7 +796,7 @@ impl Dispatcher {
         }
         for task in again.iter().filter(|_| wait) {
             if self.tasks.contains(&task.id) {
-                self.waiters.add(task.id, Waiter::Result(peer.clone()));
+                self.waiters.add(task.id, Waiter::Result(*peer));
             } else if let Some(record) = self.cache.get(&task.id, self.now.at) {
                 let msg = FromControlPlane::Result(record.clone());
                 self.actions.push(reply(peer, msg));
@@ -1022,7 +1019,7 @@ impl Dispatcher {
                 self.waiters.add(
                     task_id,
                     Waiter::Status {
-                        peer: peer.clone(),
+                        peer: *peer,
                         request_id,
                     },
                 );

@@ -29,7 +29,7 @@ pub(super) struct PeerTerms {
 impl PeerTerms {
     /// Notes the version a `Welcome` to `peer` agreed.
     pub(super) fn heard(&mut self, peer: &PeerId, version: u8) {
-        self.versions.insert(peer.clone(), version);
+        self.versions.insert(*peer, version);
     }
 
     /// Notes what a message from `peer` says about what it reads: its `Hello`'s
@@ -42,7 +42,7 @@ impl PeerTerms {
                 wait: true,
                 ..
             } if self.accepted_by_result.contains(peer) => {
-                self.unanswered.insert((peer.clone(), *request_id));
+                self.unanswered.insert((*peer, *request_id));
             }
             _ => {}
         }
@@ -58,7 +58,7 @@ impl PeerTerms {
             ),
         ] {
             if has(feature) {
-                set.insert(peer.clone());
+                set.insert(*peer);
             } else {
                 set.remove(peer);
             }
@@ -86,7 +86,7 @@ impl PeerTerms {
         if self.unanswered.is_empty() {
             return true;
         }
-        let unanswered = self.unanswered.remove(&(peer.clone(), request_id));
+        let unanswered = self.unanswered.remove(&(*peer, request_id));
         !(unanswered && matches!(msg, FromControlPlane::Accepted { .. }))
     }
 
@@ -137,7 +137,7 @@ mod tests {
 
     #[test]
     fn only_the_accepted_of_a_waiting_submit_from_a_peer_that_asked_is_left_out() {
-        let (quiet, other) = (Bytes::from_static(b"quiet"), Bytes::from_static(b"other"));
+        let (quiet, other) = (PeerId::named(b"quiet"), PeerId::named(b"other"));
         let mut terms = PeerTerms::default();
         terms.received(&quiet, &hello(&[protocol::ACCEPTED_BY_RESULT_FEATURE]));
         terms.received(&other, &hello(&[protocol::RESULTS_BATCH_FEATURE]));
@@ -159,7 +159,7 @@ mod tests {
 
     #[test]
     fn a_peer_that_leaves_or_says_hello_again_without_the_feature_is_forgotten() {
-        let peer = Bytes::from_static(b"peer");
+        let peer = PeerId::named(b"peer");
         let mut terms = PeerTerms::default();
         terms.received(&peer, &hello(&[protocol::ACCEPTED_BY_RESULT_FEATURE]));
         terms.received(&peer, &submit(1, true));

@@ -300,7 +300,7 @@ pub async fn run(
                         |request, _| {
                             matches!(request, ToControlPlane::Discover).then(|| {
                                 if !discovery_peers.contains(&peer) {
-                                    discovery_peers.push(peer.clone());
+                                    discovery_peers.push(peer);
                                 }
                                 FromControlPlane::Announce(announcement.clone())
                             })

@@ -289,7 +289,7 @@ impl WorkerTable {
                 }
             }
         }
-        self.by_peer.insert(peer.clone(), id.clone());
+        self.by_peer.insert(peer, id.clone());
         self.insert(WorkerEntry {
             id,
             peer,
@@ -600,8 +600,6 @@ impl WorkerTable {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-
     use super::*;
 
     use crate::control_plane::test_spec as spec;
@@ -610,7 +608,7 @@ mod tests {
         let mut t = WorkerTable::new(MAX_PREFETCH_PER_SLOT);
         for (i, conc) in [(1u8, 2u32), (2, 2), (3, 1)] {
             t.register(
-                Bytes::from(vec![i]),
+                PeerId::named([i]),
                 WorkerId::new(format!("w{i}")),
                 vec![spec("add")],
                 conc,
@@ -663,7 +661,7 @@ mod tests {
         let later = now + Duration::from_secs(31);
         assert_eq!(t.expire(later, Duration::from_secs(30)).len(), 3);
         assert!(t.pick("add").is_none());
-        t.touch(&Bytes::from(vec![2u8]), later);
+        t.touch(&PeerId::named([2u8]), later);
         assert_eq!(t.pick("add").map(|w| w.as_str()), Some("w2"));
     }
 
@@ -676,7 +674,7 @@ mod tests {
         t.assign(&w1, a);
         t.assign(&w1, b);
         let r = t.register(
-            Bytes::from_static(b"new"),
+            PeerId::named(b"new"),
             w1.clone(),
             vec![spec("add")],
             2,
@@ -688,8 +686,8 @@ mod tests {
         );
         assert_eq!(r.orphaned, vec![b]);
         assert!(t.get(&w1).unwrap().in_flight.contains(&a));
-        assert_eq!(t.by_peer(&Bytes::from_static(b"new")), Some(&w1));
-        assert!(t.by_peer(&Bytes::from(vec![1u8])).is_none());
+        assert_eq!(t.by_peer(&PeerId::named(b"new")), Some(&w1));
+        assert!(t.by_peer(&PeerId::named([1u8])).is_none());
     }
 
     /// The pick as it was before the ranked index: a scan of every worker.
@@ -751,7 +749,7 @@ mod tests {
                             .get(&id)
                             .map(|e| e.in_flight.iter().copied().filter(|_| arg % 2 == 0).collect())
                             .unwrap_or_default();
-                        t.register(Bytes::from(vec![w, arg]), id.clone(), names, u32::from(arg % 3 + 1), None, 0, WorkerSecret::new(), &running, now);
+                        t.register(PeerId::named([w, arg]), id.clone(), names, u32::from(arg % 3 + 1), None, 0, WorkerSecret::new(), &running, now);
                     }
                     2 | 3 => {
                         next_task += 1;
@@ -776,7 +774,7 @@ mod tests {
                     9 => {
                         if arg % 2 == 0 {
                             t.expire(now + Duration::from_secs(60), Duration::from_secs(30));
-                        } else if let Some(peer) = t.get(&id).map(|e| e.peer.clone()) {
+                        } else if let Some(peer) = t.get(&id).map(|e| e.peer) {
                             t.touch(&peer, now);
                         }
                     }

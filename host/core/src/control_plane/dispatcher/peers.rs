@@ -39,7 +39,7 @@ impl Dispatcher {
             return;
         };
         self.peers.insert(
-            peer.clone(),
+            *peer,
             PeerInfo {
                 kind: hello.peer_kind,
                 id: hello.peer_id,
@@ -178,7 +178,7 @@ impl Dispatcher {
         self.observer
             .worker_plugins(&reg.worker_id, bounded_plugins(reg.plugins));
         let registered = self.workers.register(
-            peer.clone(),
+            *peer,
             reg.worker_id.clone(),
             reg.tasks,
             reg.concurrency,

@@ -70,7 +70,7 @@ fn hello(d: &mut Dispatcher, peer: &PeerId, kind: PeerKind, now: Now) {
 fn dispatcher(config: DispatcherConfig, own: Vec<TaskSpec>, now: Now) -> Dispatcher {
     let mut d = Dispatcher::new(config, now);
     if !own.is_empty() {
-        let peer = Bytes::from_static(OWN_PEER);
+        let peer = PeerId::named(OWN_PEER);
         hello(&mut d, &peer, PeerKind::Subworker, now);
         d.handle(
             &peer,
@@ -86,7 +86,7 @@ fn dispatcher(config: DispatcherConfig, own: Vec<TaskSpec>, now: Now) -> Dispatc
 /// The control plane's own subworker reports `outcome`.
 fn own_outcome(d: &mut Dispatcher, outcome: TaskOutcome, now: Now) {
     d.handle(
-        &Bytes::from_static(OWN_PEER),
+        &PeerId::named(OWN_PEER),
         ToControlPlane::Outcome(outcome),
         now,
     );
@@ -97,7 +97,7 @@ fn own_outcome(d: &mut Dispatcher, outcome: TaskOutcome, now: Now) {
 fn with_client(config: DispatcherConfig, specs: Vec<TaskSpec>) -> (Now, Dispatcher, PeerId) {
     let now = Now::current();
     let mut d = dispatcher(config, specs, now);
-    let client = Bytes::from_static(b"client");
+    let client = PeerId::named(b"client");
     hello(&mut d, &client, PeerKind::Client, now);
     (now, d, client)
 }
@@ -184,7 +184,7 @@ fn submit(d: &mut Dispatcher, client: &PeerId, t: TaskEnvelope, now: Now) {
 fn local_runs(actions: &[Action]) -> Vec<TaskEnvelope> {
     assigns(actions)
         .into_iter()
-        .filter(|(peer, _)| &peer[..] == OWN_PEER)
+        .filter(|(peer, _)| *peer == PeerId::named(OWN_PEER))
         .map(|(_, task)| task)
         .collect()
 }
@@ -198,7 +198,7 @@ fn assigns(actions: &[Action]) -> Vec<(PeerId, TaskEnvelope)> {
                 msg: FromControlPlane::Assign { task, lease, .. },
             } => {
                 remember(task.id, *lease);
-                Some((peer.clone(), task.clone()))
+                Some((*peer, task.clone()))
             }
             _ => None,
         })
@@ -262,7 +262,7 @@ fn runs_locally_when_no_subworker_and_pushes_the_result() {
 fn unknown_task_and_message_before_hello_are_rejected() {
     let now = Now::current();
     let mut d = dispatcher(config(), vec![spec("add")], now);
-    let client = Bytes::from_static(b"client");
+    let client = PeerId::named(b"client");
     submit(&mut d, &client, task("add", Priority::Normal), now);
     assert!(matches!(
         &d.take_actions()[..],
@@ -334,9 +334,9 @@ fn subworkers_are_preferred_and_least_loaded_first() {
     let now = Now::current();
     let mut d = dispatcher(config(), vec![spec("add")], now);
     for (peer, id) in [(&b"p1"[..], "sw1"), (b"p2", "sw2"), (b"p3", "sw3")] {
-        register(&mut d, &Bytes::copy_from_slice(peer), id, 2, now);
+        register(&mut d, &PeerId::named(peer), id, 2, now);
     }
-    let client = Bytes::from_static(b"client");
+    let client = PeerId::named(b"client");
     hello(&mut d, &client, PeerKind::Client, now);
     d.take_actions();
     for _ in 0..6 {
@@ -362,7 +362,7 @@ fn a_lost_subworkers_tasks_are_redelivered_then_fail_after_max_deliveries() {
     let mut worker_no = 0u8;
     let mut new_worker = |d: &mut Dispatcher| {
         worker_no += 1;
-        let peer = Bytes::from(vec![worker_no]);
+        let peer = PeerId::named([worker_no]);
         register(d, &peer, &format!("sw{worker_no}"), 1, now);
         peer
     };
@@ -373,7 +373,7 @@ fn a_lost_subworkers_tasks_are_redelivered_then_fail_after_max_deliveries() {
     d.peer_disconnected(&p1, now);
     let p2 = new_worker(&mut d);
     let a = assigns(&d.take_actions());
-    assert_eq!((a[0].0.clone(), a[0].1.delivery_count), (p2.clone(), 2));
+    assert_eq!((a[0].0, a[0].1.delivery_count), (p2, 2));
     // A stale outcome from the first delivery is ignored.
     d.handle(
         &p2,
@@ -475,7 +475,7 @@ fn a_task_past_max_deliveries_is_dead_lettered_and_can_be_replayed() {
     let (now, mut d, client) = with_client(config(), vec![]);
     let t = task("add", Priority::Normal);
     for n in 1..=3u8 {
-        let peer = Bytes::from(vec![n]);
+        let peer = PeerId::named([n]);
         register(&mut d, &peer, &format!("sw{n}"), 1, now);
         if n == 1 {
             submit(&mut d, &client, t.clone(), now);
@@ -494,7 +494,7 @@ fn a_task_past_max_deliveries_is_dead_lettered_and_can_be_replayed() {
         &d.take_actions()[..],
         [Action::Send { msg: FromControlPlane::DeadLetterList { records, .. }, .. }] if records.len() == 1
     ));
-    let peer = Bytes::from_static(b"good");
+    let peer = PeerId::named(b"good");
     register(&mut d, &peer, "good", 1, now);
     d.take_actions();
     d.handle(
@@ -545,7 +545,7 @@ fn periodic_tasks_fire_from_subworker_schedules_only_once_per_tick() {
         value
     };
     for n in 1..=2u8 {
-        let peer = Bytes::from(vec![n]);
+        let peer = PeerId::named([n]);
         hello(&mut d, &peer, PeerKind::Subworker, now);
         d.handle(
             &peer,
@@ -587,7 +587,7 @@ fn periodic_tasks_fire_from_subworker_schedules_only_once_per_tick() {
 #[test]
 fn cancelling_a_running_task_signals_its_worker_and_ends_cancelled() {
     let (now, mut d, client) = with_client(config(), vec![]);
-    let peer = Bytes::from_static(b"w");
+    let peer = PeerId::named(b"w");
     register(&mut d, &peer, "sw1", 1, now);
     let t = task("slow", Priority::Normal);
     submit(&mut d, &client, t.clone(), now);
@@ -644,7 +644,7 @@ fn cancelling_a_running_task_signals_its_worker_and_ends_cancelled() {
 #[test]
 fn a_task_its_worker_no_longer_serves_is_run_elsewhere() {
     let (now, mut d, client) = with_client(config(), vec![spec("add")]);
-    let peer = Bytes::from_static(b"w");
+    let peer = PeerId::named(b"w");
     register(&mut d, &peer, "sw1", 1, now);
     let t = task("add", Priority::Normal);
     submit(&mut d, &client, t.clone(), now);
@@ -698,14 +698,14 @@ fn a_batch_is_accepted_all_or_none() {
 #[test]
 fn a_reconnecting_worker_keeps_the_task_it_is_still_running() {
     let (now, mut d, client) = with_client(config(), vec![]);
-    let old = Bytes::from_static(b"old");
+    let old = PeerId::named(b"old");
     register(&mut d, &old, "sw1", 1, now);
     let t = task("slow", Priority::Normal);
     submit(&mut d, &client, t.clone(), now);
     let a = assigns(&d.take_actions());
     let secret = d.workers().get(&WorkerId::new("sw1")).map(|w| w.secret);
     d.peer_disconnected(&old, now);
-    let new = Bytes::from_static(b"new");
+    let new = PeerId::named(b"new");
     hello(&mut d, &new, PeerKind::Subworker, now);
     d.handle(&new, registration("sw1", secret, t.id, lease_of(t.id)), now);
     assert!(
@@ -725,7 +725,7 @@ fn a_reconnecting_worker_keeps_the_task_it_is_still_running() {
 fn requests_other_than_hello_ping_and_discover_need_hello_first() {
     let now = Now::current();
     let mut d = dispatcher(config(), vec![], now);
-    let stranger = Bytes::from_static(b"x");
+    let stranger = PeerId::named(b"x");
     for msg in [
         ToControlPlane::DeadLetters { request_id: 1 },
         ToControlPlane::Replay {
@@ -751,7 +751,7 @@ fn requests_other_than_hello_ping_and_discover_need_hello_first() {
 #[test]
 fn a_restarting_subworker_keeps_its_tasks_known_until_it_is_back() {
     let (now, mut d, client) = with_client(config(), vec![]);
-    let old = Bytes::from_static(b"old");
+    let old = PeerId::named(b"old");
     register(&mut d, &old, "sw1", 1, now);
     d.handle(&old, ToControlPlane::Restarting, now);
     d.peer_disconnected(&old, now);
@@ -770,13 +770,13 @@ fn a_restarting_subworker_keeps_its_tasks_known_until_it_is_back() {
         "accepted while the worker restarts: {actions:?}"
     );
     assert!(assigns(&actions).is_empty());
-    let new = Bytes::from_static(b"new");
+    let new = PeerId::named(b"new");
     register(&mut d, &new, "sw1", 1, now);
     let a = assigns(&d.take_actions());
-    assert_eq!((a.len(), a[0].0.clone(), a[0].1.id), (1, new, t.id));
+    assert_eq!((a.len(), a[0].0, a[0].1.id), (1, new, t.id));
 
     // One that never comes back is dropped after the inactivity limit.
-    let newer = Bytes::from_static(b"newer");
+    let newer = PeerId::named(b"newer");
     register(&mut d, &newer, "sw2", 1, now);
     d.handle(&newer, ToControlPlane::Restarting, now);
     d.peer_disconnected(&newer, now);
@@ -788,10 +788,10 @@ fn a_restarting_subworker_keeps_its_tasks_known_until_it_is_back() {
 fn a_second_subworker_with_the_same_id_is_refused() {
     let now = Now::current();
     let mut d = dispatcher(config(), vec![], now);
-    let first = Bytes::from_static(b"first");
+    let first = PeerId::named(b"first");
     register(&mut d, &first, "sw1", 1, now);
     d.take_actions();
-    let second = Bytes::from_static(b"second");
+    let second = PeerId::named(b"second");
     hello(&mut d, &second, PeerKind::Subworker, now);
     d.take_actions();
     d.handle(
@@ -832,7 +832,7 @@ fn a_wall_clock_step_does_not_move_a_countdown_or_a_retry() {
 #[test]
 fn an_outcome_or_a_claim_without_the_current_lease_counts_for_nothing() {
     let (now, mut d, client) = with_client(config(), vec![]);
-    let peer = Bytes::from_static(b"sw");
+    let peer = PeerId::named(b"sw");
     register(&mut d, &peer, "sw1", 1, now);
     let t = task("slow", Priority::Normal);
     submit(&mut d, &client, t.clone(), now);
@@ -853,7 +853,7 @@ fn an_outcome_or_a_claim_without_the_current_lease_counts_for_nothing() {
     // so it goes to the queue and is handed out again under a new lease.
     let secret = d.workers().get(&WorkerId::new("sw1")).map(|w| w.secret);
     d.peer_disconnected(&peer, now);
-    let again = Bytes::from_static(b"sw-again");
+    let again = PeerId::named(b"sw-again");
     hello(&mut d, &again, PeerKind::Subworker, now);
     d.handle(
         &again,
@@ -881,12 +881,12 @@ fn an_outcome_or_a_claim_without_the_current_lease_counts_for_nothing() {
 fn a_restarting_worker_id_cannot_be_taken_without_its_secret() {
     let now = Now::current();
     let mut d = dispatcher(config(), vec![], now);
-    let old = Bytes::from_static(b"old");
+    let old = PeerId::named(b"old");
     register(&mut d, &old, "sw1", 1, now);
     d.handle(&old, ToControlPlane::Restarting, now);
     d.peer_disconnected(&old, now);
     d.take_actions();
-    let thief = Bytes::from_static(b"thief");
+    let thief = PeerId::named(b"thief");
     hello(&mut d, &thief, PeerKind::Subworker, now);
     d.take_actions();
     d.handle(
@@ -907,7 +907,7 @@ fn a_restarting_worker_id_cannot_be_taken_without_its_secret() {
     ));
     // The real one, with its secret, is welcome back and gets the same secret.
     let secret = d.workers().get(&WorkerId::new("sw1")).map(|w| w.secret);
-    let back = Bytes::from_static(b"back");
+    let back = PeerId::named(b"back");
     register(&mut d, &back, "sw1", 1, now);
     assert!(d.take_actions().iter().any(|a| matches!(
         a,
@@ -919,7 +919,7 @@ fn a_restarting_worker_id_cannot_be_taken_without_its_secret() {
 fn what_peers_send_for_the_event_log_and_the_worker_table_is_bounded() {
     let now = Now::current();
     let mut d = dispatcher(config(), vec![], now);
-    let peer = Bytes::from_static(b"sw");
+    let peer = PeerId::named(b"sw");
     register(&mut d, &peer, "sw1", 1, now);
     d.handle(
         &peer,
@@ -944,7 +944,7 @@ fn what_peers_send_for_the_event_log_and_the_worker_table_is_bounded() {
     );
     assert!(!last.kind.contains('\u{1b}'));
     // A worker id, a task list or a task name over the bounds is refused.
-    let other = Bytes::from_static(b"big");
+    let other = PeerId::named(b"big");
     hello(&mut d, &other, PeerKind::Subworker, now);
     d.take_actions();
     for (id, tasks) in [
@@ -1010,7 +1010,7 @@ fn past_the_queue_bounds_submissions_are_refused_as_queue_full() {
 #[test]
 fn tasks_whose_workers_are_gone_say_so_stay_submittable_and_fail_after_the_timeout() {
     let (now, mut d, client) = with_client(config(), vec![]);
-    let sw = Bytes::from_static(b"sw");
+    let sw = PeerId::named(b"sw");
     register(&mut d, &sw, "sw1", 1, now);
     let t = task("slow", Priority::Normal);
     submit(&mut d, &client, t.clone(), now);
@@ -1076,7 +1076,7 @@ fn tasks_whose_workers_are_gone_say_so_stay_submittable_and_fail_after_the_timeo
 #[test]
 fn only_the_control_planes_own_subworker_registers_under_its_id() {
     let (now, mut d, _client) = with_client(config(), vec![]);
-    let impostor = Bytes::from_static(b"impostor");
+    let impostor = PeerId::named(b"impostor");
     hello(&mut d, &impostor, PeerKind::Subworker, now);
     d.handle(
         &impostor,
@@ -1096,7 +1096,7 @@ fn only_the_control_planes_own_subworker_registers_under_its_id() {
     assert!(!d.known_task("add"));
 
     // The own subworker's tasks stay known while it restarts (its connection drops).
-    let own = Bytes::from_static(OWN_PEER);
+    let own = PeerId::named(OWN_PEER);
     hello(&mut d, &own, PeerKind::Subworker, now);
     d.handle(
         &own,
@@ -1142,7 +1142,7 @@ fn what_a_durable_dispatcher_commits_a_fresh_one_resumes() {
     use crate::control_plane::store::{redb_store::RedbStore, Store};
     let dir = tempfile::tempdir().expect("tempdir");
     let (now, mut d, client) = with_client(durable(), vec![]);
-    let sw = Bytes::from_static(b"sw");
+    let sw = PeerId::named(b"sw");
     register(&mut d, &sw, "w1", 1, now);
     let (running, queued, cancelled) = (
         task("slow", Priority::Normal),
@@ -1198,7 +1198,7 @@ fn what_a_durable_dispatcher_commits_a_fresh_one_resumes() {
 
     // The worker comes back with its identity and claims its task by the lease: it
     // keeps it (no second run) and its outcome counts.
-    let sw2 = Bytes::from_static(b"sw2");
+    let sw2 = PeerId::named(b"sw2");
     hello(&mut fresh, &sw2, PeerKind::Subworker, now);
     fresh.handle(
         &sw2,
@@ -1286,7 +1286,7 @@ async fn no_accepted_leaves_before_its_commit_and_a_failed_commit_refuses_its_ta
     let (release, gate) = std::sync::mpsc::channel();
     let (mut committer, mut written) = Committer::new(Box::new(GatedStore(gate)));
     let (now, mut d, client) = with_client(durable(), vec![]);
-    let sw = Bytes::from_static(b"sw");
+    let sw = PeerId::named(b"sw");
     register(&mut d, &sw, "w1", 1, now);
     let early = committer.stage(&mut d);
     assert!(
@@ -1371,7 +1371,7 @@ async fn a_replay_whose_commit_fails_leaves_the_dead_letter_where_it_was() {
     let (now, mut d, client) = with_client(durable(), vec![]);
     let t = task("add", Priority::Normal);
     for n in 1..=3u8 {
-        let peer = Bytes::from(vec![n]);
+        let peer = PeerId::named([n]);
         register(&mut d, &peer, &format!("sw{n}"), 1, now);
         if n == 1 {
             submit(&mut d, &client, t.clone(), now);
@@ -1379,7 +1379,7 @@ async fn a_replay_whose_commit_fails_leaves_the_dead_letter_where_it_was() {
         d.peer_disconnected(&peer, now);
     }
     assert_eq!(d.dead_letters().len(), 1);
-    let good = Bytes::from_static(b"good");
+    let good = PeerId::named(b"good");
     register(&mut d, &good, "good", 1, now);
     committer.stage(&mut d);
     release.send(Ok(())).expect("gate");
@@ -1423,9 +1423,9 @@ async fn a_replay_whose_commit_fails_leaves_the_dead_letter_where_it_was() {
 fn several_outcomes_in_one_message_each_count_as_their_own() {
     let now = Now::current();
     let mut d = dispatcher(config(), vec![], now);
-    let sw = Bytes::from_static(b"sw-peer");
+    let sw = PeerId::named(b"sw-peer");
     register(&mut d, &sw, "sw1", 4, now);
-    let client = Bytes::from_static(b"client");
+    let client = PeerId::named(b"client");
     hello(&mut d, &client, PeerKind::Client, now);
     d.take_actions();
     for _ in 0..3 {
@@ -1448,7 +1448,7 @@ fn several_outcomes_in_one_message_each_count_as_their_own() {
     // From a peer that is not a registered subworker: nothing counts.
     submit(&mut d, &client, task("add", Priority::Normal), now);
     let next = assigns(&d.take_actions());
-    let stranger = Bytes::from_static(b"stranger");
+    let stranger = PeerId::named(b"stranger");
     hello(&mut d, &stranger, PeerKind::Client, now);
     d.handle(
         &stranger,
@@ -1482,7 +1482,7 @@ fn prefetch_assigns(actions: &[Action], to: &PeerId) -> Vec<(TaskEnvelope, bool)
 #[test]
 fn a_prefetching_subworker_gets_a_window_sized_from_its_run_time() {
     let (now, mut d, client) = with_client(config(), vec![]);
-    let peer = Bytes::from_static(b"pw");
+    let peer = PeerId::named(b"pw");
     hello(&mut d, &peer, PeerKind::Subworker, now);
     let mut reg = registration_of("pw", vec![spec("add")], None);
     reg.concurrency = 2;
@@ -1636,7 +1636,7 @@ fn a_prefetching_subworker_gets_a_window_sized_from_its_run_time() {
 #[test]
 fn a_subworker_that_does_not_prefetch_gets_its_slots_only() {
     let (now, mut d, client) = with_client(config(), vec![]);
-    let peer = Bytes::from_static(b"w");
+    let peer = PeerId::named(b"w");
     register(&mut d, &peer, "sw", 2, now);
     for _ in 0..5 {
         submit(&mut d, &client, task("add", Priority::Normal), now);
@@ -1667,7 +1667,7 @@ fn a_subworker_that_does_not_prefetch_gets_its_slots_only() {
 #[test]
 fn a_long_task_is_never_prefetched_and_short_ones_do_not_pass_it() {
     let (now, mut d, client) = with_client(config(), vec![]);
-    let peer = Bytes::from_static(b"pw");
+    let peer = PeerId::named(b"pw");
     hello(&mut d, &peer, PeerKind::Subworker, now);
     let mut reg = registration_of("pw", vec![spec("add"), spec("slow")], None);
     reg.prefetch = true;
@@ -1729,7 +1729,7 @@ fn a_long_task_is_never_prefetched_and_short_ones_do_not_pass_it() {
 #[test]
 fn a_task_handed_back_or_lost_before_it_started_is_queued_again_and_not_counted() {
     let (now, mut d, client) = with_client(config(), vec![]);
-    let peer = Bytes::from_static(b"pw");
+    let peer = PeerId::named(b"pw");
     hello(&mut d, &peer, PeerKind::Subworker, now);
     let mut reg = registration_of("pw", vec![spec("add")], None);
     reg.prefetch = true;
@@ -1802,7 +1802,7 @@ fn a_task_handed_back_or_lost_before_it_started_is_queued_again_and_not_counted(
 #[test]
 fn a_task_handed_back_from_a_slot_the_control_plane_thought_free_is_queued_again() {
     let (now, mut d, client) = with_client(config(), vec![]);
-    let pw = Bytes::from_static(b"pw");
+    let pw = PeerId::named(b"pw");
     hello(&mut d, &pw, PeerKind::Subworker, now);
     let mut reg = registration_of("pw", vec![spec("slow")], None);
     reg.prefetch = true;
@@ -1813,7 +1813,7 @@ fn a_task_handed_back_from_a_slot_the_control_plane_thought_free_is_queued_again
     assert_eq!(prefetch_assigns(&d.take_actions(), &pw).len(), 1);
 
     // Quiet past --inactive-after: its task goes to another worker.
-    let sw = Bytes::from_static(b"sw");
+    let sw = PeerId::named(b"sw");
     let meanwhile = Now {
         at: now.at + Duration::from_secs(20),
         unix_ms: now.unix_ms + 20_000,
@@ -1825,7 +1825,7 @@ fn a_task_handed_back_from_a_slot_the_control_plane_thought_free_is_queued_again
     };
     d.tick(later);
     let moved = assigns(&d.take_actions());
-    assert_eq!((moved[0].0.clone(), moved[0].1.id), (sw.clone(), old.id));
+    assert_eq!((moved[0].0, moved[0].1.id), (sw, old.id));
 
     // It speaks again and is handed the next task, into the slot `old` still holds.
     d.handle(

@@ -84,12 +84,10 @@ impl Waiters {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-
     use super::*;
 
     fn peer(name: &'static str) -> PeerId {
-        Bytes::from_static(name.as_bytes())
+        PeerId::named(name)
     }
 
     #[test]
