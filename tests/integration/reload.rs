@@ -35,6 +35,7 @@ use std::{
 
 use bytes::Bytes;
 use fastworker_client::{decode_value, Client, ClientError};
+use fastworker_host::plugin::{watch::watch, LivePlugins, PluginLoader, ReloadReport};
 use fastworker_protocol::task_error::ErrorKind;
 use fastworker_protocol::{now_ms, Codec, TaskEnvelope, TaskRecord, TaskStatus};
 use tokio::runtime::Runtime;
@@ -919,6 +920,40 @@ fn the_control_planes_own_subworker_reloads_and_restarts_after_max_reloads() {
 
 /// Every reload, ok or rejected, reaches the control plane's event stream (what the
 /// dashboard will show), with plugin, old and new version; `fastworker events` reads it.
+/// A plugin replaced after its host loaded it and before the watch began (what a
+/// subworker restarting in place met when a build landed in between) is reloaded
+/// when the watch starts: that change raised no event the watch could see. Without
+/// the watch's look at every source, v1 served until the next change.
+#[test]
+fn a_plugin_replaced_between_loading_and_watching_is_reloaded_when_the_watch_starts() {
+    let dir = TestDir::new();
+    let target = dir.copy_in(&plugin_artifact("versioned_v1"), "plugins/versioned.so");
+    let loader = PluginLoader::with_shadow_dir(dir.shadow_dir()).expect("shadow dir");
+    let words = vec![dir.path().join("plugins").display().to_string()];
+    let live = LivePlugins::load(loader, &words, dir.path()).expect("v1 loads");
+    let registry = live.shared();
+    let served = |registry: &fastworker_host::plugin::SharedRegistry| {
+        registry
+            .load()
+            .task("version")
+            .map(|t| t.plugin().version.clone())
+    };
+    assert_eq!(served(&registry).as_deref(), Some("1.0.0"));
+
+    Swap::Move.replace(&plugin_artifact("versioned_v2"), &target);
+    let (reports_tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
+    let _watching = watch(Arc::new(std::sync::Mutex::new(live)), reports_tx).expect("watch");
+    let report = poll_until(Duration::from_secs(5), || reports.try_recv().ok());
+    match report {
+        Some(ReloadReport::Loaded { new_version, .. }) => assert_eq!(new_version, "2.0.0"),
+        other => panic!("no reload of the file replaced before the watch began: {other:?}"),
+    }
+    assert_eq!(served(&registry).as_deref(), Some("2.0.0"));
+    // Nothing else changed: no second report.
+    thread::sleep(Duration::from_millis(300));
+    assert!(reports.try_recv().is_err());
+}
+
 #[test]
 fn reloads_reach_the_control_planes_event_stream() {
     let _serial = serial();

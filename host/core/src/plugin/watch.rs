@@ -41,7 +41,10 @@ pub struct WatchError {
 }
 
 /// Watches every source of `live`; each change is applied on the watcher's thread and
-/// its reports sent to `reports`.
+/// its reports sent to `reports`. Once the watch is on, every source is looked at
+/// again: a file replaced after `live` was loaded and before the watch began raised no
+/// event the watch could see (a subworker restarting in place while a build replaced
+/// its plugin served the old build until the next change).
 pub fn watch(
     live: Arc<Mutex<LivePlugins>>,
     reports: mpsc::UnboundedSender<ReloadReport>,
@@ -61,6 +64,7 @@ pub fn watch(
             .collect()
     };
     let handler_live = live.clone();
+    let catch_up_reports = reports.clone();
     let mut debouncer = new_debouncer(DEBOUNCE, None, move |result: DebounceEventResult| {
         let events = match result {
             Ok(events) => events,
@@ -99,9 +103,33 @@ pub fn watch(
                 reason: e.to_string(),
             })?;
     }
+    catch_up(&live, &catch_up_reports);
     Ok(PluginWatcher {
         _debouncer: debouncer,
     })
+}
+
+/// Applies whatever changed in `live`'s sources since they were loaded (a file whose
+/// content is the same is skipped, as for any event).
+fn catch_up(live: &Mutex<LivePlugins>, reports: &mpsc::UnboundedSender<ReloadReport>) {
+    let mut live = live.lock().unwrap_or_else(|e| e.into_inner());
+    let paths: Vec<PathBuf> = live
+        .sources()
+        .iter()
+        .flat_map(|source| match source {
+            ModuleSource::File(file) => vec![file.clone()],
+            ModuleSource::Directory(dir) => match std::fs::read_dir(dir) {
+                Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+                Err(err) => {
+                    warn!("cannot list {}: {err}", dir.display());
+                    Vec::new()
+                }
+            },
+        })
+        .collect();
+    for report in live.apply_changes(&paths) {
+        let _ = reports.send(report);
+    }
 }
 
 /// A host's plugins, loaded and (unless turned off) watched.
