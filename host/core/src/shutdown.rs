@@ -30,3 +30,17 @@ pub async fn shutdown_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+/// Resolves when the process is asked to stop, like [`shutdown_signal`], for a loop
+/// that polls it on every turn: the signals are awaited on a task of their own
+/// (started here, on the current runtime), and the receiver's poll is one atomic load.
+/// Polling the two signal streams on every turn of the control plane's loop was about
+/// 1 % of its time on a round trip (`perf`).
+pub fn stop_requested() -> tokio::sync::oneshot::Receiver<()> {
+    let (requested, stop) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = requested.send(());
+    });
+    stop
+}

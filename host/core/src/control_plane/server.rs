@@ -257,8 +257,7 @@ pub async fn run(
     // encoded (by its writer task): neither happens on this loop.
     let inbound = &mut server.events;
     let encoder = Encoder::new(server.outbox.clone());
-    let shutdown = crate::shutdown::shutdown_signal();
-    tokio::pin!(shutdown);
+    let mut shutdown = crate::shutdown::stop_requested();
     let mut stopping_until: Option<tokio::time::Instant> = None;
     let grace = args.shutdown_grace;
 
