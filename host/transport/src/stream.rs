@@ -117,13 +117,19 @@ impl MessageWriter {
     pub fn try_send(&mut self, frames: &[Bytes]) -> io::Result<TrySend> {
         self.begin(frames);
         while self.written < self.buf.len() {
-            match self.write.try_write(&self.buf[self.written..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.written += n,
+            let failed = match self.write.try_write(&self.buf[self.written..]) {
+                Ok(0) => io::ErrorKind::WriteZero.into(),
+                Ok(n) => {
+                    self.written += n;
+                    continue;
+                }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(TrySend::Pending),
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) => return Err(err),
-            }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => err,
+            };
+            // Nothing of it is pending: the connection is to be closed.
+            self.done();
+            return Err(failed);
         }
         self.done();
         Ok(TrySend::Sent)
@@ -248,13 +254,23 @@ mod tests {
         (client.unwrap(), accepted.unwrap().0)
     }
 
+    /// A DEALER's and a ROUTER's handshakes with each other, on a fresh connection.
+    async fn handshaken(
+        limit: u64,
+    ) -> (
+        Result<(MessageReader, MessageWriter), StreamError>,
+        Result<(MessageReader, MessageWriter), StreamError>,
+    ) {
+        let (client, server) = pair().await;
+        tokio::join!(
+            handshake(client, SocketType::Dealer, limit),
+            handshake(server, SocketType::Router, limit)
+        )
+    }
+
     #[tokio::test]
     async fn a_router_and_a_dealer_exchange_messages_both_ways() {
-        let (client, server) = pair().await;
-        let (dealer, router) = tokio::join!(
-            handshake(client, SocketType::Dealer, 1 << 20),
-            handshake(server, SocketType::Router, 1 << 20)
-        );
+        let (dealer, router) = handshaken(1 << 20).await;
         let (mut dealer_in, mut dealer_out) = dealer.unwrap();
         let (mut router_in, mut router_out) = router.unwrap();
         let message = vec![Bytes::from_static(b"head"), Bytes::from(vec![3u8; 70_000])];
@@ -267,32 +283,22 @@ mod tests {
     #[tokio::test]
     async fn try_send_hands_a_message_to_an_idle_socket_and_leaves_what_does_not_fit_pending() {
         let (client, server) = pair().await;
-        let limit = 64 << 20;
+        let limit = 256 << 20;
         let (dealer, router) = tokio::join!(
             handshake(client, SocketType::Dealer, limit),
             handshake(server, SocketType::Router, limit)
         );
         let (mut dealer_in, _dealer_out) = dealer.unwrap();
         let (_router_in, mut router_out) = router.unwrap();
-        // The handshake's write made the socket known writable: a small message goes
+        // The handshake's write left the socket known writable: a small message goes
         // whole, at once.
         let small = vec![Bytes::from_static(b"small")];
-        let mut sent = router_out.try_send(&small).unwrap();
-        for _ in 0..100 {
-            if sent == TrySend::Sent {
-                break;
-            }
-            router_out
-                .finish_within(Duration::from_secs(5))
-                .await
-                .unwrap();
-            sent = router_out.try_send(&small).unwrap();
-        }
-        assert_eq!(sent, TrySend::Sent);
+        assert_eq!(router_out.try_send(&small).unwrap(), TrySend::Sent);
         assert!(!router_out.is_pending());
         assert_eq!(dealer_in.next().await.unwrap(), small);
-        // Far more than loopback's socket buffers while nobody reads: part of it waits.
-        let large = vec![Bytes::from(vec![9u8; 32 << 20])];
+        // Far more than loopback's socket buffers hold (a few MiB, even tuned up) while
+        // nobody reads: part of it waits.
+        let large = vec![Bytes::from(vec![9u8; 96 << 20])];
         assert_eq!(router_out.try_send(&large).unwrap(), TrySend::Pending);
         assert!(router_out.is_pending());
         let reading = tokio::spawn(async move {
@@ -312,6 +318,40 @@ mod tests {
             .unwrap();
         assert_eq!(first, large, "the message finished later arrives whole");
         assert_eq!(second, small, "and before what was sent after it");
+    }
+
+    #[tokio::test]
+    async fn a_failed_try_send_leaves_nothing_pending_and_the_next_one_fails_cleanly() {
+        let (dealer, router) = handshaken(1 << 20).await;
+        drop(dealer.unwrap());
+        let (_router_in, mut router_out) = router.unwrap();
+        // The peer closed: its kernel answers what arrives with a reset, and a write
+        // after that fails.
+        let message = vec![Bytes::from(vec![1u8; 64 << 10])];
+        let mut failed = false;
+        for _ in 0..200 {
+            let sent = match router_out.try_send(&message) {
+                Ok(TrySend::Pending) => router_out
+                    .finish_within(Duration::from_secs(2))
+                    .await
+                    .map(|()| TrySend::Sent),
+                other => other,
+            };
+            if sent.is_err() {
+                failed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(failed, "a write to a closed peer failed within 200 tries");
+        assert!(
+            !router_out.is_pending(),
+            "nothing of the failed message waits"
+        );
+        // A caller that tries again (before it learns the connection is closing)
+        // begins a new message: no half-written one is in the way.
+        assert!(router_out.try_send(&message).is_err());
+        assert!(!router_out.is_pending());
     }
 
     /// Our greeting and READY as a DEALER, for a peer written by hand.
