@@ -102,7 +102,7 @@ fn bench_quick_reports_the_cluster_against_the_floor_as_json() {
 /// A process, named by its pid and its start time (clock ticks after boot), so a pid
 /// reused by another process is not taken for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Proc {
+pub(crate) struct Proc {
     pid: u32,
     started: u64,
 }
@@ -121,7 +121,7 @@ fn stat(pid: u32) -> Option<(u32, u64)> {
 }
 
 /// The live processes whose parent is `parent`.
-fn live_children(parent: u32) -> Vec<Proc> {
+pub(crate) fn live_children(parent: u32) -> Vec<Proc> {
     let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return found;
@@ -143,7 +143,7 @@ fn live_children(parent: u32) -> Vec<Proc> {
     found
 }
 
-fn alive(process: Proc) -> bool {
+pub(crate) fn alive(process: Proc) -> bool {
     stat(process.pid).is_some_and(|(_, started)| started == process.started)
 }
 

@@ -916,6 +916,26 @@ fn the_control_planes_own_subworker_reloads_and_restarts_after_max_reloads() {
         cp.proc.describe()
     );
     assert!(cp.proc.try_exit().is_none(), "{}", cp.proc.describe());
+
+    // The restarted child still dies with the control plane, as the first one would:
+    // it restarted by an exec from a runtime thread, which dropped the parent-death
+    // signal its first thread had (an orphan per run of this test, before).
+    let children = crate::bench::live_children(cp.proc.pid());
+    assert!(
+        !children.is_empty(),
+        "the own subworker is the control plane's child"
+    );
+    cp.proc.kill();
+    let gone = poll_until(Duration::from_secs(5), || {
+        children
+            .iter()
+            .all(|child| !crate::bench::alive(*child))
+            .then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "the restarted own subworker outlived its control plane: {children:?}"
+    );
 }
 
 /// Every reload, ok or rejected, reaches the control plane's event stream (what the

@@ -2,6 +2,9 @@
 
 use std::process::Command;
 
+/// Set in the environment of a child started by [`dies_with_parent`]: its parent's pid.
+const PARENT_ENV: &str = "FASTWORKER_DIES_WITH_PARENT";
+
 /// Makes the child `cmd` starts die (SIGKILL) when the thread that starts it exits:
 /// the parent's end, even by SIGKILL, leaves no child behind. Linux only (elsewhere
 /// this does nothing). Start the child from a thread that lives as long as the child
@@ -11,6 +14,7 @@ pub fn dies_with_parent(cmd: &mut Command) {
     {
         use std::os::unix::process::CommandExt;
         let parent = std::process::id();
+        cmd.env(PARENT_ENV, parent.to_string());
         // SAFETY: between fork and exec only async-signal-safe calls run here:
         // prctl(2) and getppid(2), no allocation and no locks.
         unsafe {
@@ -19,6 +23,39 @@ pub fn dies_with_parent(cmd: &mut Command) {
                     return Err(std::io::Error::last_os_error());
                 }
                 // The parent may have died before prctl took effect.
+                if u32::try_from(libc::getppid()).ok() != Some(parent) {
+                    return Err(std::io::Error::other("the parent process is gone"));
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cmd;
+}
+
+/// Keeps a process started by [`dies_with_parent`] dying with its parent once it
+/// replaces itself with `cmd` (`exec`, as a subworker restarting in place does): the
+/// parent-death signal belongs to the thread that set it, and a process that execs
+/// from another thread (a runtime worker) would run on as an orphan after its parent
+/// died. Sets it again, on the thread that execs, just before the exec. Linux only.
+pub fn still_dies_with_parent(cmd: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        let Some(parent) = std::env::var(PARENT_ENV)
+            .ok()
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            return;
+        };
+        // SAFETY: runs in this process just before it execs (no fork): prctl(2) and
+        // getppid(2) only.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 if u32::try_from(libc::getppid()).ok() != Some(parent) {
                     return Err(std::io::Error::other("the parent process is gone"));
                 }

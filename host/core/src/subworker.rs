@@ -627,6 +627,8 @@ fn restart_in_place(secret: Option<WorkerSecret>, newest_epoch: u64) -> HostErro
             command.env(SECRET_ENV, secret.to_hex());
         }
         command.env(EPOCH_ENV, newest_epoch.to_string());
+        // A control plane's own subworker dies with it, restarted or not.
+        crate::child::still_dies_with_parent(&mut command);
         let err = command.exec();
         HostError::Restart(err.to_string())
     }
