@@ -204,25 +204,27 @@ enum Outgoing {
     Flushed(tokio::sync::oneshot::Sender<()>),
 }
 
-/// A peer's writer queue, how many messages wait in it, and its socket.
+/// A peer's writer queue, and what its senders share with its writer task.
 struct Route {
     queue: mpsc::UnboundedSender<Outgoing>,
+    link: Arc<Link>,
+}
+
+/// What a peer's senders and its writer task share.
+struct Link {
     /// Messages queued and not yet written (counted down by the writer task once the
     /// socket took the message, under the wire's lock).
-    queued: Arc<std::sync::atomic::AtomicUsize>,
-    wire: Arc<tokio::sync::Mutex<Wire>>,
+    queued: std::sync::atomic::AtomicUsize,
+    wire: tokio::sync::Mutex<Wire>,
 }
 
 /// A peer's socket, written by its writer task or, when nothing waits for it, by the
-/// sender itself ([`Outbox::send_encoded`]).
+/// sender itself ([`Outbox::write_now`]).
 struct Wire {
     writer: MessageWriter,
     /// Seals what the peer is sent, once its handshake succeeded (with a key).
     sealer: Option<auth::Sealer>,
     keyed: bool,
-    /// A write failed or gave up: the stream may be mid-message and the connection is
-    /// closing, so nothing more is written to it.
-    broken: bool,
 }
 
 impl Wire {
@@ -260,8 +262,9 @@ impl Outbox {
         use std::sync::atomic::Ordering;
         let sent = match lock(&self.routes).get(peer) {
             Some(route) => {
-                if route.queued.fetch_add(1, Ordering::AcqRel) >= MAX_QUEUED_PER_PEER {
-                    route.queued.fetch_sub(1, Ordering::AcqRel);
+                let queued = &route.link.queued;
+                if queued.fetch_add(1, Ordering::AcqRel) >= MAX_QUEUED_PER_PEER {
+                    queued.fetch_sub(1, Ordering::AcqRel);
                     self.front.warn_peer(
                         self.front.peers.source(peer),
                         "backlog",
@@ -301,25 +304,17 @@ impl Outbox {
         F: FnOnce() -> Option<Vec<Bytes>>,
     {
         use std::sync::atomic::Ordering;
-        let (wire, queued, queue) = match lock(&self.routes).get(peer) {
-            Some(route) if route.queued.load(Ordering::Acquire) == 0 => (
-                route.wire.clone(),
-                route.queued.clone(),
-                route.queue.clone(),
-            ),
+        let link = match lock(&self.routes).get(peer) {
+            Some(route) if route.link.queued.load(Ordering::Acquire) == 0 => route.link.clone(),
             _ => return Err(make),
         };
-        let Ok(mut wire) = wire.try_lock() else {
+        let Ok(mut wire) = link.wire.try_lock() else {
             return Err(make);
         };
         // Checked again under the lock: the writer counts a message down only once
         // the socket took it, under this lock, so none is half sent or waiting.
-        if queued.load(Ordering::Acquire) != 0 {
+        if link.queued.load(Ordering::Acquire) != 0 {
             return Err(make);
-        }
-        if wire.broken {
-            debug!("a message to a peer whose connection is closing: dropped");
-            return Ok(());
         }
         let Some(frames) = make().and_then(|frames| wire.seal(frames)) else {
             return Ok(());
@@ -329,16 +324,10 @@ impl Outbox {
         }
         match wire.writer.try_send(&frames) {
             Ok(TrySend::Sent) => {}
-            Ok(TrySend::Pending) => {
-                // The writer task finishes it before anything queued after it.
-                queued.fetch_add(1, Ordering::AcqRel);
-                if queue.send(Outgoing::Finish).is_err() {
-                    self.front.peers.disconnect(peer);
-                }
-            }
+            // The writer task finishes it before anything queued after it.
+            Ok(TrySend::Pending) => self.route(peer, Outgoing::Finish),
             Err(err) => {
                 debug!("a send to a peer failed ({err}): its connection is closed");
-                wire.broken = true;
                 self.front.peers.disconnect(peer);
             }
         }
@@ -385,6 +374,7 @@ impl Outbox {
                 let (done, flushed) = tokio::sync::oneshot::channel();
                 // Counted like any message: the writer counts every one down.
                 route
+                    .link
                     .queued
                     .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 route
@@ -410,28 +400,28 @@ impl Outbox {
     /// (`open`) until the socket is closed.
     fn attach(&self, peer: PeerId, writer: MessageWriter, open: Open, keyed: bool) {
         let (queue, receiver) = mpsc::unbounded_channel();
-        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let wire = Arc::new(tokio::sync::Mutex::new(Wire {
-            writer,
-            sealer: None,
-            keyed,
-            broken: false,
-        }));
+        let link = Arc::new(Link {
+            queued: std::sync::atomic::AtomicUsize::new(0),
+            wire: tokio::sync::Mutex::new(Wire {
+                writer,
+                sealer: None,
+                keyed,
+            }),
+        });
         lock(&self.routes).insert(
             peer,
             Route {
                 queue,
-                queued: queued.clone(),
-                wire: wire.clone(),
+                link: link.clone(),
             },
         );
         let writing = Writing {
             peer,
             front: self.front.clone(),
-            queued,
+            link,
             _open: open,
         };
-        tokio::spawn(write_peer(writing, wire, receiver));
+        tokio::spawn(write_peer(writing, receiver));
     }
 
     /// `peer` is gone: its writer sends what is queued (if it can) and ends.
@@ -749,7 +739,7 @@ fn report_end(front: &Front, source: SocketAddr, end: End) {
 struct Writing {
     peer: PeerId,
     front: Arc<Front>,
-    queued: Arc<std::sync::atomic::AtomicUsize>,
+    link: Arc<Link>,
     _open: Open,
 }
 
@@ -775,29 +765,19 @@ impl Drop for Leaving {
 /// A peer's writer task: sends what is queued for it, sealed when it has a session.
 /// A send that fails, or that makes no progress for [`SEND_TIMEOUT`] (the peer reads
 /// nothing), closes the connection; what is still queued is dropped.
-async fn write_peer(
-    writing: Writing,
-    wire: Arc<tokio::sync::Mutex<Wire>>,
-    mut queue: mpsc::UnboundedReceiver<Outgoing>,
-) {
+async fn write_peer(writing: Writing, mut queue: mpsc::UnboundedReceiver<Outgoing>) {
     let Writing {
         ref peer,
         ref front,
-        ref queued,
+        ref link,
         ..
     } = writing;
     while let Some(out) = queue.recv().await {
-        let mut wire = wire.lock().await;
-        let sent = match wire.broken {
-            // A send by the event loop failed: the connection is closing.
-            true => Err(std::io::ErrorKind::BrokenPipe.into()),
-            false => write_one(peer, front, &mut wire, out).await,
-        };
-        if sent.is_err() {
-            wire.broken = true;
-        }
+        let mut wire = link.wire.lock().await;
+        let sent = write_one(peer, front, &mut wire, out).await;
         // Under the lock: a sender that finds nothing queued finds the socket idle.
-        queued.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        link.queued
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         drop(wire);
         if let Err(err) = sent {
             if err.kind() == std::io::ErrorKind::TimedOut {
@@ -842,12 +822,13 @@ async fn write_one(
             None => return Ok(()),
         },
     };
-    let frames = match seal {
-        true => match wire.seal(frames) {
+    let frames = if seal {
+        match wire.seal(frames) {
             Some(frames) => frames,
             None => return Ok(()),
-        },
-        false => frames,
+        }
+    } else {
+        frames
     };
     if frames.is_empty() {
         return Ok(());
@@ -1023,7 +1004,7 @@ mod tests {
     /// Messages queued for `peer` and not yet written (none once it is gone).
     fn queued(outbox: &Outbox, peer: &PeerId) -> usize {
         lock(&outbox.routes).get(peer).map_or(0, |route| {
-            route.queued.load(std::sync::atomic::Ordering::Acquire)
+            route.link.queued.load(std::sync::atomic::Ordering::Acquire)
         })
     }
 
@@ -1032,16 +1013,18 @@ mod tests {
         let mut server = bind(&["tcp://127.0.0.1:0".to_string()], config)
             .await
             .unwrap();
-        let conn = connect(&server.endpoints[0], Duration::from_secs(10), config)
+        let mut conn = connect(&server.endpoints[0], Duration::from_secs(10), config)
             .await
             .unwrap();
-        let mut conn = conn;
         conn.sender
             .send(vec![Bytes::from_static(b"hello")])
             .await
             .unwrap();
         match next_event(&mut server).await {
-            ServerEvent::Message { peer, .. } => (server, conn, peer),
+            ServerEvent::Message { peer, frames } => {
+                assert_eq!(frames, vec![Bytes::from_static(b"hello")]);
+                (server, conn, peer)
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -1064,23 +1047,7 @@ mod tests {
             Some(auth::ClusterKey::parse(&auth::ClusterKey::generate_hex()).unwrap()),
         ] {
             let config = TransportConfig::default().with_key(key);
-            let mut server = bind(&["tcp://127.0.0.1:0".to_string()], &config)
-                .await
-                .unwrap();
-            let mut conn = connect(&server.endpoints[0], Duration::from_secs(10), &config)
-                .await
-                .unwrap();
-            conn.sender
-                .send(vec![Bytes::from_static(b"hello")])
-                .await
-                .unwrap();
-            let peer = match next_event(&mut server).await {
-                ServerEvent::Message { peer, frames } => {
-                    assert_eq!(frames, vec![Bytes::from_static(b"hello")]);
-                    peer
-                }
-                other => panic!("{other:?}"),
-            };
+            let (server, mut conn, peer) = served(&config).await;
             let numbered = |i: u32| vec![Bytes::from(i.to_be_bytes().to_vec())];
             // Nothing waits for the peer: written by the caller itself (the writer task
             // cannot have run: nothing was awaited), not queued.

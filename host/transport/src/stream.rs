@@ -82,6 +82,9 @@ pub struct MessageWriter {
     /// How much of `buf` the socket has taken: a message is pending while it is short
     /// of `buf.len()`.
     written: usize,
+    /// A send failed or gave up: the stream may be mid-message, so nothing more goes
+    /// on it (the connection is to be closed).
+    broken: bool,
 }
 
 /// What [`MessageWriter::try_send`] did.
@@ -103,36 +106,34 @@ impl MessageWriter {
 
     /// Sends one message, failing with [`io::ErrorKind::TimedOut`] when the socket
     /// takes nothing for `stall` (a large message to a slow reader takes as long as
-    /// it needs while it moves). After an error the connection must be closed.
+    /// it needs while it moves). After an error every later send fails: close the
+    /// connection.
     pub async fn send_within(&mut self, frames: &[Bytes], stall: Duration) -> io::Result<()> {
-        self.begin(frames);
+        self.begin(frames)?;
         self.finish_within(stall).await
     }
 
     /// Hands one message to the socket without waiting: what the socket takes now
     /// (the whole message, on an idle connection), the rest pending for
     /// [`MessageWriter::finish_within`], which must be called before the next message.
-    /// No task and no wake-up between the caller and the socket. After an error the
-    /// connection must be closed.
+    /// No task and no wake-up between the caller and the socket. After an error every
+    /// later send fails: close the connection.
     pub fn try_send(&mut self, frames: &[Bytes]) -> io::Result<TrySend> {
-        self.begin(frames);
-        while self.written < self.buf.len() {
-            let failed = match self.write.try_write(&self.buf[self.written..]) {
-                Ok(0) => io::ErrorKind::WriteZero.into(),
-                Ok(n) => {
-                    self.written += n;
-                    continue;
-                }
+        self.begin(frames)?;
+        let result = loop {
+            if !self.is_pending() {
+                break Ok(TrySend::Sent);
+            }
+            match self.write.try_write(&self.buf[self.written..]) {
+                Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.written += n,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(TrySend::Pending),
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                Err(err) => err,
-            };
-            // Nothing of it is pending: the connection is to be closed.
-            self.done();
-            return Err(failed);
-        }
-        self.done();
-        Ok(TrySend::Sent)
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => break Err(err),
+            }
+        };
+        self.done(&result);
+        result
     }
 
     /// Whether part of a message begun by [`MessageWriter::try_send`] waits to be
@@ -144,34 +145,36 @@ impl MessageWriter {
     /// Writes what is pending of the current message (nothing, when none is), failing
     /// with [`io::ErrorKind::TimedOut`] when the socket takes nothing for `stall`.
     pub async fn finish_within(&mut self, stall: Duration) -> io::Result<()> {
-        let mut result = Ok(());
-        while self.written < self.buf.len() {
+        let result = loop {
+            if !self.is_pending() {
+                break Ok(());
+            }
             match tokio::time::timeout(stall, self.write.write(&self.buf[self.written..])).await {
-                Ok(Ok(0)) => {
-                    result = Err(io::ErrorKind::WriteZero.into());
-                    break;
-                }
+                Ok(Ok(0)) => break Err(io::ErrorKind::WriteZero.into()),
                 Ok(Ok(n)) => self.written += n,
                 Ok(Err(err)) if err.kind() == io::ErrorKind::Interrupted => {}
-                Ok(Err(err)) => {
-                    result = Err(err);
-                    break;
-                }
+                Ok(Err(err)) => break Err(err),
                 Err(_) => {
-                    result = Err(io::Error::new(
+                    break Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         format!("the peer took nothing for {stall:?}"),
-                    ));
-                    break;
+                    ))
                 }
             }
-        }
-        self.done();
+        };
+        self.done(&result);
         result
     }
 
-    /// Encodes the next message into the buffer (nothing of it written yet).
-    fn begin(&mut self, frames: &[Bytes]) {
+    /// Encodes the next message into the buffer (nothing of it written yet); refused
+    /// after a failed send.
+    fn begin(&mut self, frames: &[Bytes]) -> io::Result<()> {
+        if self.broken {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "an earlier send on this connection failed",
+            ));
+        }
         debug_assert!(
             !self.is_pending(),
             "a message begun before the last one ended"
@@ -179,11 +182,13 @@ impl MessageWriter {
         self.buf.clear();
         self.written = 0;
         zmtp::encode_message(frames, &mut self.buf);
+        Ok(())
     }
 
-    /// The current message is over (sent, or failed): a large message's buffer is not
-    /// kept for the small ones after it.
-    fn done(&mut self) {
+    /// The current message is over, sent or failed (`result`): nothing of it is
+    /// pending, and a large message's buffer is not kept for the small ones after it.
+    fn done<T>(&mut self, result: &io::Result<T>) {
+        self.broken |= result.is_err();
         self.buf.clear();
         self.written = 0;
         if self.buf.capacity() > 4 * READ_CHUNK {
@@ -237,6 +242,7 @@ pub async fn handshake(
             write,
             buf: BytesMut::new(),
             written: 0,
+            broken: false,
         },
     ))
 }
@@ -282,12 +288,7 @@ mod tests {
 
     #[tokio::test]
     async fn try_send_hands_a_message_to_an_idle_socket_and_leaves_what_does_not_fit_pending() {
-        let (client, server) = pair().await;
-        let limit = 256 << 20;
-        let (dealer, router) = tokio::join!(
-            handshake(client, SocketType::Dealer, limit),
-            handshake(server, SocketType::Router, limit)
-        );
+        let (dealer, router) = handshaken(256 << 20).await;
         let (mut dealer_in, _dealer_out) = dealer.unwrap();
         let (_router_in, mut router_out) = router.unwrap();
         // The handshake's write left the socket known writable: a small message goes
