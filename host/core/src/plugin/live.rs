@@ -26,7 +26,7 @@ use crate::protocol::PluginEvent;
 use super::{
     loader::{content_hash, LoadError, PluginLoader},
     registry::{load_modules, source_key, PluginRegistry, RegistryError},
-    resolve::{has_plugin_suffix, ModuleSource},
+    resolve::{has_plugin_suffix, plugin_files_in, ModuleSource},
 };
 
 /// The registry every executor reads; a reload swaps in a new one.
@@ -280,6 +280,24 @@ impl LivePlugins {
                         .is_some_and(|parent| source_key(parent) == source_key(dir))
             }
         })
+    }
+
+    /// Reacts to whatever changed in the sources since they were loaded: every file
+    /// named, and every plugin file of every directory (a file whose content is the
+    /// same is skipped, as for any change). For a watch that starts after the load:
+    /// what changed in between raised no event it could see.
+    pub fn apply_changes_since_load(&mut self) -> Vec<ReloadReport> {
+        let mut paths = Vec::new();
+        for source in &self.sources {
+            match source {
+                ModuleSource::File(file) => paths.push(file.clone()),
+                ModuleSource::Directory(dir) => match plugin_files_in(dir) {
+                    Ok(files) => paths.extend(files),
+                    Err(err) => tracing::warn!("{err}"),
+                },
+            }
+        }
+        self.apply_changes(&paths)
     }
 
     /// Reacts to changes of `paths` (any order, duplicates fine).

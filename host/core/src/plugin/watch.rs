@@ -103,33 +103,16 @@ pub fn watch(
                 reason: e.to_string(),
             })?;
     }
-    catch_up(&live, &catch_up_reports);
+    let caught_up = live
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .apply_changes_since_load();
+    for report in caught_up {
+        let _ = catch_up_reports.send(report);
+    }
     Ok(PluginWatcher {
         _debouncer: debouncer,
     })
-}
-
-/// Applies whatever changed in `live`'s sources since they were loaded (a file whose
-/// content is the same is skipped, as for any event).
-fn catch_up(live: &Mutex<LivePlugins>, reports: &mpsc::UnboundedSender<ReloadReport>) {
-    let mut live = live.lock().unwrap_or_else(|e| e.into_inner());
-    let paths: Vec<PathBuf> = live
-        .sources()
-        .iter()
-        .flat_map(|source| match source {
-            ModuleSource::File(file) => vec![file.clone()],
-            ModuleSource::Directory(dir) => match std::fs::read_dir(dir) {
-                Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).collect(),
-                Err(err) => {
-                    warn!("cannot list {}: {err}", dir.display());
-                    Vec::new()
-                }
-            },
-        })
-        .collect();
-    for report in live.apply_changes(&paths) {
-        let _ = reports.send(report);
-    }
 }
 
 /// A host's plugins, loaded and (unless turned off) watched.
