@@ -207,6 +207,15 @@ pub const MAX_DEAD_LETTERS: usize = 10_000;
 /// (each also says how many there are in all).
 pub const MAX_QUEUED_LISTED: usize = 10_000;
 
+/// What `batch` holds, leaving it empty and as large as it was: the next batch starts
+/// that large instead of growing from nothing by copying (growing the actions and the
+/// outgoing assignments was 6 % of the dispatcher's instructions in the dispatcher
+/// bench).
+fn take_sized<T>(batch: &mut Vec<T>) -> Vec<T> {
+    let next = Vec::with_capacity(batch.len());
+    std::mem::replace(batch, next)
+}
+
 fn reply(peer: &PeerId, msg: FromControlPlane) -> Action {
     Action::Send { peer: *peer, msg }
 }
@@ -298,11 +307,7 @@ impl Dispatcher {
 
     /// The actions produced since the last call.
     pub fn take_actions(&mut self) -> Vec<Action> {
-        // The next batch starts as large as this one: a batch of a thousand tasks grew
-        // its actions from nothing, copying them each time (growing vectors was 6 % of
-        // the dispatcher's instructions in the dispatcher bench).
-        let next = Vec::with_capacity(self.actions.len());
-        std::mem::replace(&mut self.actions, next)
+        take_sized(&mut self.actions)
     }
 
     /// Handles one message from `peer`.
@@ -1207,8 +1212,7 @@ impl Dispatcher {
             return;
         }
         let epoch = self.epoch;
-        let next = Vec::with_capacity(self.outgoing.len());
-        let mut outgoing = std::mem::replace(&mut self.outgoing, next);
+        let mut outgoing = take_sized(&mut self.outgoing);
         // Stable: each subworker's tasks keep their order.
         outgoing.sort_by(|a, b| a.0.cmp(&b.0));
         let mut rest = outgoing.into_iter().peekable();
