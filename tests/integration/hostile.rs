@@ -307,22 +307,38 @@ fn out_of_descriptors_it_backs_off_warns_and_recovers() {
         "--max-connections is lowered to what the limit holds:\n{}",
         proc.describe()
     );
-    // A connection holds one descriptor: 768 fit beside the reserve. 1,500 idle ones,
-    // each held until the handshake timeout (5 s, longer than opening them all takes
-    // on a loaded machine), are more than that at once.
-    let idle = idle_connections(&base, 1500);
+    // A connection holds one descriptor: 768 fit beside the reserve. Idle ones, each
+    // held until the handshake timeout (5 s), are opened 250 at a time until the
+    // control plane refuses one: 1,500 were always enough when it is alone, but twice
+    // in a full test run they were not (why is not known; the count says how many it
+    // took). At most 3,000, within 10 s.
+    let mut idle = Vec::new();
+    let opening = Instant::now();
+    while !proc.stderr().contains("refusing a connection")
+        && idle.len() < 3000
+        && opening.elapsed() < Duration::from_secs(10)
+    {
+        idle.extend(idle_connections(&base, 250));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "{} idle connections open after {:.1?}",
+        idle.len(),
+        opening.elapsed()
+    );
     std::thread::sleep(Duration::from_millis(500));
     let before = cpu_seconds(proc.pid());
     std::thread::sleep(Duration::from_secs(2));
     let used = cpu_seconds(proc.pid()) - before;
-    eprintln!("CPU seconds used in 2 s with 1,500 connections under a 1,024 limit: {used:.2}");
+    let opened = idle.len();
+    eprintln!("CPU seconds used in 2 s with {opened} connections under a 1,024 limit: {used:.2}");
     assert!(
         used < 0.6,
-        "the control plane used {used:.2} CPU seconds in 2 s with 1,500 idle connections (spinning?)"
+        "the control plane used {used:.2} CPU seconds in 2 s with {opened} idle connections (spinning?)"
     );
     assert!(
         proc.stderr().contains("refusing a connection"),
-        "the refusals are logged:\n{}",
+        "the refusals are logged ({opened} idle connections opened):\n{}",
         proc.describe()
     );
     // The idle ones are closed after the handshake timeout; service comes back while
