@@ -19,7 +19,7 @@ use std::{
 use bytes::Bytes;
 use tracing::{debug, info, warn};
 
-use self::waiters::{Waiter, Waiters};
+use self::waiters::Waiter;
 use super::{
     dead_letters::DeadLetters,
     delay_queue::DelayQueue,
@@ -155,7 +155,6 @@ pub struct Dispatcher {
     /// not move a countdown or a retry delay.
     origin: Instant,
     cache: ResultCache,
-    waiters: Waiters,
     peers: super::FastMap<PeerId, PeerInfo>,
     next_seq: u64,
     shutting_down: bool,
@@ -239,7 +238,6 @@ impl Dispatcher {
             own_tasks: Default::default(),
             origin: now.at,
             cache,
-            waiters: Default::default(),
             peers: Default::default(),
             next_seq: 0,
             shutting_down: false,
@@ -536,7 +534,7 @@ impl Dispatcher {
             }
         }
         self.peers.remove(peer);
-        self.waiters.forget_peer(peer);
+        self.tasks.forget_peer(peer);
         self.dispatch();
     }
 
@@ -781,10 +779,11 @@ impl Dispatcher {
             return;
         }
         for task in fresh {
-            if wait {
-                self.waiters.add(task.id, Waiter::Result(*peer));
-            }
+            let id = task.id;
             self.accept(task);
+            if wait {
+                self.tasks.add_waiter(&id, Waiter::Result(*peer));
+            }
         }
         self.actions.push(reply(
             peer,
@@ -800,9 +799,10 @@ impl Dispatcher {
             );
         }
         for task in again.iter().filter(|_| wait) {
-            if self.tasks.contains(&task.id) {
-                self.waiters.add(task.id, Waiter::Result(*peer));
-            } else if let Some(record) = self.cache.get(&task.id, self.now.at) {
+            if self.tasks.add_waiter(&task.id, Waiter::Result(*peer)) {
+                continue;
+            }
+            if let Some(record) = self.cache.get(&task.id, self.now.at) {
                 let msg = FromControlPlane::Result(record.clone());
                 self.actions.push(reply(peer, msg));
             }
@@ -1021,8 +1021,8 @@ impl Dispatcher {
     fn status(&mut self, peer: &PeerId, request_id: u64, task_id: TaskId, wait: bool) {
         let record = if let Some(entry) = self.tasks.get(&task_id) {
             if wait {
-                self.waiters.add(
-                    task_id,
+                self.tasks.add_waiter(
+                    &task_id,
                     Waiter::Status {
                         peer: *peer,
                         request_id,
@@ -1668,7 +1668,12 @@ impl Dispatcher {
     }
 
     fn finalize(&mut self, id: TaskId, status: TaskStatus, error: Option<TaskError>, value: Bytes) {
-        let Some((mut entry, last_of_name)) = self.tasks.remove(&id) else {
+        let Some(task_store::Released {
+            mut entry,
+            last_of_name,
+            waiting,
+        }) = self.tasks.remove(&id)
+        else {
             return;
         };
         self.task_changed(id);
@@ -1682,18 +1687,16 @@ impl Dispatcher {
         self.spans.close(&id, status.as_str());
         let record = entry.record;
         let actions = &mut self.actions;
-        self.waiters.drain(&id, |waiter| {
-            actions.push(match waiter {
-                Waiter::Result(peer) => reply(&peer, FromControlPlane::Result(record.clone())),
-                Waiter::Status { peer, request_id } => reply(
-                    &peer,
-                    FromControlPlane::StatusReply {
-                        request_id,
-                        record: Some(record.clone()),
-                    },
-                ),
-            })
-        });
+        actions.extend(waiting.into_iter().map(|waiter| match waiter {
+            Waiter::Result(peer) => reply(&peer, FromControlPlane::Result(record.clone())),
+            Waiter::Status { peer, request_id } => reply(
+                &peer,
+                FromControlPlane::StatusReply {
+                    request_id,
+                    record: Some(record.clone()),
+                },
+            ),
+        }));
         if let Some(callback) = &entry.envelope.callback {
             self.actions.push(Action::Callback {
                 callback: Callback::clone(callback),

@@ -341,7 +341,13 @@ impl Dispatcher {
             return;
         }
         self.withdraw(id);
-        let Some((entry, last_of_name)) = self.tasks.remove(&id) else {
+        // Its waiters are forgotten with it (its submitter is told it was refused).
+        let Some(super::task_store::Released {
+            entry,
+            last_of_name,
+            ..
+        }) = self.tasks.remove(&id)
+        else {
             return;
         };
         if last_of_name {
@@ -350,7 +356,6 @@ impl Dispatcher {
         if let Some(worker) = &entry.holder {
             self.workers.release(worker, &id, false);
         }
-        self.waiters.remove(&id);
         self.changed.tasks.remove(&id);
     }
 }

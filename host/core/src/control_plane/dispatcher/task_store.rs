@@ -1,8 +1,27 @@
 //! [`TaskStore`]: the tasks the control plane holds (accepted, not final), each a
 //! [`TaskEntry`] (the task and its lease, the same type the store keeps). It keeps the totals the submission limits
-//! and the unserved-name check read: payload bytes held, and tasks held per name.
+//! and the unserved-name check read: payload bytes held, and tasks held per name. Each
+//! task's waiters are kept beside its entry (see [`super::waiters`]).
 
-use crate::{control_plane::store::TaskEntry, protocol::TaskId};
+use super::waiters::{Waiter, Waiting, WaitingPeers};
+use crate::{control_plane::store::TaskEntry, protocol::TaskId, transport::PeerId};
+
+/// A held task: its entry and who waits for its end.
+#[derive(Debug)]
+struct Held {
+    entry: TaskEntry,
+    waiting: Waiting,
+}
+
+/// A task no longer held.
+#[derive(Debug)]
+pub(super) struct Released {
+    pub entry: TaskEntry,
+    /// It was the last held task of its name.
+    pub last_of_name: bool,
+    /// Who waited for its end (to be told, or not).
+    pub waiting: Waiting,
+}
 
 /// The held tasks, by id.
 #[derive(Debug, Default)]
@@ -11,31 +30,39 @@ pub(super) struct TaskStore {
     /// place is memory gone cold, while a box freed by the task that just finished
     /// is warm and is what the allocator hands the next submission. (With the entries
     /// inline, writing them was 38 % of the dispatcher bench's cache misses on writes.)
-    entries: crate::control_plane::TaskMap<Box<TaskEntry>>,
+    entries: crate::control_plane::TaskMap<Box<Held>>,
     /// Payload bytes held.
     bytes: u64,
     /// Tasks held, by name.
     by_name: crate::control_plane::FastMap<String, usize>,
+    /// Who waits for any held task.
+    waiting_peers: WaitingPeers,
 }
 
 impl TaskStore {
     pub fn get(&self, id: &TaskId) -> Option<&TaskEntry> {
-        self.entries.get(id).map(|e| &**e)
+        self.entries.get(id).map(|held| &held.entry)
     }
 
     pub fn get_mut(&mut self, id: &TaskId) -> Option<&mut TaskEntry> {
-        self.entries.get_mut(id).map(|e| &mut **e)
+        self.entries.get_mut(id).map(|held| &mut held.entry)
     }
 
     pub fn contains(&self, id: &TaskId) -> bool {
         self.entries.contains_key(id)
     }
 
-    /// Holds `entry` (replacing one under the same id).
+    /// Holds `entry` (replacing one under the same id, whose waiters wait for this one).
     pub fn insert(&mut self, entry: TaskEntry) {
         let id = entry.envelope.id;
         // Replacing keeps the totals right.
-        let _ = self.remove(&id);
+        let waiting = match self.remove(&id) {
+            Some(old) => {
+                self.waiting_peers.resumed(&old.waiting);
+                old.waiting
+            }
+            None => Waiting::default(),
+        };
         self.bytes += entry.envelope.payload.len() as u64;
         // No new String per task while the name is already held.
         match self.by_name.get_mut(&entry.envelope.name) {
@@ -44,12 +71,38 @@ impl TaskStore {
                 self.by_name.insert(entry.envelope.name.clone(), 1);
             }
         }
-        self.entries.insert(id, Box::new(entry));
+        self.entries.insert(id, Box::new(Held { entry, waiting }));
     }
 
-    /// Stops holding task `id`; with it, whether it was the last held task of its name.
-    pub fn remove(&mut self, id: &TaskId) -> Option<(TaskEntry, bool)> {
-        let entry = self.entries.remove(id)?;
+    /// `waiter` waits for the end of held task `id`; false when no such task is held.
+    pub fn add_waiter(&mut self, id: &TaskId, waiter: Waiter) -> bool {
+        let Some(held) = self.entries.get_mut(id) else {
+            return false;
+        };
+        self.waiting_peers.added(&waiter);
+        held.waiting.push(waiter);
+        true
+    }
+
+    /// A peer that is gone waits for nothing any more. Searches the held tasks only
+    /// when it waited for any.
+    pub fn forget_peer(&mut self, peer: &PeerId) {
+        if !self.waiting_peers.waits(peer) {
+            return;
+        }
+        let gone: usize = self
+            .entries
+            .values_mut()
+            .filter(|held| !held.waiting.is_empty())
+            .map(|held| held.waiting.forget_peer(peer))
+            .sum();
+        self.waiting_peers.less(peer, gone);
+    }
+
+    /// Stops holding task `id`.
+    pub fn remove(&mut self, id: &TaskId) -> Option<Released> {
+        let Held { entry, waiting } = *self.entries.remove(id)?;
+        self.waiting_peers.ended(&waiting);
         self.bytes = self
             .bytes
             .saturating_sub(entry.envelope.payload.len() as u64);
@@ -61,7 +114,11 @@ impl TaskStore {
                 last = true;
             }
         }
-        Some((*entry, last))
+        Some(Released {
+            entry,
+            last_of_name: last,
+            waiting,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -88,7 +145,7 @@ impl TaskStore {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&TaskId, &TaskEntry)> {
-        self.entries.iter().map(|(id, e)| (id, &**e))
+        self.entries.iter().map(|(id, held)| (id, &held.entry))
     }
 }
 
@@ -97,6 +154,6 @@ impl std::ops::Index<&TaskId> for TaskStore {
 
     /// The entry of a task known to be held (panics otherwise, like a map's index).
     fn index(&self, id: &TaskId) -> &TaskEntry {
-        &self.entries[id]
+        &self.entries[id].entry
     }
 }

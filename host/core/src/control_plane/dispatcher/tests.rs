@@ -1883,3 +1883,58 @@ fn a_task_handed_back_from_a_slot_the_control_plane_thought_free_is_queued_again
     assert_eq!(again.len(), 1, "{again:?}");
     assert_eq!(again[0].0.id, next.id);
 }
+
+#[test]
+fn every_waiter_of_a_task_is_told_its_end_once_except_one_that_left() {
+    let (now, mut d, client) = with_client(config(), vec![spec("add")]);
+    let (watcher, leaver) = (PeerId::named(b"watcher"), PeerId::named(b"leaver"));
+    hello(&mut d, &watcher, PeerKind::Client, now);
+    hello(&mut d, &leaver, PeerKind::Client, now);
+    let t = task("add", Priority::Normal);
+    submit(&mut d, &client, t.clone(), now);
+    let ran = local_runs(&d.take_actions());
+    assert_eq!(ran.len(), 1);
+    // A status wait, the same submission sent again by a second client (acknowledged,
+    // waited for), and a waiter that leaves before the end.
+    d.handle(
+        &watcher,
+        ToControlPlane::Status {
+            request_id: 9,
+            task_id: t.id,
+            wait: true,
+        },
+        now,
+    );
+    submit(&mut d, &leaver, t.clone(), now);
+    submit(&mut d, &watcher, t.clone(), now);
+    d.take_actions();
+    d.peer_disconnected(&leaver, now);
+    d.take_actions();
+    own_outcome(&mut d, success(&ran[0], b"3"), now);
+    let mut told: Vec<(PeerId, &'static str)> = d
+        .take_actions()
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Send {
+                peer,
+                msg: FromControlPlane::Result(r),
+            } if r.task_id == t.id => Some((peer, "result")),
+            Action::Send {
+                peer,
+                msg:
+                    FromControlPlane::StatusReply {
+                        request_id: 9,
+                        record: Some(r),
+                    },
+            } if r.task_id == t.id && r.status == TaskStatus::Success => Some((peer, "status")),
+            _ => None,
+        })
+        .collect();
+    told.sort_by_key(|(peer, what)| (format!("{peer:?}"), *what));
+    let mut expected = vec![(client, "result"), (watcher, "result"), (watcher, "status")];
+    expected.sort_by_key(|(peer, what)| (format!("{peer:?}"), *what));
+    assert_eq!(told, expected);
+    // Nobody waits any more: a second outcome (stale) tells no one.
+    own_outcome(&mut d, success(&ran[0], b"3"), now);
+    assert!(results(&d.take_actions()).is_empty());
+}
