@@ -943,21 +943,25 @@ impl Dispatcher {
             self.queues.push(envelope.priority, &envelope.name, seq, id);
         }
         let not_before_ms = envelope.not_before_ms;
-        self.observer
+        let trail = self
+            .observer
             .submitted(&envelope, scheduled, self.now.unix_ms);
-        self.tasks.insert(TaskEntry {
-            envelope,
-            record,
-            seq,
-            attempt: 1,
-            deliveries: 0,
-            not_before_ms,
-            holder: None,
-            cancel_requested: false,
-            lost: 0,
-            lease: None,
-            epoch: 0,
-        });
+        self.tasks.insert(
+            TaskEntry {
+                envelope,
+                record,
+                seq,
+                attempt: 1,
+                deliveries: 0,
+                not_before_ms,
+                holder: None,
+                cancel_requested: false,
+                lost: 0,
+                lease: None,
+                epoch: 0,
+            },
+            trail,
+        );
         if self.config.durable {
             self.changed.tasks.insert(id);
             self.changed.accepted.push(id);
@@ -1314,6 +1318,7 @@ impl Dispatcher {
     /// A prefetched task `id` started on worker `from`: `assigned` → `running`.
     fn prefetched_started(&mut self, id: TaskId, from: &WorkerId) {
         let now = self.now;
+        let trail = self.tasks.trail(&id);
         let Some(entry) = self.tasks.get_mut(&id) else {
             return;
         };
@@ -1328,6 +1333,7 @@ impl Dispatcher {
         if self.observer.is_on() {
             let ready_since = entry.record.submitted_ms.max(entry.not_before_ms);
             self.observer.started(
+                trail,
                 id,
                 &entry.envelope.name,
                 entry.attempt,
@@ -1358,6 +1364,7 @@ impl Dispatcher {
                 w.takes_prefetched() && w.would_prefetch(),
             )
         });
+        let trail = self.tasks.trail(&id);
         let Some(entry) = self.tasks.get_mut(&id) else {
             return;
         };
@@ -1381,6 +1388,7 @@ impl Dispatcher {
         if self.observer.is_on() && !prefetched {
             let ready_since = entry.record.submitted_ms.max(entry.not_before_ms);
             self.observer.started(
+                trail,
                 id,
                 &entry.envelope.name,
                 entry.attempt,
@@ -1672,6 +1680,7 @@ impl Dispatcher {
             mut entry,
             last_of_name,
             waiting,
+            trail,
         }) = self.tasks.remove(&id)
         else {
             return;
@@ -1706,7 +1715,7 @@ impl Dispatcher {
         if self.observer.is_on() {
             let served = self.known_task(&record.name);
             self.observer
-                .finished(&record, entry.envelope, self.now.unix_ms, served);
+                .finished(trail, &record, entry.envelope, self.now.unix_ms, served);
         }
         if !self.cache.insert(record, self.now.at) {
             warn!(task = %id, "result not kept: it alone is over --result-cache-max-bytes");

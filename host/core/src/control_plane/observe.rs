@@ -86,6 +86,13 @@ struct Trail {
     envelope: Option<Box<TaskEnvelope>>,
 }
 
+/// Where a task's trail is in the ring (its sequence number). The dispatcher keeps it
+/// with the task, so a later step of the task finds its trail without a lookup of the
+/// index: a lookup at a random place of a map of 10,000 ids is a cache miss, and
+/// there were two per task (started, final).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrailMark(u64);
+
 /// The most recent timelines, oldest first, in a ring: a new one goes at the back and
 /// pushes the oldest out of the front, so the eviction on every submission reads memory
 /// in order instead of at a random place of a map. An index finds a task's trail by
@@ -109,6 +116,26 @@ impl Trails {
         self.ring.get_mut(place)
     }
 
+    /// Task `id`'s trail, found by its `mark` when there is one (no lookup of the
+    /// index): none when the trail left the ring since.
+    fn get_marked(&mut self, mark: Option<TrailMark>, id: &TaskId) -> Option<&mut Trail> {
+        let Some(TrailMark(seq)) = mark else {
+            return self.get_mut(id);
+        };
+        let place = self.place(seq)?;
+        let current = self
+            .ring
+            .get(place)
+            .is_some_and(|t| t.id == *id && !t.moved);
+        if current {
+            self.ring.get_mut(place)
+        } else {
+            // A mark of another task's trail: not the dispatcher's, but the index
+            // still knows.
+            self.get_mut(id)
+        }
+    }
+
     fn contains(&self, id: &TaskId) -> bool {
         self.index.contains_key(id)
     }
@@ -122,14 +149,15 @@ impl Trails {
     /// `name` (called only then); a task queued again under its id keeps its name and
     /// steps: its trail moves to the back. The submissions kept with a moved trail and with the
     /// trails pushed out of the front (past [`MAX_TRAILS`]) go to `given_back`. One
-    /// lookup of the index.
+    /// lookup of the index (and one for the trail that leaves the ring). Returns where
+    /// the trail is.
     fn start(
         &mut self,
         id: TaskId,
         priority: Priority,
         name: impl FnOnce() -> SharedName,
         mut given_back: impl FnMut(Box<TaskEnvelope>),
-    ) {
+    ) -> TrailMark {
         if self.ring.capacity() == 0 {
             // Room for the bound at once: growing by doubling would overshoot it, and
             // leave each smaller copy freed but resident. Pages are touched only as
@@ -177,6 +205,7 @@ impl Trails {
                 given_back(envelope);
             }
         }
+        TrailMark(seq)
     }
 
     /// The kept tasks, newest first.
@@ -253,11 +282,14 @@ impl Observer {
     }
 
     /// Records `step` of task `id` (named `name`) in its timeline and an event of
-    /// `kind` for the feed, with one lookup of its trail; `fill` completes the event.
-    /// `submission`, for a final step, is kept with the trail while the budget allows.
+    /// `kind` for the feed, with one lookup of its trail (none with its `mark`); `fill`
+    /// completes the event. `submission`, for a final step, is kept with the trail
+    /// while the budget allows.
+    #[allow(clippy::too_many_arguments)]
     fn task_step(
         &mut self,
         kind: &'static str,
+        mark: Option<TrailMark>,
         id: TaskId,
         name: &str,
         step: TimelineEntry,
@@ -267,7 +299,7 @@ impl Observer {
         let mut event = ApiEvent::new(kind, step.at);
         event.task_id = Some(id);
         event.attempt = Some(step.attempt);
-        event.task_name = Some(match self.trails.get_mut(&id) {
+        event.task_name = Some(match self.trails.get_marked(mark, &id) {
             Some(trail) => {
                 trail.steps.push(step);
                 if let Some(envelope) = submission {
@@ -286,10 +318,16 @@ impl Observer {
         self.feed.push(event);
     }
 
-    /// A task was accepted (`scheduled` when it waits for a countdown or eta).
-    pub fn submitted(&mut self, envelope: &TaskEnvelope, scheduled: bool, at: u64) {
+    /// A task was accepted (`scheduled` when it waits for a countdown or eta). Where
+    /// its trail is, for its next steps (none when off).
+    pub fn submitted(
+        &mut self,
+        envelope: &TaskEnvelope,
+        scheduled: bool,
+        at: u64,
+    ) -> Option<TrailMark> {
         if !self.on {
-            return;
+            return None;
         }
         self.totals.submitted += 1;
         let id = envelope.id;
@@ -298,14 +336,18 @@ impl Observer {
         } else {
             "task.queued"
         };
-        self.start_trail(id, envelope.priority, &envelope.name);
+        let mark = self.start_trail(id, envelope.priority, &envelope.name);
         let step = entry(at, if scheduled { "scheduled" } else { "submitted" }, 1);
-        self.task_step(kind, id, &envelope.name, step, None, |_| {});
+        self.task_step(kind, Some(mark), id, &envelope.name, step, None, |_| {});
+        Some(mark)
     }
 
-    /// A task was handed to `worker` for `attempt`, after waiting `waited_ms`.
+    /// A task (its trail at `mark`, if known) was handed to `worker` for `attempt`,
+    /// after waiting `waited_ms`.
+    #[allow(clippy::too_many_arguments)]
     pub fn started(
         &mut self,
+        mark: Option<TrailMark>,
         id: TaskId,
         name: &str,
         attempt: u32,
@@ -320,7 +362,7 @@ impl Observer {
         let worker = self.names.worker(worker);
         let mut step = entry(at, "started", attempt);
         step.worker_id = Some(worker.clone());
-        self.task_step("task.started", id, name, step, None, |event| {
+        self.task_step("task.started", mark, id, name, step, None, |event| {
             event.worker_id = Some(worker);
         });
     }
@@ -343,7 +385,7 @@ impl Observer {
             "{} (retry in {delay_ms} ms)",
             for_people(&error.message, MAX_MESSAGE_BYTES)
         ));
-        self.task_step("task.retrying", id, name, step, None, |event| {
+        self.task_step("task.retrying", None, id, name, step, None, |event| {
             event.error = Some(short_error(error));
             event.message = Some(format!("retrying in {delay_ms} ms"));
         });
@@ -356,15 +398,22 @@ impl Observer {
         }
         let mut step = entry(at, "requeued", attempt);
         step.message = Some(for_people(why, MAX_MESSAGE_BYTES));
-        self.task_step("task.requeued", id, name, step, None, |event| {
+        self.task_step("task.requeued", None, id, name, step, None, |event| {
             event.message = Some(for_people(why, MAX_MESSAGE_BYTES));
         });
     }
 
-    /// A task became final; its submission is kept for a retry while the budget
-    /// allows.
+    /// A task (its trail at `mark`, if known) became final; its submission is kept for
+    /// a retry while the budget allows.
     /// `served`: whether a worker serves its name (else it counts as `_unknown`).
-    pub fn finished(&mut self, record: &TaskRecord, envelope: TaskEnvelope, at: u64, served: bool) {
+    pub fn finished(
+        &mut self,
+        mark: Option<TrailMark>,
+        record: &TaskRecord,
+        envelope: TaskEnvelope,
+        at: u64,
+        served: bool,
+    ) {
         if !self.on {
             return;
         }
@@ -392,6 +441,7 @@ impl Observer {
             .map(|e| for_people(&e.message, MAX_MESSAGE_BYTES));
         self.task_step(
             final_kind(record.status),
+            mark,
             record.task_id,
             &record.name,
             step,
@@ -488,15 +538,17 @@ impl Observer {
 
     /// Adds task `id` to the recent tasks, without steps (a task restored from the
     /// data directory: what happened before the restart is not kept). Oldest first.
-    pub fn seed(&mut self, id: TaskId, name: &str, priority: Priority) {
+    /// Where its trail is (none when off, or when it has one already).
+    pub fn seed(&mut self, id: TaskId, name: &str, priority: Priority) -> Option<TrailMark> {
         if self.on && !self.trails.contains(&id) {
-            self.start_trail(id, priority, name);
+            return Some(self.start_trail(id, priority, name));
         }
+        None
     }
 
     /// Starts task `id`'s trail (see [`Trails::start`]); submissions it gives back no
     /// longer count toward the kept bytes.
-    fn start_trail(&mut self, id: TaskId, priority: Priority, name: &str) {
+    fn start_trail(&mut self, id: TaskId, priority: Priority, name: &str) -> TrailMark {
         let names = &mut self.names;
         let kept_bytes = &mut self.kept_bytes;
         self.trails.start(
@@ -504,7 +556,7 @@ impl Observer {
             priority,
             || names.get(name),
             |kept| *kept_bytes -= kept.payload.len() as u64,
-        );
+        )
     }
 
     /// A task's timeline and priority, if kept.
@@ -614,14 +666,14 @@ mod tests {
         let mut observer = Observer::new(true);
         let task = envelope("add", 3);
         let id = task.id;
-        observer.submitted(&task, false, 1);
-        observer.started(id, "add", 1, &WorkerId::from("w"), 4, 2);
+        let mark = observer.submitted(&task, false, 1);
+        observer.started(mark, id, "add", 1, &WorkerId::from("w"), 4, 2);
         let mut record = TaskRecord::new(id, "add", TaskStatus::Success, task.codec);
         record.attempts = 1;
         record.started_ms = Some(2);
         record.completed_ms = Some(3);
         record.worker_id = Some(WorkerId::from("w"));
-        observer.finished(&record, task, 3, true);
+        observer.finished(mark, &record, task, 3, true);
         let kinds: Vec<_> = observer.drain_feed().map(|e| e.kind).collect();
         assert_eq!(kinds, ["task.queued", "task.started", "task.success"]);
         let (_, steps) = observer.timeline(&id).unwrap();
@@ -656,7 +708,7 @@ mod tests {
         let id = big.id;
         observer.submitted(&big, false, 1);
         let record = TaskRecord::new(id, "add", TaskStatus::Failure, big.codec);
-        observer.finished(&record, big, 2, true);
+        observer.finished(None, &record, big, 2, true);
         assert!(observer.kept_submission(&id).is_none());
     }
 
@@ -667,7 +719,7 @@ mod tests {
         let id = task.id;
         observer.submitted(&task, false, 1);
         let record = TaskRecord::new(id, "add", TaskStatus::Failure, task.codec);
-        observer.finished(&record, task.clone(), 2, true);
+        observer.finished(None, &record, task.clone(), 2, true);
         assert!(observer.kept_submission(&id).is_some());
         assert_eq!(observer.kept_bytes, 2);
 
@@ -693,6 +745,35 @@ mod tests {
         assert!(observer.timeline(&id).is_none());
         assert_eq!(observer.recent().count(), MAX_TRAILS);
         assert!(observer.recent().all(|t| *t != id));
+    }
+
+    #[test]
+    fn a_mark_finds_its_trail_until_it_leaves_the_ring_and_a_stale_one_finds_the_current() {
+        let mut observer = Observer::new(true);
+        let task = envelope("add", 1);
+        let id = task.id;
+        let first = observer.submitted(&task, false, 1);
+        // Queued again under its id: the first mark is of the moved trail, and the
+        // step still lands on the task's current one.
+        let second = observer.submitted(&task, false, 2);
+        assert_ne!(first, second);
+        observer.started(first, id, "add", 1, &WorkerId::from("w"), 0, 3);
+        let (_, steps) = observer.timeline(&id).unwrap();
+        let names: Vec<_> = steps.iter().map(|s| s.event).collect();
+        assert_eq!(names, ["submitted", "submitted", "started"]);
+        // Pushed out of the ring: its mark finds nothing, and the final step is an
+        // event without a timeline.
+        for i in 0..MAX_TRAILS {
+            observer.submitted(&envelope("add", 1), false, 10 + i as u64);
+        }
+        observer.drain_feed();
+        let record = TaskRecord::new(id, "add", TaskStatus::Success, task.codec);
+        observer.finished(second, &record, task, 20_000, true);
+        assert!(observer.timeline(&id).is_none());
+        let events: Vec<_> = observer.drain_feed().collect();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].task_id, Some(id));
+        assert_eq!(events[0].task_name.as_deref(), Some("add"));
     }
 
     #[test]

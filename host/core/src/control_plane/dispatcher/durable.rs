@@ -242,7 +242,7 @@ impl Dispatcher {
                     }
                 },
             }
-            self.tasks.insert(entry);
+            self.tasks.insert(entry, None);
             restored.tasks += 1;
         }
         for (worker, ids) in held {

@@ -4,13 +4,19 @@
 //! task's waiters are kept beside its entry (see [`super::waiters`]).
 
 use super::waiters::{Waiter, Waiting, WaitingPeers};
-use crate::{control_plane::store::TaskEntry, protocol::TaskId, transport::PeerId};
+use crate::{
+    control_plane::{observe::TrailMark, store::TaskEntry},
+    protocol::TaskId,
+    transport::PeerId,
+};
 
-/// A held task: its entry and who waits for its end.
+/// A held task: its entry, who waits for its end, and where the dashboard keeps its
+/// timeline.
 #[derive(Debug)]
 struct Held {
     entry: TaskEntry,
     waiting: Waiting,
+    trail: Option<TrailMark>,
 }
 
 /// A task no longer held.
@@ -21,6 +27,8 @@ pub(super) struct Released {
     pub last_of_name: bool,
     /// Who waited for its end (to be told, or not).
     pub waiting: Waiting,
+    /// Where the dashboard keeps its timeline.
+    pub trail: Option<TrailMark>,
 }
 
 /// The held tasks, by id.
@@ -52,8 +60,9 @@ impl TaskStore {
         self.entries.contains_key(id)
     }
 
-    /// Holds `entry` (replacing one under the same id, whose waiters wait for this one).
-    pub fn insert(&mut self, entry: TaskEntry) {
+    /// Holds `entry`, its timeline at `trail` (replacing one under the same id, whose
+    /// waiters wait for this one).
+    pub fn insert(&mut self, entry: TaskEntry, trail: Option<TrailMark>) {
         let id = entry.envelope.id;
         // Replacing keeps the totals right.
         let waiting = match self.remove(&id) {
@@ -71,7 +80,26 @@ impl TaskStore {
                 self.by_name.insert(entry.envelope.name.clone(), 1);
             }
         }
-        self.entries.insert(id, Box::new(Held { entry, waiting }));
+        self.entries.insert(
+            id,
+            Box::new(Held {
+                entry,
+                waiting,
+                trail,
+            }),
+        );
+    }
+
+    /// Where the dashboard keeps held task `id`'s timeline, if it does.
+    pub fn trail(&self, id: &TaskId) -> Option<TrailMark> {
+        self.entries.get(id).and_then(|held| held.trail)
+    }
+
+    /// Held task `id`'s timeline is at `trail`.
+    pub fn set_trail(&mut self, id: &TaskId, trail: TrailMark) {
+        if let Some(held) = self.entries.get_mut(id) {
+            held.trail = Some(trail);
+        }
     }
 
     /// `waiter` waits for the end of held task `id`; false when no such task is held.
@@ -101,7 +129,11 @@ impl TaskStore {
 
     /// Stops holding task `id`.
     pub fn remove(&mut self, id: &TaskId) -> Option<Released> {
-        let Held { entry, waiting } = *self.entries.remove(id)?;
+        let Held {
+            entry,
+            waiting,
+            trail,
+        } = *self.entries.remove(id)?;
         self.waiting_peers.ended(&waiting);
         self.bytes = self
             .bytes
@@ -118,6 +150,7 @@ impl TaskStore {
             entry,
             last_of_name: last,
             waiting,
+            trail,
         })
     }
 

@@ -335,7 +335,9 @@ impl Dispatcher {
         seen.sort_by_key(|(at, ..)| *at);
         let keep = seen.len().saturating_sub(super::super::observe::MAX_TRAILS);
         for (_, id, name, priority) in seen.into_iter().skip(keep) {
-            self.observer.seed(id, &name, priority);
+            if let Some(trail) = self.observer.seed(id, &name, priority) {
+                self.tasks.set_trail(&id, trail);
+            }
         }
     }
 
