@@ -96,13 +96,16 @@ pub struct TrailMark(u64);
 /// The most recent timelines, oldest first, in a ring: a new one goes at the back and
 /// pushes the oldest out of the front, so the eviction on every submission reads memory
 /// in order instead of at a random place of a map. An index finds a task's trail by
-/// its sequence number.
+/// its sequence number. A trail that leaves the ring stays in the index until the
+/// index holds twice [`MAX_TRAILS`] ids, and then all that left go in one pass: taking
+/// each out as it left was a lookup at a random place, a cache miss per task.
 #[derive(Debug, Default)]
 struct Trails {
     ring: VecDeque<Trail>,
     /// The sequence number of `ring[0]`.
     first: u64,
-    /// Each kept task's trail (its sequence number).
+    /// Each kept task's trail (its sequence number), and some that left the ring
+    /// (numbered before `first`).
     index: super::TaskMap<u64>,
 }
 
@@ -137,7 +140,7 @@ impl Trails {
     }
 
     fn contains(&self, id: &TaskId) -> bool {
-        self.index.contains_key(id)
+        self.index.get(id).is_some_and(|seq| *seq >= self.first)
     }
 
     /// The place in the ring of the trail numbered `seq` (none if it left).
@@ -147,10 +150,9 @@ impl Trails {
 
     /// Starts task `id`'s trail at the back of the ring. A task without one is named by
     /// `name` (called only then); a task queued again under its id keeps its name and
-    /// steps: its trail moves to the back. The submissions kept with a moved trail and with the
-    /// trails pushed out of the front (past [`MAX_TRAILS`]) go to `given_back`. One
-    /// lookup of the index (and one for the trail that leaves the ring). Returns where
-    /// the trail is.
+    /// steps: its trail moves to the back. The submissions kept with a moved trail and
+    /// with the trails pushed out of the front (past [`MAX_TRAILS`]) go to
+    /// `given_back`. One lookup of the index. Returns where the trail is.
     fn start(
         &mut self,
         id: TaskId,
@@ -198,12 +200,13 @@ impl Trails {
                 break;
             };
             self.first += 1;
-            if !oldest.moved {
-                self.index.remove(&oldest.id);
-            }
             if let Some(envelope) = oldest.envelope {
                 given_back(envelope);
             }
+        }
+        if self.index.len() >= 2 * MAX_TRAILS {
+            let first = self.first;
+            self.index.retain(|_, seq| *seq >= first);
         }
         TrailMark(seq)
     }
@@ -702,6 +705,13 @@ mod tests {
         }
         assert_eq!(observer.recent().count(), MAX_TRAILS);
         assert!(observer.timeline(&first.unwrap()).is_none());
+        assert!(!observer.trails.contains(&first.unwrap()));
+        // The ids that left the ring leave the index too, in passes.
+        for i in 0..2 * MAX_TRAILS {
+            observer.submitted(&envelope("add", 0), false, i as u64);
+            assert!(observer.trails.index.len() < 2 * MAX_TRAILS);
+        }
+        assert_eq!(observer.recent().count(), MAX_TRAILS);
 
         // A payload over what is left of the budget is not kept.
         let big = envelope("add", MAX_KEPT_PAYLOAD_BYTES as usize + 1);
