@@ -534,7 +534,7 @@ impl Dispatcher {
             }
         }
         self.peers.remove(peer);
-        self.tasks.forget_peer(peer);
+        self.tasks.peer_left(peer);
         self.dispatch();
     }
 

@@ -120,7 +120,10 @@ impl Trails {
     }
 
     /// Task `id`'s trail, found by its `mark` when there is one (no lookup of the
-    /// index): none when the trail left the ring since.
+    /// index): none when the marked trail left the ring since (a held task's mark is
+    /// always its current trail: only a new submission under its id moves a trail,
+    /// and that takes a task that is no longer held). Without a mark, or with one of
+    /// another task's trail, the index finds it.
     fn get_marked(&mut self, mark: Option<TrailMark>, id: &TaskId) -> Option<&mut Trail> {
         let Some(TrailMark(seq)) = mark else {
             return self.get_mut(id);
@@ -133,8 +136,6 @@ impl Trails {
         if current {
             self.ring.get_mut(place)
         } else {
-            // A mark of another task's trail: not the dispatcher's, but the index
-            // still knows.
             self.get_mut(id)
         }
     }
@@ -706,12 +707,29 @@ mod tests {
         assert_eq!(observer.recent().count(), MAX_TRAILS);
         assert!(observer.timeline(&first.unwrap()).is_none());
         assert!(!observer.trails.contains(&first.unwrap()));
-        // The ids that left the ring leave the index too, in passes.
+        // The ids that left the ring leave the index too, in passes; the kept ones
+        // stay in it.
+        let mut last = None;
         for i in 0..2 * MAX_TRAILS {
-            observer.submitted(&envelope("add", 0), false, i as u64);
+            let task = envelope("add", 0);
+            last = Some(task.id);
+            observer.submitted(&task, false, i as u64);
             assert!(observer.trails.index.len() < 2 * MAX_TRAILS);
         }
         assert_eq!(observer.recent().count(), MAX_TRAILS);
+        let first = observer.trails.first;
+        let stale = observer
+            .trails
+            .index
+            .values()
+            .filter(|seq| **seq < first)
+            .count();
+        assert!(
+            stale < MAX_TRAILS,
+            "{stale} ids that left the ring are still indexed"
+        );
+        assert!(observer.recent().all(|id| observer.trails.contains(id)));
+        assert!(observer.timeline(&last.unwrap()).is_some());
 
         // A payload over what is left of the budget is not kept.
         let big = envelope("add", MAX_KEPT_PAYLOAD_BYTES as usize + 1);

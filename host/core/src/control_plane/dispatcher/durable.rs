@@ -341,7 +341,8 @@ impl Dispatcher {
             return;
         }
         self.withdraw(id);
-        // Its waiters are forgotten with it (its submitter is told it was refused).
+        // Its waiters are forgotten with it: its submitter is told it was refused (the
+        // commit's answer); anyone else waiting for it hears nothing more.
         let Some(super::task_store::Released {
             entry,
             last_of_name,

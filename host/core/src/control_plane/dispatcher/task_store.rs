@@ -25,7 +25,7 @@ pub(super) struct Released {
     pub entry: TaskEntry,
     /// It was the last held task of its name.
     pub last_of_name: bool,
-    /// Who waited for its end (to be told, or not).
+    /// Who waited for its end and is still there to be told.
     pub waiting: Waiting,
     /// Where the dashboard keeps its timeline.
     pub trail: Option<TrailMark>,
@@ -107,24 +107,16 @@ impl TaskStore {
         let Some(held) = self.entries.get_mut(id) else {
             return false;
         };
-        self.waiting_peers.added(&waiter);
-        held.waiting.push(waiter);
+        if held.waiting.push(waiter.clone()) {
+            self.waiting_peers.added(&waiter);
+        }
         true
     }
 
-    /// A peer that is gone waits for nothing any more. Searches the held tasks only
-    /// when it waited for any.
-    pub fn forget_peer(&mut self, peer: &PeerId) {
-        if !self.waiting_peers.waits(peer) {
-            return;
-        }
-        let gone: usize = self
-            .entries
-            .values_mut()
-            .filter(|held| !held.waiting.is_empty())
-            .map(|held| held.waiting.forget_peer(peer))
-            .sum();
-        self.waiting_peers.less(peer, gone);
+    /// A peer that is gone waits for nothing any more: nothing is sent to it when the
+    /// tasks it waited for end (no search of the held tasks now).
+    pub fn peer_left(&mut self, peer: &PeerId) {
+        self.waiting_peers.left(peer);
     }
 
     /// Stops holding task `id`.
@@ -134,7 +126,7 @@ impl TaskStore {
             waiting,
             trail,
         } = *self.entries.remove(id)?;
-        self.waiting_peers.ended(&waiting);
+        let waiting = self.waiting_peers.ended(waiting);
         self.bytes = self
             .bytes
             .saturating_sub(entry.envelope.payload.len() as u64);
@@ -188,5 +180,52 @@ impl std::ops::Index<&TaskId> for TaskStore {
     /// The entry of a task known to be held (panics otherwise, like a map's index).
     fn index(&self, id: &TaskId) -> &TaskEntry {
         &self.entries[id].entry
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Codec, TaskEnvelope, TaskRecord, TaskStatus};
+
+    fn entry(name: &str) -> TaskEntry {
+        let envelope = TaskEnvelope::new(name, Codec::Json, bytes::Bytes::from_static(b"[1]"));
+        let record = TaskRecord::new(envelope.id, name, TaskStatus::Queued, Codec::Json);
+        TaskEntry {
+            envelope,
+            record,
+            seq: 0,
+            attempt: 1,
+            deliveries: 0,
+            not_before_ms: 0,
+            lost: 0,
+            lease: None,
+            holder: None,
+            cancel_requested: false,
+            epoch: 0,
+        }
+    }
+
+    #[test]
+    fn waiters_stay_with_their_task_replaced_and_the_counts_end_with_it() {
+        let (a, b) = (PeerId::named(b"a"), PeerId::named(b"b"));
+        let mut store = TaskStore::default();
+        let held = entry("add");
+        let id = held.envelope.id;
+        store.insert(held.clone(), None);
+        assert!(!store.add_waiter(&crate::protocol::TaskId::new(), Waiter::Result(a)));
+        assert!(store.add_waiter(&id, Waiter::Result(a)));
+        assert!(store.add_waiter(&id, Waiter::Result(b)));
+        // Replaced under its id (a restart reading its data directory): same waiters.
+        store.insert(held, None);
+        assert_eq!(store.len(), 1);
+        assert_eq!(store.waiting_peers.waits(&a), 1);
+        store.peer_left(&b);
+        let released = store.remove(&id).expect("held");
+        let told: Vec<Waiter> = released.waiting.into_iter().collect();
+        assert_eq!(told, vec![Waiter::Result(a)], "b left: told nothing");
+        assert_eq!(store.waiting_peers.counted(), (0, 0));
+        assert_eq!((store.len(), store.bytes()), (0, 0));
+        assert!(!store.holds_name("add"));
     }
 }

@@ -1938,3 +1938,42 @@ fn every_waiter_of_a_task_is_told_its_end_once_except_one_that_left() {
     own_outcome(&mut d, success(&ran[0], b"3"), now);
     assert!(results(&d.take_actions()).is_empty());
 }
+
+#[test]
+fn a_task_run_again_from_the_dashboard_keeps_one_timeline_of_both_runs() {
+    let mut observed = config();
+    observed.observe = true;
+    let (now, mut d, client) = with_client(observed, vec![spec("add")]);
+    let t = task("add", Priority::Normal);
+    submit(&mut d, &client, t.clone(), now);
+    let first = local_runs(&d.take_actions());
+    assert_eq!(first.len(), 1);
+    own_outcome(&mut d, success(&first[0], b"3"), now);
+    assert_eq!(results(&d.take_actions()).len(), 1);
+    let steps = |d: &Dispatcher| -> Vec<&'static str> {
+        let detail = d.api_task(&t.id).expect("kept");
+        detail.timeline.iter().map(|s| s.event).collect()
+    };
+    assert_eq!(steps(&d), ["submitted", "started", "success"]);
+
+    // Run again under its id: its trail moves to the newest place, and the second
+    // run's steps land on it, not on a trail of their own.
+    d.api_retry(t.id, now)
+        .expect("a final task with its submission kept");
+    let again = local_runs(&d.take_actions());
+    assert_eq!(again.len(), 1);
+    own_outcome(&mut d, failure(&again[0]), now);
+    d.take_actions();
+    assert_eq!(
+        steps(&d),
+        [
+            "submitted",
+            "started",
+            "success",
+            "submitted",
+            "started",
+            "failure"
+        ]
+    );
+    assert_eq!(d.observer.recent().filter(|id| **id == t.id).count(), 1);
+}

@@ -3,10 +3,15 @@
 //! task itself in the [`super::task_store::TaskStore`]: they are read when the task
 //! ends, which removes the task's entry anyway, so they cost no lookup of their own (a
 //! map of their own cost a cache miss per task, 6 % of the control plane's time under
-//! load). [`WaitingPeers`] counts each peer's waits, so a peer that leaves without
-//! waiting for anything costs no search of the held tasks.
+//! load). [`WaitingPeers`] counts each peer's waits and remembers which peers left
+//! while they still waited: their waits are dropped as their tasks end, so a peer
+//! leaving costs no search of the held tasks (a million of them, with
+//! `--max-queued`'s default).
 
-use crate::{control_plane::FastMap, transport::PeerId};
+use crate::{
+    control_plane::{FastMap, FastSet},
+    transport::PeerId,
+};
 
 /// One client waiting for a task's end.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,43 +41,26 @@ pub(super) enum Waiting {
 }
 
 impl Waiting {
-    /// `waiter` waits too.
-    pub(super) fn push(&mut self, waiter: Waiter) {
+    /// `waiter` waits too, unless it already does (the same submission sent again,
+    /// after a lost `Accepted`, is told its result once); whether it was added.
+    pub(super) fn push(&mut self, waiter: Waiter) -> bool {
         *self = match std::mem::take(self) {
             Waiting::None => Waiting::One(waiter),
+            Waiting::One(first) if first == waiter => {
+                *self = Waiting::One(first);
+                return false;
+            }
             Waiting::One(first) => Waiting::Many(vec![first, waiter]),
+            Waiting::Many(list) if list.contains(&waiter) => {
+                *self = Waiting::Many(list);
+                return false;
+            }
             Waiting::Many(mut list) => {
                 list.push(waiter);
                 Waiting::Many(list)
             }
         };
-    }
-
-    /// Forgets the waits of `peer`; how many there were.
-    pub(super) fn forget_peer(&mut self, peer: &PeerId) -> usize {
-        match self {
-            Waiting::None => 0,
-            Waiting::One(waiter) => {
-                if waiter.peer() != peer {
-                    return 0;
-                }
-                *self = Waiting::None;
-                1
-            }
-            Waiting::Many(list) => {
-                let before = list.len();
-                list.retain(|w| w.peer() != peer);
-                let gone = before - list.len();
-                if list.is_empty() {
-                    *self = Waiting::None;
-                }
-                gone
-            }
-        }
-    }
-
-    pub(super) fn is_empty(&self) -> bool {
-        matches!(self, Waiting::None)
+        true
     }
 }
 
@@ -90,19 +78,28 @@ impl IntoIterator for Waiting {
     }
 }
 
-/// How many waits each peer has, over all held tasks (peers with none are absent).
+/// How many waits each peer has over all held tasks (peers with none are absent), and
+/// which of them left.
 #[derive(Debug, Default)]
 pub(super) struct WaitingPeers {
     waits: FastMap<PeerId, usize>,
+    /// Peers that left while they waited: nothing is sent to them, and each goes from
+    /// here when the last task it waited for ends.
+    gone: FastSet<PeerId>,
 }
 
 impl WaitingPeers {
     /// `waiter` waits for a task.
     pub(super) fn added(&mut self, waiter: &Waiter) {
-        *self.waits.entry(*waiter.peer()).or_default() += 1;
+        let peer = waiter.peer();
+        *self.waits.entry(*peer).or_default() += 1;
+        if !self.gone.is_empty() {
+            // A peer id is never given twice; one seen again is the same peer back.
+            self.gone.remove(peer);
+        }
     }
 
-    /// The waits in `waiting` go on (after [`Self::ended`]).
+    /// The waits in `waiting` go on (a task replaced under its id keeps them).
     pub(super) fn resumed(&mut self, waiting: &Waiting) {
         match waiting {
             Waiting::None => {}
@@ -111,28 +108,47 @@ impl WaitingPeers {
         }
     }
 
-    /// The waits in `waiting` ended (told or forgotten).
-    pub(super) fn ended(&mut self, waiting: &Waiting) {
-        match waiting {
-            Waiting::None => {}
-            Waiting::One(waiter) => self.less(waiter.peer(), 1),
-            Waiting::Many(list) => list.iter().for_each(|w| self.less(w.peer(), 1)),
+    /// The task `waiting` waited for ended: the waiters to tell (those whose peer did
+    /// not leave).
+    pub(super) fn ended(&mut self, waiting: Waiting) -> Waiting {
+        if matches!(waiting, Waiting::None) {
+            return waiting;
         }
-    }
-
-    /// `gone` waits of `peer` ended.
-    pub(super) fn less(&mut self, peer: &PeerId, gone: usize) {
-        if let Some(n) = self.waits.get_mut(peer) {
-            *n = n.saturating_sub(gone);
-            if *n == 0 {
-                self.waits.remove(peer);
+        let mut told = Waiting::None;
+        for waiter in waiting {
+            let peer = *waiter.peer();
+            let left = !self.gone.is_empty() && self.gone.contains(&peer);
+            if let Some(n) = self.waits.get_mut(&peer) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.waits.remove(&peer);
+                    self.gone.remove(&peer);
+                }
+            }
+            if !left {
+                told.push(waiter);
             }
         }
+        told
     }
 
-    /// Does `peer` wait for any task?
-    pub(super) fn waits(&self, peer: &PeerId) -> bool {
-        self.waits.contains_key(peer)
+    /// `peer` left: what it waits for is not sent to it.
+    pub(super) fn left(&mut self, peer: &PeerId) {
+        if self.waits.contains_key(peer) {
+            self.gone.insert(*peer);
+        }
+    }
+
+    /// How many waits `peer` has.
+    #[cfg(test)]
+    pub(super) fn waits(&self, peer: &PeerId) -> usize {
+        self.waits.get(peer).copied().unwrap_or(0)
+    }
+
+    /// Peers counted (waiting, or gone with waits still held).
+    #[cfg(test)]
+    pub(super) fn counted(&self) -> (usize, usize) {
+        (self.waits.len(), self.gone.len())
     }
 }
 
@@ -144,8 +160,14 @@ mod tests {
         PeerId::named(name)
     }
 
+    fn wait(peers: &mut WaitingPeers, waiting: &mut Waiting, waiter: Waiter) {
+        if waiting.push(waiter.clone()) {
+            peers.added(&waiter);
+        }
+    }
+
     #[test]
-    fn waiters_come_back_in_order_and_a_gone_peer_waits_for_nothing() {
+    fn waiters_come_back_in_order_once_each_and_a_gone_peer_is_told_nothing() {
         let mut peers = WaitingPeers::default();
         let mut waiting = Waiting::default();
         let status = Waiter::Status {
@@ -157,24 +179,38 @@ mod tests {
             status.clone(),
             Waiter::Result(peer("c")),
             Waiter::Result(peer("a")),
+            status.clone(),
         ] {
-            peers.added(&waiter);
-            waiting.push(waiter);
+            wait(&mut peers, &mut waiting, waiter);
         }
-        assert_eq!(waiting.forget_peer(&peer("a")), 2);
-        peers.less(&peer("a"), 2);
-        assert!(!peers.waits(&peer("a")));
-        assert!(peers.waits(&peer("b")) && peers.waits(&peer("c")));
-        peers.ended(&waiting);
-        assert!(!peers.waits(&peer("b")) && !peers.waits(&peer("c")));
-        let seen: Vec<Waiter> = waiting.into_iter().collect();
-        assert_eq!(seen, vec![status, Waiter::Result(peer("c"))]);
+        assert_eq!(
+            peers.waits(&peer("a")),
+            1,
+            "the same wait twice counts once"
+        );
+        assert_eq!(peers.waits(&peer("b")), 1);
+        peers.left(&peer("a"));
+        peers.left(&peer("nobody"));
+        assert_eq!(peers.counted(), (3, 1));
+        let told: Vec<Waiter> = peers.ended(waiting).into_iter().collect();
+        assert_eq!(told, vec![status, Waiter::Result(peer("c"))]);
+        assert_eq!(
+            peers.counted(),
+            (0, 0),
+            "every count and every gone peer went"
+        );
 
-        let mut one = Waiting::default();
-        one.push(Waiter::Result(peer("a")));
-        assert_eq!(one.forget_peer(&peer("b")), 0);
-        assert_eq!(one.forget_peer(&peer("a")), 1);
-        assert!(one.is_empty());
-        assert_eq!(one.into_iter().count(), 0);
+        // A peer that left with waits on two tasks is told of neither, and is
+        // forgotten with the second.
+        let (mut one, mut two) = (Waiting::default(), Waiting::default());
+        wait(&mut peers, &mut one, Waiter::Result(peer("a")));
+        wait(&mut peers, &mut two, Waiter::Result(peer("a")));
+        wait(&mut peers, &mut two, Waiter::Result(peer("b")));
+        peers.left(&peer("a"));
+        assert_eq!(peers.ended(one).into_iter().count(), 0);
+        assert_eq!(peers.counted(), (2, 1));
+        let told: Vec<Waiter> = peers.ended(two).into_iter().collect();
+        assert_eq!(told, vec![Waiter::Result(peer("b"))]);
+        assert_eq!(peers.counted(), (0, 0));
     }
 }
