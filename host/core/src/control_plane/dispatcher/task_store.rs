@@ -10,6 +10,9 @@ use crate::{
     transport::PeerId,
 };
 
+/// The waits of peers that left that are kept, at least, before a pass drops them.
+pub(super) const DEAD_WAITS_SWEPT: usize = 1024;
+
 /// A held task: its entry, who waits for its end, and where the dashboard keeps its
 /// timeline.
 #[derive(Debug)]
@@ -107,16 +110,25 @@ impl TaskStore {
         let Some(held) = self.entries.get_mut(id) else {
             return false;
         };
-        if held.waiting.push(waiter.clone()) {
-            self.waiting_peers.added(&waiter);
-        }
+        self.waiting_peers.added(&waiter);
+        held.waiting.push(waiter);
         true
     }
 
     /// A peer that is gone waits for nothing any more: nothing is sent to it when the
-    /// tasks it waited for end (no search of the held tasks now).
+    /// tasks it waited for end, and its waits go with them, without a search of the
+    /// held tasks now. Once the waits of peers that left outnumber the held tasks
+    /// (and [`DEAD_WAITS_SWEPT`]), one pass over the held tasks drops them all: memory
+    /// stays bounded by the tasks held, and each pass is paid for by at least as many
+    /// waits that came and went.
     pub fn peer_left(&mut self, peer: &PeerId) {
         self.waiting_peers.left(peer);
+        if self.waiting_peers.dead() > DEAD_WAITS_SWEPT.max(self.entries.len()) {
+            let peers = &mut self.waiting_peers;
+            for held in self.entries.values_mut() {
+                peers.forget_gone(&mut held.waiting);
+            }
+        }
     }
 
     /// Stops holding task `id`.
@@ -227,5 +239,50 @@ mod tests {
         assert_eq!(store.waiting_peers.counted(), (0, 0));
         assert_eq!((store.len(), store.bytes()), (0, 0));
         assert!(!store.holds_name("add"));
+    }
+
+    #[test]
+    fn the_waits_of_peers_that_left_are_dropped_once_they_outnumber_the_held_tasks() {
+        let mut store = TaskStore::default();
+        let ids: Vec<TaskId> = (0..8)
+            .map(|_| {
+                let held = entry("add");
+                let id = held.envelope.id;
+                store.insert(held, None);
+                id
+            })
+            .collect();
+        let stays = PeerId::named(b"stays");
+        for id in &ids {
+            store.add_waiter(id, Waiter::Result(stays));
+        }
+        // Clients that each wait for every task and leave (a client that reconnects
+        // and submits its pending tasks again gets a new peer each time).
+        let per_peer = ids.len();
+        let peers_before_a_pass = DEAD_WAITS_SWEPT / per_peer + 1;
+        for n in 0..peers_before_a_pass {
+            let gone = PeerId::named(format!("gone-{n}").into_bytes());
+            for id in &ids {
+                store.add_waiter(id, Waiter::Result(gone));
+            }
+            store.peer_left(&gone);
+            let dead = store.waiting_peers.dead();
+            assert!(dead <= DEAD_WAITS_SWEPT, "{dead} dead waits kept");
+            if n + 1 < peers_before_a_pass {
+                assert_eq!(dead, (n + 1) * per_peer, "no pass yet");
+            }
+        }
+        assert_eq!(store.waiting_peers.dead(), 0, "one pass dropped them all");
+        assert_eq!(store.waiting_peers.counted(), (1, 0));
+        for id in &ids {
+            let told: Vec<Waiter> = store
+                .remove(id)
+                .expect("held")
+                .waiting
+                .into_iter()
+                .collect();
+            assert_eq!(told, vec![Waiter::Result(stays)]);
+        }
+        assert_eq!(store.waiting_peers.counted(), (0, 0));
     }
 }
