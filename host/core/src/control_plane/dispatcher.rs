@@ -1695,17 +1695,17 @@ impl Dispatcher {
         entry.record.completed_ms = Some(self.now.unix_ms);
         self.spans.close(&id, status.as_str());
         let record = entry.record;
-        let actions = &mut self.actions;
-        actions.extend(waiting.into_iter().map(|waiter| match waiter {
-            Waiter::Result(peer) => reply(&peer, FromControlPlane::Result(record.clone())),
-            Waiter::Status { peer, request_id } => reply(
-                &peer,
-                FromControlPlane::StatusReply {
-                    request_id,
-                    record: Some(record.clone()),
-                },
-            ),
-        }));
+        self.actions
+            .extend(waiting.into_iter().map(|waiter| match waiter {
+                Waiter::Result(peer) => reply(&peer, FromControlPlane::Result(record.clone())),
+                Waiter::Status { peer, request_id } => reply(
+                    &peer,
+                    FromControlPlane::StatusReply {
+                        request_id,
+                        record: Some(record.clone()),
+                    },
+                ),
+            }));
         if let Some(callback) = &entry.envelope.callback {
             self.actions.push(Action::Callback {
                 callback: Callback::clone(callback),

@@ -3,6 +3,8 @@
 //! and the unserved-name check read: payload bytes held, and tasks held per name. Each
 //! task's waiters are kept beside its entry (see [`super::waiters`]).
 
+use std::collections::hash_map::Entry;
+
 use super::waiters::{Waiter, Waiting, WaitingPeers};
 use crate::{
     control_plane::{observe::TrailMark, store::TaskEntry},
@@ -63,18 +65,34 @@ impl TaskStore {
         self.entries.contains_key(id)
     }
 
-    /// Holds `entry`, its timeline at `trail` (replacing one under the same id, whose
-    /// waiters wait for this one).
+    /// Holds `entry`, its timeline at `trail`. One held under the same id is replaced
+    /// in place: its waiters wait for this one. One lookup of the map.
     pub fn insert(&mut self, entry: TaskEntry, trail: Option<TrailMark>) {
-        let id = entry.envelope.id;
-        // Replacing keeps the totals right.
-        let waiting = match self.remove(&id) {
-            Some(old) => {
-                self.waiting_peers.resumed(&old.waiting);
-                old.waiting
+        // Counted before the old one is uncounted: a replacement of the same name
+        // keeps its key.
+        self.count(&entry);
+        let replaced = match self.entries.entry(entry.envelope.id) {
+            Entry::Occupied(mut held) => {
+                let held = held.get_mut();
+                held.trail = trail;
+                Some(std::mem::replace(&mut held.entry, entry))
             }
-            None => Waiting::default(),
+            Entry::Vacant(place) => {
+                place.insert(Box::new(Held {
+                    entry,
+                    waiting: Waiting::default(),
+                    trail,
+                }));
+                None
+            }
         };
+        if let Some(old) = replaced {
+            self.uncount(&old);
+        }
+    }
+
+    /// Adds `entry` to the totals.
+    fn count(&mut self, entry: &TaskEntry) {
         self.bytes += entry.envelope.payload.len() as u64;
         // No new String per task while the name is already held.
         match self.by_name.get_mut(&entry.envelope.name) {
@@ -83,14 +101,22 @@ impl TaskStore {
                 self.by_name.insert(entry.envelope.name.clone(), 1);
             }
         }
-        self.entries.insert(
-            id,
-            Box::new(Held {
-                entry,
-                waiting,
-                trail,
-            }),
-        );
+    }
+
+    /// Takes `entry` off the totals; whether it was the last held task of its name.
+    fn uncount(&mut self, entry: &TaskEntry) -> bool {
+        self.bytes = self
+            .bytes
+            .saturating_sub(entry.envelope.payload.len() as u64);
+        let Some(n) = self.by_name.get_mut(&entry.envelope.name) else {
+            return false;
+        };
+        *n -= 1;
+        if *n > 0 {
+            return false;
+        }
+        self.by_name.remove(&entry.envelope.name);
+        true
     }
 
     /// Where the dashboard keeps held task `id`'s timeline, if it does.
@@ -139,20 +165,10 @@ impl TaskStore {
             trail,
         } = *self.entries.remove(id)?;
         let waiting = self.waiting_peers.ended(waiting);
-        self.bytes = self
-            .bytes
-            .saturating_sub(entry.envelope.payload.len() as u64);
-        let mut last = false;
-        if let Some(n) = self.by_name.get_mut(&entry.envelope.name) {
-            *n -= 1;
-            if *n == 0 {
-                self.by_name.remove(&entry.envelope.name);
-                last = true;
-            }
-        }
+        let last_of_name = self.uncount(&entry);
         Some(Released {
             entry,
-            last_of_name: last,
+            last_of_name,
             waiting,
             trail,
         })

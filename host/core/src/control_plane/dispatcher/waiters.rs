@@ -110,15 +110,6 @@ impl WaitingPeers {
         *n += 1;
     }
 
-    /// The waits in `waiting` go on (a task replaced under its id keeps them).
-    pub(super) fn resumed(&mut self, waiting: &Waiting) {
-        match waiting {
-            Waiting::None => {}
-            Waiting::One(waiter) => self.added(waiter),
-            Waiting::Many(list) => list.iter().for_each(|w| self.added(w)),
-        }
-    }
-
     /// One wait of `peer` ended; whether `peer` is still there to be told.
     fn end(&mut self, peer: &PeerId) -> bool {
         let left = !self.gone.is_empty() && self.gone.contains(peer);
