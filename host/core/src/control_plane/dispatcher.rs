@@ -1318,8 +1318,7 @@ impl Dispatcher {
     /// A prefetched task `id` started on worker `from`: `assigned` → `running`.
     fn prefetched_started(&mut self, id: TaskId, from: &WorkerId) {
         let now = self.now;
-        let trail = self.tasks.trail(&id);
-        let Some(entry) = self.tasks.get_mut(&id) else {
+        let Some((entry, trail)) = self.tasks.get_mut_with_trail(&id) else {
             return;
         };
         if entry.holder.as_ref() != Some(from) || entry.record.status != TaskStatus::Assigned {
@@ -1364,8 +1363,7 @@ impl Dispatcher {
                 w.takes_prefetched() && w.would_prefetch(),
             )
         });
-        let trail = self.tasks.trail(&id);
-        let Some(entry) = self.tasks.get_mut(&id) else {
+        let Some((entry, trail)) = self.tasks.get_mut_with_trail(&id) else {
             return;
         };
         entry.deliveries += 1;

@@ -119,9 +119,15 @@ impl TaskStore {
         true
     }
 
-    /// Where the dashboard keeps held task `id`'s timeline, if it does.
-    pub fn trail(&self, id: &TaskId) -> Option<TrailMark> {
-        self.entries.get(id).and_then(|held| held.trail)
+    /// Held task `id` to change, and where the dashboard keeps its timeline (one
+    /// lookup for both).
+    pub fn get_mut_with_trail(
+        &mut self,
+        id: &TaskId,
+    ) -> Option<(&mut TaskEntry, Option<TrailMark>)> {
+        self.entries
+            .get_mut(id)
+            .map(|held| (&mut held.entry, held.trail))
     }
 
     /// Held task `id`'s timeline is at `trail`.
