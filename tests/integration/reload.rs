@@ -938,8 +938,6 @@ fn the_control_planes_own_subworker_reloads_and_restarts_after_max_reloads() {
     );
 }
 
-/// Every reload, ok or rejected, reaches the control plane's event stream (what the
-/// dashboard will show), with plugin, old and new version; `fastworker events` reads it.
 /// A plugin replaced after its host loaded it and before the watch began (what a
 /// subworker restarting in place met when a build landed in between) is reloaded
 /// when the watch starts: that change raised no event the watch could see. Without
@@ -974,6 +972,8 @@ fn a_plugin_replaced_between_loading_and_watching_is_reloaded_when_the_watch_sta
     assert!(reports.try_recv().is_err());
 }
 
+/// Every reload, ok or rejected, reaches the control plane's event stream (what the
+/// dashboard will show), with plugin, old and new version; `fastworker events` reads it.
 #[test]
 fn reloads_reach_the_control_planes_event_stream() {
     let _serial = serial();
