@@ -83,13 +83,7 @@ pub fn watch(
         if paths.is_empty() {
             return;
         }
-        let applied = handler_live
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .apply_changes(&paths);
-        for report in applied {
-            let _ = reports.send(report);
-        }
+        apply_and_report(&handler_live, &reports, |live| live.apply_changes(&paths));
     })
     .map_err(|e| WatchError {
         path: PathBuf::new(),
@@ -103,16 +97,26 @@ pub fn watch(
                 reason: e.to_string(),
             })?;
     }
-    let caught_up = live
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .apply_changes_since_load();
-    for report in caught_up {
-        let _ = catch_up_reports.send(report);
-    }
+    apply_and_report(
+        &live,
+        &catch_up_reports,
+        LivePlugins::apply_changes_since_load,
+    );
     Ok(PluginWatcher {
         _debouncer: debouncer,
     })
+}
+
+/// Applies `change` to the plugins (on the caller's thread) and sends its reports.
+fn apply_and_report(
+    live: &Mutex<LivePlugins>,
+    reports: &mpsc::UnboundedSender<ReloadReport>,
+    change: impl FnOnce(&mut LivePlugins) -> Vec<ReloadReport>,
+) {
+    let applied = change(&mut live.lock().unwrap_or_else(|e| e.into_inner()));
+    for report in applied {
+        let _ = reports.send(report);
+    }
 }
 
 /// A host's plugins, loaded and (unless turned off) watched.
