@@ -1029,6 +1029,15 @@ mod tests {
         }
     }
 
+    /// A server's configuration without the cluster key, then with a fresh one.
+    fn without_and_with_a_key() -> [TransportConfig; 2] {
+        let key = auth::ClusterKey::parse(&auth::ClusterKey::generate_hex()).unwrap();
+        [
+            TransportConfig::default(),
+            TransportConfig::default().with_key(Some(key)),
+        ]
+    }
+
     /// What `server` hears next, within a bound.
     async fn next_event(server: &mut Server) -> ServerEvent {
         tokio::time::timeout(Duration::from_secs(10), server.events.recv())
@@ -1042,11 +1051,7 @@ mod tests {
     /// the peer reads every message whole and in the order it was sent.
     #[tokio::test]
     async fn messages_sent_at_once_or_queued_behind_a_large_one_arrive_whole_and_in_order() {
-        for key in [
-            None,
-            Some(auth::ClusterKey::parse(&auth::ClusterKey::generate_hex()).unwrap()),
-        ] {
-            let config = TransportConfig::default().with_key(key);
+        for config in without_and_with_a_key() {
             let (server, mut conn, peer) = served(&config).await;
             let numbered = |i: u32| vec![Bytes::from(i.to_be_bytes().to_vec())];
             // Nothing waits for the peer: written by the caller itself (the writer task
@@ -1092,11 +1097,7 @@ mod tests {
     /// were made) and without, every message arrives whole and each sender's in order.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_senders_at_once_keep_each_ones_order_and_every_message_whole() {
-        for key in [
-            None,
-            Some(auth::ClusterKey::parse(&auth::ClusterKey::generate_hex()).unwrap()),
-        ] {
-            let config = TransportConfig::default().with_key(key);
+        for config in without_and_with_a_key() {
             let (server, mut conn, peer) = served(&config).await;
             const EACH: u32 = 3_000;
             let message = |sender: u8, i: u32| {
